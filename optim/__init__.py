@@ -1,0 +1,6 @@
+"""Optimizers and LR schedules under study, each a registry of declarative specs."""
+from optim.optimizers import OPTIMIZERS, OptimizerSpec, build_optimizer, get_optimizer, resolve_hyperparameters
+from optim.schedules import SCHEDULES, ScheduleDriver, ScheduleSpec, get_schedule, resolve_schedule_params
+
+__all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer", "get_optimizer", "resolve_hyperparameters",
+           "SCHEDULES", "ScheduleDriver", "ScheduleSpec", "get_schedule", "resolve_schedule_params"]

@@ -1,0 +1,138 @@
+"""The optimizer registry: one declarative spec per optimizer under study.
+
+A spec says how to build the optimizer, which hyperparameters it accepts (with defaults that
+train ``simple_cnn`` on ``digits`` well), and its default search space as data. Adding an
+optimizer is one entry here; the tests parametrize over ``OPTIMIZERS``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from optim.momentum import FORMULATIONS, MomentumSGD
+from optim.space import Distribution, LogUniform, OneMinusLogUniform
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    build: Callable[[Iterable, Mapping[str, Any]], torch.optim.Optimizer]
+    defaults: Mapping[str, Any]
+    space: Mapping[str, Distribution] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def has_momentum(self) -> bool:
+        return "momentum" in self.defaults
+
+
+def _momentum_sgd(nesterov: bool):
+    def build(params, hp):
+        if hp["formulation"] == "pytorch":
+            return torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"], nesterov=nesterov,
+                                   weight_decay=hp["weight_decay"])
+        return MomentumSGD(params, lr=hp["lr"], momentum=hp["momentum"], nesterov=nesterov,
+                           formulation=hp["formulation"], weight_decay=hp["weight_decay"])
+    return build
+
+
+_LR = LogUniform(1e-4, 1.0)
+_MOMENTUM = OneMinusLogUniform(0.5, 0.999)
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in [
+    OptimizerSpec(
+        "sgd",
+        lambda params, hp: torch.optim.SGD(params, lr=hp["lr"], weight_decay=hp["weight_decay"]),
+        {"lr": 0.1, "weight_decay": 0.0},
+        {"lr": _LR},
+        "plain mini-batch SGD",
+    ),
+    OptimizerSpec(
+        "momentum", _momentum_sgd(nesterov=False),
+        {"lr": 0.01, "momentum": 0.9, "formulation": "pytorch", "weight_decay": 0.0},
+        {"lr": _LR, "momentum": _MOMENTUM},
+        "SGD with classical (heavy-ball) momentum; formulation selects pytorch/heavy_ball/ema",
+    ),
+    OptimizerSpec(
+        "nesterov", _momentum_sgd(nesterov=True),
+        {"lr": 0.01, "momentum": 0.9, "formulation": "pytorch", "weight_decay": 0.0},
+        {"lr": _LR, "momentum": _MOMENTUM},
+        "SGD with Nesterov look-ahead momentum",
+    ),
+    OptimizerSpec(
+        "adagrad",
+        lambda params, hp: torch.optim.Adagrad(params, lr=hp["lr"], weight_decay=hp["weight_decay"]),
+        {"lr": 0.01, "weight_decay": 0.0},
+        {"lr": _LR},
+        "per-parameter step sizes from the sum of squared gradients",
+    ),
+    OptimizerSpec(
+        "rmsprop",
+        lambda params, hp: torch.optim.RMSprop(params, lr=hp["lr"], alpha=hp["alpha"],
+                                               weight_decay=hp["weight_decay"]),
+        {"lr": 0.001, "alpha": 0.99, "weight_decay": 0.0},
+        {"lr": _LR, "alpha": OneMinusLogUniform(0.8, 0.999)},
+        "step sizes from a moving average of squared gradients",
+    ),
+    OptimizerSpec(
+        "adam",
+        lambda params, hp: torch.optim.Adam(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+                                            weight_decay=hp["weight_decay"]),
+        {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0},
+        {"lr": _LR, "beta1": OneMinusLogUniform(0.5, 0.99)},
+        "Adam with coupled L2 weight decay",
+    ),
+    OptimizerSpec(
+        "adamw",
+        lambda params, hp: torch.optim.AdamW(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+                                             weight_decay=hp["weight_decay"]),
+        {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01},
+        {"lr": _LR, "beta1": OneMinusLogUniform(0.5, 0.99), "weight_decay": LogUniform(1e-5, 0.1)},
+        "Adam with decoupled weight decay",
+    ),
+]}
+
+CATEGORICAL_HYPERPARAMETERS = {"formulation": FORMULATIONS}
+# (low, high, description): numeric hyperparameters must satisfy low <= value < high, lr > 0.
+NUMERIC_RANGES = {
+    "lr": (0.0, float("inf"), "a number > 0"),
+    "weight_decay": (0.0, float("inf"), "a number >= 0"),
+    "momentum": (0.0, 1.0, "a number in [0, 1)"),
+    "alpha": (0.0, 1.0, "a number in [0, 1)"),
+    "beta1": (0.0, 1.0, "a number in [0, 1)"),
+    "beta2": (0.0, 1.0, "a number in [0, 1)"),
+}
+
+
+def resolve_hyperparameters(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Registry defaults overlaid with ``given``; raises KeyError/ValueError naming the bad key."""
+    spec = get_optimizer(name)
+    unknown = sorted(set(given) - set(spec.defaults))
+    if unknown:
+        raise KeyError(f"optimizer.{unknown[0]}: {name} takes {', '.join(sorted(spec.defaults))}")
+    hp = dict(spec.defaults)
+    for key, value in given.items():
+        allowed = CATEGORICAL_HYPERPARAMETERS.get(key)
+        if allowed is not None:
+            if value not in allowed:
+                raise ValueError(f"optimizer.{key}: must be one of {', '.join(allowed)}, got {value!r}")
+        else:
+            low, high, text = NUMERIC_RANGES[key]
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not numeric or not low <= value < high or (key == "lr" and value == 0):
+                raise ValueError(f"optimizer.{key}: must be {text}, got {value!r}")
+        hp[key] = value
+    return hp
+
+
+def get_optimizer(name: str) -> OptimizerSpec:
+    try:
+        return OPTIMIZERS[name]
+    except KeyError:
+        raise KeyError(f"unknown optimizer {name!r}; choose from: {', '.join(sorted(OPTIMIZERS))}") from None
+
+
+def build_optimizer(name: str, params: Iterable, hp: Mapping[str, Any]) -> torch.optim.Optimizer:
+    return get_optimizer(name).build(params, resolve_hyperparameters(name, hp))

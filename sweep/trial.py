@@ -1,0 +1,197 @@
+"""One trial: train a model with one optimizer and schedule, report every epoch, never raise.
+
+This is what the sweep engine runs thousands of times, so failures are outcomes: a NaN or
+exploding loss ends the trial as ``diverged``, an exception as ``failed`` with its reason, and a
+reporter that raises ``PruneTrial`` (the sweep's pruner) ends it as ``pruned``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from models import build_model
+from optim import ScheduleDriver, build_optimizer
+from sweep.datasets import DataSplits, load_dataset
+
+
+class PruneTrial(Exception):
+    """Raised by a reporter to stop the trial early (the pruner decided it is not promising)."""
+
+
+@dataclass
+class TrialConfig:
+    dataset: str = "digits"
+    model: str = "simple_cnn"
+    optimizer: str = "momentum"
+    optimizer_params: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "constant"
+    schedule_params: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 0
+    l1: float = 0.0
+    val_fraction: float = 0.2
+    data_dir: str = "./data"
+    download: bool = False
+    device: str = "auto"
+    bf16: bool = False
+    channels_last: bool = False
+    divergence_factor: float = 10.0
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    epoch_seconds: float
+    images_per_second: float
+
+
+@dataclass
+class TrialResult:
+    status: str  # ok | diverged | failed | pruned
+    reason: str = ""
+    epochs_run: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[EpochMetrics] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Reporter = Callable[[EpochMetrics], None]
+
+
+class _Diverged(Exception):
+    pass
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """CIFAR augmentation on a whole batch at once: reflect-pad, random crop, random h-flip."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
+    rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]
+    cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    cropped = padded[batch, channels, rows, cols]
+    flip = torch.rand(n, device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(-1), cropped)
+
+
+def evaluate(model, x, y, autocast, batch_size: int = 1024) -> tuple[float, float]:
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.no_grad(), autocast():
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start:start + batch_size]).float()
+            loss_sum += F.cross_entropy(logits, y[start:start + batch_size], reduction="sum").item()
+            correct += (logits.argmax(1) == y[start:start + batch_size]).sum().item()
+    model.train()
+    return loss_sum / len(x), correct / len(x)
+
+
+def run_trial(cfg: TrialConfig, data: DataSplits | None = None, reporter: Reporter | None = None) -> TrialResult:
+    """Train ``cfg`` and return its outcome; ``data`` may be preloaded (the sweep shares it)."""
+    history: list[EpochMetrics] = []
+    try:
+        return _train(cfg, data, reporter, history)
+    except PruneTrial as exc:
+        return TrialResult("pruned", str(exc) or "pruned", len(history), _last(history), history)
+    except _Diverged as exc:
+        return TrialResult("diverged", str(exc), len(history), _last(history), history)
+    except Exception as exc:  # a failed trial is an outcome, not a crashed sweep
+        return TrialResult("failed", f"{type(exc).__name__}: {exc}", len(history), _last(history), history)
+
+
+def _last(history: list[EpochMetrics]) -> dict[str, float]:
+    if not history:
+        return {}
+    last = history[-1]
+    return {"val_accuracy": last.val_accuracy, "val_loss": last.val_loss,
+            "best_val_accuracy": max(h.val_accuracy for h in history),
+            "train_seconds": sum(h.epoch_seconds for h in history)}
+
+
+def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
+           history: list[EpochMetrics]) -> TrialResult:
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if data is None:
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, seed=cfg.seed)
+    t = data.to_torch(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = build_model(cfg.model, data.in_shape, data.num_classes).to(device, memory_format=memory_format)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.optimizer_params)
+    n_train = len(t["train_x"])
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    schedule = ScheduleDriver(optimizer, cfg.schedule, cfg.schedule_params, cfg.epochs, steps_per_epoch)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+    first_loss = None
+    model.train()
+    for epoch in range(cfg.epochs):
+        lr = schedule.lr
+        started = time.perf_counter()
+        order = torch.randperm(n_train, device=device, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for step in range(steps_per_epoch):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x, y = t["train_x"][idx], t["train_y"][idx]
+            if data.augment:
+                x = random_crop_flip(x, generator)
+            x = x.contiguous(memory_format=memory_format)
+            with autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            objective = loss
+            if cfg.l1:
+                objective = loss + cfg.l1 * sum(p.abs().sum() for p in model.parameters())
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            optimizer.step()
+            schedule.after_batch()
+            batch_loss = loss.item()  # one sync per batch: divergence must stop the trial at once
+            if first_loss is None:
+                first_loss = batch_loss
+            if not math.isfinite(batch_loss) or batch_loss > cfg.divergence_factor * max(first_loss, 1e-3):
+                raise _Diverged(f"loss {batch_loss:.4g} at epoch {epoch} step {step} "
+                                f"(started at {first_loss:.4g})")
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == y).sum()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        val_loss, val_acc = evaluate(model, t["val_x"], t["val_y"], autocast)
+        metrics = EpochMetrics(epoch, loss_sum.item() / n_train, correct.item() / n_train, val_loss, val_acc,
+                               lr, seconds, n_train / seconds)
+        history.append(metrics)
+        if not math.isfinite(val_loss):
+            raise _Diverged(f"validation loss {val_loss} at epoch {epoch}")
+        if reporter is not None:
+            reporter(metrics)
+        schedule.after_epoch(val_loss)
+    test_loss, test_acc = evaluate(model, t["test_x"], t["test_y"], autocast)
+    return TrialResult("ok", "", len(history), {**_last(history), "test_loss": test_loss, "test_accuracy": test_acc},
+                       history)
