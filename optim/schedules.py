@@ -132,6 +132,7 @@ class ScheduleDriver:
                                          end_factor=1.0, total_iters=self.warmup_steps)
         else:
             self._build_main()
+            self._built_this_epoch = False  # built before epoch 0: the first after_epoch steps it
 
     def _build_main(self) -> None:
         for group in self.optimizer.param_groups:
@@ -147,7 +148,7 @@ class ScheduleDriver:
         if self.main is None:
             self.warmup.step()
             self.warmup_done += 1
-            if self.warmup_done == self.warmup_steps:
+            if self.warmup_done == self.warmup_steps and self.horizon.epochs:  # no epochs left: no main
                 self._build_main()
         elif self.spec.granularity == "batch" and self.horizon.epochs:
             self.main.step()

@@ -1,0 +1,207 @@
+"""The sweep driver: one Optuna study per optimizer, trials on Ray workers, MLflow for every trial.
+
+Flow: config -> studies (source of truth) -> ask -> trial on a Ray worker -> per-epoch reports to
+Optuna (pruning) and MLflow -> the worker tells the study. The driver only asks, keeps ``workers``
+trials in flight, and recovers after a crash: trials left RUNNING by a dead driver are failed as
+``interrupted`` and enqueued again with the same parameters, each with its own MLflow run.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from optuna.trial import TrialState
+
+from sweep import report, tracking
+from sweep.config import ConfigError, load_config
+from sweep.datasets import DatasetUnavailable, load_dataset
+from sweep.progress import OptimizerProgress, Progress
+from sweep.search import run_params, sample_trial
+from sweep.studies import INTERRUPTED, default_storage, is_finished, open_study
+from sweep.worker import TrialTask, execute
+
+# Keys that define what a sweep measures: changing them on resume would mix two experiments.
+FROZEN_KEYS = ("dataset", "model", "epochs", "batch_size", "val_fraction", "seed", "l1", "optimizer",
+               "schedule", "schedules", "search_effective_lr", "sampler", "pruner", "divergence_factor",
+               "storage", "tracking_uri")
+CONFIG_FILE, STATE_FILE = "sweep.yaml", "state"
+
+
+def sweep_dir_of(cfg: dict[str, Any]) -> Path:
+    return (Path(cfg["output_dir"]) / cfg["name"]).resolve()
+
+
+def _fill_locations(cfg: dict[str, Any], sweep_dir: Path) -> dict[str, Any]:
+    cfg = dict(cfg)
+    cfg["output_dir"] = str(sweep_dir.parent)
+    cfg["storage"] = cfg["storage"] or default_storage(sweep_dir)
+    cfg["tracking_uri"] = cfg["tracking_uri"] or tracking.default_tracking_uri(sweep_dir)
+    return cfg
+
+
+def check_resumable(cfg: dict[str, Any], sweep_dir: Path) -> dict[str, Any]:
+    """The saved config of an existing sweep must agree on every key in FROZEN_KEYS."""
+    saved_path = sweep_dir / CONFIG_FILE
+    if not saved_path.exists():
+        return cfg
+    saved = yaml.safe_load(saved_path.read_text())
+    for key in FROZEN_KEYS:
+        if key in ("storage", "tracking_uri") and cfg[key] is None:
+            cfg[key] = saved.get(key)
+        elif cfg[key] != saved.get(key):
+            raise ConfigError(key, f"sweep {cfg['name']!r} exists with {key}={saved.get(key)!r}; "
+                                   f"resume with that value or pick a new name=")
+    return cfg
+
+
+def run_sweep(cfg: dict[str, Any]) -> int:
+    sweep_dir = sweep_dir_of(cfg)
+    try:
+        cfg = _fill_locations(check_resumable(dict(cfg), sweep_dir), sweep_dir)
+    except ConfigError as exc:
+        print(f"sweep: error: {exc}")
+        return 2
+    try:
+        data = load_dataset(cfg["dataset"], cfg["data_dir"], cfg["download"], cfg["val_fraction"], seed=cfg["seed"])
+    except DatasetUnavailable as exc:
+        print(f"sweep: error: dataset: {exc}")
+        return 2
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=True))
+    (sweep_dir / STATE_FILE).write_text(f"running {os.getpid()}\n")
+    try:
+        rows = Driver(cfg, sweep_dir, data).run()
+    except KeyboardInterrupt:
+        (sweep_dir / STATE_FILE).write_text("interrupted\n")
+        print(f"\ninterrupted; continue with: sweep resume {cfg['name']} --output-dir {sweep_dir.parent}")
+        return 130
+    (sweep_dir / STATE_FILE).write_text("finished\n")
+    print(report.markdown_table(rows))
+    print(f"\nresults: {sweep_dir}  (summary.json, comparison.csv, comparison.md)\n"
+          f"MLflow:  sweep ui {cfg['name']} --output-dir {sweep_dir.parent}")
+    return 0
+
+
+def resume_sweep(name: str, overrides: list[str], output_dir: str) -> int:
+    saved = Path(output_dir) / name / CONFIG_FILE
+    if not saved.exists():
+        raise ConfigError("name", f"no sweep {name!r} under {output_dir} (see `sweep ls --output-dir ...`)")
+    return run_sweep(load_config(str(saved), overrides, mode="sweep"))
+
+
+def init_ray(cfg: dict[str, Any]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg["ray_address"]
+    if address and address != "local":
+        import models
+        import optim
+        import sweep
+
+        ray.init(address=address, log_to_driver=False,
+                 runtime_env={"py_modules": [sweep, models, optim]})
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+
+
+class Driver:
+    def __init__(self, cfg: dict[str, Any], sweep_dir: Path, data):
+        self.cfg, self.sweep_dir, self.data = cfg, sweep_dir, data
+        local_tracking = cfg["tracking_uri"].startswith("sqlite:")
+        self.tracker = tracking.SweepTracker(cfg["tracking_uri"], cfg["name"],
+                                             sweep_dir / "artifacts" if local_tracking else None)
+        fixed = {k: cfg[k] for k in ("dataset", "model", "epochs", "batch_size", "sampler", "pruner", "trials", "seed")}
+        self.studies, self.parents = {}, {}
+        for opt in cfg["optimizers"]:
+            study = open_study(cfg, cfg["storage"], opt)
+            self.parents[opt] = self.tracker.parent_run(opt, fixed)
+            study.set_user_attr("mlflow_run_id", self.parents[opt])
+            self.studies[opt] = study
+
+    def recover(self, opt: str) -> None:
+        """Fail trials a dead driver left RUNNING, close their runs, and enqueue them again."""
+        study = self.studies[opt]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            run_id = (t.user_attrs.get("mlflow_run_id") or self.tracker.find_trial_run(opt, t.number)
+                      or self.tracker.trial_run(self.parents[opt], opt, t.number, t.params))
+            self.tracker.fail_run(run_id, "FAIL", INTERRUPTED)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            print(f"[{opt:>9}] trial {t.number} was interrupted: marked FAIL, queued again")
+
+    def run(self) -> list[dict[str, Any]]:
+        import ray
+
+        cfg = self.cfg
+        for opt in cfg["optimizers"]:
+            self.recover(opt)
+        init_ray(cfg)
+        data_ref = ray.put(self.data)  # once per sweep; Ray ships it once per node
+        remote = ray.remote(execute).options(num_cpus=cfg["num_cpus"], num_gpus=cfg["num_gpus"],
+                                            max_retries=cfg["max_retries"])
+        rows = {}
+        for opt, study in self.studies.items():
+            trials = study.get_trials(deepcopy=False)
+            row = OptimizerProgress(budget=cfg["trials"])
+            for t in trials:
+                if is_finished(t):
+                    state = t.state.name
+                    row.complete += state == "COMPLETE"
+                    row.pruned += state == "PRUNED"
+                    row.failed += state == "FAIL"
+                    if t.state != TrialState.FAIL and t.value is not None:
+                        row.best = t.value if row.best is None else max(row.best, t.value)
+            rows[opt] = row
+        in_flight: dict[Any, tuple[str, int, str]] = {}
+        with Progress(rows) as progress:
+            while True:
+                while len(in_flight) < cfg["workers"]:
+                    candidates = [o for o, r in rows.items() if r.done + r.running < r.budget]
+                    if not candidates:
+                        break
+                    opt = min(candidates, key=lambda o: rows[o].done + rows[o].running)
+                    ref, number, run_id = self.submit(opt, remote, data_ref)
+                    in_flight[ref] = (opt, number, run_id)
+                    progress.started(opt)
+                if not in_flight:
+                    break
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in ready:
+                    opt, number, run_id = in_flight.pop(ref)
+                    out = self.collect(ref, opt, number, run_id)
+                    note = out["status"] if out["status"] in ("diverged", "failed") else ""
+                    progress.finished(opt, number, out["state"], out.get("value"), note)
+        return report.write(cfg, self.sweep_dir, self.studies, self.tracker, self.parents)
+
+    def submit(self, opt: str, remote, data_ref):
+        study = self.studies[opt]
+        trial = study.ask()
+        tc = sample_trial(trial, opt, self.cfg)
+        run_id = self.tracker.trial_run(self.parents[opt], opt, trial.number, run_params(tc, trial.params),
+                                        retry_of=trial.user_attrs.get("retry_of"))
+        trial.set_user_attr("mlflow_run_id", run_id)
+        task = TrialTask(self.cfg["storage"], study.study_name, trial._trial_id, trial.number,
+                         self.cfg["tracking_uri"], run_id, self.cfg["pruner"], tc,
+                         threads=max(1, int(self.cfg["num_cpus"])))
+        return remote.remote(task, data_ref), trial.number, run_id
+
+    def collect(self, ref, opt: str, number: int, run_id: str) -> dict[str, Any]:
+        """The worker's outcome; a worker that died (after Ray's retries) or raised becomes FAIL."""
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            reason = f"worker error: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+            study = self.studies[opt]
+            trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+            if study._storage.get_trial(trial_id).state == TrialState.RUNNING:
+                study._storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+                study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+                self.tracker.fail_run(run_id, "FAIL", reason)
+            return {"number": number, "status": "failed", "state": "FAIL", "value": None, "reason": reason}

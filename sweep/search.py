@@ -1,0 +1,51 @@
+"""Turn an Optuna trial into a TrialConfig: sample the optimizer's and schedule's spaces.
+
+Spaces come from the registries as data. Values fixed in the config (``optimizer.momentum=0.9``,
+``schedule.warmup_epochs=1``) are not searched. With ``search_effective_lr`` the sampler picks
+the effective step lr/(1 - momentum) and lr is derived from it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from optim import OPTIMIZERS, SCHEDULES
+from optim.space import Choice
+from sweep.config import accepted_keys, trial_config
+
+
+def sample_trial(trial, optimizer: str, cfg: dict[str, Any]):
+    spec = OPTIMIZERS[optimizer]
+    fixed = {k: v for k, v in cfg["optimizer"].items() if k in spec.defaults}
+    effective = cfg["search_effective_lr"] and spec.has_momentum and "lr" not in fixed
+    hp: dict[str, Any] = {}
+    for key, dist in spec.space.items():
+        if key in fixed or (key == "lr" and effective):
+            continue
+        hp[key] = dist.suggest(trial, key)
+    if effective:
+        momentum = fixed.get("momentum", hp.get("momentum", spec.defaults["momentum"]))
+        hp["lr"] = spec.space["lr"].suggest(trial, "effective_lr") * (1.0 - momentum)
+    hp.update(fixed)
+
+    schedules = cfg["schedules"]
+    schedule = Choice(schedules).suggest(trial, "schedule") if len(schedules) > 1 else schedules[0]
+    sched_fixed = {k: v for k, v in cfg["schedule"].items() if k in accepted_keys("schedule", schedule)}
+    sched_params = {key: dist.suggest(trial, f"{schedule}.{key}")
+                    for key, dist in SCHEDULES[schedule].space.items() if key not in sched_fixed}
+    sched_params.update(sched_fixed)
+
+    tc = trial_config({**cfg, "optimizer": {"name": optimizer}, "schedule": {"name": schedule}})
+    tc.optimizer_params, tc.schedule_params = hp, sched_params
+    return tc
+
+
+def run_params(tc, trial_params: dict[str, Any]) -> dict[str, Any]:
+    """Everything that defines a trial, for MLflow: fixed settings, resolved values, sampled values."""
+    from optim import resolve_hyperparameters, resolve_schedule_params
+
+    params = {"optimizer": tc.optimizer, "model": tc.model, "dataset": tc.dataset, "epochs": tc.epochs,
+              "batch_size": tc.batch_size, "seed": tc.seed, "l1": tc.l1, "schedule": tc.schedule}
+    params.update(resolve_hyperparameters(tc.optimizer, tc.optimizer_params))
+    params.update({f"{tc.schedule}.{k}": v for k, v in resolve_schedule_params(tc.schedule, tc.schedule_params).items()})
+    params.update(trial_params)
+    return params

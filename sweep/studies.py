@@ -1,0 +1,88 @@
+"""Optuna side of a sweep: storage, sampler and pruner by name, and one study per optimizer.
+
+The study is the single source of truth for trial state; everything else (MLflow, the summary)
+is derived from it.
+"""
+from __future__ import annotations
+
+import functools
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+DIRECTION = "maximize"  # validation accuracy
+INTERRUPTED = "interrupted"
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def default_storage(sweep_dir: Path) -> str:
+    """The embedded default: an append-only journal file (see bench/storage_contention.py)."""
+    return f"journal:///{(sweep_dir / 'optuna.journal').resolve()}"
+
+
+@functools.lru_cache(maxsize=8)
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """One storage object per process and URL (workers reuse it across trials)."""
+    if url.startswith("journal:///"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url[len("journal://"):]))
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and not Path(path).exists():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path) as conn:  # WAL lets readers and one writer work concurrently
+            conn.execute("PRAGMA journal_mode=WAL")
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """Every optimizer's study gets the same sampler with the same seed: a fair comparison."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
+                                          n_startup_trials=max(2, min(10, trials // 3)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs), reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"unknown pruner {name!r}")
+
+
+def study_name(sweep_name: str, optimizer: str) -> str:
+    return f"{sweep_name}/{optimizer}"
+
+
+def open_study(cfg: dict[str, Any], storage_url: str, optimizer: str, create: bool = True) -> optuna.Study:
+    kwargs = dict(study_name=study_name(cfg["name"], optimizer), storage=open_storage(storage_url),
+                  sampler=make_sampler(cfg["sampler"], cfg["seed"], cfg["trials"]),
+                  pruner=make_pruner(cfg["pruner"], cfg["epochs"]))
+    if create:
+        return optuna.create_study(direction=DIRECTION, load_if_exists=True, **kwargs)
+    return optuna.load_study(**kwargs)
+
+
+def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
+    """Counts against the budget: complete, pruned, or failed for a reason other than interruption."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") != INTERRUPTED

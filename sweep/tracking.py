@@ -1,0 +1,112 @@
+"""MLflow side of a sweep: one experiment, a parent run per optimizer, one child run per trial.
+
+Runs are found by tags as well as by the run id kept in Optuna's user attributes, so a driver
+killed between two writes never leaves a trial with two runs. Everything is logged with
+``log_batch`` (one request per epoch, not one per metric).
+"""
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+ROLE, OPTIMIZER, TRIAL = "sweep.role", "sweep.optimizer", "optuna.trial_number"
+STATE, REASON, RETRY_OF = "optuna.state", "optuna.fail_reason", "sweep.retry_of"
+PARENT = "mlflow.parentRunId"
+
+
+def default_tracking_uri(sweep_dir: Path) -> str:
+    return f"sqlite:///{(sweep_dir / 'mlflow.db').resolve()}"
+
+
+@functools.lru_cache(maxsize=4)
+def client(uri: str) -> MlflowClient:
+    """One client per process and URI: workers log many trials through it."""
+    return MlflowClient(tracking_uri=uri)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _params(values: Mapping[str, Any]) -> list[Param]:
+    return [Param(str(k), str(v)[:6000]) for k, v in values.items()]
+
+
+class SweepTracker:
+    """Driver-side operations: experiment, parent runs, creating and closing child runs."""
+
+    def __init__(self, uri: str, experiment: str, artifact_dir: Path | None):
+        self.uri = uri
+        self.client = client(uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = found.experiment_id
+
+    def _find(self, filter_string: str):
+        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=2)
+        return runs[0] if runs else None
+
+    def parent_run(self, optimizer: str, fixed_params: Mapping[str, Any]) -> str:
+        run = self._find(f"tags.`{ROLE}` = 'parent' and tags.`{OPTIMIZER}` = '{optimizer}'")
+        if run is not None:
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=optimizer,
+                                     tags={ROLE: "parent", OPTIMIZER: optimizer})
+        self.client.log_batch(run.info.run_id, params=_params({**fixed_params, "optimizer": optimizer}))
+        return run.info.run_id
+
+    def trial_run(self, parent_id: str, optimizer: str, number: int, params: Mapping[str, Any],
+                  retry_of: int | None = None) -> str:
+        """The trial's run: created once, found again by tags if it already exists."""
+        existing = self.find_trial_run(optimizer, number)
+        if existing is not None:
+            return existing
+        tags = {ROLE: "trial", OPTIMIZER: optimizer, TRIAL: str(number), PARENT: parent_id}
+        if retry_of is not None:
+            tags[RETRY_OF] = str(retry_of)
+        run = self.client.create_run(self.experiment_id, run_name=f"{optimizer}-{number}", tags=tags)
+        self.client.log_batch(run.info.run_id, params=_params(params))
+        return run.info.run_id
+
+    def find_trial_run(self, optimizer: str, number: int) -> str | None:
+        run = self._find(f"tags.`{ROLE}` = 'trial' and tags.`{OPTIMIZER}` = '{optimizer}' "
+                         f"and tags.`{TRIAL}` = '{number}'")
+        return run.info.run_id if run else None
+
+    def fail_run(self, run_id: str, state: str, reason: str) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(STATE, state), RunTag(REASON, reason)])
+        self.client.set_terminated(run_id, status="FAILED")
+
+    def finish_parent(self, run_id: str, metrics: Mapping[str, float], texts: Mapping[str, str]) -> None:
+        now = _now_ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        for name, text in texts.items():
+            try:
+                self.client.log_text(run_id, text, name)
+            except Exception as exc:  # an unreachable artifact store must not lose the summary
+                print(f"warning: could not log {name} to MLflow: {exc}")
+        self.client.set_terminated(run_id, status="FINISHED")
+
+
+def log_epoch(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """Worker side: one batch request per epoch."""
+    now = _now_ms()
+    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def finish_trial_run(uri: str, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str],
+                     status: str) -> None:
+    now = _now_ms()
+    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                          tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client(uri).set_terminated(run_id, status=status)

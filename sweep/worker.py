@@ -1,0 +1,73 @@
+"""What runs on a Ray worker: one Optuna trial, reported per epoch to Optuna and MLflow.
+
+The worker reports each epoch's validation accuracy to the trial (so the study's pruner decides
+with every other trial's history), logs the epoch to the trial's MLflow run in one batch, and
+finishes both itself, so a finished trial is recorded even if the driver dies right after.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweep import tracking
+from sweep.studies import make_pruner, open_storage
+from sweep.trial import PruneTrial, TrialConfig, run_trial
+
+OPTUNA_STATE = {"ok": TrialState.COMPLETE, "diverged": TrialState.COMPLETE,
+                "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+MLFLOW_STATUS = {"ok": "FINISHED", "diverged": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
+
+
+@dataclass
+class TrialTask:
+    storage_url: str
+    study_name: str
+    trial_id: int
+    trial_number: int
+    tracking_uri: str
+    run_id: str
+    pruner: str
+    config: TrialConfig
+    threads: int = 1
+
+
+def execute(task: TrialTask, data) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(max(1, task.threads))
+    study = optuna.load_study(study_name=task.study_name, storage=open_storage(task.storage_url),
+                              pruner=make_pruner(task.pruner, task.config.epochs))
+    trial = optuna.trial.Trial(study, task.trial_id)
+
+    def report(m):
+        tracking.log_epoch(task.tracking_uri, task.run_id,
+                           {k: v for k, v in asdict(m).items() if k != "epoch"}, step=m.epoch)
+        trial.report(m.val_accuracy, m.epoch)
+        if trial.should_prune():
+            raise PruneTrial(f"pruned after epoch {m.epoch} (val accuracy {m.val_accuracy:.4f})")
+
+    result = run_trial(task.config, data, report)
+    state = OPTUNA_STATE[result.status]
+    value = result.metrics.get("val_accuracy", 0.0)
+    if not math.isfinite(value):
+        value = 0.0
+    final = {f"final_{k}": v for k, v in result.metrics.items() if math.isfinite(v)}
+    for key, v in final.items():
+        trial.set_user_attr(key, v)
+    trial.set_user_attr("status", result.status)
+    if result.reason:
+        trial.set_user_attr("fail_reason" if state == TrialState.FAIL else "reason", result.reason)
+    tags = {tracking.STATE: state.name, "status": result.status}
+    if result.reason:
+        tags[tracking.REASON] = result.reason
+    tracking.finish_trial_run(task.tracking_uri, task.run_id, final, tags, MLFLOW_STATUS[result.status])
+    if state == TrialState.COMPLETE:
+        study.tell(task.trial_number, value, skip_if_finished=True)
+    else:
+        study.tell(task.trial_number, state=state, skip_if_finished=True)
+    return {"number": task.trial_number, "status": result.status, "state": state.name, "value": value,
+            "reason": result.reason, "epochs": result.epochs_run, **final}
