@@ -38,7 +38,11 @@ def _momentum_sgd(nesterov: bool):
     return build
 
 
-_LR = LogUniform(1e-4, 1.0)
+# Learning-rate ranges span where each family trains at all: SGD-type methods need larger steps,
+# adaptive methods diverge above ~0.1.
+_LR_SGD = LogUniform(1e-3, 1.0)
+_LR_ADAGRAD = LogUniform(1e-4, 0.3)
+_LR_ADAPTIVE = LogUniform(1e-5, 0.1)
 _MOMENTUM = OneMinusLogUniform(0.5, 0.999)
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in [
@@ -46,26 +50,26 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in [
         "sgd",
         lambda params, hp: torch.optim.SGD(params, lr=hp["lr"], weight_decay=hp["weight_decay"]),
         {"lr": 0.1, "weight_decay": 0.0},
-        {"lr": _LR},
+        {"lr": _LR_SGD},
         "plain mini-batch SGD",
     ),
     OptimizerSpec(
         "momentum", _momentum_sgd(nesterov=False),
         {"lr": 0.01, "momentum": 0.9, "formulation": "pytorch", "weight_decay": 0.0},
-        {"lr": _LR, "momentum": _MOMENTUM},
+        {"lr": _LR_SGD, "momentum": _MOMENTUM},
         "SGD with classical (heavy-ball) momentum; formulation selects pytorch/heavy_ball/ema",
     ),
     OptimizerSpec(
         "nesterov", _momentum_sgd(nesterov=True),
         {"lr": 0.01, "momentum": 0.9, "formulation": "pytorch", "weight_decay": 0.0},
-        {"lr": _LR, "momentum": _MOMENTUM},
+        {"lr": _LR_SGD, "momentum": _MOMENTUM},
         "SGD with Nesterov look-ahead momentum",
     ),
     OptimizerSpec(
         "adagrad",
         lambda params, hp: torch.optim.Adagrad(params, lr=hp["lr"], weight_decay=hp["weight_decay"]),
         {"lr": 0.01, "weight_decay": 0.0},
-        {"lr": _LR},
+        {"lr": _LR_ADAGRAD},
         "per-parameter step sizes from the sum of squared gradients",
     ),
     OptimizerSpec(
@@ -73,7 +77,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in [
         lambda params, hp: torch.optim.RMSprop(params, lr=hp["lr"], alpha=hp["alpha"],
                                                weight_decay=hp["weight_decay"]),
         {"lr": 0.001, "alpha": 0.99, "weight_decay": 0.0},
-        {"lr": _LR, "alpha": OneMinusLogUniform(0.8, 0.999)},
+        {"lr": _LR_ADAPTIVE, "alpha": OneMinusLogUniform(0.8, 0.999)},
         "step sizes from a moving average of squared gradients",
     ),
     OptimizerSpec(
@@ -81,7 +85,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in [
         lambda params, hp: torch.optim.Adam(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
                                             weight_decay=hp["weight_decay"]),
         {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0},
-        {"lr": _LR, "beta1": OneMinusLogUniform(0.5, 0.99)},
+        {"lr": _LR_ADAPTIVE, "beta1": OneMinusLogUniform(0.5, 0.99)},
         "Adam with coupled L2 weight decay",
     ),
     OptimizerSpec(
@@ -89,7 +93,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in [
         lambda params, hp: torch.optim.AdamW(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
                                              weight_decay=hp["weight_decay"]),
         {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01},
-        {"lr": _LR, "beta1": OneMinusLogUniform(0.5, 0.99), "weight_decay": LogUniform(1e-5, 0.1)},
+        {"lr": _LR_ADAPTIVE, "beta1": OneMinusLogUniform(0.5, 0.99), "weight_decay": LogUniform(1e-5, 0.1)},
         "Adam with decoupled weight decay",
     ),
 ]}

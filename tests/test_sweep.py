@@ -1,0 +1,93 @@
+"""The sweep engine end to end: real Ray, real Optuna storage, real MLflow store."""
+from __future__ import annotations
+
+import json
+import math
+
+from optuna.trial import TrialState
+
+from sweep.config import load_config
+from sweep.engine import run_sweep, sweep_dir_of
+from sweep.studies import default_storage
+from sweep.tracking import default_tracking_uri
+from tests.sweep_helpers import mlflow_runs, runs_per_trial, studies
+
+
+def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
+    cfg = load_config("quickstart", sweep_overrides + [
+        "name=counts", "optimizers=[sgd,adam]", "trials=4", "workers=2", "pruner=none",
+        "optimizer.lr=0.01", "schedules=[constant,cosine]"], mode="sweep")
+    assert run_sweep(cfg) == 0
+    sweep_dir = sweep_dir_of(cfg)
+    by_opt = studies(cfg, default_storage(sweep_dir))
+    trials = [t for s in by_opt.values() for t in s.get_trials()]
+    assert len(trials) == 8
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+    client, parents, children = mlflow_runs(default_tracking_uri(sweep_dir), cfg["name"])
+    assert len(parents) == 2 and len(children) == 8
+    assert sorted(r.data.tags["sweep.optimizer"] for r in parents) == ["adam", "sgd"]
+    assert set(runs_per_trial(children).values()) == {1}
+    parent_ids = {r.info.run_id for r in parents}
+    for run in children:
+        opt, number = run.data.tags["sweep.optimizer"], int(run.data.tags["optuna.trial_number"])
+        trial = by_opt[opt].trials[number]
+        assert run.data.tags["mlflow.parentRunId"] in parent_ids
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
+        assert run.data.params["optimizer"] == opt
+        for key, value in trial.params.items():
+            assert run.data.params[key] == str(value), key
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1]
+        assert math.isclose(history[-1].value if history[-1].step == 1 else history[0].value, trial.value)
+        assert run.data.metrics["final_test_accuracy"] > 0
+
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert set(summary["optimizers"]) == {"sgd", "adam"}
+    for opt, row in summary["optimizers"].items():
+        assert row["complete"] == 4 and row["pruned"] == 0 and row["failed"] == 0
+        assert row["best_val_accuracy"] == max(t.value for t in by_opt[opt].trials)
+    assert (sweep_dir / "comparison.csv").read_text().count("\n") == 3
+    assert "| adam |" in (sweep_dir / "comparison.md").read_text()
+
+
+def test_pruned_trials_are_pruned_in_optuna_and_mlflow(ray_address, sweep_overrides):
+    cfg = load_config("quickstart", sweep_overrides + [
+        "name=pruning", "optimizers=[sgd]", "trials=6", "epochs=3", "workers=1", "sampler=random",
+        "pruner=median", "schedules=[constant]"], mode="sweep")
+    assert run_sweep(cfg) == 0
+    sweep_dir = sweep_dir_of(cfg)
+    study = studies(cfg, default_storage(sweep_dir))["sgd"]
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, [(t.state, t.intermediate_values) for t in study.trials]
+    _, _, children = mlflow_runs(default_tracking_uri(sweep_dir), cfg["name"])
+    state_of_run = {int(r.data.tags["optuna.trial_number"]): r.data.tags["optuna.state"] for r in children}
+    for t in study.trials:
+        assert state_of_run[t.number] == t.state.name
+    assert all(len(t.intermediate_values) < 3 for t in pruned)
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert summary["optimizers"]["sgd"]["pruned"] == len(pruned)
+
+
+def test_resume_tops_up_the_budget_without_rerunning(ray_address, sweep_overrides):
+    base = sweep_overrides + ["name=topup", "optimizers=[adagrad]", "epochs=1", "workers=2"]
+    assert run_sweep(load_config("quickstart", base + ["trials=2"], mode="sweep")) == 0
+    cfg = load_config("quickstart", base + ["trials=3"], mode="sweep")
+    assert run_sweep(cfg) == 0
+    study = studies(cfg, default_storage(sweep_dir_of(cfg)))["adagrad"]
+    assert len(study.trials) == 3
+    _, parents, children = mlflow_runs(default_tracking_uri(sweep_dir_of(cfg)), cfg["name"])
+    assert len(parents) == 1 and len(children) == 3
+
+
+def test_postgresql_storage(ray_address, sweep_overrides):
+    import uuid
+
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    cfg = load_config("quickstart", sweep_overrides + [
+        f"name={name}", "optimizers=[adam]", "trials=2", "epochs=1", "workers=2",
+        "storage=postgresql://postgres@127.0.0.1:5432/test"], mode="sweep")
+    assert run_sweep(cfg) == 0
+    study = studies(cfg, cfg["storage"])["adam"]
+    assert len([t for t in study.trials if t.state.is_finished()]) == 2

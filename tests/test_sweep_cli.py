@@ -1,0 +1,114 @@
+"""`sweep run` input checking, `sweep ls`, and `sweep ui` serving a sweep over real HTTP."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sweep.cli import main
+from sweep.report import ui_command
+
+BAD_VALUES = [
+    ("name", "name=has space"),
+    ("optimizers", "optimizers=[sgd,lion]"),
+    ("optimizers", "optimizers=[]"),
+    ("trials", "trials=0"),
+    ("trials", "trials=two"),
+    ("epochs", "epochs=1.5"),
+    ("workers", "workers=-1"),
+    ("dataset", "dataset=imagenet"),
+    ("model", "model=vgg"),
+    ("output_dir", "output_dir="),
+    ("storage", "storage=postgresql://"),
+    ("storage", "storage=not-a-url"),
+    ("tracking_uri", "tracking_uri=ftp://host/x"),
+    ("tracking_uri", "tracking_uri=http://:5000"),
+    ("sampler", "sampler=grid"),
+    ("pruner", "pruner=sometimes"),
+    ("seed", "seed=-3"),
+    ("schedules", "schedules=[cosine,sawtooth]"),
+    ("optimizer.momentum", "optimizer.momentum=1.5"),
+    ("optimizer.betas", "optimizer.betas=0.9"),
+    ("schedule.warmup_epochs", "schedule.warmup_epochs=-1"),
+    ("ray_address", "ray_address=not an address"),
+    ("num_gpus", "num_gpus=-1"),
+    ("no_such_key", "no_such_key=1"),
+]
+
+
+@pytest.mark.parametrize("key,override", BAD_VALUES, ids=[b[1] for b in BAD_VALUES])
+def test_bad_values_exit_2_and_write_nothing(key, override, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", "quickstart", f"output_dir={tmp_path / 'out'}", override]
+                if not override.startswith("output_dir") else ["run", "quickstart", override])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith(f"sweep: error: {key}:"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_dataset_files_exit_2_and_write_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", "cifar10", f"data_dir={tmp_path / 'nodata'}", f"output_dir={tmp_path / 'out'}"])
+    out = capsys.readouterr()
+    assert code == 2 and "nodata" in out.out + out.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_config_name_lists_choices(capsys):
+    assert main(["run", "no-such-config"]) == 2
+    err = capsys.readouterr().err
+    assert "quickstart" in err and "cifar10" in err
+
+
+def test_resume_unknown_sweep(tmp_path, capsys):
+    assert main(["resume", "ghost", "--output-dir", str(tmp_path)]) == 2
+    assert "ghost" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ls_and_ui_serve_the_sweep(ray_address, tmp_path, capsys):
+    out_dir = tmp_path / "sweeps"
+    assert main(["run", "quickstart", f"output_dir={out_dir}", "name=uitest", "optimizers=[adam]",
+                 "trials=2", "epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["ls", "--output-dir", str(out_dir)]) == 0
+    listing = capsys.readouterr().out
+    assert "uitest" in listing and "finished" in listing and "adam" in listing
+
+    port = _free_port()
+    server = subprocess.Popen(ui_command("uitest", str(out_dir), "127.0.0.1", port),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search",
+                                         data=json.dumps({"max_results": 10}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        experiments = json.load(urllib.request.urlopen(request, timeout=10))["experiments"]
+        exp = next(e for e in experiments if e["name"] == "uitest")
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search",
+                                         data=json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        runs = json.load(urllib.request.urlopen(request, timeout=10))["runs"]
+        assert len(runs) == 3  # one parent, two trials
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    assert Path(ui_command("uitest", str(out_dir), "127.0.0.1", port)[5]).as_posix().startswith("sqlite:")

@@ -1,0 +1,92 @@
+"""SIGKILL the driver mid-sweep, run the same command again: exact totals, nothing duplicated."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from sweep.config import load_config
+from sweep.engine import sweep_dir_of
+from sweep.studies import default_storage, is_finished, open_storage, study_name
+from tests.sweep_helpers import mlflow_runs, runs_per_trial, studies
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _trial_states(storage_url, name, optimizers):
+    states = []
+    for opt in optimizers:
+        try:
+            study = optuna.load_study(study_name=study_name(name, opt), storage=open_storage(storage_url))
+        except KeyError:
+            continue
+        states += [t.state for t in study.get_trials(deepcopy=False)]
+    return states
+
+
+def test_sigkill_driver_then_rerun(ray_address, tmp_path):
+    overrides = [f"output_dir={tmp_path / 'sweeps'}", "name=killed", "optimizers=[sgd,momentum]", "trials=4",
+                 "epochs=4", "batch_size=32", "workers=2", "pruner=none", f"ray_address={ray_address}"]
+    command = [sys.executable, "-m", "sweep.cli", "run", "quickstart", *overrides]
+    cfg = load_config("quickstart", overrides, mode="sweep")
+    storage_url = default_storage(sweep_dir_of(cfg))
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:
+            time.sleep(0.5)
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+            if not Path(storage_url[len("journal://"):]).exists():
+                continue
+            open_storage.cache_clear()
+            states = _trial_states(storage_url, cfg["name"], cfg["optimizers"])
+            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+                break
+        else:
+            raise AssertionError("the sweep never had a finished and a running trial at once")
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    open_storage.cache_clear()
+    assert TrialState.RUNNING in _trial_states(storage_url, cfg["name"], cfg["optimizers"])
+
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "was interrupted" in rerun.stdout
+
+    open_storage.cache_clear()
+    by_opt = studies(cfg, storage_url)
+    all_trials = [(opt, t) for opt, s in by_opt.items() for t in s.get_trials()]
+    for opt, study in by_opt.items():
+        assert sum(is_finished(t) for t in study.trials) == 4, opt
+    assert not [t for _, t in all_trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    interrupted = [(opt, t) for opt, t in all_trials if t.state == TrialState.FAIL]
+    assert interrupted and all(t.user_attrs["fail_reason"] == "interrupted" for _, t in interrupted)
+    retries = {(opt, t.user_attrs["retry_of"]): t for opt, t in all_trials if "retry_of" in t.user_attrs}
+    for opt, t in interrupted:
+        assert retries[(opt, t.number)].params == t.params
+
+    _, parents, children = mlflow_runs(cfg_tracking(cfg), cfg["name"])
+    assert len(parents) == 2
+    counts = runs_per_trial(children)
+    assert len(children) == len(all_trials) and set(counts.values()) == {1}
+    assert not [r for r in parents + children if r.info.status == "RUNNING"]
+    by_key = {(r.data.tags["sweep.optimizer"], int(r.data.tags["optuna.trial_number"])): r for r in children}
+    for opt, t in interrupted:
+        run = by_key[(opt, t.number)]
+        assert run.info.status == "FAILED" and run.data.tags["optuna.fail_reason"] == "interrupted"
+        retry = retries[(opt, t.number)]
+        assert by_key[(opt, retry.number)].data.tags["sweep.retry_of"] == str(t.number)
+
+
+def cfg_tracking(cfg):
+    from sweep.tracking import default_tracking_uri
+
+    return default_tracking_uri(sweep_dir_of(cfg))
