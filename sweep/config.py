@@ -151,11 +151,11 @@ def _storage_url(key, value):
         raise ConfigError(key, f"must be a database URL string, got {value!r}")
     parsed = urlparse(value)
     scheme = parsed.scheme.split("+")[0]
-    if scheme == "sqlite" and value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+    if scheme in ("sqlite", "journal") and value.startswith(f"{scheme}:///") and len(value) > len(scheme) + 4:
         return value
     if scheme in ("postgresql", "postgres", "mysql") and parsed.hostname and parsed.path.strip("/"):
         return value
-    raise ConfigError(key, "must be sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB "
+    raise ConfigError(key, "must be journal:///PATH, sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB "
                            f"(mysql://... also works), got {value!r}")
 
 

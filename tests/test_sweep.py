@@ -6,6 +6,7 @@ import math
 
 from optuna.trial import TrialState
 
+from sweep.cli import main
 from sweep.config import load_config
 from sweep.engine import run_sweep, sweep_dir_of
 from sweep.studies import default_storage
@@ -74,7 +75,9 @@ def test_resume_tops_up_the_budget_without_rerunning(ray_address, sweep_override
     base = sweep_overrides + ["name=topup", "optimizers=[adagrad]", "epochs=1", "workers=2"]
     assert run_sweep(load_config("quickstart", base + ["trials=2"], mode="sweep")) == 0
     cfg = load_config("quickstart", base + ["trials=3"], mode="sweep")
-    assert run_sweep(cfg) == 0
+    output_dir = str(sweep_dir_of(cfg).parent)
+    assert main(["resume", "topup", "trials=3", "--output-dir", output_dir]) == 0
+    assert main(["resume", "topup", "epochs=5", "--output-dir", output_dir]) == 2  # would mix experiments
     study = studies(cfg, default_storage(sweep_dir_of(cfg)))["adagrad"]
     assert len(study.trials) == 3
     _, parents, children = mlflow_runs(default_tracking_uri(sweep_dir_of(cfg)), cfg["name"])
