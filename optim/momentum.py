@@ -1,8 +1,7 @@
 """Momentum SGD in the two formulations torch.optim.SGD does not implement exactly.
 
-The three formulations agree while the learning rate is constant (up to a rescaling of lr) and
-differ once a schedule changes it, which is why a comparison of optimizers must say which one it
-ran:
+The three formulations agree while the learning rate is constant (up to a rescaling of lr), but
+not in how a changing LR or momentum acts, which is why a comparison must say which one it ran:
 
 * ``pytorch``    b <- mu*b + g;          p <- p - lr*b          (torch.optim.SGD, used as is)
 * ``heavy_ball`` v <- mu*v + lr*g;       p <- p - v             (Polyak; the LR lives inside v)
@@ -11,6 +10,10 @@ ran:
 torch.optim.SGD with ``dampening=beta`` is *not* the EMA form: it seeds the buffer with the
 first raw gradient (v1 = g instead of (1-beta)*g), so the first steps are 1/(1-beta) too large.
 Hence this class, with v0 = 0 for both formulations.
+
+``ema`` is ``pytorch`` with lr scaled by (1-beta) at every step, so searching beta also moves the
+effective step; ``heavy_ball`` departs from ``pytorch`` when the LR changes, since the velocity
+keeps the old LR's steps and decays them, instead of rescaling them at once.
 
 Nesterov variants apply the look-ahead in each formulation's own units:
 heavy_ball p <- p - (mu*v_new + lr*g); ema p <- p - lr*(beta*v_new + (1-beta)*g).

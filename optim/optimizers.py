@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from optim.momentum import FORMULATIONS, MomentumSGD
+from optim.ranges import NON_NEGATIVE, OPEN_UNIT, POSITIVE, UNIT, Interval
 from optim.space import Distribution, LogUniform, OneMinusLogUniform
 
 
@@ -22,6 +23,7 @@ class OptimizerSpec:
     defaults: Mapping[str, Any]
     space: Mapping[str, Distribution] = field(default_factory=dict)
     description: str = ""
+    ranges: Mapping[str, Interval] = field(default_factory=dict)  # overrides NUMERIC_RANGES
 
     @property
     def has_momentum(self) -> bool:
@@ -64,6 +66,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in [
         {"lr": 0.01, "momentum": 0.9, "formulation": "pytorch", "weight_decay": 0.0},
         {"lr": _LR_SGD, "momentum": _MOMENTUM},
         "SGD with Nesterov look-ahead momentum",
+        ranges={"momentum": OPEN_UNIT},  # torch refuses Nesterov without momentum
     ),
     OptimizerSpec(
         "adagrad",
@@ -99,15 +102,8 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in [
 ]}
 
 CATEGORICAL_HYPERPARAMETERS = {"formulation": FORMULATIONS}
-# (low, high, description): numeric hyperparameters must satisfy low <= value < high, lr > 0.
-NUMERIC_RANGES = {
-    "lr": (0.0, float("inf"), "a number > 0"),
-    "weight_decay": (0.0, float("inf"), "a number >= 0"),
-    "momentum": (0.0, 1.0, "a number in [0, 1)"),
-    "alpha": (0.0, 1.0, "a number in [0, 1)"),
-    "beta1": (0.0, 1.0, "a number in [0, 1)"),
-    "beta2": (0.0, 1.0, "a number in [0, 1)"),
-}
+NUMERIC_RANGES = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "momentum": UNIT, "alpha": UNIT,
+                  "beta1": UNIT, "beta2": UNIT}
 
 
 def resolve_hyperparameters(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,10 +119,7 @@ def resolve_hyperparameters(name: str, given: Mapping[str, Any]) -> dict[str, An
             if value not in allowed:
                 raise ValueError(f"optimizer.{key}: must be one of {', '.join(allowed)}, got {value!r}")
         else:
-            low, high, text = NUMERIC_RANGES[key]
-            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not numeric or not low <= value < high or (key == "lr" and value == 0):
-                raise ValueError(f"optimizer.{key}: must be {text}, got {value!r}")
+            spec.ranges.get(key, NUMERIC_RANGES[key]).check(f"optimizer.{key}", value)
         hp[key] = value
     return hp
 

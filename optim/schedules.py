@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.optim import lr_scheduler as sched
 
+from optim.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, OPEN_UNIT, POSITIVE_INT, Interval
 from optim.space import Distribution, IntRange, Uniform
 
 
@@ -83,6 +84,16 @@ SCHEDULES: dict[str, ScheduleSpec] = {spec.name: spec for spec in [
 
 WARMUP_DEFAULTS = {"warmup_epochs": 0, "warmup_start_factor": 0.1}
 
+# Every schedule parameter's allowed range, checked before a trial starts (torch checks late).
+PARAM_RANGES = {
+    "warmup_epochs": NON_NEGATIVE_INT, "warmup_start_factor": Interval(0.0, 1.0, low_open=True, high_open=False),
+    "step_epochs": POSITIVE_INT, "gamma": Interval(0.0, 1.0, low_open=True, high_open=False),
+    "min_lr_factor": Interval(0.0, 1.0, high_open=False), "restart_epochs": NON_NEGATIVE_INT,
+    "restart_mult": POSITIVE_INT, "pct_start": OPEN_UNIT, "div_factor": Interval(1.0, low_open=False),
+    "final_div_factor": Interval(1.0), "power": NON_NEGATIVE, "factor": OPEN_UNIT,
+    "patience": NON_NEGATIVE_INT,
+}
+
 
 def get_schedule(name: str) -> ScheduleSpec:
     try:
@@ -102,14 +113,13 @@ def resolve_schedule_params(name: str, given: Mapping[str, Any]) -> dict[str, An
     for key, value in given.items():
         if key == "milestones":
             ok = isinstance(value, (list, tuple)) and value and all(
-                isinstance(f, (int, float)) and 0 < f < 1 for f in value)
+                isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in value)
             if not ok:
                 raise ValueError(f"schedule.milestones: must be a list of fractions of the run in (0, 1), got {value!r}")
-        elif isinstance(allowed[key], int) and not isinstance(allowed[key], bool):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"schedule.{key}: must be an integer >= 0, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"schedule.{key}: must be a number >= 0, got {value!r}")
+        else:
+            PARAM_RANGES[key].check(f"schedule.{key}", value)
+    if params.get("restart_epochs") and params.get("restart_mult", 1) < 1:
+        raise ValueError(f"schedule.restart_mult: must be an integer >= 1 with restarts, got {params['restart_mult']!r}")
     return params
 
 
