@@ -8,6 +8,7 @@ trials in flight, and recovers after a crash: trials left RUNNING by a dead driv
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +60,17 @@ def check_resumable(cfg: dict[str, Any], sweep_dir: Path) -> dict[str, Any]:
 def run_sweep(cfg: dict[str, Any]) -> int:
     sweep_dir = sweep_dir_of(cfg)
     try:
+        if report.sweep_state(sweep_dir) == "running":
+            raise ConfigError("name", f"sweep {cfg['name']!r} is being run by another driver "
+                                      f"({(sweep_dir / STATE_FILE).read_text().strip()}); wait for it or stop it")
         cfg = _fill_locations(check_resumable(dict(cfg), sweep_dir), sweep_dir)
     except ConfigError as exc:
-        print(f"sweep: error: {exc}")
+        print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
     try:
         data = load_dataset(cfg["dataset"], cfg["data_dir"], cfg["download"], cfg["val_fraction"], seed=cfg["seed"])
     except DatasetUnavailable as exc:
-        print(f"sweep: error: dataset: {exc}")
+        print(f"sweep: error: dataset: {exc}", file=sys.stderr)
         return 2
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=True))

@@ -86,7 +86,7 @@ def write(cfg: dict[str, Any], sweep_dir: Path, studies: dict, tracker, parents:
     return rows
 
 
-def _sweep_state(path: Path) -> str:
+def sweep_state(path: Path) -> str:
     state_file = path / "state"
     if not state_file.exists():
         return "unknown"
@@ -118,7 +118,7 @@ def list_sweeps(output_dir: str) -> int:
             if scored:
                 value, name = max(scored)
                 best = f"{name}: {value:.4f}"
-        print(f"{path.name:<24} {_sweep_state(path):<12} {len(cfg['optimizers']):<10} {cfg['trials']:>7}  {best}")
+        print(f"{path.name:<24} {sweep_state(path):<12} {len(cfg['optimizers']):<10} {cfg['trials']:>7}  {best}")
     return 0
 
 

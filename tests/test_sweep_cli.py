@@ -116,3 +116,12 @@ def test_ls_and_ui_serve_the_sweep(ray_address, tmp_path, capsys):
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
     assert Path(ui_command("uitest", str(out_dir), "127.0.0.1", port)[5]).as_posix().startswith("sqlite:")
+
+
+def test_second_driver_on_a_running_sweep_is_refused(tmp_path, capsys):
+    sweep_dir = tmp_path / "busy"
+    sweep_dir.mkdir()
+    (sweep_dir / "state").write_text(f"running {os.getpid()}\n")  # this live process "runs" it
+    assert main(["run", "quickstart", "name=busy", f"output_dir={tmp_path}"]) == 2
+    assert "another driver" in capsys.readouterr().err
+    assert [p.name for p in sweep_dir.iterdir()] == ["state"]
