@@ -16,6 +16,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 ROLE, OPTIMIZER, TRIAL = "sweep.role", "sweep.optimizer", "optuna.trial_number"
 STATE, REASON, RETRY_OF = "optuna.state", "optuna.fail_reason", "sweep.retry_of"
+ATTEMPTS = "sweep.attempts"  # > 1 when Ray re-ran the trial after its worker process died
 PARENT = "mlflow.parentRunId"
 
 
@@ -102,6 +103,11 @@ def log_epoch(uri: str, run_id: str, metrics: Mapping[str, float], step: int) ->
     """Worker side: one batch request per epoch."""
     now = _now_ms()
     client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def logged_steps(uri: str, run_id: str) -> set[int]:
+    """The epochs a run already holds (``log_epoch`` writes all of an epoch's metrics at once)."""
+    return {m.step for m in client(uri).get_metric_history(run_id, "val_accuracy")}
 
 
 def finish_trial_run(uri: str, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str],
