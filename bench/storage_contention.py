@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
 
 from sweep.studies import DIRECTION, make_pruner, open_storage  # noqa: E402
 
