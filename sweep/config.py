@@ -19,10 +19,9 @@ import yaml
 from models import MODELS
 from optim import OPTIMIZERS, SCHEDULES, resolve_hyperparameters, resolve_schedule_params
 from sweep.datasets import DATASETS
+from sweep.studies import PRUNERS, SAMPLERS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-SAMPLERS = ("tpe", "random", "qmc", "cmaes", "gp")
-PRUNERS = ("median", "asha", "hyperband", "none")
 GROUPS = ("optimizer", "schedule")
 
 

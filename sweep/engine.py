@@ -19,7 +19,7 @@ from sweep import report, tracking
 from sweep.config import ConfigError, load_config
 from sweep.datasets import DatasetUnavailable, load_dataset
 from sweep.progress import OptimizerProgress, Progress
-from sweep.search import run_params, sample_trial
+from sweep.search import chosen_hyperparameters, run_params, sample_trial
 from sweep.studies import INTERRUPTED, default_storage, is_finished, open_study
 from sweep.worker import TrialTask, execute
 
@@ -189,6 +189,7 @@ class Driver:
         run_id = self.tracker.trial_run(self.parents[opt], opt, trial.number, run_params(tc, trial.params),
                                         retry_of=trial.user_attrs.get("retry_of"))
         trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("hyperparameters", chosen_hyperparameters(tc))
         task = TrialTask(self.cfg["storage"], study.study_name, trial._trial_id, trial.number,
                          self.cfg["tracking_uri"], run_id, self.cfg["pruner"], tc,
                          threads=max(1, int(self.cfg["num_cpus"])))

@@ -24,16 +24,17 @@ class OptimizerProgress:
 
 
 class Progress:
-    def __init__(self, rows: dict[str, OptimizerProgress], live: bool | None = None):
+    def __init__(self, rows: dict[str, OptimizerProgress], live: bool | None = None, console=None):
         self.rows = rows
         self.live = sys.stdout.isatty() if live is None else live
+        self.console = console  # a rich Console; None: the terminal
         self._live = None
 
     def __enter__(self):
         if self.live:
             from rich.live import Live
 
-            self._live = Live(self._table(), refresh_per_second=4, transient=False)
+            self._live = Live(self._table(), refresh_per_second=4, transient=False, console=self.console)
             self._live.__enter__()
         return self
 

@@ -49,3 +49,9 @@ def run_params(tc, trial_params: dict[str, Any]) -> dict[str, Any]:
     params.update({f"{tc.schedule}.{k}": v for k, v in resolve_schedule_params(tc.schedule, tc.schedule_params).items()})
     params.update(trial_params)
     return params
+
+
+def chosen_hyperparameters(tc) -> dict[str, Any]:
+    """What a trial was given, in the optimizer's own terms (``momentum``, not ``one_minus_momentum``)."""
+    return {**tc.optimizer_params, "schedule": tc.schedule,
+            **{f"{tc.schedule}.{k}": v for k, v in tc.schedule_params.items()}}

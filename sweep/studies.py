@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -40,32 +40,34 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
+# Samplers and pruners by config name, as data. Every optimizer's study gets the same sampler with
+# the same seed: a fair comparison. TPE's constant liar keeps parallel workers from all sampling
+# the same point while their trials are running.
+SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda seed, trials: optuna.samplers.TPESampler(
+        seed=seed, constant_liar=True, n_startup_trials=max(2, min(10, trials // 3))),
+    "random": lambda seed, trials: optuna.samplers.RandomSampler(seed=seed),
+    "qmc": lambda seed, trials: optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
+    "cmaes": lambda seed, trials: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+    "gp": lambda seed, trials: optuna.samplers.GPSampler(seed=seed),
+}
+
+# Each epoch is one step of the pruner's resource (``epochs`` is the most a trial gets).
+PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
+    "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    "asha": lambda epochs: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+    "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=max(1, epochs), reduction_factor=3),
+    "none": lambda epochs: optuna.pruners.NopPruner(),
+}
+
+
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
-    """Every optimizer's study gets the same sampler with the same seed: a fair comparison."""
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True,
-                                          n_startup_trials=max(2, min(10, trials // 3)))
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    raise ValueError(f"unknown sampler {name!r}")
+    return SAMPLERS[name](seed, trials)
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    if name == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs), reduction_factor=3)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ValueError(f"unknown pruner {name!r}")
+    return PRUNERS[name](epochs)
 
 
 def study_name(sweep_name: str, optimizer: str) -> str:

@@ -49,6 +49,9 @@ def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
     for opt, row in summary["optimizers"].items():
         assert row["complete"] == 4 and row["pruned"] == 0 and row["failed"] == 0
         assert row["best_val_accuracy"] == max(t.value for t in by_opt[opt].trials)
+        assert row["best_params"]["lr"] == 0.01 and row["best_params"]["schedule"] in ("constant", "cosine")
+    adam = summary["optimizers"]["adam"]  # shown as beta1, searched as log(1 - beta1)
+    assert math.isclose(adam["best_params"]["beta1"], 1 - adam["best_optuna_params"]["one_minus_beta1"])
     assert (sweep_dir / "comparison.csv").read_text().count("\n") == 3
     assert "| adam |" in (sweep_dir / "comparison.md").read_text()
 
