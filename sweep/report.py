@@ -142,7 +142,19 @@ def ui_command(name: str | None, output_dir: str, host: str, port: int) -> list[
             "--host", host, "--port", str(port)]
 
 
+def ui_url(name: str | None, output_dir: str, host: str, port: int) -> str:
+    """The sweep's runs table; ``workflowType`` stops MLflow 3 opening its GenAI overview instead."""
+    from mlflow import MlflowClient
+
+    cfg = yaml.safe_load((find_sweep(name, output_dir) / "sweep.yaml").read_text())
+    base = f"http://{host}:{port}"
+    experiment = MlflowClient(cfg["tracking_uri"]).get_experiment_by_name(cfg["name"])
+    if experiment is None:
+        return base
+    return f"{base}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+
+
 def open_ui(name: str | None, output_dir: str, host: str, port: int) -> int:
     command = ui_command(name, output_dir, host, port)
-    print(f"MLflow UI for {command[5]} at http://{host}:{port}  (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI for {command[5]}\n  {ui_url(name, output_dir, host, port)}  (Ctrl-C stops it)", flush=True)
     return subprocess.call(command)

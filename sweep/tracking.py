@@ -18,6 +18,8 @@ ROLE, OPTIMIZER, TRIAL = "sweep.role", "sweep.optimizer", "optuna.trial_number"
 STATE, REASON, RETRY_OF = "optuna.state", "optuna.fail_reason", "sweep.retry_of"
 ATTEMPTS = "sweep.attempts"  # > 1 when Ray re-ran the trial after its worker process died
 PARENT = "mlflow.parentRunId"
+# Makes the MLflow UI open a sweep on its runs table rather than the GenAI tracing overview.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def default_tracking_uri(sweep_dir: Path) -> str:
@@ -47,7 +49,8 @@ class SweepTracker:
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location,
+                                                               tags={EXPERIMENT_KIND: MODEL_TRAINING})
         else:
             self.experiment_id = found.experiment_id
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sweep.cli import main
-from sweep.report import ui_command
+from sweep.report import ui_command, ui_url
 
 BAD_VALUES = [
     ("name", "name=has space"),
@@ -82,6 +84,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _browser_text(url: str) -> str:
+    """The page as headless Chromium renders it, as plain text (CI installs Chromium)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing; .ci/run installs it")
+        pytest.skip("no Chromium here (apt-get install chromium)")
+    for _ in range(3):  # the single-page app renders asynchronously; give it more time if needed
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                              "--window-size=1600,1000", "--virtual-time-budget=20000", "--dump-dom", url],
+                             capture_output=True, text=True, timeout=120).stdout
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+        if "matching runs" in text:
+            break
+    return text
+
+
 def test_ls_and_ui_serve_the_sweep(ray_address, tmp_path, capsys):
     out_dir = tmp_path / "sweeps"
     assert main(["run", "quickstart", f"output_dir={out_dir}", "name=uitest", "optimizers=[adam]",
@@ -112,6 +131,8 @@ def test_ls_and_ui_serve_the_sweep(ray_address, tmp_path, capsys):
                                          headers={"Content-Type": "application/json"})
         runs = json.load(urllib.request.urlopen(request, timeout=10))["runs"]
         assert len(runs) == 3  # one parent, two trials
+        page = _browser_text(ui_url("uitest", str(out_dir), "127.0.0.1", port))
+        assert "3 matching runs" in page and "adam" in page, page[:2000]  # the runs table, not GenAI
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
