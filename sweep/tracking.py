@@ -7,6 +7,7 @@ killed between two writes never leaves a trial with two runs. Everything is logg
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +21,9 @@ ATTEMPTS = "sweep.attempts"  # > 1 when Ray re-ran the trial after its worker pr
 PARENT = "mlflow.parentRunId"
 # Makes the MLflow UI open a sweep on its runs table rather than the GenAI tracing overview.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial tables..."
 
 
 def default_tracking_uri(sweep_dir: Path) -> str:
