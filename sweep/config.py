@@ -8,6 +8,7 @@ Config groups work like Hydra's: ``optimizer=adam`` replaces the whole ``optimiz
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,9 @@ from sweep.studies import PRUNERS, SAMPLERS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("optimizer", "schedule")
+# Keys whose command-line value is taken as text, not YAML: `name=2024` is a name, not a number,
+# and `storage=sqlite:///a: b.db` is a URL, not a mapping. An empty value means unset.
+TEXT_KEYS = ("name", "output_dir", "data_dir", "storage", "tracking_uri", "ray_address", "device")
 
 
 class ConfigError(ValueError):
@@ -91,7 +95,7 @@ def _int(low: int, high: int | None = None) -> Callable[[str, Any], int]:
 
 def _float(low: float, high: float | None = None, low_inclusive: bool = True) -> Callable[[str, Any], float]:
     def check(key, value):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (value >= low if low_inclusive else value > low) and (high is None or value < high)
         if not ok:
             lower = f">= {low}" if low_inclusive else f"> {low}"
@@ -145,34 +149,47 @@ def _optional(check):
     return optional
 
 
-def _storage_url(key, value):
+def _absolute_file_url(scheme: str, value: str) -> str:
+    """sqlite:///rel.db -> sqlite:////abs/rel.db: workers and `sweep resume` may run elsewhere."""
+    path = value[len(scheme) + 4:]
+    return f"{scheme}:///{Path(path).expanduser().resolve()}"
+
+
+def _database_url(key, value, schemes) -> str | None:
     if not isinstance(value, str):
-        raise ConfigError(key, f"must be a database URL string, got {value!r}")
+        return None
     parsed = urlparse(value)
     scheme = parsed.scheme.split("+")[0]
-    if scheme in ("sqlite", "journal") and value.startswith(f"{scheme}:///") and len(value) > len(scheme) + 4:
+    if scheme in schemes and scheme in ("sqlite", "journal"):
+        path = value[len(scheme) + 4:]
+        if value.startswith(f"{scheme}:///") and path and path != ":memory:":
+            return _absolute_file_url(scheme, value)
+    elif scheme in schemes and parsed.hostname and parsed.path.strip("/"):
         return value
-    if scheme in ("postgresql", "postgres", "mysql") and parsed.hostname and parsed.path.strip("/"):
-        return value
-    raise ConfigError(key, "must be journal:///PATH, sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB "
-                           f"(mysql://... also works), got {value!r}")
+    return None
+
+
+def _storage_url(key, value):
+    url = _database_url(key, value, ("journal", "sqlite", "postgresql", "mysql"))
+    if url is None:
+        raise ConfigError(key, "must be journal:///PATH, sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB "
+                               f"(mysql://... with its driver installed), got {value!r}")
+    return url
 
 
 def _tracking_uri(key, value):
-    if not isinstance(value, str):
-        raise ConfigError(key, f"must be a URI string, got {value!r}")
-    parsed = urlparse(value)
-    if parsed.scheme in ("http", "https") and parsed.hostname:
+    if isinstance(value, str) and urlparse(value).scheme in ("http", "https"):
+        parsed = urlparse(value)
         try:
-            parsed.port
+            if parsed.hostname and parsed.port != 0:
+                return value
         except ValueError:
-            raise ConfigError(key, f"has a bad port: {value!r}") from None
-        return value
-    try:
-        return _storage_url(key, value)
-    except ConfigError:
+            pass
+    url = _database_url(key, value, ("sqlite", "postgresql", "mysql"))
+    if url is None:
         raise ConfigError(key, "must be http(s)://HOST[:PORT], sqlite:///PATH or postgresql://USER@HOST/DB, "
-                               f"got {value!r}") from None
+                               f"got {value!r}")
+    return url
 
 
 def _ray_address(key, value):
@@ -255,7 +272,8 @@ def load_config(config: str | None = None, overrides: list[str] = (), default: s
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(item, "overrides are key=value (e.g. epochs=3 optimizer.lr=0.01)")
-        parsed.append((key.strip(), parse_value(value)))
+        key = key.strip()
+        parsed.append((key, (value or None) if key in TEXT_KEYS else parse_value(value)))
     # group selections first, so `optimizer.lr=... optimizer=adam` still means adam with that lr
     for key, value in sorted(parsed, key=lambda kv: "." in kv[0]):
         _set(cfg, key, value, source="command line")

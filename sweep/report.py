@@ -18,6 +18,7 @@ import yaml
 from optuna.trial import TrialState
 
 from sweep.config import ConfigError
+from sweep.lock import is_locked
 from sweep.studies import INTERRUPTED
 
 COLUMNS = ("optimizer", "best_val_accuracy", "test_accuracy", "complete", "diverged", "pruned", "failed",
@@ -82,24 +83,26 @@ def write(cfg: dict[str, Any], sweep_dir: Path, studies: dict, tracker, parents:
     for row in rows:
         metrics = {k: row[k] for k in ("best_val_accuracy", "test_accuracy", "complete", "pruned", "failed",
                                        "diverged", "train_seconds") if row[k] is not None}
-        tracker.finish_parent(parents[row["optimizer"]], metrics,
-                              {"comparison.md": md + "\n", "comparison.csv": table_csv})
+        tracker.finish_parent(parents[row["optimizer"]], metrics, f"Sweep {cfg['name']!r}: every optimizer\n\n{md}\n")
     return rows
 
 
-def sweep_state(path: Path) -> str:
-    state_file = path / "state"
-    if not state_file.exists():
-        return "unknown"
-    words = state_file.read_text().split()
-    if words and words[0] == "running":
-        pid = int(words[1]) if len(words) > 1 else 0
-        try:
-            os.kill(pid, 0)
-            return "running"
-        except (OSError, ValueError):
-            return "interrupted"
-    return words[0] if words else "unknown"
+def write_state(sweep_dir: Path, text: str) -> None:
+    (sweep_dir / "state").write_text(text + "\n")
+
+
+def read_state(sweep_dir: Path) -> str:
+    path = sweep_dir / "state"
+    return path.read_text().strip() if path.exists() else "unknown"
+
+
+def sweep_state(sweep_dir: Path) -> str:
+    """running / finished / interrupted; "running" with no driver holding the lock means it died."""
+    words = read_state(sweep_dir).split()
+    state = words[0] if words else "unknown"
+    if state == "running" and not is_locked(sweep_dir):
+        return "interrupted"
+    return state
 
 
 def list_sweeps(output_dir: str) -> int:
@@ -136,25 +139,38 @@ def find_sweep(name: str | None, output_dir: str) -> Path:
     return sweeps[-1].parent
 
 
+def _tracking_uri(sweep_dir: Path) -> tuple[dict, str]:
+    from sweep.tracking import default_tracking_uri
+
+    cfg = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    return cfg, cfg["tracking_uri"] or default_tracking_uri(sweep_dir.resolve())
+
+
 def ui_command(name: str | None, output_dir: str, host: str, port: int) -> list[str]:
-    cfg = yaml.safe_load((find_sweep(name, output_dir) / "sweep.yaml").read_text())
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", cfg["tracking_uri"],
-            "--host", host, "--port", str(port)]
+    _, uri = _tracking_uri(find_sweep(name, output_dir))
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+
+
+def runs_table_url(base: str, experiment_id: str) -> str:
+    """``workflowType`` stops MLflow 3 opening its GenAI overview instead of the runs."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def ui_url(name: str | None, output_dir: str, host: str, port: int) -> str:
-    """The sweep's runs table; ``workflowType`` stops MLflow 3 opening its GenAI overview instead."""
     from mlflow import MlflowClient
 
-    cfg = yaml.safe_load((find_sweep(name, output_dir) / "sweep.yaml").read_text())
+    cfg, uri = _tracking_uri(find_sweep(name, output_dir))
+    experiment = MlflowClient(uri).get_experiment_by_name(cfg["name"])
     base = f"http://{host}:{port}"
-    experiment = MlflowClient(cfg["tracking_uri"]).get_experiment_by_name(cfg["name"])
-    if experiment is None:
-        return base
-    return f"{base}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    return base if experiment is None else runs_table_url(base, experiment.experiment_id)
 
 
 def open_ui(name: str | None, output_dir: str, host: str, port: int) -> int:
+    cfg, uri = _tracking_uri(find_sweep(name, output_dir))
+    if uri.startswith(("http://", "https://")):  # a tracking server already serves the UI
+        print(f"sweep {cfg['name']!r} logs to the MLflow server at {uri}: open it there "
+              f"(experiment {cfg['name']!r})")
+        return 0
     command = ui_command(name, output_dir, host, port)
-    print(f"MLflow UI for {command[5]}\n  {ui_url(name, output_dir, host, port)}  (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI for {uri}\n  {ui_url(name, output_dir, host, port)}  (Ctrl-C stops it)", flush=True)
     return subprocess.call(command)

@@ -74,13 +74,30 @@ def study_name(sweep_name: str, optimizer: str) -> str:
     return f"{sweep_name}/{optimizer}"
 
 
-def open_study(cfg: dict[str, Any], storage_url: str, optimizer: str, create: bool = True) -> optuna.Study:
-    kwargs = dict(study_name=study_name(cfg["name"], optimizer), storage=open_storage(storage_url),
-                  sampler=make_sampler(cfg["sampler"], cfg["seed"], cfg["trials"]),
-                  pruner=make_pruner(cfg["pruner"], cfg["epochs"]))
-    if create:
-        return optuna.create_study(direction=DIRECTION, load_if_exists=True, **kwargs)
-    return optuna.load_study(**kwargs)
+def open_study(cfg: dict[str, Any], storage_url: str, optimizer: str, sweep_id: str) -> optuna.Study:
+    """Create or load the optimizer's study; its sampler goes on from where the last driver stopped.
+
+    A fresh driver reseeds the sampler with ``seed + trials so far``: the bare seed again would
+    replay the draws a resumed sweep already ran. On a new sweep every study starts from the
+    same seed. TPE's start-up length is fixed by the first run's budget, so a top-up keeps it.
+    """
+    study = optuna.create_study(study_name=study_name(cfg["name"], optimizer), storage=open_storage(storage_url),
+                                direction=DIRECTION, load_if_exists=True,
+                                pruner=make_pruner(cfg["pruner"], cfg["epochs"]))
+    for key, value in (("sweep_id", sweep_id), ("sampler_budget", cfg["trials"])):
+        if key not in study.user_attrs:
+            study.set_user_attr(key, value)
+    study.sampler = make_sampler(cfg["sampler"], cfg["seed"] + len(study.get_trials(deepcopy=False)),
+                                 study.user_attrs["sampler_budget"])
+    return study
+
+
+def foreign_studies(cfg: dict[str, Any], sweep_id: str) -> list[str]:
+    """Studies of this sweep's name in the storage that another sweep (another id) created."""
+    prefix = study_name(cfg["name"], "")
+    return [summary.study_name for summary in optuna.get_all_study_summaries(open_storage(cfg["storage"]),
+                                                                           include_best_trial=False)
+            if summary.study_name.startswith(prefix) and summary.user_attrs.get("sweep_id", sweep_id) != sweep_id]
 
 
 def is_finished(trial: optuna.trial.FrozenTrial) -> bool:

@@ -17,8 +17,10 @@ from mlflow.entities import Metric, Param, RunTag
 
 ROLE, OPTIMIZER, TRIAL = "sweep.role", "sweep.optimizer", "optuna.trial_number"
 STATE, REASON, RETRY_OF = "optuna.state", "optuna.fail_reason", "sweep.retry_of"
+SWEEP_ID = "sweep.id"  # tells sweeps of the same name in a shared store apart
 ATTEMPTS = "sweep.attempts"  # > 1 when Ray re-ran the trial after its worker process died
 PARENT = "mlflow.parentRunId"
+NOTE, MAX_TAG_LENGTH = "mlflow.note.content", 8000  # a run's description in the MLflow UI
 # Makes the MLflow UI open a sweep on its runs table rather than the GenAI tracing overview.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
@@ -47,16 +49,18 @@ def _params(values: Mapping[str, Any]) -> list[Param]:
 class SweepTracker:
     """Driver-side operations: experiment, parent runs, creating and closing child runs."""
 
-    def __init__(self, uri: str, experiment: str, artifact_dir: Path | None):
+    def __init__(self, uri: str, experiment: str, artifact_dir: Path | None, sweep_id: str):
         self.uri = uri
         self.client = client(uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location,
-                                                               tags={EXPERIMENT_KIND: MODEL_TRAINING})
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING, SWEEP_ID: sweep_id})
         else:
             self.experiment_id = found.experiment_id
+            if SWEEP_ID not in found.tags:
+                self.client.set_experiment_tag(self.experiment_id, SWEEP_ID, sweep_id)
 
     def _find(self, filter_string: str):
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=2)
@@ -91,19 +95,29 @@ class SweepTracker:
                          f"and tags.`{TRIAL}` = '{number}'")
         return run.info.run_id if run else None
 
+    def running_trial_runs(self) -> dict[tuple[str, int], str]:
+        """(optimizer, trial number) -> run id of every trial run still RUNNING."""
+        runs = self.client.search_runs([self.experiment_id], max_results=50_000,
+                                       filter_string=f"attributes.status = 'RUNNING' and tags.`{ROLE}` = 'trial'")
+        return {(r.data.tags[OPTIMIZER], int(r.data.tags[TRIAL])): r.info.run_id for r in runs}
+
     def fail_run(self, run_id: str, state: str, reason: str) -> None:
         self.client.log_batch(run_id, tags=[RunTag(STATE, state), RunTag(REASON, reason)])
         self.client.set_terminated(run_id, status="FAILED")
 
-    def finish_parent(self, run_id: str, metrics: Mapping[str, float], texts: Mapping[str, str]) -> None:
+    def finish_parent(self, run_id: str, metrics: Mapping[str, float], description: str) -> None:
+        """Best metrics, and the comparison table as the run's description (shown in the UI;
+        a tag, not an artifact, so no artifact store is needed and a moved sweep writes nowhere old)."""
         now = _now_ms()
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-        for name, text in texts.items():
-            try:
-                self.client.log_text(run_id, text, name)
-            except Exception as exc:  # an unreachable artifact store must not lose the summary
-                print(f"warning: could not log {name} to MLflow: {exc}")
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                              tags=[RunTag(NOTE, description[:MAX_TAG_LENGTH])])
         self.client.set_terminated(run_id, status="FINISHED")
+
+
+def foreign_experiment(cfg: Mapping[str, Any], sweep_id: str) -> bool:
+    """Whether the tracking store's experiment of this sweep's name belongs to another sweep."""
+    found = client(cfg["tracking_uri"]).get_experiment_by_name(cfg["name"])
+    return found is not None and found.tags.get(SWEEP_ID, sweep_id) != sweep_id
 
 
 def log_epoch(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
@@ -117,9 +131,18 @@ def logged_steps(uri: str, run_id: str) -> set[int]:
     return {m.step for m in client(uri).get_metric_history(run_id, "val_accuracy")}
 
 
-def finish_trial_run(uri: str, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str],
-                     status: str) -> None:
+def close_run_from_trial(uri: str, run_id: str, trial) -> None:
+    """Write a finished Optuna trial's outcome to its run and close it; a closed run is left as is."""
+    if client(uri).get_run(run_id).info.status != "RUNNING":
+        return
+    attrs = trial.user_attrs
+    status = attrs.get("status", "failed" if trial.state.name == "FAIL" else "ok")
+    tags = {STATE: trial.state.name, "status": status, ATTEMPTS: attrs.get("attempt", 1)}
+    reason = attrs.get("fail_reason") or attrs.get("reason")
+    if reason:
+        tags[REASON] = reason
     now = _now_ms()
-    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in attrs.items()
+                                           if k.startswith("final_")],
                           tags=[RunTag(k, str(v)) for k, v in tags.items()])
-    client(uri).set_terminated(run_id, status=status)
+    client(uri).set_terminated(run_id, status="FAILED" if trial.state.name == "FAIL" else "FINISHED")

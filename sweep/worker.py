@@ -1,8 +1,9 @@
 """What runs on a Ray worker: one Optuna trial, reported per epoch to Optuna and MLflow.
 
 The worker reports each epoch's validation accuracy to the trial (so the study's pruner decides
-with every other trial's history), logs the epoch to the trial's MLflow run in one batch, and
-finishes both itself, so a finished trial is recorded even if the driver dies right after.
+with every other trial's history) and logs the epoch to the trial's MLflow run in one batch.
+At the end it tells the study first (the source of truth), then closes the run; if it dies in
+between, the driver closes the run from the study's record.
 
 Ray re-runs the task when its worker process dies (``max_retries``). The re-run is the same
 Optuna trial and the same MLflow run: it counts the attempt, trains again from the start, and
@@ -23,11 +24,10 @@ from optuna.trial import TrialState
 
 from sweep import tracking
 from sweep.studies import make_pruner, open_storage
-from sweep.trial import PruneTrial, TrialConfig, run_trial
+from sweep.trial import PruneTrial, TrialConfig, TrialResult, run_trial
 
 OPTUNA_STATE = {"ok": TrialState.COMPLETE, "diverged": TrialState.COMPLETE,
                 "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
-MLFLOW_STATUS = {"ok": "FINISHED", "diverged": "FINISHED", "pruned": "FINISHED", "failed": "FAILED"}
 
 
 @dataclass
@@ -50,8 +50,8 @@ def execute(task: TrialTask, data) -> dict[str, Any]:
     study = optuna.load_study(study_name=task.study_name, storage=open_storage(task.storage_url),
                               pruner=make_pruner(task.pruner, task.config.epochs))
     earlier = study._storage.get_trial(task.trial_id)
-    if earlier.state.is_finished():
-        return _recorded_outcome(earlier)
+    if earlier.state.is_finished():  # told by an attempt whose worker died right after
+        return _recorded_outcome(earlier, task)
     trial = optuna.trial.Trial(study, task.trial_id)
     attempt = earlier.user_attrs.get("attempt", 0) + 1
     trial.set_user_attr("attempt", attempt)
@@ -70,35 +70,33 @@ def execute(task: TrialTask, data) -> dict[str, Any]:
             raise PruneTrial(f"pruned after epoch {m.epoch} (val accuracy {m.val_accuracy:.4f})")
 
     result = run_trial(task.config, data, report)
-    now = study._storage.get_trial(task.trial_id)
-    if now.state.is_finished():  # a new driver failed it as interrupted meanwhile: its outcome stands
-        return _recorded_outcome(now)
+    if not study._storage.get_trial(task.trial_id).state.is_finished():  # else a new driver failed it
+        _tell(study, trial, result)
+    return _recorded_outcome(study._storage.get_trial(task.trial_id), task)
+
+
+def _tell(study: optuna.Study, trial: optuna.trial.Trial, result: TrialResult) -> None:
     state = OPTUNA_STATE[result.status]
-    value = result.metrics.get("val_accuracy", 0.0)
-    if not math.isfinite(value):
-        value = 0.0
-    final = {f"final_{k}": v for k, v in result.metrics.items() if math.isfinite(v)}
-    for key, v in final.items():
-        trial.set_user_attr(key, v)
+    for key, value in result.metrics.items():
+        if math.isfinite(value):
+            trial.set_user_attr(f"final_{key}", value)
     trial.set_user_attr("status", result.status)
     if result.reason:
         trial.set_user_attr("fail_reason" if state == TrialState.FAIL else "reason", result.reason)
-    tags = {tracking.STATE: state.name, "status": result.status, tracking.ATTEMPTS: attempt}
-    if result.reason:
-        tags[tracking.REASON] = result.reason
-    tracking.finish_trial_run(task.tracking_uri, task.run_id, final, tags, MLFLOW_STATUS[result.status])
     if state == TrialState.COMPLETE:
-        study.tell(task.trial_number, value, skip_if_finished=True)
+        value = result.metrics.get("val_accuracy", 0.0)
+        study.tell(trial.number, value if math.isfinite(value) else 0.0, skip_if_finished=True)
     else:
-        study.tell(task.trial_number, state=state, skip_if_finished=True)
-    return {"number": task.trial_number, "status": result.status, "state": state.name, "value": value,
-            "reason": result.reason, "epochs": result.epochs_run, **final}
+        study.tell(trial.number, state=state, skip_if_finished=True)
 
 
-def _recorded_outcome(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """What the study already holds for a finished trial, in ``execute``'s return shape."""
+def _recorded_outcome(trial: optuna.trial.FrozenTrial, task: TrialTask) -> dict[str, Any]:
+    """The study's record of a finished trial, written to its MLflow run if that is still open."""
+    try:
+        tracking.close_run_from_trial(task.tracking_uri, task.run_id, trial)
+    except Exception as exc:  # the study has the outcome; the driver closes the run later
+        print(f"warning: trial {trial.number}: could not close MLflow run {task.run_id}: {exc}")
     attrs = trial.user_attrs
-    status = attrs.get("status", "failed" if trial.state == TrialState.FAIL else "ok")
-    return {"number": trial.number, "status": status, "state": trial.state.name, "value": trial.value,
-            "reason": attrs.get("fail_reason") or attrs.get("reason", ""), "epochs": len(trial.intermediate_values),
-            **{k: v for k, v in attrs.items() if k.startswith("final_")}}
+    return {"number": trial.number, "status": attrs.get("status", "failed"), "state": trial.state.name,
+            "value": trial.value, "reason": attrs.get("fail_reason") or attrs.get("reason", ""),
+            "epochs": len(trial.intermediate_values), **{k: v for k, v in attrs.items() if k.startswith("final_")}}

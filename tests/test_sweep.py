@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 from optuna.trial import TrialState
 
@@ -28,6 +30,7 @@ def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
     client, parents, children = mlflow_runs(default_tracking_uri(sweep_dir), cfg["name"])
     assert len(parents) == 2 and len(children) == 8
     assert sorted(r.data.tags["sweep.optimizer"] for r in parents) == ["adam", "sgd"]
+    assert all("| adam |" in r.data.tags["mlflow.note.content"] and r.info.status == "FINISHED" for r in parents)
     assert set(runs_per_trial(children).values()) == {1}
     parent_ids = {r.info.run_id for r in parents}
     for run in children:
@@ -74,17 +77,53 @@ def test_pruned_trials_are_pruned_in_optuna_and_mlflow(ray_address, sweep_overri
     assert summary["optimizers"]["sgd"]["pruned"] == len(pruned)
 
 
-def test_resume_tops_up_the_budget_without_rerunning(ray_address, sweep_overrides):
-    base = sweep_overrides + ["name=topup", "optimizers=[adagrad]", "epochs=1", "workers=2"]
+def test_resume_tops_up_the_budget_without_rerunning(ray_address, sweep_overrides, tmp_path):
+    base = sweep_overrides + ["name=topup", "optimizers=[adagrad]", "epochs=1", "workers=2", "sampler=random"]
     assert run_sweep(load_config("quickstart", base + ["trials=2"], mode="sweep")) == 0
-    cfg = load_config("quickstart", base + ["trials=3"], mode="sweep")
+    cfg = load_config("quickstart", base + ["trials=4"], mode="sweep")
     output_dir = str(sweep_dir_of(cfg).parent)
-    assert main(["resume", "topup", "trials=3", "--output-dir", output_dir]) == 0
+    assert main(["resume", "topup", "trials=4", "--output-dir", output_dir]) == 0
     assert main(["resume", "topup", "epochs=5", "--output-dir", output_dir]) == 2  # would mix experiments
     study = studies(cfg, default_storage(sweep_dir_of(cfg)))["adagrad"]
-    assert len(study.trials) == 3
+    assert len(study.trials) == 4
+    lrs = [t.params["lr"] for t in study.trials]
+    assert len(set(lrs)) == 4, lrs  # the resumed sampler does not replay the first run's draws
     _, parents, children = mlflow_runs(default_tracking_uri(sweep_dir_of(cfg)), cfg["name"])
-    assert len(parents) == 1 and len(children) == 3
+    assert len(parents) == 1 and len(children) == 4
+
+    # the sweep moved: resuming from its new place uses the stores there, not the old paths
+    moved = tmp_path / "moved"
+    shutil.copytree(output_dir, moved)
+    shutil.rmtree(output_dir)
+    assert main(["resume", "topup", "trials=5", "--output-dir", str(moved)]) == 0
+    moved_cfg = {**cfg, "output_dir": str(moved)}
+    assert len(studies(moved_cfg, default_storage(sweep_dir_of(moved_cfg)))["adagrad"].trials) == 5
+    assert not Path(output_dir).exists()
+
+
+def test_resume_keeps_every_optimizer(ray_address, sweep_overrides, tmp_path, capsys):
+    base = sweep_overrides + ["name=keep", "epochs=1", "trials=1"]
+    assert run_sweep(load_config("quickstart", base + ["optimizers=[sgd,adam]"], mode="sweep")) == 0
+    before = sorted(p.name for p in sweep_dir_of(load_config("quickstart", base, mode="sweep")).iterdir())
+    capsys.readouterr()
+    assert main(["run", "quickstart", *base, "optimizers=[sgd]"]) == 2
+    assert capsys.readouterr().err.startswith("sweep: error: optimizers: sweep 'keep' already has studies for adam")
+    assert main(["run", "quickstart", *base, "optimizers=[sgd,adam,adamw]"]) == 0  # adding one is fine
+    assert sorted(json.loads((tmp_path / "sweeps" / "keep" / "summary.json").read_text())["optimizers"]) == \
+        ["adam", "adamw", "sgd"]
+    assert before == sorted(p.name for p in (tmp_path / "sweeps" / "keep").iterdir())
+
+
+def test_same_name_from_another_directory_is_refused(ray_address, tmp_path, capsys):
+    """Two sweeps that share stores must not merge because they share a name."""
+    shared = [f"storage=sqlite:///{tmp_path}/optuna.db", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+              "name=twin", "optimizers=[sgd]", "trials=1", "epochs=1"]
+    assert main(["run", "quickstart", f"output_dir={tmp_path / 'first'}", *shared]) == 0
+    capsys.readouterr()
+    assert main(["run", "quickstart", f"output_dir={tmp_path / 'second'}", *shared]) == 2
+    assert capsys.readouterr().err.startswith("sweep: error: name: ")
+    assert not (tmp_path / "second").exists()
+    assert main(["run", "quickstart", f"output_dir={tmp_path / 'first'}", *shared, "trials=2"]) == 0  # its own
 
 
 def test_postgresql_storage(ray_address, sweep_overrides):

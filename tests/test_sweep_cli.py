@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from sweep.cli import main
-from sweep.report import ui_command, ui_url
+from sweep.lock import SweepLock, is_locked
+from sweep.report import sweep_state, ui_command, ui_url
 
 BAD_VALUES = [
     ("name", "name=has space"),
@@ -45,6 +46,11 @@ BAD_VALUES = [
     ("ray_address", "ray_address=not an address"),
     ("num_gpus", "num_gpus=-1"),
     ("no_such_key", "no_such_key=1"),
+    ("storage", "storage=postgresql://postgres@127.0.0.1:1/test"),  # nothing listens there
+    ("storage", "storage=postgresql://postgres@127.0.0.1:5432/no_such_database"),
+    ("tracking_uri", "tracking_uri=http://127.0.0.1:1"),
+    ("tracking_uri", "tracking_uri=journal:///tmp/x.journal"),
+    ("ray_address", "ray_address=127.0.0.1:1"),
 ]
 
 
@@ -142,7 +148,28 @@ def test_ls_and_ui_serve_the_sweep(ray_address, tmp_path, capsys):
 def test_second_driver_on_a_running_sweep_is_refused(tmp_path, capsys):
     sweep_dir = tmp_path / "busy"
     sweep_dir.mkdir()
-    (sweep_dir / "state").write_text(f"running {os.getpid()}\n")  # this live process "runs" it
-    assert main(["run", "quickstart", "name=busy", f"output_dir={tmp_path}"]) == 2
-    assert "another driver" in capsys.readouterr().err
-    assert [p.name for p in sweep_dir.iterdir()] == ["state"]
+    (sweep_dir / "state").write_text("running otherhost:1\n")
+    lock = SweepLock(sweep_dir)
+    assert lock.acquire()  # as a live driver holds it
+    try:
+        assert main(["run", "quickstart", "name=busy", f"output_dir={tmp_path}"]) == 2
+        assert "another driver" in capsys.readouterr().err
+        assert sorted(p.name for p in sweep_dir.iterdir()) == ["lock", "state"]
+        assert main(["ls", "--output-dir", str(tmp_path)]) == 0
+    finally:
+        lock.release()
+    assert not is_locked(sweep_dir)  # released: a dead driver's "running" reads as interrupted
+    assert sweep_state(sweep_dir) == "interrupted"
+
+
+def test_output_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "plain-file").write_text("")
+    assert main(["run", "quickstart", f"output_dir={tmp_path / 'plain-file' / 'sweeps'}"]) == 2
+    assert capsys.readouterr().err.startswith("sweep: error: output_dir:")
+    assert [p.name for p in tmp_path.iterdir()] == ["plain-file"]
+
+
+def test_more_gpus_than_any_node_exit_2(ray_address, tmp_path, capsys):
+    assert main(["run", "quickstart", f"output_dir={tmp_path / 'out'}", "num_gpus=1"]) == 2
+    assert capsys.readouterr().err.startswith("sweep: error: num_gpus: each trial asks for 1 GPU")
+    assert list(tmp_path.iterdir()) == []
