@@ -90,3 +90,38 @@ def cfg_tracking(cfg):
     from sweep.tracking import default_tracking_uri
 
     return default_tracking_uri(sweep_dir_of(cfg))
+
+
+def test_rerun_repairs_a_driver_that_died_between_two_writes(ray_address, sweep_overrides):
+    """The driver died after failing a trial in Optuna but before closing its run and queueing its
+    retry: the next run closes the run from the study's record and queues the retry once."""
+    from sweep.engine import run_sweep
+    from sweep.search import sample_trial
+    from sweep.studies import INTERRUPTED
+    from sweep.tracking import SweepTracker, default_tracking_uri
+
+    base = sweep_overrides + ["name=halfway", "optimizers=[adam]", "epochs=1", "pruner=none", "workers=1"]
+    cfg = load_config("quickstart", base + ["trials=1"], mode="sweep")
+    assert run_sweep(cfg) == 0
+    sweep_dir = sweep_dir_of(cfg)
+    study = studies(cfg, default_storage(sweep_dir))["adam"]
+    tracker = SweepTracker(default_tracking_uri(sweep_dir), cfg["name"], None, (sweep_dir / "id").read_text().strip())
+    trial = study.ask()
+    sample_trial(trial, "adam", cfg)
+    run_id = tracker.trial_run(study.user_attrs["mlflow_run_id"], "adam", trial.number, trial.params)
+    trial.set_user_attr("mlflow_run_id", run_id)
+    trial.set_user_attr("fail_reason", INTERRUPTED)
+    study.tell(trial, state=TrialState.FAIL)  # ...and the driver died here
+
+    assert run_sweep(load_config("quickstart", base + ["trials=2"], mode="sweep")) == 0
+    study = studies(cfg, default_storage(sweep_dir))["adam"]
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == trial.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == study.trials[trial.number].params
+    assert sum(is_finished(t) for t in study.trials) == 2 and len(study.trials) == 3
+    client, _, children = mlflow_runs(default_tracking_uri(sweep_dir), cfg["name"])
+    assert len(children) == 3 and set(runs_per_trial(children).values()) == {1}
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+    assert run.data.tags["optuna.fail_reason"] == INTERRUPTED
+    assert not [r for r in children if r.info.status == "RUNNING"]
