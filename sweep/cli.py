@@ -23,10 +23,15 @@ def cmd_train(args) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     tc = trial_config(cfg)
+    if tc.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return _fail(f"device: {tc.device} asked for, but torch sees no CUDA device; use device=cpu or auto")
     try:
         data = load_dataset(tc.dataset, tc.data_dir, tc.download, tc.val_fraction, seed=tc.seed)
     except DatasetUnavailable as exc:
-        return _fail(f"dataset: {exc}")
+        return _fail(f"{exc.key}: {exc}")
     print(f"train {tc.model} on {tc.dataset} ({len(data.train_x)} train / {len(data.val_x)} val / "
           f"{len(data.test_x)} test) with {tc.optimizer} {tc.optimizer_params or ''} "
           f"schedule {tc.schedule} {tc.schedule_params or ''}", flush=True)

@@ -16,6 +16,14 @@ import numpy as np
 class DatasetUnavailable(RuntimeError):
     """The files are missing and could not be fetched; the message says where and how to fix it."""
 
+    key = "dataset"  # the config key to change
+
+
+class BadSplit(DatasetUnavailable):
+    """The split leaves a part empty."""
+
+    key = "val_fraction"
+
 
 @dataclass
 class DataSplits:
@@ -128,6 +136,9 @@ def load_dataset(name: str, data_dir: str | Path = "./data", download: bool = Fa
         test_x, test_y, x, y = x[order[:n_test]], y[order[:n_test]], x[order[n_test:]], y[order[n_test:]]
     order = rng.permutation(len(x))
     n_val = int(round(val_fraction * len(x)))
+    if not 0 < n_val < len(x):
+        raise BadSplit(f"{val_fraction:g} of {len(x)} training images leaves "
+                       f"{'no validation' if n_val == 0 else 'no training'} images")
     val_idx, train_idx = order[:n_val], order[n_val:]
     train_x = x[train_idx]
     mean = train_x.mean(axis=(0, 2, 3), keepdims=True)

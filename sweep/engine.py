@@ -76,6 +76,7 @@ def run_sweep(cfg: dict[str, Any]) -> int:
         located = with_locations(cfg, sweep_dir)
         preflight.check_stores(located)
         preflight.check_same_sweep(located, sweep_id)
+        preflight.warn_local_stores_on_cluster(located)
         data = load_dataset(cfg["dataset"], cfg["data_dir"], cfg["download"], cfg["val_fraction"], seed=cfg["seed"])
         init_ray(cfg)
         preflight.check_resources(cfg)
@@ -83,7 +84,7 @@ def run_sweep(cfg: dict[str, Any]) -> int:
         print(f"sweep: error: {exc}", file=sys.stderr)
         return 2
     except DatasetUnavailable as exc:
-        print(f"sweep: error: dataset: {exc}", file=sys.stderr)
+        print(f"sweep: error: {exc.key}: {exc}", file=sys.stderr)
         return 2
     sweep_dir.mkdir(parents=True, exist_ok=True)
     lock = SweepLock(sweep_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,17 @@ def check_same_sweep(cfg: dict[str, Any], sweep_id: str) -> None:
     if where is not None:
         raise ConfigError("name", f"{_redacted(where)} already holds a sweep named {cfg['name']!r} started "
                                   "from another output directory; pick a new name= or resume it from its own")
+
+
+def warn_local_stores_on_cluster(cfg: dict[str, Any]) -> None:
+    """Files on this machine are out of reach of workers on other machines (one-host clusters are fine)."""
+    if cfg["ray_address"] in (None, "local"):
+        return
+    local = [cfg[key] for key in ("storage", "tracking_uri") if file_of(cfg[key]) is not None]
+    if local:
+        print(f"warning: Ray cluster {cfg['ray_address']} with stores on this machine ({', '.join(local)}): "
+              "workers on other machines cannot reach them; use storage=postgresql://... and "
+              "tracking_uri=http://... there", file=sys.stderr)
 
 
 def check_resources(cfg: dict[str, Any]) -> None:

@@ -22,9 +22,11 @@ def sample_trial(trial, optimizer: str, cfg: dict[str, Any]):
         if key in fixed or (key == "lr" and effective):
             continue
         hp[key] = dist.suggest(trial, key)
-    if effective:
+    if effective:  # EMA momentum's lr already is the effective step; the others' is lr / (1 - mu)
         momentum = fixed.get("momentum", hp.get("momentum", spec.defaults["momentum"]))
-        hp["lr"] = spec.space["lr"].suggest(trial, "effective_lr") * (1.0 - momentum)
+        step = spec.space["lr"].suggest(trial, "effective_lr")
+        ema = fixed.get("formulation", spec.defaults.get("formulation")) == "ema"
+        hp["lr"] = step if ema else step * (1.0 - momentum)
     hp.update(fixed)
 
     schedules = cfg["schedules"]

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
 from models import MODELS
 from optim import OPTIMIZERS, SCHEDULES
@@ -29,7 +30,10 @@ BAD = {
     "epochs_zero": (["epochs=0"], "epochs", ["integer", "got 0"]),
     "lr_negative": (["optimizer.lr=-1"], "optimizer.lr", ["> 0", "-1"]),
     "momentum_2": (["optimizer.momentum=2"], "optimizer.momentum", ["[0, 1)", "got 2"]),
+    "val_fraction_tiny": (["val_fraction=0.0001"], "val_fraction", ["no validation images"]),
 }
+if not torch.cuda.is_available():
+    BAD["device_cuda"] = (["device=cuda"], "device", ["no CUDA device"])
 
 
 @pytest.fixture(scope="module")

@@ -85,3 +85,22 @@ def test_pruner_stops_a_hopeless_trial(pruner_name):
         assert stopped_at == []
     else:
         assert len(stopped_at) == 3 and max(stopped_at) < EPOCHS - 1, stopped_at
+
+
+@pytest.mark.parametrize("formulation", ["pytorch", "heavy_ball", "ema"])
+def test_search_effective_lr(formulation):
+    """Searching lr/(1 - mu) for momentum methods; EMA momentum's lr already is that step."""
+    cfg = load_config("quickstart", ["search_effective_lr=true", f"optimizer.formulation={formulation}"],
+                      mode="sweep")
+    study = optuna.create_study(sampler=make_sampler("random", seed=0, trials=4))
+    for optimizer in ("momentum", "nesterov"):
+        trial = study.ask()
+        hp = sample_trial(trial, optimizer, cfg).optimizer_params
+        assert "lr" not in trial.params and "effective_lr" in trial.params
+        momentum = 1 - trial.params["one_minus_momentum"]
+        assert hp["momentum"] == pytest.approx(momentum) and hp["formulation"] == formulation
+        scale = 1.0 if formulation == "ema" else 1 - momentum
+        assert hp["lr"] == pytest.approx(trial.params["effective_lr"] * scale)
+    trial = study.ask()
+    sample_trial(trial, "adam", cfg)
+    assert "lr" in trial.params and "effective_lr" not in trial.params  # no momentum: lr as usual

@@ -51,6 +51,8 @@ BAD_VALUES = [
     ("tracking_uri", "tracking_uri=http://127.0.0.1:1"),
     ("tracking_uri", "tracking_uri=journal:///tmp/x.journal"),
     ("ray_address", "ray_address=127.0.0.1:1"),
+    ("val_fraction", "val_fraction=0.9999"),  # leaves no training images
+    ("l1", "l1=.inf"),
 ]
 
 
