@@ -156,15 +156,16 @@ class Driver:
             self.studies[opt] = study
 
     def recover(self, opt: str) -> None:
-        """Repair what a dead driver left: fail its RUNNING trials (run first, then study) and queue
-        each interrupted trial again once. Every step can be repeated, so dying here is safe too."""
+        """Repair what a dead driver left: fail its RUNNING trials (study first, then their runs, as
+        everywhere) and queue each interrupted trial again once. Every step can be repeated, and
+        ``close_finished_runs`` closes a run this misses, so dying here is safe too."""
         study = self.studies[opt]
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             run_id = (t.user_attrs.get("mlflow_run_id") or self.tracker.find_trial_run(opt, t.number)
                       or self.tracker.trial_run(self.parents[opt], opt, t.number, t.params))
-            self.tracker.fail_run(run_id, "FAIL", INTERRUPTED)
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            tracking.close_run_from_trial(self.tracker.uri, run_id, study._storage.get_trial(t._trial_id))
             print(f"[{opt:>9}] trial {t.number} was interrupted: marked FAIL")
         trials = study.get_trials(deepcopy=False)
         retried = {t.user_attrs.get("retry_of") for t in trials}

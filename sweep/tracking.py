@@ -101,10 +101,6 @@ class SweepTracker:
                                        filter_string=f"attributes.status = 'RUNNING' and tags.`{ROLE}` = 'trial'")
         return {(r.data.tags[OPTIMIZER], int(r.data.tags[TRIAL])): r.info.run_id for r in runs}
 
-    def fail_run(self, run_id: str, state: str, reason: str) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(STATE, state), RunTag(REASON, reason)])
-        self.client.set_terminated(run_id, status="FAILED")
-
     def finish_parent(self, run_id: str, metrics: Mapping[str, float], description: str) -> None:
         """Best metrics, and the comparison table as the run's description (shown in the UI;
         a tag, not an artifact, so no artifact store is needed and a moved sweep writes nowhere old)."""
