@@ -1,28 +1,46 @@
-"""The ``sweep`` command: train one trial, run/resume a sweep, list sweeps, open the MLflow UI."""
+"""The `sweep` command: train one trial, run or resume a sweep, list sweeps, serve the MLflow UI.
+
+Exit codes are decided here: 0 done, 1 a failed trial (train) or a sweep stopped by a store that
+went away or an unexpected error, 2 bad input (nothing written), 130/143 stopped by Ctrl-C/SIGTERM.
+Help, `ls` and bad input import neither torch, Ray nor MLflow, so they answer at once.
+"""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from importlib import metadata
 
-from sweep.config import ConfigError, load_config, trial_config
+from sweep.config import SWEEP, TRAIN, ConfigError, config_names, key_table, load_config
+from sweep.errors import StoreUnavailable
 
-USAGE_ERROR = 2
+USAGE_ERROR, FAILED = 2, 1
+DEFAULT_OUTPUT_DIR = "./sweeps"
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = USAGE_ERROR) -> int:
     print(f"sweep: error: {message}", file=sys.stderr)
-    return USAGE_ERROR
+    return code
+
+
+def _print_config(cfg) -> int:
+    import yaml
+
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
 
 
 def cmd_train(args) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides, default="train", mode=TRAIN)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if args.print_config:
+        return _print_config(cfg)
     from sweep.datasets import DatasetUnavailable, load_dataset
     from sweep.trial import run_trial
 
-    try:
-        cfg = load_config(args.config, args.overrides, default="train", mode="train")
-    except ConfigError as exc:
-        return _fail(str(exc))
-    tc = trial_config(cfg)
+    tc = cfg.trial_config()
     if tc.device.startswith("cuda"):
         import torch
 
@@ -37,77 +55,173 @@ def cmd_train(args) -> int:
           f"schedule {tc.schedule} {tc.schedule_params or ''}", flush=True)
 
     def report(m):
-        print(f"epoch {m.epoch + 1:3d}/{tc.epochs}  train loss {m.train_loss:.4f} acc {m.train_accuracy:.4f}  "
-              f"val loss {m.val_loss:.4f} acc {m.val_accuracy:.4f}  lr {m.lr:.3g}  "
+        print(f"epoch {m.epoch:3d}/{tc.epochs}  train loss {m.train_loss:.4f} acc {m.train_accuracy:.4f}  "
+              f"val loss {m.val_loss:.4f} acc {m.val_accuracy:.4f}  lr {m.scheduled_lr:.3g}  "
               f"{m.epoch_seconds:.2f}s {m.images_per_second:,.0f} img/s", flush=True)
 
     result = run_trial(tc, data, report)
-    summary = f"status {result.status}"
+    summary = f"status {result.status.value}"
     if result.reason:
         summary += f" ({result.reason})"
     if "test_accuracy" in result.metrics:
         summary += f"  test acc {result.metrics['test_accuracy']:.4f}"
     print(summary)
-    return 1 if result.status == "failed" else 0
+    return FAILED if result.status.value == "failed" else 0
+
+
+def _drive(cfg, start) -> int:
+    """Run ``start()`` (a sweep) and turn how it ended into output and an exit code."""
+    from sweep.sweepdir import SweepDir
+
+    sweep_dir = SweepDir.of(cfg.output_dir, cfg.name)
+    hint = f"continue with: sweep resume {cfg.name} --output-dir {sweep_dir.path.parent}"
+    try:
+        result = start()
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"\nstopped by {signal.Signals(signum).name}; finished trials are kept; {hint}", file=sys.stderr)
+        return 128 + signum
+    except StoreUnavailable as exc:
+        return _fail(f"{exc}\nthe sweep stopped; finished trials are kept, the interrupted ones run again; {hint}",
+                     FAILED)
+    except Exception as exc:  # unexpected: the whole traceback goes to a file, one line to the terminal
+        log = sweep_dir.write_driver_log(exc) if sweep_dir.path.is_dir() else None
+        where = f"traceback in {log}" if log else "no sweep directory was written"
+        return _fail(f"unexpected {type(exc).__name__}: {str(exc).strip()[:200]}\n{where}; {hint}", FAILED)
+    from sweep.report import markdown_table
+
+    print(markdown_table(result.rows))
+    print(f"\nresults: {result.sweep_dir.path}  (summary.json, comparison.csv, comparison.md)\n"
+          f"MLflow:  sweep ui {cfg.name} --output-dir {result.sweep_dir.path.parent}")
+    return 0
 
 
 def cmd_run(args) -> int:
-    from sweep.engine import run_sweep
-
+    overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     try:
-        cfg = load_config(args.config, args.overrides, default="quickstart", mode="sweep")
+        cfg = load_config(args.config, overrides, default="quickstart", mode=SWEEP)
     except ConfigError as exc:
         return _fail(str(exc))
-    return run_sweep(cfg)
+    if args.print_config:
+        return _print_config(cfg)
+    from sweep.engine import run_sweep
+
+    return _drive(cfg, lambda: run_sweep(cfg))
 
 
 def cmd_resume(args) -> int:
-    from sweep.engine import resume_sweep
+    from sweep.config import from_saved
+    from sweep.sweepdir import SweepDir
 
+    sweep_dir = SweepDir.of(args.output_dir, args.name)
+    saved = sweep_dir.saved_config()
+    if saved is None:
+        return _fail(f"name: no sweep {args.name!r} under {sweep_dir.path.parent} (see `sweep ls --output-dir DIR`)")
     try:
-        return resume_sweep(args.name, args.overrides, args.output_dir)
+        cfg = from_saved(saved, [*args.overrides, f"output_dir={sweep_dir.path.parent}"])
     except ConfigError as exc:
         return _fail(str(exc))
+    if args.print_config:
+        return _print_config(cfg)
+    from sweep.engine import run_sweep
+
+    return _drive(cfg, lambda: run_sweep(cfg))
 
 
 def cmd_ls(args) -> int:
     from sweep.report import list_sweeps
 
-    return list_sweeps(args.output_dir)
+    print(list_sweeps(args.output_dir))
+    return 0
 
 
 def cmd_ui(args) -> int:
-    from sweep.report import open_ui
+    from sweep.sweepdir import SweepDir, latest_sweep
+
+    sweep_dir = SweepDir.of(args.output_dir, args.name) if args.name else latest_sweep(args.output_dir)
+    if sweep_dir is None or not sweep_dir.exists():
+        which = f"no sweep {args.name!r}" if args.name else "no sweeps"
+        return _fail(f"name: {which} under {SweepDir(args.output_dir).path}; run `sweep run` first")
+    saved = sweep_dir.saved_config()
+    stores = sweep_dir.stores(saved.get("storage"), saved.get("tracking_uri"))
+    from sweep.ui import serve
 
     try:
-        return open_ui(args.name, args.output_dir, args.host, args.port)
+        return serve(stores.tracking_uri, saved.get("name", sweep_dir.name), args.host, args.port)
     except ConfigError as exc:
         return _fail(str(exc))
 
 
+def _registries() -> str:
+    from models import MODELS
+    from optim import OPTIMIZERS, SCHEDULES
+    from sweep.datasets import DATASETS
+    from sweep.registries import PRUNER_NAMES, SAMPLER_NAMES
+
+    return "\n".join(f"  {title:<11} {', '.join(names)}" for title, names in [
+        ("optimizers", sorted(OPTIMIZERS)), ("schedules", sorted(SCHEDULES)), ("models", sorted(MODELS)),
+        ("datasets", sorted(DATASETS)), ("samplers", SAMPLER_NAMES), ("pruners", PRUNER_NAMES)])
+
+
+def _epilog(command: str) -> str:
+    examples = {
+        "train": ["sweep train optimizer=adam optimizer.lr=0.003 epochs=3",
+                  "sweep train optimizer=momentum schedule=cosine schedule.warmup_epochs=1 device=cuda bf16=true",
+                  "sweep train optimizer=nesterov --print-config"],
+        "run": ["sweep run", "sweep run quickstart optimizers=[sgd,momentum,adam] trials=20 name=my-sweep",
+                "sweep run cifar10 download=true num_gpus=0.25 --output-dir /data/sweeps",
+                "sweep run storage=postgresql://me@db/optuna tracking_uri=http://mlflow:5000 --print-config"],
+    }[command]
+    return (f"configs in conf/: {', '.join(config_names())} (or a path to a .yaml file)\n\n"
+            f"keys (key=value; lists as [a,b]; optimizer.KEY / schedule.KEY fix a group value):\n{key_table()}\n\n"
+            f"registries:\n{_registries()}\n\nexamples:\n" + "\n".join(f"  {e}" for e in examples))
+
+
+def _version() -> str:
+    try:
+        return metadata.version("optimizer-sweep")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sweep", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="sweep", description="Compare optimizers on CNNs: Optuna searches, Ray trains, MLflow records.",
+        epilog="`sweep COMMAND --help` lists a command's keys, registries and examples.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formatter = argparse.RawDescriptionHelpFormatter
     for name, func, default, text in [
         ("train", cmd_train, "train", "train one trial and print one line per epoch"),
         ("run", cmd_run, "quickstart", "run (or continue) a sweep: one Optuna study per optimizer"),
     ]:
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, description=text, epilog=_epilog(name), formatter_class=formatter)
         p.add_argument("config", nargs="?", default=None,
                        help=f"config name in conf/ or a .yaml path (default: {default})")
-        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=3 optimizer.lr=0.01")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. epochs=3 optimizer.lr=0.01")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+        if name == "run":
+            p.add_argument("--output-dir", default=None, help="folder of sweeps (same as output_dir=; default ./sweeps)")
         p.set_defaults(func=func)
-    p = sub.add_parser("resume", help="continue a sweep from where it stopped")
+    p = sub.add_parser("resume", help="continue a sweep from where it stopped (overrides: trials=, workers=, ...)",
+                       description="Continue a sweep: finished trials are kept, interrupted ones run again, each "
+                                   "optimizer is topped up to `trials`. Keys that define the experiment cannot change.")
     p.add_argument("name")
-    p.add_argument("overrides", nargs="*", help="key=value overrides (e.g. trials=10 to top up)")
-    p.add_argument("--output-dir", default="./sweeps")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. trials=10 to top up, workers=4")
+    p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.set_defaults(func=cmd_resume)
-    p = sub.add_parser("ls", help="list the sweeps in the output directory")
-    p.add_argument("--output-dir", default="./sweeps")
+    p = sub.add_parser("ls", help="list the sweeps in the output directory", description="List sweeps: name, "
+                       "state (running / finished / interrupted), optimizers, trials, best result.")
+    p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")
     p.set_defaults(func=cmd_ls)
-    p = sub.add_parser("ui", help="start the MLflow UI on a sweep's tracking store")
+    p = sub.add_parser("ui", help="serve the MLflow UI on a sweep's tracking store",
+                       description="Serve the MLflow UI for a sweep (the newest one without NAME); prints the "
+                                   "runs-table URL once the server answers; Ctrl-C or SIGTERM stops it.")
     p.add_argument("name", nargs="?", default=None)
-    p.add_argument("--output-dir", default="./sweeps")
+    p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
@@ -117,7 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # options may come before, between or after key=value overrides (`resume NAME --output-dir D trials=3`)
+    unknown = [word for word in extra if word.startswith("-") or "=" not in word or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides.extend(extra)
     # `sweep train epochs=3`: a first positional with '=' is an override, not a config name
     if getattr(args, "config", None) and "=" in args.config:
         args.overrides.insert(0, args.config)

@@ -1,107 +1,76 @@
-"""Configuration: YAML files in ``conf/`` plus ``key=value`` overrides, validated in one place.
+"""Configuration: one typed, frozen ``SweepConfig``, loaded from ``conf/`` YAML plus ``key=value``.
 
-Every value is checked before anything is written anywhere, and a bad one raises ``ConfigError``
-naming the key and what is allowed (the CLI turns it into one line and exit code 2).
-Config groups work like Hydra's: ``optimizer=adam`` replaces the whole ``optimizer`` group, then
-``optimizer.lr=0.01`` sets a key inside it.
+Each key is declared once, as a field of ``SweepConfig``: its type, default, check (allowed range
+or registry), one-line help, whether it is frozen on resume, and whether a trial needs it. Loading,
+validation messages, ``FROZEN_KEYS``, ``TrialConfig``, the ``--help`` key table and the saved
+``sweep.yaml`` all derive from those fields, so adding a key is one line here.
+
+Every value is checked before anything is written anywhere; a bad one raises ``ConfigError``
+naming the key and what is allowed (the CLI prints it as one line and exits 2). Config groups work
+like Hydra's: ``optimizer=adam`` selects the group, ``optimizer.lr=0.01`` fixes a key inside it.
+Nothing here imports torch, Ray, Optuna or MLflow: ``sweep --help`` and bad input answer at once.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 import os
 import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 import yaml
 
 from models import MODELS
 from optim import OPTIMIZERS, SCHEDULES, resolve_hyperparameters, resolve_schedule_params
+from optim.schedules import WARMUP_DEFAULTS
 from sweep.datasets import DATASETS
-from sweep.studies import PRUNERS, SAMPLERS
+from sweep.errors import ConfigError
+from sweep.registries import PRUNER_NAMES, SAMPLER_NAMES
+
+__all__ = ["ConfigError", "SweepConfig", "TrialConfig", "GroupChoice", "load_config", "FROZEN_KEYS"]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("optimizer", "schedule")
-# Keys whose command-line value is taken as text, not YAML: `name=2024` is a name, not a number,
-# and `storage=sqlite:///a: b.db` is a URL, not a mapping. An empty value means unset.
-TEXT_KEYS = ("name", "output_dir", "data_dir", "storage", "tracking_uri", "ray_address", "device")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; ``str()`` is the one line shown to the user."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
-
-
-DEFAULTS: dict[str, Any] = {
-    # one training trial
-    "dataset": "digits",
-    "data_dir": "./data",
-    "download": False,
-    "model": "simple_cnn",
-    "optimizer": {"name": "momentum"},
-    "schedule": {"name": "constant"},
-    "epochs": 10,
-    "batch_size": 32,
-    "val_fraction": 0.2,
-    "seed": 0,
-    "l1": 0.0,
-    "device": "auto",
-    "bf16": False,
-    "channels_last": False,
-    "divergence_factor": 10.0,
-    # a sweep
-    "name": "sweep",
-    "output_dir": "./sweeps",
-    "optimizers": sorted(OPTIMIZERS),
-    "schedules": ["constant"],
-    "search_effective_lr": False,
-    "trials": 6,
-    "workers": 2,
-    "num_cpus": 1.0,
-    "num_gpus": 0.0,
-    "max_retries": 2,
-    "sampler": "tpe",
-    "pruner": "median",
-    "storage": None,
-    "tracking_uri": None,
-    "ray_address": None,
-}
+TRAIN, SWEEP = "train", "sweep"  # load modes: `sweep train` / `sweep run`
 
 
 # ---- value checks: each returns the normalized value or raises ConfigError -------------------
 
-def _choice(options) -> Callable[[str, Any], Any]:
+Check = Callable[[str, Any], Any]
+
+
+def _choice(options) -> Check:
     def check(key, value):
         names = sorted(options)
         if value not in names:
             raise ConfigError(key, f"unknown {value!r}; choose from: {', '.join(names)}")
         return value
+    check.allowed = ", ".join(sorted(options))
     return check
 
 
-def _int(low: int, high: int | None = None) -> Callable[[str, Any], int]:
+def _int(low: int, high: int) -> Check:
     def check(key, value):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-            bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-            raise ConfigError(key, f"must be {bound}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(key, f"must be an integer in [{low}, {high}], got {value!r}")
         return value
+    check.allowed = f"integer in [{low}, {high}]"
     return check
 
 
-def _float(low: float, high: float | None = None, low_inclusive: bool = True) -> Callable[[str, Any], float]:
+def _float(low: float, high: float | None = None, low_inclusive: bool = True) -> Check:
+    lower = f">= {low:g}" if low_inclusive else f"> {low:g}"
+    bound = f"a number {lower}" + ("" if high is None else f" and < {high:g}")
+
     def check(key, value):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         ok = ok and (value >= low if low_inclusive else value > low) and (high is None or value < high)
         if not ok:
-            lower = f">= {low}" if low_inclusive else f"> {low}"
-            bound = f"a number {lower}" + ("" if high is None else f" and < {high}")
             raise ConfigError(key, f"must be {bound}, got {value!r}")
         return float(value)
+    check.allowed = bound.removeprefix("a ")
     return check
 
 
@@ -111,10 +80,16 @@ def _bool(key, value):
     return value
 
 
+_bool.allowed = "true | false"
+
+
 def _text(key, value):
     if not isinstance(value, str) or not value:
         raise ConfigError(key, f"must be a non-empty string, got {value!r}")
     return value
+
+
+_text.allowed = "text"
 
 
 def _name(key, value):
@@ -123,17 +98,21 @@ def _name(key, value):
     return value
 
 
-def _names(options) -> Callable[[str, Any], list[str]]:
+_name.allowed = "letters, digits, _ . -"
+
+
+def _names(options) -> Check:
     def check(key, value):
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not value:
+        if not isinstance(value, (list, tuple)) or not value:
             raise ConfigError(key, f"must be a non-empty list from: {', '.join(sorted(options))}")
         for item in value:
             _choice(options)(key, item)
         if len(set(value)) != len(value):
-            raise ConfigError(key, f"lists a name twice: {value}")
-        return list(value)
+            raise ConfigError(key, f"lists a name twice: {list(value)}")
+        return tuple(value)
+    check.allowed = f"list of: {', '.join(sorted(options))}"
     return check
 
 
@@ -143,19 +122,19 @@ def _device(key, value):
     return value
 
 
-def _optional(check):
+_device.allowed = "auto | cpu | cuda | cuda:N"
+
+
+def _optional(check: Check) -> Check:
     def optional(key, value):
         return None if value is None else check(key, value)
+    optional.allowed = f"{check.allowed} (unset: the default)"
     return optional
 
 
-def _absolute_file_url(scheme: str, value: str) -> str:
-    """sqlite:///rel.db -> sqlite:////abs/rel.db: workers and `sweep resume` may run elsewhere."""
-    path = value[len(scheme) + 4:]
-    return f"{scheme}:///{Path(path).expanduser().resolve()}"
-
-
-def _database_url(key, value, schemes) -> str | None:
+def _database_url(value, schemes) -> str | None:
+    """The normalized URL, or None if it is not one of ``schemes`` with a usable location.
+    File URLs become absolute: workers and `sweep resume` may run from elsewhere."""
     if not isinstance(value, str):
         return None
     parsed = urlparse(value)
@@ -163,18 +142,21 @@ def _database_url(key, value, schemes) -> str | None:
     if scheme in schemes and scheme in ("sqlite", "journal"):
         path = value[len(scheme) + 4:]
         if value.startswith(f"{scheme}:///") and path and path != ":memory:":
-            return _absolute_file_url(scheme, value)
+            return f"{scheme}:///{Path(path).expanduser().resolve()}"
     elif scheme in schemes and parsed.hostname and parsed.path.strip("/"):
         return value
     return None
 
 
 def _storage_url(key, value):
-    url = _database_url(key, value, ("journal", "sqlite", "postgresql", "mysql"))
+    url = _database_url(value, ("journal", "sqlite", "postgresql", "mysql"))
     if url is None:
         raise ConfigError(key, "must be journal:///PATH, sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB "
                                f"(mysql://... with its driver installed), got {value!r}")
     return url
+
+
+_storage_url.allowed = "journal:///PATH | sqlite:///PATH | postgresql://USER@HOST/DB"
 
 
 def _tracking_uri(key, value):
@@ -185,11 +167,14 @@ def _tracking_uri(key, value):
                 return value
         except ValueError:
             pass
-    url = _database_url(key, value, ("sqlite", "postgresql", "mysql"))
+    url = _database_url(value, ("sqlite", "postgresql", "mysql"))
     if url is None:
         raise ConfigError(key, "must be http(s)://HOST[:PORT], sqlite:///PATH or postgresql://USER@HOST/DB, "
                                f"got {value!r}")
     return url
+
+
+_tracking_uri.allowed = "http(s)://HOST:PORT | sqlite:///PATH | postgresql://USER@HOST/DB"
 
 
 def _ray_address(key, value):
@@ -198,36 +183,134 @@ def _ray_address(key, value):
     raise ConfigError(key, f"must be auto, local, HOST:PORT or ray://HOST:PORT, got {value!r}")
 
 
-CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "dataset": _choice(DATASETS),
-    "data_dir": _text,
-    "download": _bool,
-    "model": _choice(MODELS),
-    "epochs": _int(1, 10_000),
-    "batch_size": _int(1, 1_000_000),
-    "val_fraction": _float(0.0, 1.0, low_inclusive=False),
-    "seed": _int(0, 2**31 - 1),
-    "l1": _float(0.0),
-    "device": _device,
-    "bf16": _bool,
-    "channels_last": _bool,
-    "divergence_factor": _float(1.0, low_inclusive=False),
-    "name": _name,
-    "output_dir": _text,
-    "optimizers": _names(OPTIMIZERS),
-    "schedules": _names(SCHEDULES),
-    "search_effective_lr": _bool,
-    "trials": _int(1, 100_000),
-    "workers": _int(1, 10_000),
-    "num_cpus": _float(0.0, low_inclusive=False),
-    "num_gpus": _float(0.0),
-    "max_retries": _int(0, 100),
-    "sampler": _choice(SAMPLERS),
-    "pruner": _choice(PRUNERS),
-    "storage": _optional(_storage_url),
-    "tracking_uri": _optional(_tracking_uri),
-    "ray_address": _optional(_ray_address),
-}
+_ray_address.allowed = "auto | local | HOST:PORT | ray://HOST:PORT"
+
+
+# ---- the config ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GroupChoice:
+    """A config group (``optimizer``, ``schedule``): the chosen entry and the values fixed for it.
+
+    ``name`` is None in a sweep, where the entries come from ``optimizers``/``schedules`` and the
+    fixed values apply to every entry that takes them."""
+
+    name: str | None
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**({"name": self.name} if self.name else {}), **self.fixed}
+
+
+def key(default, check: Check, help: str, *, frozen: bool = False, trial: bool = False, text: bool = False):
+    """Declare a key. ``frozen``: may not change on resume (it defines what the sweep measures).
+    ``trial``: part of every trial's ``TrialConfig``. ``text``: a command-line value is taken as
+    text, not YAML (``name=2024`` is a name; ``storage=sqlite:///a: b.db`` is a URL)."""
+    meta = {"check": check, "help": help, "frozen": frozen, "trial": trial, "text": text}
+    if isinstance(default, (GroupChoice, tuple)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    # one training trial
+    dataset: str = key("digits", _choice(DATASETS), "dataset (see Datasets)", frozen=True, trial=True)
+    data_dir: str = key("./data", _text, "where dataset files are looked for", trial=True, text=True)
+    download: bool = key(False, _bool, "download missing dataset files (needs a network)", trial=True)
+    model: str = key("simple_cnn", _choice(MODELS), "CNN from the model registry", frozen=True, trial=True)
+    optimizer: GroupChoice = key(GroupChoice(None), None, "optimizer=NAME (train) selects; optimizer.KEY=V fixes a value",
+                                 frozen=True)
+    schedule: GroupChoice = key(GroupChoice(None), None, "schedule=NAME (train) selects; schedule.KEY=V fixes a value",
+                                frozen=True)
+    epochs: int = key(10, _int(1, 10_000), "epochs per trial", frozen=True, trial=True)
+    batch_size: int = key(32, _int(1, 1_000_000), "mini-batch size", frozen=True, trial=True)
+    val_fraction: float = key(0.2, _float(0.0, 1.0, low_inclusive=False), "share of training data held out for validation",
+                              frozen=True, trial=True)
+    seed: int = key(0, _int(0, 2**31 - 1), "training seed (split, init, batch order) and sampler seed",
+                    frozen=True, trial=True)
+    l1: float = key(0.0, _float(0.0), "L1 penalty added to the loss", frozen=True, trial=True)
+    device: str = key("auto", _device, "training device (cuda in a sweep needs num_gpus > 0)", trial=True, text=True)
+    bf16: bool = key(False, _bool, "bf16 autocast", frozen=True, trial=True)
+    channels_last: bool = key(False, _bool, "channels_last memory format", trial=True)
+    divergence_factor: float = key(10.0, _float(1.0, low_inclusive=False),
+                                   "a batch loss this many times the first one is divergence", frozen=True, trial=True)
+    # a sweep
+    name: str = key("sweep", _name, "sweep name: <output_dir>/<name>/, the MLflow experiment", text=True)
+    output_dir: str = key("./sweeps", _text, "folder that holds sweeps", text=True)
+    optimizers: tuple[str, ...] = key(tuple(sorted(OPTIMIZERS)), _names(OPTIMIZERS), "one Optuna study per optimizer")
+    schedules: tuple[str, ...] = key(("constant",), _names(SCHEDULES), "LR schedules searched between", frozen=True)
+    search_effective_lr: bool = key(False, _bool, "search lr/(1-momentum) instead of lr", frozen=True)
+    trials: int = key(6, _int(1, 100_000), "finished trials per optimizer")
+    workers: int = key(2, _int(1, 10_000), "trials in flight at once")
+    num_cpus: float = key(1.0, _float(0.0, low_inclusive=False), "Ray CPUs per trial")
+    num_gpus: float = key(0.0, _float(0.0), "Ray GPUs per trial (fractions share a GPU)")
+    max_retries: int = key(2, _int(0, 100), "Ray retries of a trial whose worker process died")
+    sampler: str = key("tpe", _choice(SAMPLER_NAMES), "Optuna sampler", frozen=True)
+    pruner: str = key("median", _choice(PRUNER_NAMES), "Optuna pruner (one epoch = one step)", frozen=True)
+    storage: str | None = key(None, _optional(_storage_url), "Optuna storage URL", frozen=True, text=True)
+    tracking_uri: str | None = key(None, _optional(_tracking_uri), "MLflow tracking URI", frozen=True, text=True)
+    ray_address: str | None = key(None, _optional(_ray_address), "Ray cluster to use (or RAY_ADDRESS)", text=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-able values, as saved in ``sweep.yaml`` and printed by ``--print-config``."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, GroupChoice) else \
+                list(value) if isinstance(value, tuple) else value
+        return out
+
+    def replace(self, **changes) -> "SweepConfig":
+        return dataclasses.replace(self, **changes)
+
+    def trial_config(self, optimizer: str | None = None, optimizer_params: Mapping[str, Any] | None = None,
+                     schedule: str | None = None, schedule_params: Mapping[str, Any] | None = None) -> "TrialConfig":
+        """The trial's settings: the trial keys, and an optimizer and schedule with their values
+        (by default the chosen ones with their fixed values, as ``sweep train`` runs them)."""
+        return TrialConfig(
+            **{f.name: getattr(self, f.name) for f in TRIAL_FIELDS},
+            optimizer=optimizer or self.optimizer.name or GROUPS["optimizer"][0],
+            optimizer_params=dict(self.optimizer.fixed if optimizer_params is None else optimizer_params),
+            schedule=schedule or self.schedule.name or GROUPS["schedule"][0],
+            schedule_params=dict(self.schedule.fixed if schedule_params is None else schedule_params))
+
+
+KEYS: dict[str, dataclasses.Field] = {f.name: f for f in fields(SweepConfig)}
+FROZEN_KEYS = tuple(name for name, f in KEYS.items() if f.metadata["frozen"])
+TEXT_KEYS = tuple(name for name, f in KEYS.items() if f.metadata["text"])
+GROUPS = {"optimizer": ("momentum", OPTIMIZERS, "optimizers"), "schedule": ("constant", SCHEDULES, "schedules")}
+TRIAL_FIELDS = tuple(f for f in fields(SweepConfig) if f.metadata["trial"])
+
+# What one trial runs: the trial keys (same types and defaults), plus the optimizer and schedule.
+TrialConfig = dataclasses.make_dataclass(
+    "TrialConfig",
+    [(f.name, f.type, field(default=f.default)) for f in TRIAL_FIELDS] + [
+        ("optimizer", "str", field(default=GROUPS["optimizer"][0])),
+        ("optimizer_params", "dict[str, Any]", field(default_factory=dict)),
+        ("schedule", "str", field(default=GROUPS["schedule"][0])),
+        ("schedule_params", "dict[str, Any]", field(default_factory=dict)),
+    ],
+    frozen=True)
+TrialConfig.__module__ = __name__  # pickled by reference (Ray ships it to workers)
+TrialConfig.__doc__ = "One trial's settings (derived from SweepConfig's trial keys); frozen."
+
+
+def default_text(name: str) -> str:
+    """The default as shown in help."""
+    value = SweepConfig().to_dict()[name] if name not in GROUPS else None
+    if name in GROUPS:
+        return GROUPS[name][0] + " (train)"
+    if isinstance(value, list):
+        return f"[{','.join(value)}]"
+    return "-" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def key_table() -> str:
+    """``key  default  help`` for every key, for ``--help``."""
+    rows = [(name, default_text(name), f.metadata["help"]) for name, f in KEYS.items()]
+    width = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    return "\n".join(f"  {n:<{width[0]}}  {d:<{width[1]}}  {h}" for n, d, h in rows)
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -242,6 +325,10 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def config_names() -> list[str]:
+    return sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+
+
 def find_config(config: str | None, default: str) -> Path:
     name = config or default
     path = Path(name)
@@ -250,112 +337,143 @@ def find_config(config: str | None, default: str) -> Path:
     candidate = CONF_DIR / f"{name}.yaml"
     if candidate.exists():
         return candidate
-    choices = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
-    raise ConfigError("config", f"no config {name!r}; choose from: {', '.join(choices)} or a path to a .yaml file")
+    raise ConfigError("config", f"no config {name!r}; choose from: {', '.join(config_names())} or a path to a .yaml file")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping; a syntax error is one line with its place in the file."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path} line {mark.line + 1} column {mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError("config", f"{where}: not valid YAML ({problem})") from None
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path} ({exc.strerror})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of keys to values")
+    return loaded
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    parsed = []
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(item, "overrides are key=value (e.g. epochs=3 optimizer.lr=0.01)")
+        parsed.append((name, (value or None) if name in TEXT_KEYS else parse_value(value)))
+    # group selections first, so `optimizer.lr=... optimizer=adam` still means adam with that lr
+    return sorted(parsed, key=lambda kv: "." in kv[0])
 
 
 def load_config(config: str | None = None, overrides: list[str] = (), default: str = "train",
-                mode: str = "train") -> dict[str, Any]:
+                mode: str = TRAIN) -> SweepConfig:
     """Defaults <- YAML file <- overrides, then validated. Raises ConfigError on any bad value."""
     path = find_config(config, default)
-    try:
-        from_file = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(from_file, dict):
-        raise ConfigError("config", f"{path} must hold a mapping of keys to values")
-    cfg = copy.deepcopy(DEFAULTS)
-    for key, value in from_file.items():
-        _set(cfg, key, value, source=str(path))
-    parsed = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(item, "overrides are key=value (e.g. epochs=3 optimizer.lr=0.01)")
-        key = key.strip()
-        parsed.append((key, (value or None) if key in TEXT_KEYS else parse_value(value)))
-    # group selections first, so `optimizer.lr=... optimizer=adam` still means adam with that lr
-    for key, value in sorted(parsed, key=lambda kv: "." in kv[0]):
-        _set(cfg, key, value, source="command line")
-    return validate(cfg, mode)
+    raw: dict[str, Any] = {name: None for name in GROUPS}
+    for name, value in read_yaml(path).items():
+        _set(raw, name, value, source=str(path))
+    for name, value in parse_overrides(list(overrides)):
+        _set(raw, name, value, source="command line")
+    return validate(raw, mode)
 
 
-def _set(cfg: dict[str, Any], key: str, value: Any, source: str) -> None:
-    top, _, leaf = key.partition(".")
-    if top not in DEFAULTS:
-        raise ConfigError(key, f"unknown key (from {source}); valid keys: {', '.join(sorted(DEFAULTS))}")
+def _set(raw: dict[str, Any], name: str, value: Any, source: str) -> None:
+    top, _, leaf = name.partition(".")
+    if top not in KEYS:
+        raise ConfigError(name, f"unknown key (from {source}); valid keys: {', '.join(KEYS)}")
     if top in GROUPS:
+        group = dict(raw[top] or {})
         if leaf:
-            cfg[top][leaf] = value
+            group[leaf] = value
         elif isinstance(value, dict):
-            cfg[top] = dict(value)
+            group = dict(value)
         else:
-            cfg[top] = {"name": value}
+            group = {**{k: v for k, v in group.items() if k != "name"}, "name": value}
+        raw[top] = group
     elif leaf:
-        raise ConfigError(key, f"{top} has no sub-keys")
+        raise ConfigError(name, f"{top} has no sub-keys")
     else:
-        cfg[top] = value
+        raw[top] = value
 
 
-def validate(cfg: dict[str, Any], mode: str = "train") -> dict[str, Any]:
-    """``mode="train"``: group keys must fit the chosen optimizer/schedule. ``"sweep"``: each fixed
-    key must fit at least one optimizer in ``optimizers`` (schedule keys: one in ``schedules``)."""
-    out = {key: CHECKS[key](key, cfg[key]) for key in CHECKS}
-    if mode == "train":
-        optimizers, schedules = None, None
+def validate(raw: Mapping[str, Any], mode: str = TRAIN) -> SweepConfig:
+    """Check each key, then the keys against each other. ``mode=train``: a group's fixed values
+    must fit its chosen entry; ``sweep``: each must fit at least one of ``optimizers``/``schedules``,
+    and choosing one entry (``optimizer=adam``) is refused: the sweep searches the list."""
+    defaults = SweepConfig()
+    values: dict[str, Any] = {}
+    for name, f in KEYS.items():
+        if name in GROUPS:
+            continue
+        value = raw.get(name, getattr(defaults, name))
+        values[name] = f.metadata["check"](name, value)
+    if values["ray_address"] is None and os.environ.get("RAY_ADDRESS"):
+        values["ray_address"] = _ray_address("RAY_ADDRESS", os.environ["RAY_ADDRESS"])
+    for group_name in GROUPS:
+        values[group_name] = _validate_group(group_name, raw.get(group_name), mode, values)
+    cfg = SweepConfig(**values)
+    _check_together(cfg, mode)
+    return cfg
+
+
+def _validate_group(group_name: str, given: Any, mode: str, values: Mapping[str, Any]) -> GroupChoice:
+    default, registry, list_key = GROUPS[group_name]
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ConfigError(group_name, f"must be a name or a mapping, got {given!r}")
+    given = dict(given)
+    chosen = given.pop("name", None)
+    if mode == SWEEP:
+        if chosen is not None:
+            raise ConfigError(group_name, f"`sweep run` searches every entry of {list_key}= (now "
+                                          f"[{','.join(values[list_key])}]); use {list_key}=[{chosen}] to sweep "
+                                          f"{chosen} alone, and {group_name}.KEY=VALUE to fix a value")
+        names = list(values[list_key])
     else:
-        optimizers, schedules = out["optimizers"], out["schedules"]
-    out["optimizer"] = _validate_group("optimizer", cfg["optimizer"], OPTIMIZERS, "momentum", optimizers,
-                                       lambda n, given: resolve_hyperparameters(n, given))
-    out["schedule"] = _validate_group("schedule", cfg["schedule"], SCHEDULES, "constant", schedules,
-                                      lambda n, given: resolve_schedule_params(n, given))
-    if out["ray_address"] is None and os.environ.get("RAY_ADDRESS"):
-        out["ray_address"] = _ray_address("RAY_ADDRESS", os.environ["RAY_ADDRESS"])
-    return out
-
-
-def _validate_group(group_name, group, registry, default, sweep_names, resolve) -> dict[str, Any]:
-    if not isinstance(group, dict):
-        raise ConfigError(group_name, f"must be a name or a mapping, got {group!r}")
-    group = dict(group)
-    name = _choice(registry)(group_name, group.pop("name", default))
-    names = [name] if sweep_names is None else sweep_names
-    for key, value in group.items():
-        takers = [n for n in names if key in accepted_keys(group_name, n)]
+        chosen = _choice(registry)(group_name, chosen or default)
+        names = [chosen]
+    for fixed_key, value in given.items():
+        takers = [n for n in names if fixed_key in accepted_keys(group_name, n)]
         if not takers:
             valid = sorted(set().union(*(accepted_keys(group_name, n) for n in names)))
-            raise ConfigError(f"{group_name}.{key}", f"not taken by {', '.join(names)}; valid: {', '.join(valid)}")
+            raise ConfigError(f"{group_name}.{fixed_key}", f"not taken by {', '.join(names)}; valid: {', '.join(valid)}")
+        resolve = resolve_hyperparameters if group_name == "optimizer" else resolve_schedule_params
         for taker in takers:
             try:
-                resolve(taker, {key: value})
+                resolve(taker, {fixed_key: value})
             except (KeyError, ValueError) as exc:
                 message = (exc.args[0] if exc.args else str(exc)).partition(": ")[2]
-                raise ConfigError(f"{group_name}.{key}", message) from None
-    return {"name": name, **group}
+                raise ConfigError(f"{group_name}.{fixed_key}", message) from None
+    return GroupChoice(chosen if mode != SWEEP else None, given)
+
+
+def _check_together(cfg: SweepConfig, mode: str) -> None:
+    warmup = cfg.schedule.fixed.get("warmup_epochs", WARMUP_DEFAULTS["warmup_epochs"])
+    if warmup >= cfg.epochs:
+        raise ConfigError("schedule.warmup_epochs", f"must be less than epochs ({cfg.epochs}), got {warmup}: "
+                                                    "the warm-up would be the whole run")
+    if mode == SWEEP and cfg.device.startswith("cuda") and cfg.num_gpus == 0:
+        raise ConfigError("device", f"device={cfg.device} in a sweep needs num_gpus > 0 (Ray gives a trial "
+                                    "only the GPUs it asks for); set num_gpus=1 (or a fraction), or device=auto")
 
 
 def accepted_keys(group_name: str, name: str) -> set[str]:
     """The fixed keys an optimizer or schedule takes (schedules also take the warm-up keys)."""
-    from optim.schedules import WARMUP_DEFAULTS
-
     if group_name == "optimizer":
         return set(OPTIMIZERS[name].defaults)
     return set(WARMUP_DEFAULTS) | set(SCHEDULES[name].defaults)
 
 
-def trial_config(cfg: dict[str, Any]):
-    """The TrialConfig for ``sweep train``: the chosen optimizer and schedule with fixed values."""
-    from sweep.trial import TrialConfig
-
-    opt = dict(cfg["optimizer"])
-    sched = dict(cfg["schedule"])
-    opt_name, sched_name = opt.pop("name"), sched.pop("name")
-    return TrialConfig(
-        dataset=cfg["dataset"], model=cfg["model"], optimizer=opt_name,
-        optimizer_params=opt,
-        schedule=sched_name, schedule_params=sched,
-        epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=cfg["seed"], l1=cfg["l1"],
-        val_fraction=cfg["val_fraction"], data_dir=cfg["data_dir"], download=cfg["download"],
-        device=cfg["device"], bf16=cfg["bf16"], channels_last=cfg["channels_last"],
-        divergence_factor=cfg["divergence_factor"],
-    )
+def from_saved(saved: Mapping[str, Any], overrides: list[str]) -> SweepConfig:
+    """A saved ``sweep.yaml`` with overrides on top (``sweep resume``)."""
+    raw: dict[str, Any] = {name: None for name in GROUPS}
+    for name, value in saved.items():
+        if name in KEYS:
+            _set(raw, name, value, source="sweep.yaml")
+    for name, value in parse_overrides(list(overrides)):
+        _set(raw, name, value, source="command line")
+    return validate(raw, SWEEP)

@@ -1,30 +1,18 @@
-"""Live terminal view of a sweep: per optimizer, trials done / pruned / failed and best so far.
+"""Live terminal view of a sweep: per optimizer, trials done / running / each outcome, best so far.
 
 On a terminal it is a rich Live table redrawn in place; elsewhere (CI, logs) one line per finished
-trial, so output stays readable in a file.
+trial, so output stays readable in a file. Counts and "best" come from ``outcome.Tally``, the
+same tally as the final table.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
-
-@dataclass
-class OptimizerProgress:
-    budget: int
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
-    running: int = 0
-    best: float | None = None
-
-    @property
-    def done(self) -> int:
-        return self.complete + self.pruned + self.failed
+from sweep.outcome import Status, Tally, TrialOutcome
 
 
 class Progress:
-    def __init__(self, rows: dict[str, OptimizerProgress], live: bool | None = None, console=None):
+    def __init__(self, rows: dict[str, Tally], live: bool | None = None, console=None):
         self.rows = rows
         self.live = sys.stdout.isatty() if live is None else live
         self.console = console  # a rich Console; None: the terminal
@@ -47,25 +35,19 @@ class Progress:
         self.rows[optimizer].running += 1
         self._refresh()
 
-    def finished(self, optimizer: str, number: int, state: str, value: float | None, note: str = "") -> None:
+    def finished(self, optimizer: str, outcome: TrialOutcome) -> None:
         row = self.rows[optimizer]
         row.running -= 1
-        if state == "COMPLETE":
-            row.complete += 1
-        elif state == "PRUNED":
-            row.pruned += 1
-        else:
-            row.failed += 1
-        if state in ("COMPLETE", "PRUNED") and value is not None:
-            row.best = value if row.best is None else max(row.best, value)
+        row.add(outcome)
         if self._live is None:
-            shown = "" if value is None else f" val_acc={value:.4f}"
-            print(f"[{optimizer:>9}] trial {number:3d} {state:<8}{shown}{' ' + note if note else ''}  "
+            shown = f" val_acc={outcome.metrics['val_accuracy']:.4f}" if "val_accuracy" in outcome.metrics else ""
+            note = f" ({outcome.reason})" if outcome.status in (Status.DIVERGED, Status.FAILED) and outcome.reason else ""
+            print(f"[{optimizer:>9}] trial {outcome.number:3d} {outcome.status.value:<11}{shown}{note}  "
                   f"({row.done}/{row.budget} done, best {self._best(row)})", flush=True)
         self._refresh()
 
     @staticmethod
-    def _best(row: OptimizerProgress) -> str:
+    def _best(row: Tally) -> str:
         return "-" if row.best is None else f"{row.best:.4f}"
 
     def _refresh(self) -> None:
@@ -76,9 +58,10 @@ class Progress:
         from rich.table import Table
 
         table = Table(title="sweep progress")
-        for column in ("optimizer", "done", "running", "complete", "pruned", "failed", "best val acc"):
+        columns = ["optimizer", "done", "running", *(s.value for s in Status), "best val acc"]
+        for column in columns:
             table.add_column(column, justify="right")
         for name, row in self.rows.items():
-            table.add_row(name, f"{row.done}/{row.budget}", str(row.running), str(row.complete),
-                          str(row.pruned), str(row.failed), self._best(row))
+            table.add_row(name, f"{row.done}/{row.budget}", str(row.running),
+                          *(str(row.counts[s]) for s in Status), self._best(row))
         return table

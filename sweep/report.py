@@ -1,49 +1,54 @@
-"""End-of-sweep comparison (JSON, CSV, Markdown, MLflow), ``sweep ls`` and ``sweep ui``.
+"""End-of-sweep comparison (JSON, CSV, Markdown, MLflow) and ``sweep ls``.
 
-All figures are read back from the Optuna studies, the source of truth, so a resumed sweep's
-report covers every trial it ever ran.
+All figures are read back from the Optuna studies, the source of truth, through the one outcome
+classifier, so a resumed sweep's report covers every trial it ever ran, and the counts match the
+live view's.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from optuna.trial import TrialState
+from sweep.outcome import Status, Tally
 
-from sweep.config import ConfigError
-from sweep.lock import is_locked
-from sweep.studies import INTERRUPTED
-
-COLUMNS = ("optimizer", "best_val_accuracy", "test_accuracy", "complete", "diverged", "pruned", "failed",
-           "interrupted", "train_seconds", "best_params")
+COLUMNS = ("optimizer", "best_val_accuracy", "test_accuracy", *(s.value for s in Status), "train_seconds",
+           "best_params")
 
 
-def summarize(study) -> dict[str, Any]:
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    failed = [t for t in trials if t.state == TrialState.FAIL]
-    interrupted = sum(t.user_attrs.get("fail_reason") == INTERRUPTED for t in failed)
-    best = max(complete, key=lambda t: t.value, default=None)
-    return {
-        "best_val_accuracy": best.value if best else None,
-        "test_accuracy": best.user_attrs.get("final_test_accuracy") if best else None,
-        "best_trial": best.number if best else None,
-        "best_params": best.user_attrs.get("hyperparameters", best.params) if best else {},
-        "best_optuna_params": best.params if best else {},
-        "complete": len(complete),
-        "diverged": sum(t.user_attrs.get("status") == "diverged" for t in complete),
-        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-        "failed": len(failed) - interrupted,
-        "interrupted": interrupted,
-        "train_seconds": round(sum(t.user_attrs.get("final_train_seconds", 0.0) for t in trials), 2),
-    }
+@dataclass(frozen=True)
+class OptimizerRow:
+    """One optimizer's line of the comparison."""
+
+    optimizer: str
+    best_val_accuracy: float | None
+    test_accuracy: float | None
+    best_trial: int | None
+    best_params: dict[str, Any] = field(default_factory=dict)        # as the optimizer takes them
+    best_optuna_params: dict[str, Any] = field(default_factory=dict)  # as Optuna searched them
+    counts: dict[str, int] = field(default_factory=dict)              # per status
+    train_seconds: float = 0.0
+
+    def cells(self) -> dict[str, Any]:
+        return {**asdict(self), **self.counts}
+
+
+def summarize(optimizer: str, study) -> OptimizerRow:
+    outcomes = study.outcomes()
+    tally = Tally.of(0, outcomes)
+    best = study.record(tally.best_number) if tally.best_number is not None else None
+    return OptimizerRow(
+        optimizer=optimizer,
+        best_val_accuracy=tally.best,
+        test_accuracy=best.user_attrs.get("final_test_accuracy") if best else None,
+        best_trial=tally.best_number,
+        best_params=best.user_attrs.get("hyperparameters", best.params) if best else {},
+        best_optuna_params=dict(best.params) if best else {},
+        counts={s.value: n for s, n in tally.counts.items()},
+        train_seconds=round(sum(o.metrics.get("train_seconds", 0.0) for o in outcomes), 2))
 
 
 def _cell(value: Any) -> str:
@@ -56,121 +61,59 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[OptimizerRow]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(row.cells().get(c)) for c in COLUMNS) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def csv_table(rows: list[dict[str, Any]]) -> str:
+def csv_table(rows: list[OptimizerRow]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, "best_params": json.dumps(row["best_params"])})
+        writer.writerow({**row.cells(), "best_params": json.dumps(row.best_params)})
     return out.getvalue()
 
 
-def write(cfg: dict[str, Any], sweep_dir: Path, studies: dict, tracker, parents: dict[str, str]) -> list[dict]:
-    rows = [{"optimizer": opt, **summarize(study)} for opt, study in studies.items()]
-    md, table_csv = markdown_table(rows), csv_table(rows)
-    summary = {"name": cfg["name"], "dataset": cfg["dataset"], "model": cfg["model"], "epochs": cfg["epochs"],
-               "trials_per_optimizer": cfg["trials"], "storage": cfg["storage"],
-               "tracking_uri": cfg["tracking_uri"], "optimizers": {r["optimizer"]: r for r in rows}}
-    (sweep_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (sweep_dir / "comparison.md").write_text(md + "\n")
-    (sweep_dir / "comparison.csv").write_text(table_csv)
+def write(cfg, stores, sweep_dir, studies: dict, tracker, parents: dict[str, str]) -> list[OptimizerRow]:
+    from sweep.preflight import redacted
+
+    rows = [summarize(opt, study) for opt, study in studies.items()]
+    md = markdown_table(rows)
+    summary = {"name": cfg.name, "dataset": cfg.dataset, "model": cfg.model, "epochs": cfg.epochs,
+               "trials_per_optimizer": cfg.trials, "storage": redacted(stores.storage),
+               "tracking_uri": redacted(stores.tracking_uri), "optimizers": {r.optimizer: r.cells() for r in rows}}
+    sweep_dir.write_results(summary, md, csv_table(rows))
     for row in rows:
-        metrics = {k: row[k] for k in ("best_val_accuracy", "test_accuracy", "complete", "pruned", "failed",
-                                       "diverged", "train_seconds") if row[k] is not None}
-        tracker.finish_parent(parents[row["optimizer"]], metrics, f"Sweep {cfg['name']!r}: every optimizer\n\n{md}\n")
+        metrics = {"best_val_accuracy": row.best_val_accuracy, "test_accuracy": row.test_accuracy,
+                   "train_seconds": row.train_seconds, **{f"trials_{k}": v for k, v in row.counts.items()}}
+        tracker.finish_parent(parents[row.optimizer], {k: v for k, v in metrics.items() if v is not None},
+                              f"Sweep {cfg.name!r}: every optimizer\n\n{md}\n")
     return rows
 
 
-def write_state(sweep_dir: Path, text: str) -> None:
-    (sweep_dir / "state").write_text(text + "\n")
+def best_of(summary: dict[str, Any] | None) -> str:
+    """``optimizer: val acc`` of the best optimizer in a summary.json, or ''."""
+    if not summary:
+        return ""
+    scored = [(r["best_val_accuracy"], o) for o, r in summary["optimizers"].items() if r["best_val_accuracy"] is not None]
+    if not scored:
+        return ""
+    value, name = max(scored)
+    return f"{name}: {value:.4f}"
 
 
-def read_state(sweep_dir: Path) -> str:
-    path = sweep_dir / "state"
-    return path.read_text().strip() if path.exists() else "unknown"
+def list_sweeps(output_dir: str | Path) -> str:
+    """The ``sweep ls`` table (reads files only: no store, no heavy import)."""
+    from sweep.sweepdir import list_sweeps as sweeps_under
 
-
-def sweep_state(sweep_dir: Path) -> str:
-    """running / finished / interrupted; "running" with no driver holding the lock means it died."""
-    words = read_state(sweep_dir).split()
-    state = words[0] if words else "unknown"
-    if state == "running" and not is_locked(sweep_dir):
-        return "interrupted"
-    return state
-
-
-def list_sweeps(output_dir: str) -> int:
-    root = Path(output_dir)
-    sweeps = sorted(p for p in root.glob("*") if (p / "sweep.yaml").exists()) if root.exists() else []
+    sweeps = sweeps_under(output_dir)
     if not sweeps:
-        print(f"no sweeps under {root.resolve()}")
-        return 0
-    print(f"{'name':<24} {'state':<12} {'optimizers':<10} {'trials':>7}  best (optimizer: val acc)")
-    for path in sweeps:
-        cfg = yaml.safe_load((path / "sweep.yaml").read_text())
-        best = ""
-        summary = path / "summary.json"
-        if summary.exists():
-            opts = json.loads(summary.read_text())["optimizers"]
-            scored = [(r["best_val_accuracy"], o) for o, r in opts.items() if r["best_val_accuracy"] is not None]
-            if scored:
-                value, name = max(scored)
-                best = f"{name}: {value:.4f}"
-        print(f"{path.name:<24} {sweep_state(path):<12} {len(cfg['optimizers']):<10} {cfg['trials']:>7}  {best}")
-    return 0
-
-
-def find_sweep(name: str | None, output_dir: str) -> Path:
-    root = Path(output_dir)
-    if name is not None:
-        path = root / name
-        if not (path / "sweep.yaml").exists():
-            raise ConfigError("name", f"no sweep {name!r} under {root.resolve()}")
-        return path
-    sweeps = sorted((p for p in root.glob("*/sweep.yaml")), key=lambda p: p.stat().st_mtime) if root.exists() else []
-    if not sweeps:
-        raise ConfigError("name", f"no sweeps under {root.resolve()}; run `sweep run` first")
-    return sweeps[-1].parent
-
-
-def _tracking_uri(sweep_dir: Path) -> tuple[dict, str]:
-    from sweep.tracking import default_tracking_uri
-
-    cfg = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
-    return cfg, cfg["tracking_uri"] or default_tracking_uri(sweep_dir.resolve())
-
-
-def ui_command(name: str | None, output_dir: str, host: str, port: int) -> list[str]:
-    _, uri = _tracking_uri(find_sweep(name, output_dir))
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-
-
-def runs_table_url(base: str, experiment_id: str) -> str:
-    """``workflowType`` stops MLflow 3 opening its GenAI overview instead of the runs."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-def ui_url(name: str | None, output_dir: str, host: str, port: int) -> str:
-    from mlflow import MlflowClient
-
-    cfg, uri = _tracking_uri(find_sweep(name, output_dir))
-    experiment = MlflowClient(uri).get_experiment_by_name(cfg["name"])
-    base = f"http://{host}:{port}"
-    return base if experiment is None else runs_table_url(base, experiment.experiment_id)
-
-
-def open_ui(name: str | None, output_dir: str, host: str, port: int) -> int:
-    cfg, uri = _tracking_uri(find_sweep(name, output_dir))
-    if uri.startswith(("http://", "https://")):  # a tracking server already serves the UI
-        print(f"sweep {cfg['name']!r} logs to the MLflow server at {uri}: open it there "
-              f"(experiment {cfg['name']!r})")
-        return 0
-    command = ui_command(name, output_dir, host, port)
-    print(f"MLflow UI for {uri}\n  {ui_url(name, output_dir, host, port)}  (Ctrl-C stops it)", flush=True)
-    return subprocess.call(command)
+        return f"no sweeps under {Path(output_dir).resolve()}"
+    lines = [f"{'name':<24} {'state':<12} {'optimizers':<10} {'trials':>7}  best (optimizer: val acc)"]
+    for sweep_dir in sweeps:
+        saved = sweep_dir.saved_config() or {}
+        lines.append(f"{sweep_dir.name:<24} {sweep_dir.state():<12} {len(saved.get('optimizers', [])):<10} "
+                     f"{saved.get('trials', '-'):>7}  {best_of(sweep_dir.summary())}")
+    return "\n".join(lines)

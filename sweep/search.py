@@ -10,13 +10,13 @@ from typing import Any
 
 from optim import OPTIMIZERS, SCHEDULES
 from optim.space import Choice
-from sweep.config import accepted_keys, trial_config
+from sweep.config import SweepConfig, TrialConfig, accepted_keys
 
 
-def sample_trial(trial, optimizer: str, cfg: dict[str, Any]):
+def sample_trial(trial, optimizer: str, cfg: SweepConfig) -> TrialConfig:
     spec = OPTIMIZERS[optimizer]
-    fixed = {k: v for k, v in cfg["optimizer"].items() if k in spec.defaults}
-    effective = cfg["search_effective_lr"] and spec.has_momentum and "lr" not in fixed
+    fixed = {k: v for k, v in cfg.optimizer.fixed.items() if k in spec.defaults}
+    effective = cfg.search_effective_lr and spec.has_momentum and "lr" not in fixed
     hp: dict[str, Any] = {}
     for key, dist in spec.space.items():
         if key in fixed or (key == "lr" and effective):
@@ -29,19 +29,17 @@ def sample_trial(trial, optimizer: str, cfg: dict[str, Any]):
         hp["lr"] = step if ema else step * (1.0 - momentum)
     hp.update(fixed)
 
-    schedules = cfg["schedules"]
+    schedules = cfg.schedules
     schedule = Choice(schedules).suggest(trial, "schedule") if len(schedules) > 1 else schedules[0]
-    sched_fixed = {k: v for k, v in cfg["schedule"].items() if k in accepted_keys("schedule", schedule)}
+    sched_fixed = {k: v for k, v in cfg.schedule.fixed.items() if k in accepted_keys("schedule", schedule)}
     sched_params = {key: dist.suggest(trial, f"{schedule}.{key}")
                     for key, dist in SCHEDULES[schedule].space.items() if key not in sched_fixed}
     sched_params.update(sched_fixed)
 
-    tc = trial_config({**cfg, "optimizer": {"name": optimizer}, "schedule": {"name": schedule}})
-    tc.optimizer_params, tc.schedule_params = hp, sched_params
-    return tc
+    return cfg.trial_config(optimizer, hp, schedule, sched_params)
 
 
-def run_params(tc, trial_params: dict[str, Any]) -> dict[str, Any]:
+def run_params(tc: TrialConfig, trial_params: dict[str, Any]) -> dict[str, Any]:
     """Everything that defines a trial, for MLflow: fixed settings, resolved values, sampled values."""
     from optim import resolve_hyperparameters, resolve_schedule_params
 
@@ -53,7 +51,7 @@ def run_params(tc, trial_params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def chosen_hyperparameters(tc) -> dict[str, Any]:
+def chosen_hyperparameters(tc: TrialConfig) -> dict[str, Any]:
     """What a trial was given, in the optimizer's own terms (``momentum``, not ``one_minus_momentum``)."""
     return {**tc.optimizer_params, "schedule": tc.schedule,
             **{f"{tc.schedule}.{k}": v for k, v in tc.schedule_params.items()}}

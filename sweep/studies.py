@@ -1,26 +1,32 @@
-"""Optuna side of a sweep: storage, sampler and pruner by name, and one study per optimizer.
+"""Optuna, through one adapter: storages, one study per optimizer, and every trial operation the
+driver and the workers need, on Optuna's public API.
 
-The study is the single source of truth for trial state; everything else (MLflow, the summary)
-is derived from it.
+The study is the single source of truth for trial state; MLflow and the summary derive from it.
+The one thing Optuna's public API cannot do is rebuild a live ``optuna.Trial`` in another process
+(a Ray worker, or a new driver repairing a dead one's trial) from what the study stores: that
+needs the storage's trial id, which only ``FrozenTrial._trial_id`` exposes. It stays in
+``_trial_id`` below and nowhere else.
 """
 from __future__ import annotations
 
 import functools
+import math
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterable, Mapping
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep.outcome import FINAL_PREFIX, REASON_KEY, RECORDS, STATUS_KEY, Status, TrialOutcome, status_from_optuna
+from sweep.registries import PRUNERS, SAMPLERS
 
 DIRECTION = "maximize"  # validation accuracy
-INTERRUPTED = "interrupted"
+RETRY_OF, MLFLOW_RUN, ATTEMPT, HYPERPARAMETERS = "retry_of", "mlflow_run_id", "attempt", "hyperparameters"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-
-def default_storage(sweep_dir: Path) -> str:
-    """The embedded default: an append-only journal file (see bench/storage_contention.py)."""
-    return f"journal:///{(sweep_dir / 'optuna.journal').resolve()}"
+__all__ = ["SweepStudy", "open_storage", "study_name", "foreign_studies", "make_sampler", "make_pruner",
+           "SAMPLERS", "PRUNERS"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -40,28 +46,6 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
-# Samplers and pruners by config name, as data. Every optimizer's study gets the same sampler with
-# the same seed: a fair comparison. TPE's constant liar keeps parallel workers from all sampling
-# the same point while their trials are running.
-SAMPLERS: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed, trials: optuna.samplers.TPESampler(
-        seed=seed, constant_liar=True, n_startup_trials=max(2, min(10, trials // 3))),
-    "random": lambda seed, trials: optuna.samplers.RandomSampler(seed=seed),
-    "qmc": lambda seed, trials: optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False),
-    "cmaes": lambda seed, trials: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
-    "gp": lambda seed, trials: optuna.samplers.GPSampler(seed=seed),
-}
-
-# Each epoch is one step of the pruner's resource (``epochs`` is the most a trial gets).
-PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
-    "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-    "asha": lambda epochs: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
-    "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(
-        min_resource=1, max_resource=max(1, epochs), reduction_factor=3),
-    "none": lambda epochs: optuna.pruners.NopPruner(),
-}
-
-
 def make_sampler(name: str, seed: int, trials: int) -> optuna.samplers.BaseSampler:
     return SAMPLERS[name](seed, trials)
 
@@ -74,34 +58,121 @@ def study_name(sweep_name: str, optimizer: str) -> str:
     return f"{sweep_name}/{optimizer}"
 
 
-def open_study(cfg: dict[str, Any], storage_url: str, optimizer: str, sweep_id: str) -> optuna.Study:
-    """Create or load the optimizer's study; its sampler goes on from where the last driver stopped.
-
-    A fresh driver reseeds the sampler with ``seed + trials so far``: the bare seed again would
-    replay the draws a resumed sweep already ran. On a new sweep every study starts from the
-    same seed. TPE's start-up length is fixed by the first run's budget, so a top-up keeps it.
-    """
-    study = optuna.create_study(study_name=study_name(cfg["name"], optimizer), storage=open_storage(storage_url),
-                                direction=DIRECTION, load_if_exists=True,
-                                pruner=make_pruner(cfg["pruner"], cfg["epochs"]))
-    for key, value in (("sweep_id", sweep_id), ("sampler_budget", cfg["trials"])):
-        if key not in study.user_attrs:
-            study.set_user_attr(key, value)
-    study.sampler = make_sampler(cfg["sampler"], cfg["seed"] + len(study.get_trials(deepcopy=False)),
-                                 study.user_attrs["sampler_budget"])
-    return study
-
-
-def foreign_studies(cfg: dict[str, Any], sweep_id: str) -> list[str]:
+def foreign_studies(storage_url: str, sweep_name: str, sweep_id: str) -> list[str]:
     """Studies of this sweep's name in the storage that another sweep (another id) created."""
-    prefix = study_name(cfg["name"], "")
-    return [summary.study_name for summary in optuna.get_all_study_summaries(open_storage(cfg["storage"]),
+    prefix = study_name(sweep_name, "")
+    return [summary.study_name for summary in optuna.get_all_study_summaries(open_storage(storage_url),
                                                                            include_best_trial=False)
             if summary.study_name.startswith(prefix) and summary.user_attrs.get("sweep_id", sweep_id) != sweep_id]
 
 
-def is_finished(trial: optuna.trial.FrozenTrial) -> bool:
-    """Counts against the budget: complete, pruned, or failed for a reason other than interruption."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") != INTERRUPTED
+def _trial_id(trial: FrozenTrial) -> int:
+    """The storage's id of a trial: the only way to rebuild a live ``optuna.Trial`` elsewhere.
+    Optuna has no public equivalent (``Trial(study, trial_id)`` is public, the id is not)."""
+    return trial._trial_id
+
+
+def outcome_of(trial: FrozenTrial) -> TrialOutcome | None:
+    """The one classifier: a finished trial's outcome from its Optuna record; None if unfinished."""
+    status = status_from_optuna(trial.state.name, trial.user_attrs)
+    if status is None:
+        return None
+    attrs = trial.user_attrs
+    return TrialOutcome(
+        number=trial.number, status=status, value=trial.value if trial.state == TrialState.COMPLETE else None,
+        reason=str(attrs.get(REASON_KEY) or attrs.get("fail_reason") or ""),
+        metrics={k[len(FINAL_PREFIX):]: v for k, v in attrs.items() if k.startswith(FINAL_PREFIX)},
+        attempts=int(attrs.get(ATTEMPT, 1)))
+
+
+class SweepStudy:
+    """One optimizer's study and the trial operations the engine needs."""
+
+    def __init__(self, study: optuna.Study):
+        self.study = study
+
+    @classmethod
+    def open(cls, storage_url: str, sweep_name: str, optimizer: str, sweep_id: str, *, sampler: str,
+             pruner: str, seed: int, trials: int, epochs: int) -> "SweepStudy":
+        """Create or load the optimizer's study; its sampler goes on from where the last driver stopped.
+
+        A fresh driver reseeds the sampler with ``seed + trials so far``: the bare seed again would
+        replay the draws a resumed sweep already ran. On a new sweep every study starts from the
+        same seed. TPE's start-up length is fixed by the first run's budget, so a top-up keeps it.
+        """
+        study = optuna.create_study(study_name=study_name(sweep_name, optimizer), storage=open_storage(storage_url),
+                                    direction=DIRECTION, load_if_exists=True, pruner=make_pruner(pruner, epochs))
+        for key, value in (("sweep_id", sweep_id), ("sampler_budget", trials)):
+            if key not in study.user_attrs:
+                study.set_user_attr(key, value)
+        study.sampler = make_sampler(sampler, seed + len(study.get_trials(deepcopy=False)),
+                                     study.user_attrs["sampler_budget"])
+        return cls(study)
+
+    @classmethod
+    def load(cls, storage_url: str, name: str, pruner: str, epochs: int) -> "SweepStudy":
+        """A worker's handle on the study: the same pruner decides there."""
+        return cls(optuna.load_study(study_name=name, storage=open_storage(storage_url),
+                                     pruner=make_pruner(pruner, epochs)))
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    def set_attr(self, key: str, value: Any) -> None:
+        self.study.set_user_attr(key, value)
+
+    # ---- reading ----
+    def trials(self, states: Iterable[TrialState] | None = None) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=tuple(states) if states is not None else None)
+
+    def record(self, number: int) -> FrozenTrial:
+        """A trial's record by number (numbers run 0..n-1 within a study, in order)."""
+        trials = self.trials()
+        if number < len(trials) and trials[number].number == number:
+            return trials[number]
+        return next(t for t in trials if t.number == number)
+
+    def outcomes(self) -> list[TrialOutcome]:
+        return [o for o in map(outcome_of, self.trials()) if o is not None]
+
+    def waiting(self) -> int:
+        return len(self.trials(states=(TrialState.WAITING,)))
+
+    # ---- writing ----
+    def ask(self) -> optuna.Trial:
+        return self.study.ask()
+
+    def live_trial(self, number: int) -> optuna.Trial:
+        """The running trial ``number`` as a live ``optuna.Trial`` (report, should_prune, attrs)."""
+        return optuna.trial.Trial(self.study, _trial_id(self.record(number)))
+
+    def set_trial_attrs(self, number: int, attrs: Mapping[str, Any]) -> None:
+        trial = self.live_trial(number)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+    def enqueue_retry(self, trial: FrozenTrial) -> None:
+        """Queue an interrupted trial's parameters again, once (``retry_of`` names the original)."""
+        self.study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+
+    def finish(self, number: int, status: Status, reason: str = "", metrics: Mapping[str, float] = (),
+               value: float | None = None) -> TrialOutcome:
+        """Record a trial's outcome, unless it is already finished (then the record stands): the
+        status, reason and final metrics as attributes, then the state through ``tell``.
+        Returns the outcome Optuna now holds."""
+        record = RECORDS[status]
+        current = self.record(number)
+        if not current.state.is_finished():
+            attrs = {STATUS_KEY: status.value, **{f"{FINAL_PREFIX}{k}": float(v) for k, v in dict(metrics).items()
+                                                  if math.isfinite(v)}}
+            if reason:
+                attrs[REASON_KEY] = reason
+            self.set_trial_attrs(number, attrs)
+            if record.optuna_state == "COMPLETE":
+                told = self.study.tell(number, value if value is not None and math.isfinite(value) else 0.0,
+                                       skip_if_finished=True)
+            else:
+                told = self.study.tell(number, state=TrialState[record.optuna_state], skip_if_finished=True)
+            current = told
+        return outcome_of(current)

@@ -15,8 +15,12 @@ from typing import Any, Mapping
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from sweep.outcome import FINAL_PREFIX, MLFLOW_REASON_TAG, MLFLOW_STATUS_TAG, TrialOutcome
+
 ROLE, OPTIMIZER, TRIAL = "sweep.role", "sweep.optimizer", "optuna.trial_number"
-STATE, REASON, RETRY_OF = "optuna.state", "optuna.fail_reason", "sweep.retry_of"
+STATE, RETRY_OF = "optuna.state", "sweep.retry_of"
+# A run whose trial a torn Optuna journal lost: kept for the record, never reused for a new trial.
+ORPHANED = "sweep.orphaned"
 SWEEP_ID = "sweep.id"  # tells sweeps of the same name in a shared store apart
 ATTEMPTS = "sweep.attempts"  # > 1 when Ray re-ran the trial after its worker process died
 PARENT = "mlflow.parentRunId"
@@ -26,10 +30,6 @@ EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_develop
 
 
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial tables..."
-
-
-def default_tracking_uri(sweep_dir: Path) -> str:
-    return f"sqlite:///{(sweep_dir / 'mlflow.db').resolve()}"
 
 
 @functools.lru_cache(maxsize=4)
@@ -91,15 +91,29 @@ class SweepTracker:
         return run.info.run_id
 
     def find_trial_run(self, optimizer: str, number: int) -> str | None:
-        run = self._find(f"tags.`{ROLE}` = 'trial' and tags.`{OPTIMIZER}` = '{optimizer}' "
-                         f"and tags.`{TRIAL}` = '{number}'")
-        return run.info.run_id if run else None
+        runs = self.client.search_runs([self.experiment_id], max_results=10, filter_string=(
+            f"tags.`{ROLE}` = 'trial' and tags.`{OPTIMIZER}` = '{optimizer}' and tags.`{TRIAL}` = '{number}'"))
+        runs = [r for r in runs if ORPHANED not in r.data.tags]
+        return runs[0].info.run_id if runs else None
+
+    def trial_runs(self, optimizer: str) -> dict[int, str]:
+        """Trial number -> run id of this optimizer's trial runs (orphans left out)."""
+        runs = self.client.search_runs([self.experiment_id], max_results=50_000, filter_string=(
+            f"tags.`{ROLE}` = 'trial' and tags.`{OPTIMIZER}` = '{optimizer}'"))
+        return {int(r.data.tags[TRIAL]): r.info.run_id for r in runs if ORPHANED not in r.data.tags}
+
+    def orphan(self, run_id: str, why: str) -> None:
+        """Set a run aside whose trial Optuna no longer has; its trial number will be reused."""
+        self.client.log_batch(run_id, tags=[RunTag(ORPHANED, "true"), RunTag(MLFLOW_REASON_TAG, why[:5000])])
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, status="KILLED")
 
     def running_trial_runs(self) -> dict[tuple[str, int], str]:
         """(optimizer, trial number) -> run id of every trial run still RUNNING."""
         runs = self.client.search_runs([self.experiment_id], max_results=50_000,
                                        filter_string=f"attributes.status = 'RUNNING' and tags.`{ROLE}` = 'trial'")
-        return {(r.data.tags[OPTIMIZER], int(r.data.tags[TRIAL])): r.info.run_id for r in runs}
+        return {(r.data.tags[OPTIMIZER], int(r.data.tags[TRIAL])): r.info.run_id for r in runs
+                if ORPHANED not in r.data.tags}
 
     def finish_parent(self, run_id: str, metrics: Mapping[str, float], description: str) -> None:
         """Best metrics, and the comparison table as the run's description (shown in the UI;
@@ -110,10 +124,13 @@ class SweepTracker:
         self.client.set_terminated(run_id, status="FINISHED")
 
 
-def foreign_experiment(cfg: Mapping[str, Any], sweep_id: str) -> bool:
+def foreign_experiment(uri: str, name: str, sweep_id: str) -> bool:
     """Whether the tracking store's experiment of this sweep's name belongs to another sweep."""
-    found = client(cfg["tracking_uri"]).get_experiment_by_name(cfg["name"])
+    found = client(uri).get_experiment_by_name(name)
     return found is not None and found.tags.get(SWEEP_ID, sweep_id) != sweep_id
+
+
+EPOCH_MARKER = "val_accuracy"  # every epoch logs it
 
 
 def log_epoch(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
@@ -124,21 +141,22 @@ def log_epoch(uri: str, run_id: str, metrics: Mapping[str, float], step: int) ->
 
 def logged_steps(uri: str, run_id: str) -> set[int]:
     """The epochs a run already holds (``log_epoch`` writes all of an epoch's metrics at once)."""
-    return {m.step for m in client(uri).get_metric_history(run_id, "val_accuracy")}
+    return {m.step for m in client(uri).get_metric_history(run_id, EPOCH_MARKER)}
 
 
-def close_run_from_trial(uri: str, run_id: str, trial) -> None:
-    """Write a finished Optuna trial's outcome to its run and close it; a closed run is left as is."""
+def close_run(uri: str, run_id: str, outcome: TrialOutcome) -> None:
+    """Write a trial's outcome to its run and close it; a closed run is left as it is.
+
+    Every run gets its final metrics, its status tag and an MLflow run status that shows the
+    outcome at a glance (FINISHED ok, KILLED pruned or interrupted, FAILED diverged or failed)."""
     if client(uri).get_run(run_id).info.status != "RUNNING":
         return
-    attrs = trial.user_attrs
-    status = attrs.get("status", "failed" if trial.state.name == "FAIL" else "ok")
-    tags = {STATE: trial.state.name, "status": status, ATTEMPTS: attrs.get("attempt", 1)}
-    reason = attrs.get("fail_reason") or attrs.get("reason")
-    if reason:
-        tags[REASON] = reason
+    tags = {MLFLOW_STATUS_TAG: outcome.status.value, STATE: outcome.record.optuna_state,
+            ATTEMPTS: str(outcome.attempts)}
+    if outcome.reason:
+        tags[MLFLOW_REASON_TAG] = outcome.reason[:5000]
     now = _now_ms()
-    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in attrs.items()
-                                           if k.startswith("final_")],
-                          tags=[RunTag(k, str(v)) for k, v in tags.items()])
-    client(uri).set_terminated(run_id, status="FAILED" if trial.state.name == "FAIL" else "FINISHED")
+    client(uri).log_batch(run_id, metrics=[Metric(f"{FINAL_PREFIX}{k}", float(v), now, 0)
+                                           for k, v in outcome.metrics.items()],
+                          tags=[RunTag(k, v) for k, v in tags.items()])
+    client(uri).set_terminated(run_id, status=outcome.record.mlflow_status)

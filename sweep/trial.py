@@ -2,7 +2,11 @@
 
 This is what the sweep engine runs thousands of times, so failures are outcomes: a NaN or
 exploding loss ends the trial as ``diverged``, an exception as ``failed`` with its reason, and a
-reporter that raises ``PruneTrial`` (the sweep's pruner) ends it as ``pruned``.
+reporter that raises ``PruneTrial`` (the sweep's pruner) ends it as ``pruned``. The one exception
+that passes through is ``StoreUnavailable`` from the reporter: a store that went away is not the
+trial's fault, and must not use up its optimizer's budget.
+
+Epochs are numbered from 1 everywhere (reports, MLflow steps, Optuna steps, messages).
 """
 from __future__ import annotations
 
@@ -16,63 +20,56 @@ import torch.nn.functional as F
 
 from models import build_model
 from optim import ScheduleDriver, build_optimizer
+from sweep.config import TrialConfig
 from sweep.datasets import DataSplits, load_dataset
+from sweep.errors import StoreUnavailable
+from sweep.outcome import Status
+
+__all__ = ["TrialConfig", "EpochMetrics", "TrialResult", "PruneTrial", "run_trial", "random_crop_flip"]
 
 
 class PruneTrial(Exception):
     """Raised by a reporter to stop the trial early (the pruner decided it is not promising)."""
 
 
-@dataclass
-class TrialConfig:
-    dataset: str = "digits"
-    model: str = "simple_cnn"
-    optimizer: str = "momentum"
-    optimizer_params: dict[str, Any] = field(default_factory=dict)
-    schedule: str = "constant"
-    schedule_params: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 32
-    seed: int = 0
-    l1: float = 0.0
-    val_fraction: float = 0.2
-    data_dir: str = "./data"
-    download: bool = False
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = False
-    divergence_factor: float = 10.0
-
-
-@dataclass
+@dataclass(frozen=True)
 class EpochMetrics:
-    epoch: int
+    epoch: int              # from 1
     train_loss: float
     train_accuracy: float
     val_loss: float
     val_accuracy: float
-    lr: float
+    scheduled_lr: float     # the schedule's LR at the epoch's start (not the searched `lr`)
     epoch_seconds: float
     images_per_second: float
+
+    def logged(self) -> dict[str, float]:
+        """The per-epoch metrics as logged (the epoch is the step)."""
+        return {k: v for k, v in asdict(self).items() if k != "epoch"}
 
 
 @dataclass
 class TrialResult:
-    status: str  # ok | diverged | failed | pruned
+    status: Status
     reason: str = ""
     epochs_run: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # final metrics, whatever the outcome
     history: list[EpochMetrics] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def value(self) -> float:
+        """The objective: the final validation accuracy (0 when none was measured)."""
+        value = self.metrics.get("val_accuracy", 0.0)
+        return value if math.isfinite(value) else 0.0
 
 
 Reporter = Callable[[EpochMetrics], None]
 
 
 class _Diverged(Exception):
-    pass
+    def __init__(self, message: str, val_loss: float, val_accuracy: float):
+        super().__init__(message)
+        self.val_loss, self.val_accuracy = val_loss, val_accuracy
 
 
 def pick_device(name: str) -> torch.device:
@@ -111,27 +108,41 @@ def evaluate(model, x, y, autocast, batch_size: int = 1024) -> tuple[float, floa
 def run_trial(cfg: TrialConfig, data: DataSplits | None = None, reporter: Reporter | None = None) -> TrialResult:
     """Train ``cfg`` and return its outcome; ``data`` may be preloaded (the sweep shares it)."""
     history: list[EpochMetrics] = []
+    started = time.perf_counter()
+
+    def seconds() -> float:
+        return time.perf_counter() - started
+
     try:
         return _train(cfg, data, reporter, history)
     except PruneTrial as exc:
-        return TrialResult("pruned", str(exc) or "pruned", len(history), _last(history), history)
-    except _Diverged as exc:
-        return TrialResult("diverged", str(exc), len(history), _last(history), history)
+        return TrialResult(Status.PRUNED, str(exc) or "pruned", len(history), _final(history, seconds()), history)
+    except _Diverged as exc:  # measured where it stopped: even a first-epoch divergence has metrics
+        metrics = _final(history, seconds(), val_loss=exc.val_loss, val_accuracy=exc.val_accuracy)
+        return TrialResult(Status.DIVERGED, str(exc), len(history), metrics, history)
+    except StoreUnavailable:
+        raise
     except Exception as exc:  # a failed trial is an outcome, not a crashed sweep
-        return TrialResult("failed", f"{type(exc).__name__}: {exc}", len(history), _last(history), history)
+        return TrialResult(Status.FAILED, f"{type(exc).__name__}: {exc}", len(history), _final(history, seconds()),
+                           history)
 
 
-def _last(history: list[EpochMetrics]) -> dict[str, float]:
-    if not history:
-        return {}
-    last = history[-1]
-    return {"val_accuracy": last.val_accuracy, "val_loss": last.val_loss,
-            "best_val_accuracy": max(h.val_accuracy for h in history),
-            "train_seconds": sum(h.epoch_seconds for h in history)}
+def _final(history: list[EpochMetrics], seconds: float, **last: float) -> dict[str, float]:
+    """Final metrics: the last epoch's (or ``last`` where the trial stopped mid-epoch)."""
+    metrics = {"epochs": float(len(history)), "seconds": seconds,
+               "train_seconds": sum(h.epoch_seconds for h in history)}
+    if history:
+        metrics.update(val_accuracy=history[-1].val_accuracy, val_loss=history[-1].val_loss)
+    metrics.update(last)
+    accuracies = [h.val_accuracy for h in history] + ([last["val_accuracy"]] if "val_accuracy" in last else [])
+    if accuracies:
+        metrics["best_val_accuracy"] = max(a for a in accuracies)
+    return metrics
 
 
 def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
            history: list[EpochMetrics]) -> TrialResult:
+    trial_started = time.perf_counter()
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if data is None:
@@ -148,9 +159,13 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
+    def diverged(message: str) -> _Diverged:
+        val_loss, val_acc = evaluate(model, t["val_x"], t["val_y"], autocast)
+        return _Diverged(message, val_loss, val_acc)
+
     first_loss = None
     model.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(1, cfg.epochs + 1):
         lr = schedule.lr
         started = time.perf_counter()
         order = torch.randperm(n_train, device=device, generator=generator)
@@ -176,8 +191,8 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
             if first_loss is None:
                 first_loss = batch_loss
             if not math.isfinite(batch_loss) or batch_loss > cfg.divergence_factor * max(first_loss, 1e-3):
-                raise _Diverged(f"loss {batch_loss:.4g} at epoch {epoch} step {step} "
-                                f"(started at {first_loss:.4g})")
+                raise diverged(f"loss {batch_loss:.4g} at epoch {epoch} step {step + 1} "
+                               f"(started at {first_loss:.4g})")
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == y).sum()
         if device.type == "cuda":
@@ -188,10 +203,10 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
                                lr, seconds, n_train / seconds)
         history.append(metrics)
         if not math.isfinite(val_loss):
-            raise _Diverged(f"validation loss {val_loss} at epoch {epoch}")
+            raise _Diverged(f"validation loss {val_loss} at epoch {epoch}", val_loss, val_acc)
         if reporter is not None:
             reporter(metrics)
         schedule.after_epoch(val_loss)
     test_loss, test_acc = evaluate(model, t["test_x"], t["test_y"], autocast)
-    return TrialResult("ok", "", len(history), {**_last(history), "test_loss": test_loss, "test_accuracy": test_acc},
-                       history)
+    return TrialResult(Status.OK, "", len(history), {**_final(history, time.perf_counter() - trial_started),
+                                                     "test_loss": test_loss, "test_accuracy": test_acc}, history)

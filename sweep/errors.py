@@ -1,0 +1,48 @@
+"""The errors the engine raises and the CLI turns into exit codes (kept free of heavy imports)."""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or location; ``str()`` is the one line shown to the user (exit 2)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class StoreUnavailable(RuntimeError):
+    """A store (Optuna storage, MLflow tracking, the disk) failed during the sweep.
+
+    Not a trial outcome: the trial did nothing wrong, so it must not use up its optimizer's budget.
+    The sweep stops with one line and the trial runs again on resume.
+    """
+
+    def __init__(self, store: str, detail: str):
+        super().__init__(f"{store} unavailable: {detail}")
+        self.store = store
+        self.detail = detail
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``: library errors can be pages long."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
+
+
+class store_calls:
+    """Context manager: any error from a store client inside becomes ``StoreUnavailable(store)``.
+
+    Used around every call to Optuna's storage and MLflow during a sweep, so that a store that went
+    away (after its client's own retries) or a full disk stops the sweep instead of being recorded
+    as the trial's failure. ``passthrough`` exceptions (e.g. pruning) go through unchanged."""
+
+    def __init__(self, store: str, passthrough: tuple[type[BaseException], ...] = ()):
+        self.store, self.passthrough = store, passthrough
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, (StoreUnavailable, *self.passthrough)):
+            return False
+        raise StoreUnavailable(self.store, first_line(exc)) from exc

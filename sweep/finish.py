@@ -1,0 +1,40 @@
+"""Finishing a trial: the one path by which an outcome is recorded, used by the worker, by the
+driver for a worker that died past its retries, and by recovery after a driver died.
+
+Optuna is written first (it is the source of truth), then the trial's MLflow run is closed from
+what Optuna now holds. A process that dies between the two leaves a RUNNING run for a finished
+trial, which the next driver closes the same way (``close``)."""
+from __future__ import annotations
+
+from typing import Mapping
+
+from sweep import tracking
+from sweep.errors import store_calls
+from sweep.outcome import Status, TrialOutcome
+from sweep.studies import SweepStudy, outcome_of
+
+OPTUNA, MLFLOW = "Optuna storage", "MLflow tracking store"
+
+
+def finish_trial(study: SweepStudy, tracking_uri: str, run_id: str, number: int, status: Status,
+                 reason: str = "", metrics: Mapping[str, float] = (), value: float | None = None) -> TrialOutcome:
+    """Record ``status`` unless the trial already has an outcome (that one stands), then close its run."""
+    with store_calls(OPTUNA):
+        outcome = study.finish(number, status, reason, metrics, value)
+    close(tracking_uri, run_id, outcome)
+    return outcome
+
+
+def close(tracking_uri: str, run_id: str, outcome: TrialOutcome) -> None:
+    """Write a finished trial's outcome to its run (a closed run is left as it is)."""
+    with store_calls(MLFLOW):
+        tracking.close_run(tracking_uri, run_id, outcome)
+
+
+def close_from_record(study: SweepStudy, tracking_uri: str, run_id: str, number: int) -> TrialOutcome | None:
+    """Close the run of a trial Optuna already finished; None (nothing done) if it has not."""
+    with store_calls(OPTUNA):
+        outcome = outcome_of(study.record(number))
+    if outcome is not None:
+        close(tracking_uri, run_id, outcome)
+    return outcome

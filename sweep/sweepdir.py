@@ -1,0 +1,178 @@
+"""The sweep directory ``<output_dir>/<name>/``: the one module that knows every file in it.
+
+- ``sweep.yaml`` the config (``sweep resume`` reloads it); ``id`` the sweep's identity in shared
+  stores; ``state`` running / finished / interrupted; ``lock`` held by the running driver;
+- ``optuna.journal`` and ``mlflow.db`` (+ ``artifacts/``): the stores left at their defaults, so a
+  moved or copied sweep takes them along;
+- ``summary.json``, ``comparison.csv``, ``comparison.md``: the results; ``driver.log``: the
+  traceback of an unexpected driver error.
+
+One driver per sweep: ``claim`` takes an exclusive ``flock`` on ``lock`` and, under it, reads or
+creates the id, in one step. The kernel drops the lock however the driver dies (SIGKILL, a
+container stopped), unlike a PID in a file (often 1 in a container, and alive again).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+CONFIG, ID, STATE, LOCK = "sweep.yaml", "id", "state", "lock"
+JOURNAL, MLFLOW_DB, ARTIFACTS = "optuna.journal", "mlflow.db", "artifacts"
+SUMMARY, CSV, MARKDOWN, DRIVER_LOG = "summary.json", "comparison.csv", "comparison.md", "driver.log"
+RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Where a sweep's trials are recorded; both always set once the sweep has a directory."""
+
+    storage: str        # Optuna storage URL
+    tracking_uri: str   # MLflow tracking URI
+
+    @property
+    def local_tracking(self) -> bool:
+        return self.tracking_uri.startswith("sqlite:")
+
+
+class SweepDir:
+    def __init__(self, path: Path | str):
+        self.path = Path(path).expanduser().resolve()
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def of(cls, output_dir: str, name: str) -> "SweepDir":
+        return cls(Path(output_dir) / name)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def __truediv__(self, file: str) -> Path:
+        return self.path / file
+
+    def exists(self) -> bool:
+        return (self.path / CONFIG).exists()
+
+    # ---- config and identity ----
+    def saved_config(self) -> dict[str, Any] | None:
+        path = self.path / CONFIG
+        return yaml.safe_load(path.read_text()) if path.exists() else None
+
+    def write_config(self, values: dict[str, Any]) -> None:
+        """The config as run, with ``output_dir`` where the sweep is now."""
+        (self.path / CONFIG).write_text(yaml.safe_dump({**values, "output_dir": str(self.path.parent)},
+                                                       sort_keys=True))
+
+    def read_id(self) -> str | None:
+        path = self.path / ID
+        return path.read_text().strip() or None if path.exists() else None
+
+    def stores(self, storage: str | None, tracking_uri: str | None) -> Stores:
+        """Stores left unset live in this directory."""
+        return Stores(storage or f"journal:///{self.path / JOURNAL}",
+                      tracking_uri or f"sqlite:///{self.path / MLFLOW_DB}")
+
+    @property
+    def journal(self) -> Path:
+        return self.path / JOURNAL
+
+    @property
+    def artifacts(self) -> Path:
+        return self.path / ARTIFACTS
+
+    # ---- one driver at a time ----
+    def is_locked(self) -> bool:
+        """Whether a live driver holds the sweep; creates nothing."""
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[str | None]:
+        """Hold the sweep for this driver: create the directory, take the lock, then read the id
+        (or create it, exclusively) while holding it. Yields the id, or None if another driver
+        holds the lock. Checking and claiming are one step, so a driver that was slow to get
+        here can never write its id over a sweep that another driver has run meanwhile."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            yield None
+            return
+        try:
+            sweep_id = self.read_id()
+            if sweep_id is None:
+                sweep_id = uuid.uuid4().hex
+                with open(self.path / ID, "x") as out:  # "x": never over an id written meanwhile
+                    out.write(sweep_id + "\n")
+            yield sweep_id
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # ---- state ----
+    def write_state(self, state: str) -> None:
+        text = f"{RUNNING} {socket.gethostname()}:{os.getpid()}" if state == RUNNING else state
+        (self.path / STATE).write_text(text + "\n")
+
+    def read_state(self) -> str:
+        path = self.path / STATE
+        return path.read_text().strip() if path.exists() else "unknown"
+
+    def state(self) -> str:
+        """running / finished / interrupted; "running" with no driver holding the lock means it died."""
+        words = self.read_state().split()
+        state = words[0] if words else "unknown"
+        if state == RUNNING and not self.is_locked():
+            return INTERRUPTED
+        return state
+
+    # ---- results ----
+    def write_results(self, summary: dict[str, Any], markdown: str, csv_text: str) -> None:
+        (self.path / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+        (self.path / MARKDOWN).write_text(markdown + "\n")
+        (self.path / CSV).write_text(csv_text)
+
+    def summary(self) -> dict[str, Any] | None:
+        path = self.path / SUMMARY
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_driver_log(self, exc: BaseException) -> Path:
+        """The full traceback of an unexpected driver error, appended (one sweep may have several)."""
+        path = self.path / DRIVER_LOG
+        with path.open("a") as out:
+            out.write("".join(traceback.format_exception(exc)) + "\n")
+        return path
+
+
+def list_sweeps(output_dir: str | Path) -> list[SweepDir]:
+    root = Path(output_dir)
+    return sorted((SweepDir(p.parent) for p in root.glob(f"*/{CONFIG}")), key=lambda d: d.name) if root.is_dir() else []
+
+
+def latest_sweep(output_dir: str | Path) -> SweepDir | None:
+    root = Path(output_dir)
+    found = sorted(root.glob(f"*/{CONFIG}"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    return SweepDir(found[-1].parent) if found else None
