@@ -3,17 +3,22 @@
 A spec says how to build the optimizer, which hyperparameters it accepts (with defaults that
 train ``simple_cnn`` on ``digits`` well), and its default search space as data. Adding an
 optimizer is one entry here; the tests parametrize over ``OPTIMIZERS``.
+
+The registry is data and importing this module does not import torch: each ``build`` reaches
+torch through ``_torch_optim()`` when it is called, so listing and validating optimizers stays
+fast. Only building an optimizer pays for importing torch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-import torch
-
-from optim.momentum import FORMULATIONS, MomentumSGD
+from optim.momentum import FORMULATIONS
 from optim.ranges import NON_NEGATIVE, OPEN_UNIT, POSITIVE, UNIT, Interval
 from optim.space import Distribution, LogUniform, OneMinusLogUniform
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -30,11 +35,20 @@ class OptimizerSpec:
         return "momentum" in self.defaults
 
 
+def _torch_optim():
+    """``torch.optim``, imported on first use (builders run only when an optimizer is built)."""
+    import torch.optim
+
+    return torch.optim
+
+
 def _momentum_sgd(nesterov: bool):
     def build(params, hp):
         if hp["formulation"] == "pytorch":
-            return torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"], nesterov=nesterov,
-                                   weight_decay=hp["weight_decay"])
+            return _torch_optim().SGD(params, lr=hp["lr"], momentum=hp["momentum"], nesterov=nesterov,
+                                      weight_decay=hp["weight_decay"])
+        from optim.momentum_sgd import MomentumSGD
+
         return MomentumSGD(params, lr=hp["lr"], momentum=hp["momentum"], nesterov=nesterov,
                            formulation=hp["formulation"], weight_decay=hp["weight_decay"])
     return build
@@ -50,7 +64,7 @@ _MOMENTUM = OneMinusLogUniform(0.5, 0.999)
 OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in [
     OptimizerSpec(
         "sgd",
-        lambda params, hp: torch.optim.SGD(params, lr=hp["lr"], weight_decay=hp["weight_decay"]),
+        lambda params, hp: _torch_optim().SGD(params, lr=hp["lr"], weight_decay=hp["weight_decay"]),
         {"lr": 0.1, "weight_decay": 0.0},
         {"lr": _LR_SGD},
         "plain mini-batch SGD",
@@ -70,31 +84,31 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in [
     ),
     OptimizerSpec(
         "adagrad",
-        lambda params, hp: torch.optim.Adagrad(params, lr=hp["lr"], weight_decay=hp["weight_decay"]),
+        lambda params, hp: _torch_optim().Adagrad(params, lr=hp["lr"], weight_decay=hp["weight_decay"]),
         {"lr": 0.01, "weight_decay": 0.0},
         {"lr": _LR_ADAGRAD},
         "per-parameter step sizes from the sum of squared gradients",
     ),
     OptimizerSpec(
         "rmsprop",
-        lambda params, hp: torch.optim.RMSprop(params, lr=hp["lr"], alpha=hp["alpha"],
-                                               weight_decay=hp["weight_decay"]),
+        lambda params, hp: _torch_optim().RMSprop(params, lr=hp["lr"], alpha=hp["alpha"],
+                                                  weight_decay=hp["weight_decay"]),
         {"lr": 0.001, "alpha": 0.99, "weight_decay": 0.0},
         {"lr": _LR_ADAPTIVE, "alpha": OneMinusLogUniform(0.8, 0.999)},
         "step sizes from a moving average of squared gradients",
     ),
     OptimizerSpec(
         "adam",
-        lambda params, hp: torch.optim.Adam(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
-                                            weight_decay=hp["weight_decay"]),
+        lambda params, hp: _torch_optim().Adam(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+                                               weight_decay=hp["weight_decay"]),
         {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0},
         {"lr": _LR_ADAPTIVE, "beta1": OneMinusLogUniform(0.5, 0.99)},
         "Adam with coupled L2 weight decay",
     ),
     OptimizerSpec(
         "adamw",
-        lambda params, hp: torch.optim.AdamW(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
-                                             weight_decay=hp["weight_decay"]),
+        lambda params, hp: _torch_optim().AdamW(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+                                                weight_decay=hp["weight_decay"]),
         {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01},
         {"lr": _LR_ADAPTIVE, "beta1": OneMinusLogUniform(0.5, 0.99), "weight_decay": LogUniform(1e-5, 0.1)},
         "Adam with decoupled weight decay",

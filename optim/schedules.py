@@ -5,17 +5,28 @@ search space as data). ``granularity`` says when it is stepped: ``epoch`` after 
 ``batch`` after each optimizer step (one-cycle), ``plateau`` after each epoch with the validation
 loss. An optional linear warm-up (``warmup_epochs``, stepped per batch) runs in front of any of
 them; the main schedule is built when the warm-up ends and spans the remaining epochs.
+
+Importing this module does not import torch: the builders and ``ScheduleDriver`` reach
+torch.optim.lr_scheduler through ``_sched()`` when they run, so the registry and parameter
+validation stay fast for the CLI.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
-
-import torch
-from torch.optim import lr_scheduler as sched
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from optim.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, OPEN_UNIT, POSITIVE_INT, Interval
 from optim.space import Distribution, IntRange, Uniform
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _sched():
+    """``torch.optim.lr_scheduler``, imported on first use (only when a schedule is built)."""
+    from torch.optim import lr_scheduler
+
+    return lr_scheduler
 
 
 @dataclass(frozen=True)
@@ -39,45 +50,45 @@ class ScheduleSpec:
 def _cosine(opt, p, h):
     eta_min = opt.param_groups[0]["initial_lr"] * p["min_lr_factor"]
     if p["restart_epochs"]:
-        return sched.CosineAnnealingWarmRestarts(opt, T_0=int(p["restart_epochs"]),
-                                                 T_mult=int(p["restart_mult"]), eta_min=eta_min)
-    return sched.CosineAnnealingLR(opt, T_max=max(1, h.epochs), eta_min=eta_min)
+        return _sched().CosineAnnealingWarmRestarts(opt, T_0=int(p["restart_epochs"]),
+                                                    T_mult=int(p["restart_mult"]), eta_min=eta_min)
+    return _sched().CosineAnnealingLR(opt, T_max=max(1, h.epochs), eta_min=eta_min)
 
 
 def _multistep(opt, p, h):
     milestones = sorted({max(1, round(f * h.epochs)) for f in p["milestones"]})
-    return sched.MultiStepLR(opt, milestones=milestones, gamma=p["gamma"])
+    return _sched().MultiStepLR(opt, milestones=milestones, gamma=p["gamma"])
 
 
 SCHEDULES: dict[str, ScheduleSpec] = {spec.name: spec for spec in [
-    ScheduleSpec("constant", "epoch", lambda opt, p, h: sched.ConstantLR(opt, factor=1.0, total_iters=0),
+    ScheduleSpec("constant", "epoch", lambda opt, p, h: _sched().ConstantLR(opt, factor=1.0, total_iters=0),
                  description="the base LR throughout"),
     ScheduleSpec("step", "epoch",
-                 lambda opt, p, h: sched.StepLR(opt, step_size=int(p["step_epochs"]), gamma=p["gamma"]),
+                 lambda opt, p, h: _sched().StepLR(opt, step_size=int(p["step_epochs"]), gamma=p["gamma"]),
                  {"step_epochs": 3, "gamma": 0.3}, {"gamma": Uniform(0.1, 0.9)},
                  "multiply by gamma every step_epochs epochs"),
     ScheduleSpec("multistep", "epoch", _multistep,
                  {"milestones": (0.5, 0.75), "gamma": 0.1}, {"gamma": Uniform(0.05, 0.5)},
                  "multiply by gamma at fractions `milestones` of the run"),
-    ScheduleSpec("exponential", "epoch", lambda opt, p, h: sched.ExponentialLR(opt, gamma=p["gamma"]),
+    ScheduleSpec("exponential", "epoch", lambda opt, p, h: _sched().ExponentialLR(opt, gamma=p["gamma"]),
                  {"gamma": 0.8}, {"gamma": Uniform(0.5, 0.99)}, "multiply by gamma every epoch"),
     ScheduleSpec("cosine", "epoch", _cosine,
                  {"min_lr_factor": 0.0, "restart_epochs": 0, "restart_mult": 1},
                  {"min_lr_factor": Uniform(0.0, 0.1)},
                  "cosine decay to min_lr_factor*lr; restart_epochs > 0 adds warm restarts (SGDR)"),
     ScheduleSpec("onecycle", "batch",
-                 lambda opt, p, h: sched.OneCycleLR(
+                 lambda opt, p, h: _sched().OneCycleLR(
                      opt, max_lr=opt.param_groups[0]["initial_lr"], total_steps=h.epochs * h.steps_per_epoch,
                      pct_start=p["pct_start"], div_factor=p["div_factor"],
                      final_div_factor=p["final_div_factor"], anneal_strategy="cos", cycle_momentum=False),
                  {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4},
                  {"pct_start": Uniform(0.1, 0.5)}, "one-cycle: ramp up to lr, then anneal, per batch"),
     ScheduleSpec("polynomial", "epoch",
-                 lambda opt, p, h: sched.PolynomialLR(opt, total_iters=max(1, h.epochs), power=p["power"]),
+                 lambda opt, p, h: _sched().PolynomialLR(opt, total_iters=max(1, h.epochs), power=p["power"]),
                  {"power": 1.0}, {"power": Uniform(0.5, 3.0)}, "lr*(1 - t/T)^power"),
     ScheduleSpec("plateau", "plateau",
-                 lambda opt, p, h: sched.ReduceLROnPlateau(opt, mode="min", factor=p["factor"],
-                                                           patience=int(p["patience"])),
+                 lambda opt, p, h: _sched().ReduceLROnPlateau(opt, mode="min", factor=p["factor"],
+                                                              patience=int(p["patience"])),
                  {"factor": 0.3, "patience": 1}, {"factor": Uniform(0.1, 0.7), "patience": IntRange(0, 3)},
                  "multiply by factor when the validation loss stops improving"),
 ]}
@@ -138,8 +149,8 @@ class ScheduleDriver:
         self.main = None
         self._built_this_epoch = False
         if self.warmup_steps:
-            self.warmup = sched.LinearLR(optimizer, start_factor=self.params["warmup_start_factor"],
-                                         end_factor=1.0, total_iters=self.warmup_steps)
+            self.warmup = _sched().LinearLR(optimizer, start_factor=self.params["warmup_start_factor"],
+                                            end_factor=1.0, total_iters=self.warmup_steps)
         else:
             self._build_main()
             self._built_this_epoch = False  # built before epoch 0: the first after_epoch steps it
