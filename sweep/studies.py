@@ -176,3 +176,10 @@ class SweepStudy:
                 told = self.study.tell(number, state=TrialState[record.optuna_state], skip_if_finished=True)
             current = told
         return outcome_of(current)
+
+
+def counts_against_budget(trial: FrozenTrial) -> bool:
+    """Whether a trial uses up its optimizer's budget (finished, and not interrupted). Not Optuna's
+    ``is_finished``: an interrupted trial is finished to Optuna but is run again."""
+    outcome = outcome_of(trial)
+    return outcome is not None and outcome.record.uses_budget

@@ -2,17 +2,31 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
+import optuna
 from mlflow import MlflowClient
 
 from sweep.studies import open_storage, study_name
-import optuna
+from sweep.sweepdir import SweepDir
+
+
+def sweep_dir_of(cfg) -> Path:
+    return SweepDir.of(cfg.output_dir, cfg.name).path
+
+
+def default_storage(sweep_dir: Path) -> str:
+    return SweepDir(sweep_dir).stores(None, None).storage
+
+
+def default_tracking_uri(sweep_dir: Path) -> str:
+    return SweepDir(sweep_dir).stores(None, None).tracking_uri
 
 
 def studies(cfg, storage_url):
     storage = open_storage(storage_url)
-    return {opt: optuna.load_study(study_name=study_name(cfg["name"], opt), storage=storage)
-            for opt in cfg["optimizers"]}
+    return {opt: optuna.load_study(study_name=study_name(cfg.name, opt), storage=storage)
+            for opt in cfg.optimizers}
 
 
 def mlflow_runs(tracking_uri, experiment):

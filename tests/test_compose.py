@@ -29,11 +29,11 @@ def test_sweep_command_is_a_valid_config():
     words = shlex.split(COMPOSE["services"]["sweep"]["command"])
     assert words[:3] == ["sweep", "run", "cifar10"]
     cfg = load_config(words[2], words[3:], mode="sweep")
-    assert cfg["storage"].startswith("postgresql://") and cfg["tracking_uri"] == "http://mlflow:5000"
-    assert cfg["ray_address"] == "ray-head:6379"
+    assert cfg.storage.startswith("postgresql://") and cfg.tracking_uri == "http://mlflow:5000"
+    assert cfg.ray_address == "ray-head:6379"
     mlflow_command = COMPOSE["services"]["mlflow"]["command"]
     mlflow_uri = mlflow_command.split("--backend-store-uri ")[1].split()[0]
-    assert mlflow_uri.endswith("/mlflow") and cfg["storage"].endswith("/optuna")
+    assert mlflow_uri.endswith("/mlflow") and cfg.storage.endswith("/optuna")
     allowed = mlflow_command.split("--allowed-hosts ")[1].split()[0].split(",")
     assert "mlflow:5000" in allowed  # the Host header the workers send; MLflow 3 refuses others
 

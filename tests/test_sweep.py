@@ -10,24 +10,22 @@ from optuna.trial import TrialState
 
 from sweep.cli import main
 from sweep.config import load_config
-from sweep.engine import run_sweep, sweep_dir_of
-from sweep.studies import default_storage
-from sweep.tracking import default_tracking_uri
-from tests.sweep_helpers import mlflow_runs, runs_per_trial, studies
+from sweep.engine import run_sweep
+from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies, sweep_dir_of
 
 
 def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
     cfg = load_config("quickstart", sweep_overrides + [
         "name=counts", "optimizers=[sgd,adam]", "trials=4", "workers=2", "pruner=none",
         "optimizer.lr=0.01", "schedules=[constant,cosine]"], mode="sweep")
-    assert run_sweep(cfg) == 0
+    assert run_sweep(cfg).rows
     sweep_dir = sweep_dir_of(cfg)
     by_opt = studies(cfg, default_storage(sweep_dir))
     trials = [t for s in by_opt.values() for t in s.get_trials()]
     assert len(trials) == 8
     assert all(t.state == TrialState.COMPLETE for t in trials)
 
-    client, parents, children = mlflow_runs(default_tracking_uri(sweep_dir), cfg["name"])
+    client, parents, children = mlflow_runs(default_tracking_uri(sweep_dir), cfg.name)
     assert len(parents) == 2 and len(children) == 8
     assert sorted(r.data.tags["sweep.optimizer"] for r in parents) == ["adam", "sgd"]
     assert all("| adam |" in r.data.tags["mlflow.note.content"] and r.info.status == "FINISHED" for r in parents)
@@ -43,14 +41,15 @@ def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
         for key, value in trial.params.items():
             assert run.data.params[key] == str(value), key
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
-        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1]
-        assert math.isclose(history[-1].value if history[-1].step == 1 else history[0].value, trial.value)
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]  # epochs count from 1
+        assert math.isclose(history[-1].value if history[-1].step == 2 else history[0].value, trial.value)
+        assert run.data.tags["sweep.status"] == trial.user_attrs["status"] == "ok"
         assert run.data.metrics["final_test_accuracy"] > 0
 
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert set(summary["optimizers"]) == {"sgd", "adam"}
     for opt, row in summary["optimizers"].items():
-        assert row["complete"] == 4 and row["pruned"] == 0 and row["failed"] == 0
+        assert row["ok"] == 4 and row["pruned"] == 0 and row["failed"] == 0
         assert row["best_val_accuracy"] == max(t.value for t in by_opt[opt].trials)
         assert row["best_params"]["lr"] == 0.01 and row["best_params"]["schedule"] in ("constant", "cosine")
     adam = summary["optimizers"]["adam"]  # shown as beta1, searched as log(1 - beta1)
@@ -63,15 +62,20 @@ def test_pruned_trials_are_pruned_in_optuna_and_mlflow(ray_address, sweep_overri
     cfg = load_config("quickstart", sweep_overrides + [
         "name=pruning", "optimizers=[sgd]", "trials=6", "epochs=3", "workers=1", "sampler=random",
         "pruner=median", "schedules=[constant]"], mode="sweep")
-    assert run_sweep(cfg) == 0
+    assert run_sweep(cfg).rows
     sweep_dir = sweep_dir_of(cfg)
     study = studies(cfg, default_storage(sweep_dir))["sgd"]
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert pruned, [(t.state, t.intermediate_values) for t in study.trials]
-    _, _, children = mlflow_runs(default_tracking_uri(sweep_dir), cfg["name"])
+    _, _, children = mlflow_runs(default_tracking_uri(sweep_dir), cfg.name)
     state_of_run = {int(r.data.tags["optuna.trial_number"]): r.data.tags["optuna.state"] for r in children}
+    run_of = {int(r.data.tags["optuna.trial_number"]): r for r in children}
     for t in study.trials:
         assert state_of_run[t.number] == t.state.name
+        if t.state == TrialState.PRUNED:  # named one way in both stores, and visible at a glance
+            run = run_of[t.number]
+            assert t.user_attrs["status"] == run.data.tags["sweep.status"] == "pruned"
+            assert run.info.status == "KILLED" and "final_val_accuracy" in run.data.metrics
     assert all(len(t.intermediate_values) < 3 for t in pruned)
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert summary["optimizers"]["sgd"]["pruned"] == len(pruned)
@@ -79,7 +83,7 @@ def test_pruned_trials_are_pruned_in_optuna_and_mlflow(ray_address, sweep_overri
 
 def test_resume_tops_up_the_budget_without_rerunning(ray_address, sweep_overrides, tmp_path):
     base = sweep_overrides + ["name=topup", "optimizers=[adagrad]", "epochs=1", "workers=2", "sampler=random"]
-    assert run_sweep(load_config("quickstart", base + ["trials=2"], mode="sweep")) == 0
+    assert run_sweep(load_config("quickstart", base + ["trials=2"], mode="sweep")).rows
     cfg = load_config("quickstart", base + ["trials=4"], mode="sweep")
     output_dir = str(sweep_dir_of(cfg).parent)
     assert main(["resume", "topup", "trials=4", "--output-dir", output_dir]) == 0
@@ -88,7 +92,7 @@ def test_resume_tops_up_the_budget_without_rerunning(ray_address, sweep_override
     assert len(study.trials) == 4
     lrs = [t.params["lr"] for t in study.trials]
     assert len(set(lrs)) == 4, lrs  # the resumed sampler does not replay the first run's draws
-    _, parents, children = mlflow_runs(default_tracking_uri(sweep_dir_of(cfg)), cfg["name"])
+    _, parents, children = mlflow_runs(default_tracking_uri(sweep_dir_of(cfg)), cfg.name)
     assert len(parents) == 1 and len(children) == 4
 
     # the sweep moved: resuming from its new place uses the stores there, not the old paths
@@ -96,14 +100,14 @@ def test_resume_tops_up_the_budget_without_rerunning(ray_address, sweep_override
     shutil.copytree(output_dir, moved)
     shutil.rmtree(output_dir)
     assert main(["resume", "topup", "trials=5", "--output-dir", str(moved)]) == 0
-    moved_cfg = {**cfg, "output_dir": str(moved)}
+    moved_cfg = cfg.replace(output_dir=str(moved))
     assert len(studies(moved_cfg, default_storage(sweep_dir_of(moved_cfg)))["adagrad"].trials) == 5
     assert not Path(output_dir).exists()
 
 
 def test_resume_keeps_every_optimizer(ray_address, sweep_overrides, tmp_path, capsys):
     base = sweep_overrides + ["name=keep", "epochs=1", "trials=1"]
-    assert run_sweep(load_config("quickstart", base + ["optimizers=[sgd,adam]"], mode="sweep")) == 0
+    assert run_sweep(load_config("quickstart", base + ["optimizers=[sgd,adam]"], mode="sweep")).rows
     before = sorted(p.name for p in sweep_dir_of(load_config("quickstart", base, mode="sweep")).iterdir())
     capsys.readouterr()
     assert main(["run", "quickstart", *base, "optimizers=[sgd]"]) == 2
@@ -133,6 +137,6 @@ def test_postgresql_storage(ray_address, sweep_overrides):
     cfg = load_config("quickstart", sweep_overrides + [
         f"name={name}", "optimizers=[adam]", "trials=2", "epochs=1", "workers=2",
         "storage=postgresql://postgres@127.0.0.1:5432/test"], mode="sweep")
-    assert run_sweep(cfg) == 0
-    study = studies(cfg, cfg["storage"])["adam"]
+    assert run_sweep(cfg).rows
+    study = studies(cfg, cfg.storage)["adam"]
     assert len([t for t in study.trials if t.state.is_finished()]) == 2

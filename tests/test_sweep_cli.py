@@ -7,15 +7,16 @@ import re
 import shutil
 import socket
 import subprocess
-import time
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from sweep.cli import main
-from sweep.lock import SweepLock, is_locked
-from sweep.report import sweep_state, ui_command, ui_url
+from sweep.sweepdir import SweepDir
+
+REPO = Path(__file__).resolve().parent.parent
 
 BAD_VALUES = [
     ("name", "name=has space"),
@@ -53,12 +54,18 @@ BAD_VALUES = [
     ("ray_address", "ray_address=127.0.0.1:1"),
     ("val_fraction", "val_fraction=0.9999"),  # leaves no training images
     ("l1", "l1=.inf"),
+    ("output_dir", "output_dir=/proc/sweeps"),  # writable by its mode bits as root, yet no folder can be made
+    ("storage", "storage=journal:///{tmp}/no-such-folder/optuna.journal"),
+    ("device", "device=cuda"),  # a sweep's trials get only the GPUs they ask for: num_gpus=0
+    ("optimizer", "optimizer=adam"),  # `sweep run` searches optimizers=[...]; not silently ignored
+    ("schedule.warmup_epochs", "schedule.warmup_epochs=6"),  # the quick start has 6 epochs
 ]
 
 
 @pytest.mark.parametrize("key,override", BAD_VALUES, ids=[b[1] for b in BAD_VALUES])
 def test_bad_values_exit_2_and_write_nothing(key, override, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    override = override.replace("{tmp}", str(tmp_path))
     code = main(["run", "quickstart", f"output_dir={tmp_path / 'out'}", override]
                 if not override.startswith("output_dir") else ["run", "quickstart", override])
     err = capsys.readouterr().err.strip()
@@ -79,6 +86,15 @@ def test_unknown_config_name_lists_choices(capsys):
     assert main(["run", "no-such-config"]) == 2
     err = capsys.readouterr().err
     assert "quickstart" in err and "cifar10" in err
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.yaml").write_text("name: x\noptimizers: [sgd, adam\ntrials: 2\n")
+    assert main(["run", str(tmp_path / "broken.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("sweep: error: config: ") and "line " in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["broken.yaml"]
 
 
 def test_resume_unknown_sweep(tmp_path, capsys):
@@ -119,16 +135,14 @@ def test_ls_and_ui_serve_the_sweep(ray_address, tmp_path, capsys):
     assert "uitest" in listing and "finished" in listing and "adam" in listing
 
     port = _free_port()
-    server = subprocess.Popen(ui_command("uitest", str(out_dir), "127.0.0.1", port),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen([sys.executable, "-m", "sweep.cli", "ui", "uitest", "--output-dir", str(out_dir),
+                               "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+        url = next(line.strip() for line in server.stdout if line.strip().startswith(base))  # once it answers
+        assert url.endswith("/runs?workflowType=machine_learning")
+        urllib.request.urlopen(f"{base}/health", timeout=2)
         request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search",
                                          data=json.dumps({"max_results": 10}).encode(),
                                          headers={"Content-Type": "application/json"})
@@ -139,29 +153,25 @@ def test_ls_and_ui_serve_the_sweep(ray_address, tmp_path, capsys):
                                          headers={"Content-Type": "application/json"})
         runs = json.load(urllib.request.urlopen(request, timeout=10))["runs"]
         assert len(runs) == 3  # one parent, two trials
-        page = _browser_text(ui_url("uitest", str(out_dir), "127.0.0.1", port))
+        page = _browser_text(url)
         assert "3 matching runs" in page and "adam" in page, page[:2000]  # the runs table, not GenAI
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
-    assert Path(ui_command("uitest", str(out_dir), "127.0.0.1", port)[5]).as_posix().startswith("sqlite:")
+        os.kill(server.pid, 15)  # `sweep ui` stops its whole server on SIGTERM
+        assert server.wait(timeout=30) == 0
 
 
 def test_second_driver_on_a_running_sweep_is_refused(tmp_path, capsys):
     sweep_dir = tmp_path / "busy"
     sweep_dir.mkdir()
     (sweep_dir / "state").write_text("running otherhost:1\n")
-    lock = SweepLock(sweep_dir)
-    assert lock.acquire()  # as a live driver holds it
-    try:
+    with SweepDir(sweep_dir).claim() as sweep_id:  # as a live driver holds it
+        assert sweep_id is not None
         assert main(["run", "quickstart", "name=busy", f"output_dir={tmp_path}"]) == 2
         assert "another driver" in capsys.readouterr().err
-        assert sorted(p.name for p in sweep_dir.iterdir()) == ["lock", "state"]
+        assert sorted(p.name for p in sweep_dir.iterdir()) == ["id", "lock", "state"]
         assert main(["ls", "--output-dir", str(tmp_path)]) == 0
-    finally:
-        lock.release()
-    assert not is_locked(sweep_dir)  # released: a dead driver's "running" reads as interrupted
-    assert sweep_state(sweep_dir) == "interrupted"
+    assert not SweepDir(sweep_dir).is_locked()  # released: a dead driver's "running" reads as interrupted
+    assert SweepDir(sweep_dir).state() == "interrupted"
 
 
 def test_output_dir_that_is_a_file(tmp_path, capsys):

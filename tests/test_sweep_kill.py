@@ -12,9 +12,8 @@ import optuna
 from optuna.trial import TrialState
 
 from sweep.config import load_config
-from sweep.engine import sweep_dir_of
-from sweep.studies import default_storage, is_finished, open_storage, study_name
-from tests.sweep_helpers import mlflow_runs, runs_per_trial, studies
+from sweep.studies import counts_against_budget, open_storage, study_name
+from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies, sweep_dir_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,7 +45,7 @@ def test_sigkill_driver_then_rerun(ray_address, tmp_path):
             if not Path(storage_url[len("journal://"):]).exists():
                 continue
             open_storage.cache_clear()
-            states = _trial_states(storage_url, cfg["name"], cfg["optimizers"])
+            states = _trial_states(storage_url, cfg.name, cfg.optimizers)
             if TrialState.COMPLETE in states and TrialState.RUNNING in states:
                 break
         else:
@@ -55,7 +54,7 @@ def test_sigkill_driver_then_rerun(ray_address, tmp_path):
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
     open_storage.cache_clear()
-    assert TrialState.RUNNING in _trial_states(storage_url, cfg["name"], cfg["optimizers"])
+    assert TrialState.RUNNING in _trial_states(storage_url, cfg.name, cfg.optimizers)
 
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
@@ -65,15 +64,15 @@ def test_sigkill_driver_then_rerun(ray_address, tmp_path):
     by_opt = studies(cfg, storage_url)
     all_trials = [(opt, t) for opt, s in by_opt.items() for t in s.get_trials()]
     for opt, study in by_opt.items():
-        assert sum(is_finished(t) for t in study.trials) == 4, opt
+        assert sum(counts_against_budget(t) for t in study.trials) == 4, opt
     assert not [t for _, t in all_trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     interrupted = [(opt, t) for opt, t in all_trials if t.state == TrialState.FAIL]
-    assert interrupted and all(t.user_attrs["fail_reason"] == "interrupted" for _, t in interrupted)
+    assert interrupted and all(t.user_attrs["status"] == "interrupted" for _, t in interrupted)
     retries = {(opt, t.user_attrs["retry_of"]): t for opt, t in all_trials if "retry_of" in t.user_attrs}
     for opt, t in interrupted:
         assert retries[(opt, t.number)].params == t.params
 
-    _, parents, children = mlflow_runs(cfg_tracking(cfg), cfg["name"])
+    _, parents, children = mlflow_runs(cfg_tracking(cfg), cfg.name)
     assert len(parents) == 2
     counts = runs_per_trial(children)
     assert len(children) == len(all_trials) and set(counts.values()) == {1}
@@ -81,14 +80,12 @@ def test_sigkill_driver_then_rerun(ray_address, tmp_path):
     by_key = {(r.data.tags["sweep.optimizer"], int(r.data.tags["optuna.trial_number"])): r for r in children}
     for opt, t in interrupted:
         run = by_key[(opt, t.number)]
-        assert run.info.status == "FAILED" and run.data.tags["optuna.fail_reason"] == "interrupted"
+        assert run.info.status == "KILLED" and run.data.tags["sweep.status"] == "interrupted"
         retry = retries[(opt, t.number)]
         assert by_key[(opt, retry.number)].data.tags["sweep.retry_of"] == str(t.number)
 
 
 def cfg_tracking(cfg):
-    from sweep.tracking import default_tracking_uri
-
     return default_tracking_uri(sweep_dir_of(cfg))
 
 
@@ -97,31 +94,30 @@ def test_rerun_repairs_a_driver_that_died_between_two_writes(ray_address, sweep_
     retry: the next run closes the run from the study's record and queues the retry once."""
     from sweep.engine import run_sweep
     from sweep.search import sample_trial
-    from sweep.studies import INTERRUPTED
-    from sweep.tracking import SweepTracker, default_tracking_uri
+    from sweep.tracking import SweepTracker
 
     base = sweep_overrides + ["name=halfway", "optimizers=[adam]", "epochs=1", "pruner=none", "workers=1"]
     cfg = load_config("quickstart", base + ["trials=1"], mode="sweep")
-    assert run_sweep(cfg) == 0
+    assert run_sweep(cfg).rows
     sweep_dir = sweep_dir_of(cfg)
     study = studies(cfg, default_storage(sweep_dir))["adam"]
-    tracker = SweepTracker(default_tracking_uri(sweep_dir), cfg["name"], None, (sweep_dir / "id").read_text().strip())
+    tracker = SweepTracker(default_tracking_uri(sweep_dir), cfg.name, None, (sweep_dir / "id").read_text().strip())
     trial = study.ask()
     sample_trial(trial, "adam", cfg)
     run_id = tracker.trial_run(study.user_attrs["mlflow_run_id"], "adam", trial.number, trial.params)
     trial.set_user_attr("mlflow_run_id", run_id)
-    trial.set_user_attr("fail_reason", INTERRUPTED)
+    trial.set_user_attr("status", "interrupted")
     study.tell(trial, state=TrialState.FAIL)  # ...and the driver died here
 
-    assert run_sweep(load_config("quickstart", base + ["trials=2"], mode="sweep")) == 0
+    assert run_sweep(load_config("quickstart", base + ["trials=2"], mode="sweep")).rows
     study = studies(cfg, default_storage(sweep_dir))["adam"]
     retries = [t for t in study.trials if t.user_attrs.get("retry_of") == trial.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == study.trials[trial.number].params
-    assert sum(is_finished(t) for t in study.trials) == 2 and len(study.trials) == 3
-    client, _, children = mlflow_runs(default_tracking_uri(sweep_dir), cfg["name"])
+    assert sum(counts_against_budget(t) for t in study.trials) == 2 and len(study.trials) == 3
+    client, _, children = mlflow_runs(default_tracking_uri(sweep_dir), cfg.name)
     assert len(children) == 3 and set(runs_per_trial(children).values()) == {1}
     run = client.get_run(run_id)
-    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
-    assert run.data.tags["optuna.fail_reason"] == INTERRUPTED
+    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "FAIL"
+    assert run.data.tags["sweep.status"] == "interrupted"
     assert not [r for r in children if r.info.status == "RUNNING"]

@@ -17,10 +17,9 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.config import load_config
-from sweep.engine import run_sweep, sweep_dir_of
-from sweep.studies import default_storage, open_storage, study_name
-from sweep.tracking import default_tracking_uri
-from tests.sweep_helpers import mlflow_runs, runs_per_trial, studies
+from sweep.engine import run_sweep
+from sweep.studies import open_storage, study_name
+from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies, sweep_dir_of
 
 EPOCHS = 8
 
@@ -47,12 +46,12 @@ def test_worker_killed_mid_trial(ray_address, sweep_overrides, max_retries):
     sweep_dir = sweep_dir_of(cfg)
     storage_url = default_storage(sweep_dir)
     outcome: dict[str, int] = {}
-    driver = threading.Thread(target=lambda: outcome.setdefault("code", run_sweep(cfg)))
+    driver = threading.Thread(target=lambda: outcome.setdefault("code", 0 if run_sweep(cfg).rows else 1))
     driver.start()
     victim, deadline = None, time.time() + 120
     while victim is None and driver.is_alive() and time.time() < deadline:
         time.sleep(0.05)
-        victim = _running_trial_with_an_epoch(storage_url, study_name(cfg["name"], "momentum"))
+        victim = _running_trial_with_an_epoch(storage_url, study_name(cfg.name, "momentum"))
     assert victim is not None, "never saw a running trial with a reported epoch"
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     driver.join(timeout=240)
@@ -61,7 +60,7 @@ def test_worker_killed_mid_trial(ray_address, sweep_overrides, max_retries):
     study = studies(cfg, storage_url)["momentum"]
     assert len(study.trials) == 2
     trial = study.trials[victim.number]
-    client, parents, children = mlflow_runs(default_tracking_uri(sweep_dir), cfg["name"])
+    client, parents, children = mlflow_runs(default_tracking_uri(sweep_dir), cfg.name)
     assert len(parents) == 1 and len(children) == 2 and set(runs_per_trial(children).values()) == {1}
     run = next(r for r in children if r.data.tags["optuna.trial_number"] == str(victim.number))
     assert run.info.run_id == trial.user_attrs["mlflow_run_id"]
@@ -69,15 +68,16 @@ def test_worker_killed_mid_trial(ray_address, sweep_overrides, max_retries):
     summary = json.loads((sweep_dir / "summary.json").read_text())["optimizers"]["momentum"]
     if max_retries:
         assert trial.state == TrialState.COMPLETE and trial.user_attrs["attempt"] == 2
-        assert sorted(trial.intermediate_values) == list(range(EPOCHS))
-        assert steps == list(range(EPOCHS))  # the dead attempt's epochs are not logged twice
+        assert sorted(trial.intermediate_values) == list(range(1, EPOCHS + 1))
+        assert steps == list(range(1, EPOCHS + 1))  # the dead attempt's epochs are not logged twice
         assert run.info.status == "FINISHED" and run.data.tags["sweep.attempts"] == "2"
-        assert summary["complete"] == 2 and summary["failed"] == 0
+        assert summary["ok"] == 2 and summary["failed"] == 0
     else:
         assert trial.state == TrialState.FAIL
-        assert trial.user_attrs["fail_reason"].startswith("worker error: ")
+        assert trial.user_attrs["reason"].startswith("worker error: ")
         assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
-        assert run.data.tags["optuna.fail_reason"] == trial.user_attrs["fail_reason"]
+        assert run.data.tags["sweep.reason"] == trial.user_attrs["reason"]
+        assert run.data.tags["sweep.status"] == trial.user_attrs["status"] == "failed"
         assert len(steps) == len(set(steps)) >= 1
-        assert summary["complete"] == 1 and summary["failed"] == 1
+        assert summary["ok"] == 1 and summary["failed"] == 1
     assert not [r for r in parents + children if r.info.status == "RUNNING"]
