@@ -88,8 +88,7 @@ def prepare(cfg: SweepConfig) -> Prepared:
     stores = sweep_dir.stores(cfg.storage, cfg.tracking_uri)
     preflight.check_stores(cfg, stores)
     preflight.check_journal(stores)
-    if seen_id is not None or not sweep_dir.path.exists():
-        preflight.check_same_sweep(cfg.name, stores, seen_id or "new sweep")
+    preflight.check_same_sweep(cfg.name, stores, seen_id or "new sweep")
     preflight.warn_local_stores_on_cluster(cfg, stores)
     try:
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, seed=cfg.seed)
