@@ -146,12 +146,14 @@ def cmd_ui(args) -> int:
         return _fail(f"name: {which} under {SweepDir(args.output_dir).path}; run `sweep run` first")
     saved = sweep_dir.saved_config()
     stores = sweep_dir.stores(saved.get("storage"), saved.get("tracking_uri"))
-    from sweep.ui import serve
+    from sweep.ui import ServerStartError, serve
 
     try:
         return serve(stores.tracking_uri, saved.get("name", sweep_dir.name), args.host, args.port)
     except ConfigError as exc:
         return _fail(str(exc))
+    except ServerStartError as exc:
+        return _fail(f"ui: {exc}", FAILED)
 
 
 def _registries() -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,11 +143,16 @@ class stop_on_sigterm:
         def handler(signum, frame):
             raise Stopped(signum)
 
-        self.previous = signal.signal(signal.SIGTERM, handler)
+        # Python delivers signals to the main thread only; a sweep driven from another thread
+        # (an embedding program, the tests) leaves signals to its host.
+        self.main = threading.current_thread() is threading.main_thread()
+        if self.main:
+            self.previous = signal.signal(signal.SIGTERM, handler)
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self.previous)
+        if self.main:
+            signal.signal(signal.SIGTERM, self.previous)
         return False
 
 

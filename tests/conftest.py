@@ -1,11 +1,52 @@
-"""Shared fixtures: one real local Ray for the whole test session (it takes seconds to start)."""
+"""Shared fixtures (one real local Ray, one copy of each dataset) and the service rule for markers.
+
+Markers (declared in pyproject.toml, ``--strict-markers``):
+  slow      starts Ray, a sweep, a server, or trains for more than about a second;
+            ``pytest -m "not slow"`` is the quick tier (registries, config, schedules, momentum,
+            model shapes, progress); CI runs everything. A test using ``ray_address`` is marked slow
+            here as well, should its module forget to.
+  postgres  needs PostgreSQL at tests.services.PG_URL (SWEEP_TEST_PG_URL overrides it).
+  browser   needs headless Chromium on PATH.
+A ``postgres`` or ``browser`` test is skipped when its service is missing, except under CI (``CI``
+set), where it fails instead: .ci/run provides both, so a missing one is a broken CI setup.
+"""
 from __future__ import annotations
 
 import os
 
 import pytest
 
+from tests import services
+
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# One torch thread in the test process (set before anything imports torch), as a sweep's worker
+# trains with one per trial: on a shared 2-core machine two spinning OpenMP threads made the quick
+# tier's in-process trainings 4-10x slower whenever anything else ran (46 s instead of 10 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SERVICE_MARKERS = ("postgres", "browser")
+
+
+def pytest_collection_modifyitems(items):
+    """A test that starts Ray is slow even if its author forgot the marker: the quick tier never starts Ray."""
+    for item in items:
+        if "ray_address" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before any fixture (Ray included) is set up: skip, or under CI fail, without the service."""
+    for marker in SERVICE_MARKERS:
+        if item.get_closest_marker(marker) is None:
+            continue
+        reason = services.missing(marker)
+        if reason is None:
+            continue
+        if services.in_ci():
+            pytest.fail(f"{reason}, and CI is set: CI must run the {marker} tests (.ci/run provides the service)",
+                        pytrace=False)
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +57,20 @@ def ray_address():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits, split as a trial splits it (seed 0), loaded once for the whole session."""
+    from sweep.datasets import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def pg_storage():
+    """The PostgreSQL storage URL of the ``postgres`` tests."""
+    return services.PG_URL
 
 
 @pytest.fixture

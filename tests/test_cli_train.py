@@ -1,7 +1,8 @@
 """`sweep train` as a user runs it: a real subprocess per command, in an empty working directory.
 
 Each subprocess imports torch (~2 s), so they all run, two at a time, in a module fixture and
-the tests only inspect their results.
+the tests only inspect their results. One of them trains, and together they take several seconds
+on two cores: the whole module is slow.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import torch
 from models import MODELS
 from optim import OPTIMIZERS, SCHEDULES
 from sweep.datasets import DATASETS
+
+pytestmark = pytest.mark.slow
 
 OK_ARGS = ["epochs=2", "optimizer=adam"]
 

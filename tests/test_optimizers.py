@@ -9,17 +9,11 @@ import torch
 
 from optim import OPTIMIZERS, OptimizerSpec, build_optimizer, get_optimizer, resolve_hyperparameters
 from optim.space import OneMinusLogUniform
-from sweep.datasets import load_dataset
 from sweep.trial import TrialConfig, run_trial
 
 NAMES = sorted(OPTIMIZERS)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def test_registry_is_keyed_by_spec_name():
@@ -46,6 +40,7 @@ def test_defaults_resolve_and_build(name):
     assert not torch.equal(param.detach(), torch.ones(3)), f"{name}: one step did not move the parameter"
 
 
+@pytest.mark.slow  # 10 epochs per optimizer: about 1-3 s each
 @pytest.mark.parametrize("name", NAMES)
 def test_trains_simple_cnn_on_digits_at_defaults(name, digits):
     result = run_trial(TrialConfig(optimizer=name, epochs=10, seed=0), digits)
@@ -130,6 +125,7 @@ def test_unknown_optimizer_lists_choices():
         assert name in info.value.args[0]
 
 
+@pytest.mark.slow  # six 3-epoch trainings: about 2 s
 def test_momentum_beats_plain_sgd(digits):
     """The classic claim: at the same small LR, momentum 0.9 learns much faster than plain SGD."""
     def mean_final_accuracy(optimizer, params):

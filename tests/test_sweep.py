@@ -6,12 +6,15 @@ import math
 import shutil
 from pathlib import Path
 
+import pytest
 from optuna.trial import TrialState
 
 from sweep.cli import main
 from sweep.config import load_config
 from sweep.engine import run_sweep
 from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies, sweep_dir_of
+
+pytestmark = pytest.mark.slow  # every test runs a sweep on the session's Ray
 
 
 def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
@@ -130,13 +133,14 @@ def test_same_name_from_another_directory_is_refused(ray_address, tmp_path, caps
     assert main(["run", "quickstart", f"output_dir={tmp_path / 'first'}", *shared, "trials=2"]) == 0  # its own
 
 
-def test_postgresql_storage(ray_address, sweep_overrides):
+@pytest.mark.postgres
+def test_postgresql_storage(ray_address, sweep_overrides, pg_storage):
     import uuid
 
     name = f"pg-{uuid.uuid4().hex[:8]}"
     cfg = load_config("quickstart", sweep_overrides + [
         f"name={name}", "optimizers=[adam]", "trials=2", "epochs=1", "workers=2",
-        "storage=postgresql://postgres@127.0.0.1:5432/test"], mode="sweep")
+        f"storage={pg_storage}"], mode="sweep")
     assert run_sweep(cfg).rows
     study = studies(cfg, cfg.storage)["adam"]
     assert len([t for t in study.trials if t.state.is_finished()]) == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from sweep.cli import main
 from sweep.sweepdir import SweepDir
+from tests import services
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,8 @@ BAD_VALUES = [
     ("num_gpus", "num_gpus=-1"),
     ("no_such_key", "no_such_key=1"),
     ("storage", "storage=postgresql://postgres@127.0.0.1:1/test"),  # nothing listens there
-    ("storage", "storage=postgresql://postgres@127.0.0.1:5432/no_such_database"),
+    pytest.param("storage", f"storage={services.pg_url('no_such_database')}", marks=pytest.mark.postgres,
+                 id=f"storage={services.pg_url('no_such_database')}"),  # the server must say "no such database"
     ("tracking_uri", "tracking_uri=http://127.0.0.1:1"),
     ("tracking_uri", "tracking_uri=journal:///tmp/x.journal"),
     ("ray_address", "ray_address=127.0.0.1:1"),
@@ -62,7 +63,7 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize("key,override", BAD_VALUES, ids=[b[1] for b in BAD_VALUES])
+@pytest.mark.parametrize("key,override", BAD_VALUES, ids=[b[1] if isinstance(b, tuple) else b.id for b in BAD_VALUES])
 def test_bad_values_exit_2_and_write_nothing(key, override, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     override = override.replace("{tmp}", str(tmp_path))
@@ -109,12 +110,9 @@ def _free_port() -> int:
 
 
 def _browser_text(url: str) -> str:
-    """The page as headless Chromium renders it, as plain text (CI installs Chromium)."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is missing; .ci/run installs it")
-        pytest.skip("no Chromium here (apt-get install chromium)")
+    """The page as headless Chromium renders it, as plain text (the ``browser`` marker makes sure it is here)."""
+    browser = services.chromium()
+    assert browser is not None, "a test that calls _browser_text must be marked browser"
     for _ in range(3):  # the single-page app renders asynchronously; give it more time if needed
         dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                               "--window-size=1600,1000", "--virtual-time-budget=20000", "--dump-dom", url],
@@ -125,6 +123,8 @@ def _browser_text(url: str) -> str:
     return text
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_ls_and_ui_serve_the_sweep(ray_address, tmp_path, capsys):
     out_dir = tmp_path / "sweeps"
     assert main(["run", "quickstart", f"output_dir={out_dir}", "name=uitest", "optimizers=[adam]",
@@ -181,6 +181,7 @@ def test_output_dir_that_is_a_file(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["plain-file"]
 
 
+@pytest.mark.slow  # asks the session's Ray (started here if no test before did)
 def test_more_gpus_than_any_node_exit_2(ray_address, tmp_path, capsys):
     assert main(["run", "quickstart", f"output_dir={tmp_path / 'out'}", "num_gpus=1"]) == 2
     assert capsys.readouterr().err.startswith("sweep: error: num_gpus: each trial asks for 1 GPU")

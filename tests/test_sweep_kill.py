@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from sweep.config import load_config
 from sweep.studies import counts_against_budget, open_storage, study_name
 from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies, sweep_dir_of
+
+pytestmark = pytest.mark.slow  # sweeps on the session's Ray, one of them in a driver subprocess
 
 REPO = Path(__file__).resolve().parent.parent
 

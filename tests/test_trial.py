@@ -14,11 +14,6 @@ from sweep.datasets import DATASETS, DataSplits, DatasetUnavailable, load_datase
 from sweep.trial import EpochMetrics, PruneTrial, TrialConfig, random_crop_flip, run_trial
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
 def _losses(result):
     return [(h.train_loss, h.train_accuracy, h.val_loss, h.val_accuracy) for h in result.history]
 

@@ -21,6 +21,8 @@ from sweep.engine import run_sweep
 from sweep.studies import open_storage, study_name
 from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies, sweep_dir_of
 
+pytestmark = pytest.mark.slow  # sweeps on the session's Ray, a worker killed mid-trial
+
 EPOCHS = 8
 
 

@@ -1,0 +1,56 @@
+"""The outside services some tests need, and how the suite finds them (conftest.py applies the rule).
+
+A test marked ``postgres`` needs PostgreSQL at ``PG_URL``; one marked ``browser`` needs headless
+Chromium. Without them such a test is skipped with the reason, except under CI (``CI`` set), where a
+missing service fails it: CI (.ci/run) starts both, so a skip there would hide a broken setup.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+from urllib.parse import urlsplit
+
+# The database the PostgreSQL tests use. Point it elsewhere (e.g. at a closed port, to check that
+# CI fails rather than skips) with SWEEP_TEST_PG_URL.
+PG_URL = os.environ.get("SWEEP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def pg_url(database: str) -> str:
+    """PG_URL's server with another database name."""
+    return PG_URL.rsplit("/", 1)[0] + "/" + database
+
+
+def pg_address() -> str:
+    parts = urlsplit(PG_URL)
+    return f"{parts.hostname or '127.0.0.1'}:{parts.port or 5432}"
+
+
+@functools.cache
+def pg_answers() -> bool:
+    """Whether anything accepts a TCP connection at PG_URL's host and port (checked once)."""
+    host, port = pg_address().rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def chromium() -> str | None:
+    """The headless browser the ``browser`` tests drive, if one is on PATH."""
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def missing(marker: str) -> str | None:
+    """Why the service a ``marker`` test needs is not here; None when it is."""
+    if marker == "postgres":
+        return None if pg_answers() else f"no PostgreSQL answers at {pg_address()}"
+    if marker == "browser":
+        return None if chromium() else "no Chromium on PATH (chromium, chromium-browser, google-chrome)"
+    return None
