@@ -295,6 +295,7 @@ def test_http_uri_with_no_server_prints_one_line_and_starts_nothing(capsys):
                    f"which serves the UI itself: open {base}"]
 
 
+@pytest.mark.slow
 def test_wait_healthy_gives_up_at_its_deadline_and_stop_kills_the_group():
     """A process that never answers /health; its child ignores SIGTERM, so stop must SIGKILL."""
     child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
