@@ -140,7 +140,8 @@ def test_ls_and_ui_serve_the_sweep(ray_address, tmp_path, capsys):
                               text=True, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        url = next(line.strip() for line in server.stdout if line.strip().startswith(base))  # once it answers
+        ready = next(line for line in server.stdout if base in line)  # printed once /health answers
+        url = ready[ready.index(base):].split()[0]
         assert url.endswith("/runs?workflowType=machine_learning")
         urllib.request.urlopen(f"{base}/health", timeout=2)
         request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search",
