@@ -468,10 +468,17 @@ def accepted_keys(group_name: str, name: str) -> set[str]:
     return set(WARMUP_DEFAULTS) | set(SCHEDULES[name].defaults)
 
 
+def saved_values(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved ``sweep.yaml`` as today's keys: sweeps saved before the typed config kept the
+    train-mode group name (``optimizer: {name: momentum}``), which a sweep never used."""
+    return {name: ({k: v for k, v in value.items() if k != "name"} if name in GROUPS and isinstance(value, dict)
+                   else value) for name, value in saved.items()}
+
+
 def from_saved(saved: Mapping[str, Any], overrides: list[str]) -> SweepConfig:
     """A saved ``sweep.yaml`` with overrides on top (``sweep resume``)."""
     raw: dict[str, Any] = {name: None for name in GROUPS}
-    for name, value in saved.items():
+    for name, value in saved_values(saved).items():
         if name in KEYS:
             _set(raw, name, value, source="sweep.yaml")
     for name, value in parse_overrides(list(overrides)):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweep import preflight, report, tracking
-from sweep.config import FROZEN_KEYS, SweepConfig, from_saved
+from sweep.config import FROZEN_KEYS, SweepConfig, from_saved, saved_values
 from sweep.datasets import DataSplits, DatasetUnavailable, load_dataset
 from sweep.errors import ConfigError, StoreUnavailable, first_line
 from sweep.errors import store_calls
@@ -64,6 +64,7 @@ def check_resumable(cfg: SweepConfig, saved: dict[str, Any] | None) -> SweepConf
     Stores left unset take the saved ones."""
     if saved is None:
         return cfg
+    saved = saved_values(saved)
     values = cfg.to_dict()
     for key in FROZEN_KEYS:
         if key in ("storage", "tracking_uri") and values[key] is None:

@@ -101,3 +101,14 @@ def test_resume_takes_overrides_and_options_in_any_order(tmp_path, capsys):
         assert yaml.safe_load(capsys.readouterr().out)["trials"] == 3
     assert main(["resume", "later", "--output-dir", str(tmp_path), "epochs=99"]) == 2  # frozen: refused
     assert "epochs" in capsys.readouterr().err
+
+
+def test_a_sweep_saved_before_the_typed_config_still_resumes(tmp_path, capsys):
+    """Older sweep.yaml files kept the train-mode group name (optimizer: {name: momentum})."""
+    cfg = load_config("quickstart", ["name=old", f"output_dir={tmp_path}"], mode=SWEEP)
+    sweep_dir = SweepDir.of(cfg.output_dir, cfg.name)
+    sweep_dir.path.mkdir(parents=True)
+    sweep_dir.write_config({**cfg.to_dict(), "optimizer": {"name": "momentum"}, "schedule": {"name": "constant"}})
+    assert main(["resume", "old", "--output-dir", str(tmp_path), "trials=7", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optimizer"] == {} and printed["trials"] == 7
