@@ -87,8 +87,11 @@ def _drive(cfg, start) -> int:
         return _fail(f"{exc}\nthe sweep stopped; finished trials are kept, the interrupted ones run again; {hint}",
                      FAILED)
     except Exception as exc:  # unexpected: the whole traceback goes to a file, one line to the terminal
-        log = sweep_dir.write_driver_log(exc) if sweep_dir.path.is_dir() else None
-        where = f"traceback in {log}" if log else "no sweep directory was written"
+        try:
+            log = sweep_dir.write_driver_log(exc) if sweep_dir.path.is_dir() else None
+            where = f"traceback in {log}" if log else "no sweep directory was written"
+        except OSError as log_error:  # e.g. a full disk: still one line, not a second traceback
+            where = f"the traceback could not be written to {sweep_dir / 'driver.log'} ({log_error.strerror})"
         return _fail(f"unexpected {type(exc).__name__}: {str(exc).strip()[:200]}\n{where}; {hint}", FAILED)
     from sweep.report import markdown_table
 

@@ -6,11 +6,14 @@ trials in flight, and repairs what a dead driver left: trials left RUNNING are f
 ``interrupted`` and queued again with the same parameters, each with its own MLflow run.
 
 The engine raises and the CLI decides exit codes: ``ConfigError`` (bad input, nothing written),
-``StoreUnavailable`` (a store went away mid-sweep; finished trials are kept), ``Stopped`` (Ctrl-C
-or SIGTERM), or anything unexpected.
+``StoreUnavailable`` (a store went away mid-sweep or the disk is full; finished trials are kept),
+``Stopped`` (Ctrl-C or SIGTERM), or anything unexpected.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import signal
 import sys
 import threading
@@ -22,7 +25,7 @@ from sweep.config import FROZEN_KEYS, SweepConfig, from_saved, saved_values
 from sweep.datasets import DataSplits, DatasetUnavailable, load_dataset
 from sweep.errors import ConfigError, StoreUnavailable, first_line
 from sweep.errors import store_calls
-from sweep.finish import OPTUNA, close_from_record, finish_trial
+from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
 from sweep.outcome import Status, Tally, TrialOutcome
 from sweep.progress import Progress
 from sweep.search import chosen_hyperparameters, run_params, sample_trial
@@ -32,6 +35,10 @@ from sweep.waiting import TrackingWatch, announce_if_slow
 from sweep.worker import TrialTask, execute
 
 INTERRUPTED_REASON = "interrupted: the driver stopped before the trial finished; queued again"
+# MLflow's SQL store logs every database error with its whole traceback before raising it; the
+# sweep turns that error into one line (StoreUnavailable), so the log would only add a library
+# traceback to the terminal.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 class Stopped(KeyboardInterrupt):
@@ -106,7 +113,18 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
 
 
 def start(p: Prepared) -> SweepResult:
-    """Claim the sweep (lock and id in one step), then drive it."""
+    """Claim the sweep (lock and id in one step), then drive it. A full disk under the sweep's
+    own files (its directory, the journal's repair copy) stops it as StoreUnavailable, like a
+    full disk under the stores does: it is not an unexpected error."""
+    try:
+        return _start(p)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreUnavailable(f"the disk under {p.sweep_dir.path}", first_line(exc)) from exc
+        raise
+
+
+def _start(p: Prepared) -> SweepResult:
     with p.sweep_dir.claim() as sweep_id:
         if sweep_id is None:
             raise ConfigError("name", f"sweep {p.cfg.name!r} was just started by another driver")
@@ -121,7 +139,8 @@ def start(p: Prepared) -> SweepResult:
             with stop_on_sigterm():
                 rows = Driver(cfg, p.stores, p.sweep_dir, p.data, sweep_id).run()
         except BaseException:
-            p.sweep_dir.write_state(INTERRUPTED)
+            with contextlib.suppress(OSError):  # a full disk must not hide why the sweep stopped
+                p.sweep_dir.write_state(INTERRUPTED)
             raise
         p.sweep_dir.write_state(FINISHED)
     return SweepResult(p.sweep_dir, rows)
@@ -141,19 +160,27 @@ class stop_on_sigterm:
     process with a stack dump and leave the sweep marked running)."""
 
     def __enter__(self):
+        self.received: int | None = None
+        # only the main thread may set a handler (and only it runs them): a sweep driven from
+        # another thread (an embedding program, a test) leaves SIGTERM to that program
+        self.installed = threading.current_thread() is threading.main_thread()
+
         def handler(signum, frame):
+            self.received = signum
             raise Stopped(signum)
 
-        # Python delivers signals to the main thread only; a sweep driven from another thread
-        # (an embedding program, the tests) leaves signals to its host.
-        self.main = threading.current_thread() is threading.main_thread()
-        if self.main:
+        if self.installed:
             self.previous = signal.signal(signal.SIGTERM, handler)
         return self
 
-    def __exit__(self, *exc):
-        if self.main:
-            signal.signal(signal.SIGTERM, self.previous)
+    def __exit__(self, kind, exc, tb):
+        if not self.installed:
+            return False
+        signal.signal(signal.SIGTERM, self.previous)
+        if self.received is not None and isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Stopped):
+            # Ray's blocking calls (ray.wait, ray.get) run the handler themselves and raise a bare
+            # KeyboardInterrupt in place of its exception: say which signal it was
+            raise Stopped(self.received) from None
         return False
 
 
@@ -184,7 +211,7 @@ class Driver:
     def __init__(self, cfg: SweepConfig, stores: Stores, sweep_dir: SweepDir, data: DataSplits, sweep_id: str):
         self.cfg, self.stores, self.sweep_dir, self.data = cfg, stores, sweep_dir, data
         self.watch = TrackingWatch(stores.tracking_uri)
-        with self.watch.call():
+        with self._tracking_calls():
             self.tracker = tracking.SweepTracker(stores.tracking_uri, cfg.name,
                                                  sweep_dir.artifacts if stores.local_tracking else None, sweep_id)
         fixed = {k: getattr(cfg, k) for k in ("dataset", "model", "epochs", "batch_size", "sampler", "pruner",
@@ -192,13 +219,21 @@ class Driver:
         self.studies: dict[str, SweepStudy] = {}
         self.parents: dict[str, str] = {}
         for opt in cfg.optimizers:
-            with announce_if_slow(f"the Optuna storage {preflight.redacted(stores.storage)}"):
+            with announce_if_slow(f"the Optuna storage {preflight.redacted(stores.storage)}"), _storage_calls():
                 study = SweepStudy.open(stores.storage, cfg.name, opt, sweep_id, sampler=cfg.sampler,
                                         pruner=cfg.pruner, seed=cfg.seed, trials=cfg.trials, epochs=cfg.epochs)
-            with self.watch.call():
+            with self._tracking_calls():
                 self.parents[opt] = self.tracker.parent_run(opt, fixed)
-            study.set_attr(MLFLOW_RUN, self.parents[opt])
+            with _storage_calls():
+                study.set_attr(MLFLOW_RUN, self.parents[opt])
             self.studies[opt] = study
+
+    @contextlib.contextmanager
+    def _tracking_calls(self):
+        """The driver's own MLflow calls: said when slow, and an error (a server gone, a full disk)
+        stops the sweep as StoreUnavailable like the workers' calls do."""
+        with self.watch.call(), store_calls(MLFLOW):
+            yield
 
     # ---- repair ----
     def recover(self, opt: str) -> None:
@@ -207,36 +242,48 @@ class Driver:
         can be repeated, and ``close_finished_runs`` closes a run this misses, so dying here is
         safe too. Runs of trials the study no longer has (a torn journal) are set aside."""
         study = self.studies[opt]
-        trials = study.trials()
-        runs = self.tracker.trial_runs(opt)
+        with _storage_calls():
+            trials = study.trials()
+        with self._tracking_calls():
+            runs = self.tracker.trial_runs(opt)
         for number, run_id in runs.items():
             if number >= len(trials):
-                self.tracker.orphan(run_id, "its trial was lost from the Optuna storage (torn journal)")
+                with self._tracking_calls():
+                    self.tracker.orphan(run_id, "its trial was lost from the Optuna storage (torn journal)")
                 _say(opt, f"trial {number}: its record was lost from the Optuna journal; "
                           "its MLflow run is kept, tagged sweep.orphaned, and the trial runs again")
         for t in trials:
             if t.state.name != "RUNNING":
                 continue
-            run_id = (t.user_attrs.get(MLFLOW_RUN) or runs.get(t.number)
-                      or self.tracker.trial_run(self.parents[opt], opt, t.number, t.params))
-            finish_trial(study, self.stores.tracking_uri, run_id, t.number, Status.INTERRUPTED, INTERRUPTED_REASON)
+            with self._tracking_calls():
+                run_id = (t.user_attrs.get(MLFLOW_RUN) or runs.get(t.number)
+                          or self.tracker.trial_run(self.parents[opt], opt, t.number, t.params))
+            # rewrite_run: a run already closed means the trial's tell was lost (torn journal)
+            finish_trial(study, self.stores.tracking_uri, run_id, t.number, Status.INTERRUPTED, INTERRUPTED_REASON,
+                         rewrite_run=True)
             _say(opt, f"trial {t.number} was interrupted: recorded as interrupted")
-        outcomes = study.outcomes()
-        retried = {t.user_attrs.get(RETRY_OF) for t in study.trials()}
-        room = self.cfg.trials - Tally.of(self.cfg.trials, outcomes).done - study.waiting()
-        by_number = {t.number: t for t in study.trials()}
+        with _storage_calls():
+            outcomes = study.outcomes()
+            retried = {t.user_attrs.get(RETRY_OF) for t in study.trials()}
+            room = self.cfg.trials - Tally.of(self.cfg.trials, outcomes).done - study.waiting()
+            by_number = {t.number: t for t in study.trials()}
         for outcome in outcomes:
             if room > 0 and outcome.status == Status.INTERRUPTED and outcome.number not in retried:
-                study.enqueue_retry(by_number[outcome.number])
+                with _storage_calls():
+                    study.enqueue_retry(by_number[outcome.number])
                 room -= 1
                 _say(opt, f"trial {outcome.number} queued again with the same parameters")
 
     def close_finished_runs(self) -> None:
         """Close trial runs left RUNNING although Optuna has the trial's outcome (a process died
         between the two writes); Optuna is the source of truth."""
-        for (opt, number), run_id in self.tracker.running_trial_runs().items():
+        with self._tracking_calls():
+            running = self.tracker.running_trial_runs()
+        for (opt, number), run_id in running.items():
             study = self.studies.get(opt)
-            if study is not None and number < len(study.trials()):
+            with _storage_calls():
+                known = study is not None and number < len(study.trials())
+            if known:
                 close_from_record(study, self.stores.tracking_uri, run_id, number)
 
     # ---- the loop ----
@@ -276,8 +323,13 @@ class Driver:
                 ray.cancel(ref, force=True)
             raise
         self.close_finished_runs()
+        from mlflow.exceptions import MlflowException
+
         with self.watch.call():
-            return report.write(cfg, self.stores, self.sweep_dir, self.studies, self.tracker, self.parents)
+            try:
+                return report.write(cfg, self.stores, self.sweep_dir, self.studies, self.tracker, self.parents)
+            except MlflowException as exc:  # the parent runs' summaries: the store, not a bug (files: see start)
+                raise StoreUnavailable(MLFLOW, first_line(exc)) from exc
 
     def submit(self, opt: str, remote, data_ref):
         study = self.studies[opt]
@@ -285,7 +337,7 @@ class Driver:
                 _storage_calls():
             trial = study.ask()
             tc = sample_trial(trial, opt, self.cfg)
-        with self.watch.call():
+        with self._tracking_calls():
             run_id = self.tracker.trial_run(self.parents[opt], opt, trial.number, run_params(tc, trial.params),
                                             retry_of=trial.user_attrs.get(RETRY_OF))
         with _storage_calls():

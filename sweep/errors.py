@@ -7,7 +7,10 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, message: str):
         super().__init__(f"{key}: {message}")
-        self.key = key
+        self.key, self.message = key, message
+
+    def __reduce__(self):  # pickled by its own arguments, not by ``args`` (one string)
+        return type(self), (self.key, self.message)
 
 
 class StoreUnavailable(RuntimeError):
@@ -22,10 +25,22 @@ class StoreUnavailable(RuntimeError):
         self.store = store
         self.detail = detail
 
+    def __reduce__(self):
+        """Raised on a Ray worker, it must unpickle on the driver: by default an exception is
+        rebuilt from ``args`` (one string here), which fails, and Ray hands the driver an
+        ``UnserializableException`` that reads as the trial's own failure."""
+        return type(self), (self.store, self.detail)
+
+
+# lines that say nothing about the error itself: SQLAlchemy puts this one before the database's
+# own message ("(sqlite3.OperationalError) database or disk is full") when a flush fails
+_PREAMBLES = ("(raised as a result of Query-invoked autoflush",)
+
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message``: library errors can be pages long."""
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    lines = [line for line in str(exc).strip().splitlines()
+             if line.strip() and not line.startswith(_PREAMBLES)]
     return f"{type(exc).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
 
 

@@ -17,10 +17,20 @@ OPTUNA, MLFLOW = "Optuna storage", "MLflow tracking store"
 
 
 def finish_trial(study: SweepStudy, tracking_uri: str, run_id: str, number: int, status: Status,
-                 reason: str = "", metrics: Mapping[str, float] = (), value: float | None = None) -> TrialOutcome:
-    """Record ``status`` unless the trial already has an outcome (that one stands), then close its run."""
+                 reason: str = "", metrics: Mapping[str, float] = (), value: float | None = None,
+                 rewrite_run: bool = False) -> TrialOutcome:
+    """Record ``status`` unless the trial already has an outcome (that one stands), then close its run.
+
+    ``rewrite_run``: the run may already be closed with an outcome Optuna no longer holds (a
+    worker closed it, then its ``tell`` was lost from a torn journal); it is reopened and closed
+    again from Optuna's record, so both stores agree."""
     with store_calls(OPTUNA):
         outcome = study.finish(number, status, reason, metrics, value)
+    if rewrite_run:
+        with store_calls(MLFLOW):
+            runs = tracking.client(tracking_uri)
+            if runs.get_run(run_id).info.status != "RUNNING":
+                runs.update_run(run_id, status="RUNNING")  # dying here leaves it to close_finished_runs
     close(tracking_uri, run_id, outcome)
     return outcome
 
