@@ -360,10 +360,11 @@ class Driver:
                 raise StoreUnavailable(cause.store, cause.detail) from None
             if isinstance(exc, StoreUnavailable):
                 raise StoreUnavailable(exc.store, exc.detail) from None
-            reason = f"worker error: {first_line(exc.cause if cause is not None else exc)}"
-            if isinstance(exc, ray.exceptions.WorkerCrashedError) or cause is None:
+            if cause is not None and not isinstance(exc, ray.exceptions.WorkerCrashedError):
+                reason = f"worker error: {first_line(cause)}"
+            else:  # Ray's own message ends with what happened to the worker
                 reason = f"worker error: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
-            with self.watch.call():
+            with self._tracking_calls():
                 return finish_trial(self.studies[opt], self.stores.tracking_uri, run_id, number, Status.FAILED, reason)
 
 
