@@ -70,7 +70,8 @@ from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialSchedule
 from sweep.config import load_config  # noqa: E402
 from sweep.datasets import load_dataset  # noqa: E402
 from sweep.search import sample_trial  # noqa: E402
-from sweep.studies import default_storage, make_sampler, open_storage, study_name  # noqa: E402
+from sweep.studies import make_sampler, open_storage, study_name
+from sweep.sweepdir import SweepDir  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -203,7 +204,8 @@ def run_product(args, tmp: Path, rep: int) -> dict:
         t0 = time.perf_counter()
         start_ray(calls_dir)
         with open(log, "w") as out, contextlib.redirect_stdout(out):
-            rc = run_sweep(cfg)
+            run_sweep(cfg)  # raises if the sweep does not finish
+            rc = 0
         wall = time.perf_counter() - t0
         DRIVER_COUNTING["dir"] = None
         calls = read_calls(calls_dir)
@@ -213,16 +215,15 @@ def run_product(args, tmp: Path, rep: int) -> dict:
     return {"wall": wall, "calls": calls, **check_product(tmp / name, cfg)}
 
 
-def check_product(sweep_dir: Path, cfg: dict) -> dict:
+def check_product(sweep_dir: Path, cfg) -> dict:
     import yaml
     from mlflow import MlflowClient
 
-    from sweep.tracking import default_tracking_uri
-
     saved = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
-    storage = open_storage(saved.get("storage") or default_storage(sweep_dir))  # unset: in the sweep dir
-    client = MlflowClient(saved.get("tracking_uri") or default_tracking_uri(sweep_dir))
-    experiment = client.get_experiment_by_name(cfg["name"])
+    stores = SweepDir(sweep_dir).stores(saved.get("storage"), saved.get("tracking_uri"))  # unset: in the sweep dir
+    storage = open_storage(stores.storage)
+    client = MlflowClient(stores.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.name)
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`sweep.role` = 'trial'",
                               max_results=10000)
     by_trial = collections.Counter((r.data.tags["sweep.optimizer"], int(r.data.tags["optuna.trial_number"]))
@@ -230,8 +231,8 @@ def check_product(sweep_dir: Path, cfg: dict) -> dict:
     run_ids = {r.info.run_id for r in runs}
     out = {"trials": 0, "finished": 0, "stopped": 0, "own_end": 0, "one_run_each": True, "best": {},
            "failed": 0}
-    for opt in cfg["optimizers"]:
-        study = optuna.load_study(study_name=study_name(cfg["name"], opt), storage=storage)
+    for opt in cfg.optimizers:
+        study = optuna.load_study(study_name=study_name(cfg.name, opt), storage=storage)
         trials = study.get_trials(deepcopy=False)
         out["trials"] += len(trials)
         for t in trials:
@@ -275,7 +276,7 @@ class CountingASHA(_CountStops, ASHAScheduler):
     pass
 
 
-def define_space(ot_trial, optimizer: str, cfg: dict):
+def define_space(ot_trial, optimizer: str, cfg):
     """Define-by-run space for OptunaSearch: exactly the product's sampling (sweep.search)."""
     sample_trial(ot_trial, optimizer, cfg)
     return None  # the config is what was sampled: Optuna's params, as in the product's studies
@@ -295,7 +296,7 @@ def train_fn(config: dict, data=None, cfg=None, optimizer=None, threads=1):
 
     def reporter(m):
         metrics = asdict(m)
-        if m.epoch == tc.epochs - 1:  # hold the last epoch: it is reported with the test metrics
+        if m.epoch == tc.epochs:  # hold the last epoch: it is reported with the test metrics
             last.update(metrics)
             return
         tune.report(metrics)
@@ -307,7 +308,7 @@ def train_fn(config: dict, data=None, cfg=None, optimizer=None, threads=1):
     elif not reported:
         # Diverged (or failed) before its first report: Tune's strict metric check would end the
         # whole Tuner.fit() with a TuneError. Report what the product records: the accuracy reached.
-        tune.report({"val_accuracy": result.metrics.get("val_accuracy", 0.0), "status": result.status})
+        tune.report({"val_accuracy": result.metrics.get("val_accuracy", 0.0), "status": result.status.value})
 
 
 def run_baseline(args, tmp: Path, rep: int) -> dict:
@@ -327,25 +328,25 @@ def run_baseline(args, tmp: Path, rep: int) -> dict:
     DRIVER_COUNTING["dir"] = str(calls_dir)
     t0 = time.perf_counter()
     start_ray(calls_dir)
-    data = load_dataset(cfg["dataset"], cfg["data_dir"], cfg["download"], cfg["val_fraction"], seed=cfg["seed"])
-    for opt in cfg["optimizers"]:
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, seed=cfg.seed)
+    for opt in cfg.optimizers:
         if args.scheduler == "median":
             scheduler = CountingMedianStoppingRule(time_attr="training_iteration", grace_period=2,
                                                    min_samples_required=2)
         else:
-            scheduler = CountingASHA(time_attr="training_iteration", max_t=cfg["epochs"], grace_period=1,
+            scheduler = CountingASHA(time_attr="training_iteration", max_t=cfg.epochs, grace_period=1,
                                      reduction_factor=3)
         searcher = OptunaSearch(space=functools.partial(define_space, optimizer=opt, cfg=cfg),
                                 metric="val_accuracy", mode="max",  # a define-by-run space needs them here
-                                sampler=make_sampler(cfg["sampler"], cfg["seed"], cfg["trials"]))
+                                sampler=make_sampler(cfg.sampler, cfg.seed, cfg.trials))
         trainable = tune.with_resources(
-            tune.with_parameters(train_fn, data=data, cfg=cfg, optimizer=opt, threads=max(1, int(cfg["num_cpus"]))),
-            {"cpu": cfg["num_cpus"]})
+            tune.with_parameters(train_fn, data=data, cfg=cfg, optimizer=opt, threads=max(1, int(cfg.num_cpus))),
+            {"cpu": cfg.num_cpus})
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", search_alg=searcher,
-                                        scheduler=scheduler, num_samples=cfg["trials"],
-                                        max_concurrent_trials=cfg["workers"], reuse_actors=args.reuse_actors),
+                                        scheduler=scheduler, num_samples=cfg.trials,
+                                        max_concurrent_trials=cfg.workers, reuse_actors=args.reuse_actors),
             run_config=tune.RunConfig(name=opt, storage_path=str(tmp / name / "ray_results"), verbose=0,
                                       callbacks=[MLflowLoggerCallback(tracking_uri=uri, experiment_name=name,
                                                                       tags={"optimizer": opt})]))
@@ -359,7 +360,7 @@ def run_baseline(args, tmp: Path, rep: int) -> dict:
     return {"wall": wall, "calls": calls, **check_baseline(grids, schedulers, searchers, uri, name, cfg)}
 
 
-def check_baseline(grids, schedulers, searchers, uri: str, name: str, cfg: dict) -> dict:
+def check_baseline(grids, schedulers, searchers, uri: str, name: str, cfg) -> dict:
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -382,7 +383,7 @@ def check_baseline(grids, schedulers, searchers, uri: str, name: str, cfg: dict)
             ran = result.metrics.get("training_iteration", 0)
             if trial_id in stopped:
                 out["stopped"] += 1
-            elif ran < cfg["epochs"]:
+            elif ran < cfg.epochs:
                 out["own_end"] += 1  # diverged: the trainable returned before the last epoch
             if sum(n.endswith(f"_{trial_id}") for n in names) != 1:
                 out["one_run_each"] = False
