@@ -15,16 +15,14 @@ import contextlib
 import errno
 import logging
 import signal
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 from sweep import preflight, report, tracking
-from sweep.config import FROZEN_KEYS, SweepConfig, from_saved, saved_values
+from sweep.config import FROZEN_KEYS, SweepConfig, saved_values
 from sweep.datasets import DataSplits, DatasetUnavailable, load_dataset
-from sweep.errors import ConfigError, StoreUnavailable, first_line
-from sweep.errors import store_calls
+from sweep.errors import ConfigError, StoreUnavailable, first_line, store_calls
 from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
 from sweep.outcome import Status, Tally, TrialOutcome
 from sweep.progress import Progress
@@ -146,15 +144,6 @@ def _start(p: Prepared) -> SweepResult:
     return SweepResult(p.sweep_dir, rows)
 
 
-def resume_sweep(name: str, overrides: list[str], output_dir: str) -> SweepResult:
-    """Reload the saved config; the sweep directory is where it is now (it may have been moved)."""
-    sweep_dir = SweepDir.of(output_dir, name)
-    saved = sweep_dir.saved_config()
-    if saved is None:
-        raise ConfigError("name", f"no sweep {name!r} under {sweep_dir.path.parent} (see `sweep ls --output-dir ...`)")
-    return run_sweep(from_saved(saved, [*overrides, f"output_dir={sweep_dir.path.parent}"]))
-
-
 class stop_on_sigterm:
     """While the sweep runs, SIGTERM stops it like Ctrl-C (Ray's own handler would abort the
     process with a stack dump and leave the sweep marked running)."""
@@ -211,6 +200,7 @@ class Driver:
     def __init__(self, cfg: SweepConfig, stores: Stores, sweep_dir: SweepDir, data: DataSplits, sweep_id: str):
         self.cfg, self.stores, self.sweep_dir, self.data = cfg, stores, sweep_dir, data
         self.watch = TrackingWatch(stores.tracking_uri)
+        self.storage_name = f"the Optuna storage {preflight.redacted(stores.storage)}"
         with self._tracking_calls():
             self.tracker = tracking.SweepTracker(stores.tracking_uri, cfg.name,
                                                  sweep_dir.artifacts if stores.local_tracking else None, sweep_id)
@@ -219,7 +209,7 @@ class Driver:
         self.studies: dict[str, SweepStudy] = {}
         self.parents: dict[str, str] = {}
         for opt in cfg.optimizers:
-            with announce_if_slow(f"the Optuna storage {preflight.redacted(stores.storage)}"), _storage_calls():
+            with announce_if_slow(self.storage_name), _storage_calls():
                 study = SweepStudy.open(stores.storage, cfg.name, opt, sweep_id, sampler=cfg.sampler,
                                         pruner=cfg.pruner, seed=cfg.seed, trials=cfg.trials, epochs=cfg.epochs)
             with self._tracking_calls():
@@ -333,7 +323,7 @@ class Driver:
 
     def submit(self, opt: str, remote, data_ref):
         study = self.studies[opt]
-        with announce_if_slow(f"the Optuna storage {preflight.redacted(self.stores.storage)}"), \
+        with announce_if_slow(self.storage_name), \
                 _storage_calls():
             trial = study.ask()
             tc = sample_trial(trial, opt, self.cfg)

@@ -64,7 +64,7 @@ def check_database(key: str, url: str, given: bool) -> None:
             pass
         engine.dispose()
     except Exception as exc:  # missing driver, unknown host, refused, bad password, no such database
-        raise ConfigError(key, f"cannot connect to {_redacted(url)} ({first_line(exc, 200)})") from None
+        raise ConfigError(key, f"cannot connect to {redacted(url)} ({first_line(exc, 200)})") from None
 
 
 def check_tracking_server(key: str, url: str) -> None:
@@ -113,7 +113,7 @@ def check_same_sweep(name: str, stores: Stores, sweep_id: str) -> None:
     if where is None and (path is None or path.exists()) and foreign_experiment(stores.tracking_uri, name, sweep_id):
         where = stores.tracking_uri
     if where is not None:
-        raise ConfigError("name", f"{_redacted(where)} already holds a sweep named {name!r} started "
+        raise ConfigError("name", f"{redacted(where)} already holds a sweep named {name!r} started "
                                   "from another output directory; pick a new name= or resume it from its own")
 
 
@@ -141,7 +141,7 @@ def check_resources(cfg: SweepConfig) -> None:
                                    f"{largest:g}; lower {key}= or add nodes")
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     parsed = urlparse(url)
     if parsed.password:
         return url.replace(f":{parsed.password}@", ":***@")
@@ -177,7 +177,3 @@ def repair_journal(stores: Stores) -> None:
     copy = set_aside(torn)
     open_storage.cache_clear()  # a storage opened before the repair has read the torn file
     print(f"repaired: {torn.describe()}; the whole file was copied to {copy.name}", file=sys.stderr, flush=True)
-
-
-def redacted(url: str) -> str:
-    return _redacted(url)
