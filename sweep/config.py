@@ -235,6 +235,10 @@ class SweepConfig:
     channels_last: bool = key(False, _bool, "channels_last memory format", trial=True)
     divergence_factor: float = key(10.0, _float(1.0, low_inclusive=False),
                                    "a batch loss this many times the first one is divergence", frozen=True, trial=True)
+    checkpoint_every: int = key(1, _int(0, 10_000), "save a resumable checkpoint every N epochs (0: never)",
+                                trial=True)
+    tracking_retry_s: float = key(300.0, _float(0.0), "how long a trial keeps retrying MLflow before it fails",
+                                  trial=True)
     # a sweep
     name: str = key("sweep", _name, "sweep name: <output_dir>/<name>/, the MLflow experiment", text=True)
     output_dir: str = key("./sweeps", _text, "folder that holds sweeps", text=True)
@@ -246,6 +250,7 @@ class SweepConfig:
     num_cpus: float = key(1.0, _float(0.0, low_inclusive=False), "Ray CPUs per trial")
     num_gpus: float = key(0.0, _float(0.0), "Ray GPUs per trial (fractions share a GPU)")
     max_retries: int = key(2, _int(0, 100), "Ray retries of a trial whose worker process died")
+    keep_checkpoints: bool = key(False, _bool, "keep every finished trial's last checkpoint (the best's is always kept)")
     sampler: str = key("tpe", _choice(SAMPLER_NAMES), "Optuna sampler", frozen=True)
     pruner: str = key("median", _choice(PRUNER_NAMES), "Optuna pruner (one epoch = one step)", frozen=True)
     storage: str | None = key(None, _optional(_storage_url), "Optuna storage URL", frozen=True, text=True)

@@ -139,6 +139,10 @@ def log_epoch(uri: str, run_id: str, metrics: Mapping[str, float], step: int) ->
     client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
+def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
 def logged_steps(uri: str, run_id: str) -> set[int]:
     """The epochs a run already holds (``log_epoch`` writes all of an epoch's metrics at once)."""
     return {m.step for m in client(uri).get_metric_history(run_id, EPOCH_MARKER)}

@@ -24,7 +24,7 @@ from sweep.config import TrialConfig
 from sweep.errors import store_calls
 from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
 from sweep.outcome import TrialOutcome
-from sweep.studies import ATTEMPT, SweepStudy
+from sweep.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, SweepStudy
 from sweep.sweepdir import Stores
 from sweep.trial import EpochMetrics, PruneTrial, run_trial
 
@@ -38,6 +38,14 @@ class TrialTask:
     pruner: str
     config: TrialConfig
     threads: int = 1
+
+
+def this_node() -> dict[str, str]:
+    """The Ray node running this attempt (recorded per attempt: a retry may run elsewhere)."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return {NODE_ID: context.get_node_id(), NODE_ADDRESS: ray.util.get_node_ip_address()}
 
 
 def execute(task: TrialTask, data) -> TrialOutcome:
@@ -55,6 +63,11 @@ def execute(task: TrialTask, data) -> TrialOutcome:
         attempt = int(earlier.user_attrs.get(ATTEMPT, 0)) + 1
         trial.set_user_attr(ATTEMPT, attempt)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        node = this_node()
+        for name, value in node.items():
+            trial.set_user_attr(name, value)
+    with store_calls(MLFLOW):
+        tracking.tag_run(uri, task.run_id, {f"sweep.{name}": value for name, value in node.items()})
     # epochs an attempt whose worker died already recorded, in each store (it may have died between)
     reported = set(earlier.intermediate_values)
     with store_calls(MLFLOW):
