@@ -114,6 +114,26 @@ def cmd_run(args) -> int:
     return _drive(cfg, lambda: run_sweep(cfg))
 
 
+def cmd_submit(args) -> int:
+    from sweep import submit
+
+    overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    try:
+        cfg, entrypoint = submit.load(args.config, overrides)
+        job = submit.submit(cfg, entrypoint, args.address or submit.default_address())
+    except ConfigError as exc:
+        return _fail(str(exc))
+    print(submit.instructions(job), flush=True)
+    if not args.follow:
+        return 0
+    try:
+        return submit.follow(job)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job keeps running (ray job stop {job.job_id} --address {job.address})",
+              file=sys.stderr)
+        return 130
+
+
 def cmd_resume(args) -> int:
     from sweep.config import from_saved
     from sweep.sweepdir import SweepDir
@@ -210,6 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--output-dir", default=None, help="folder of sweeps (same as output_dir=; default ./sweeps)")
         p.set_defaults(func=func)
+    text = "run a sweep's driver as a Ray job on a cluster (it keeps running when this machine disconnects)"
+    p = sub.add_parser("submit", help=text, formatter_class=formatter,
+                       description=text + ". The config is checked like `sweep run`; the job runs `sweep run` "
+                                          "on the head node with the project shipped in its runtime_env.",
+                       epilog="examples:\n  sweep submit quickstart storage=postgresql://sweep@postgres/optuna "
+                              "tracking_uri=http://mlflow:5000 output_dir=/sweeps --address http://127.0.0.1:8265\n"
+                              "  sweep submit cifar10 num_gpus=0.25 workers=8 output_dir=/sweeps --follow")
+    p.add_argument("config", nargs="?", default=None, help="config name in conf/ or a .yaml path in the project "
+                                                           "(default: quickstart)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, as for `sweep run`")
+    p.add_argument("--address", default=None, help="the Ray head's dashboard (job server) address "
+                                                    "(default: $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)")
+    p.add_argument("--output-dir", default=None, help="folder of sweeps on the head node (same as output_dir=; "
+                                                      "must be absolute)")
+    p.add_argument("--follow", action="store_true", help="print the job's logs until it ends; exit with its status")
+    p.set_defaults(func=cmd_submit)
     p = sub.add_parser("resume", help="continue a sweep from where it stopped (overrides: trials=, workers=, ...)",
                        description="Continue a sweep: finished trials are kept, interrupted ones run again, each "
                                    "optimizer is topped up to `trials`. Keys that define the experiment cannot change.")

@@ -174,6 +174,8 @@ class stop_on_sigterm:
 
 
 def init_ray(cfg: SweepConfig) -> None:
+    import os
+
     import ray
 
     if ray.is_initialized():
@@ -184,11 +186,11 @@ def init_ray(cfg: SweepConfig) -> None:
         import optim
         import sweep
 
+        # paths, not module objects: inside a Ray job (`sweep submit`) Ray deep-copies this
+        # runtime_env to merge it with the job's, and a module object cannot be copied
         ray.init(address=address, log_to_driver=False,
-                 runtime_env={"py_modules": [sweep, models, optim]})
+                 runtime_env={"py_modules": [os.path.dirname(m.__file__) for m in (sweep, models, optim)]})
     else:
-        import os
-
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
 
