@@ -34,6 +34,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXCLUDES = [".git", ".venv", ".env", "sweeps", "data", "mlruns", "mlartifacts", "tests", "bench", "k8s",
             "docker", "build", "dist", "*.egg-info", "**/__pycache__", ".pytest_cache"]
 SWEEP_NAME_METADATA = "sweep_name"
+STOP_WAIT_S = 30
 STOPPED_EXIT = 143  # `ray job stop` sends SIGTERM, which stops a sweep with 128 + 15
 
 
@@ -111,7 +112,10 @@ def runtime_env() -> dict:
     if not (PROJECT_ROOT / "conf").is_dir() or not (PROJECT_ROOT / "pyproject.toml").is_file():
         raise ConfigError("submit", f"{PROJECT_ROOT} is not the project's source checkout (no conf/ or "
                                     "pyproject.toml); install it with `pip install -e .` from a checkout")
-    return {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": {"PYTHONUNBUFFERED": "1"}}
+    # `ray job stop` sends SIGTERM, which stops the sweep like Ctrl-C; Ray kills the driver after
+    # RAY_JOB_STOP_WAIT_TIME_S (3 s by default), read from the job's env: room to close its runs
+    env_vars = {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}
+    return {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
 
 
 def submission_id(name: str) -> str:
