@@ -95,7 +95,8 @@ def _drive(cfg, start) -> int:
             where = f"traceback in {log}" if log else "no sweep directory was written"
         except OSError as log_error:  # e.g. a full disk: still one line, not a second traceback
             where = f"the traceback could not be written to {sweep_dir / 'driver.log'} ({log_error.strerror})"
-        return _fail(f"unexpected {type(exc).__name__}: {redact(str(exc), *urls).strip()[:200]}\n{where}; {hint}", FAILED, urls)
+        message = redact(str(exc), *urls).strip()[:200]  # masked before the cut: no half password
+        return _fail(f"unexpected {type(exc).__name__}: {message}\n{where}; {hint}", FAILED, urls)
     from sweep.report import markdown_table
 
     print(markdown_table(result.rows))

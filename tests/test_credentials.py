@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -333,7 +334,7 @@ def ui_server(tmp_path_factory):
     sweep_dir = SweepDir.of(cfg.output_dir, cfg.name)
     sweep_dir.path.mkdir(parents=True)
     sweep_dir.write_config(cfg.to_dict())
-    with __import__("socket").socket() as sock:
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "ui", "served", "--output-dir", str(directory),
