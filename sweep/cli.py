@@ -11,22 +11,24 @@ import signal
 import sys
 from importlib import metadata
 
-from sweep.config import SWEEP, TRAIN, ConfigError, config_names, key_table, load_config
+from sweep.config import SWEEP, TRAIN, ConfigError, config_names, key_table, load_config, saved_values
+from sweep.credentials import redact, redacted
 from sweep.errors import StoreUnavailable
 
 USAGE_ERROR, FAILED = 2, 1
 DEFAULT_OUTPUT_DIR = "./sweeps"
 
 
-def _fail(message: str, code: int = USAGE_ERROR) -> int:
-    print(f"sweep: error: {message}", file=sys.stderr)
+def _fail(message: str, code: int = USAGE_ERROR, urls: tuple[str | None, ...] = ()) -> int:
+    """Print one error; passwords (in a URL, of ``urls``, in the environment) are masked."""
+    print(f"sweep: error: {redact(message, *urls)}", file=sys.stderr)
     return code
 
 
 def _print_config(cfg) -> int:
     import yaml
 
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    print(yaml.safe_dump(cfg.to_dict(redacted), sort_keys=False), end="")
     return 0
 
 
@@ -75,24 +77,26 @@ def _drive(cfg, start) -> int:
 
     sweep_dir = SweepDir.of(cfg.output_dir, cfg.name)
     hint = f"continue with: sweep resume {cfg.name} --output-dir {sweep_dir.path.parent}"
+    urls = (cfg.storage, cfg.tracking_uri)
     try:
         result = start()
     except ConfigError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), urls=urls)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"\nstopped by {signal.Signals(signum).name}; finished trials are kept; {hint}", file=sys.stderr)
         return 128 + signum
     except StoreUnavailable as exc:
         return _fail(f"{exc}\nthe sweep stopped; finished trials are kept, the interrupted ones run again; {hint}",
-                     FAILED)
+                     FAILED, urls)
     except Exception as exc:  # unexpected: the whole traceback goes to a file, one line to the terminal
         try:
-            log = sweep_dir.write_driver_log(exc) if sweep_dir.path.is_dir() else None
+            log = sweep_dir.write_driver_log(exc, *urls) if sweep_dir.path.is_dir() else None
             where = f"traceback in {log}" if log else "no sweep directory was written"
         except OSError as log_error:  # e.g. a full disk: still one line, not a second traceback
             where = f"the traceback could not be written to {sweep_dir / 'driver.log'} ({log_error.strerror})"
-        return _fail(f"unexpected {type(exc).__name__}: {str(exc).strip()[:200]}\n{where}; {hint}", FAILED)
+        message = redact(str(exc), *urls).strip()[:200]  # masked before the cut: no half password
+        return _fail(f"unexpected {type(exc).__name__}: {message}\n{where}; {hint}", FAILED, urls)
     from sweep.report import markdown_table
 
     print(markdown_table(result.rows))
@@ -167,7 +171,7 @@ def cmd_ui(args) -> int:
     if sweep_dir is None or not sweep_dir.exists():
         which = f"no sweep {args.name!r}" if args.name else "no sweeps"
         return _fail(f"name: {which} under {SweepDir(args.output_dir).path}; run `sweep run` first")
-    saved = sweep_dir.saved_config()
+    saved = saved_values(sweep_dir.saved_config())  # store URLs without passwords (from the environment)
     stores = sweep_dir.stores(saved.get("storage"), saved.get("tracking_uri"))
     from sweep.ui import ServerStartError, serve
 

@@ -26,6 +26,7 @@ import yaml
 from models import MODELS
 from optim import OPTIMIZERS, SCHEDULES, resolve_hyperparameters, resolve_schedule_params
 from optim.schedules import WARMUP_DEFAULTS
+from sweep import credentials
 from sweep.datasets import DATASETS
 from sweep.errors import ConfigError
 from sweep.registries import PRUNER_NAMES, SAMPLER_NAMES
@@ -202,11 +203,13 @@ class GroupChoice:
         return {**({"name": self.name} if self.name else {}), **self.fixed}
 
 
-def key(default, check: Check, help: str, *, frozen: bool = False, trial: bool = False, text: bool = False):
+def key(default, check: Check, help: str, *, frozen: bool = False, trial: bool = False, text: bool = False,
+        store_url: bool = False):
     """Declare a key. ``frozen``: may not change on resume (it defines what the sweep measures).
     ``trial``: part of every trial's ``TrialConfig``. ``text``: a command-line value is taken as
-    text, not YAML (``name=2024`` is a name; ``storage=sqlite:///a: b.db`` is a URL)."""
-    meta = {"check": check, "help": help, "frozen": frozen, "trial": trial, "text": text}
+    text, not YAML (``name=2024`` is a name; ``storage=sqlite:///a: b.db`` is a URL).
+    ``store_url``: a URL that may hold a password, which is never saved or shown (``credentials``)."""
+    meta = {"check": check, "help": help, "frozen": frozen, "trial": trial, "text": text, "store_url": store_url}
     if isinstance(default, (GroupChoice, tuple)):
         return field(default_factory=lambda: default, metadata=meta)
     return field(default=default, metadata=meta)
@@ -253,18 +256,25 @@ class SweepConfig:
     keep_checkpoints: bool = key(False, _bool, "keep every finished trial's last checkpoint (the best's is always kept)")
     sampler: str = key("tpe", _choice(SAMPLER_NAMES), "Optuna sampler", frozen=True)
     pruner: str = key("median", _choice(PRUNER_NAMES), "Optuna pruner (one epoch = one step)", frozen=True)
-    storage: str | None = key(None, _optional(_storage_url), "Optuna storage URL", frozen=True, text=True)
-    tracking_uri: str | None = key(None, _optional(_tracking_uri), "MLflow tracking URI", frozen=True, text=True)
+    storage: str | None = key(None, _optional(_storage_url), "Optuna storage URL", frozen=True, text=True,
+                               store_url=True)
+    tracking_uri: str | None = key(None, _optional(_tracking_uri), "MLflow tracking URI", frozen=True, text=True,
+                                    store_url=True)
     ray_address: str | None = key(None, _optional(_ray_address), "Ray cluster to use (or RAY_ADDRESS)", text=True)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain YAML-able values, as saved in ``sweep.yaml`` and printed by ``--print-config``."""
+    def to_dict(self, urls: Callable[[str | None], str | None] = credentials.public) -> dict[str, Any]:
+        """Plain YAML-able values, as saved in ``sweep.yaml`` and compared on resume. Store URLs go
+        through ``urls``: by default without their password (``--print-config`` shows it masked);
+        the attributes themselves keep it, in memory only."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
             out[f.name] = value.to_dict() if isinstance(value, GroupChoice) else \
-                list(value) if isinstance(value, tuple) else value
+                list(value) if isinstance(value, tuple) else urls(value) if f.metadata["store_url"] else value
         return out
+
+    def __repr__(self) -> str:  # a config in a log or a traceback shows no password
+        return f"SweepConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict(credentials.redacted).items())})"
 
     def replace(self, **changes) -> "SweepConfig":
         return dataclasses.replace(self, **changes)
@@ -283,6 +293,7 @@ class SweepConfig:
 
 KEYS: dict[str, dataclasses.Field] = {f.name: f for f in fields(SweepConfig)}
 FROZEN_KEYS = tuple(name for name, f in KEYS.items() if f.metadata["frozen"])
+STORE_URL_KEYS = tuple(name for name, f in KEYS.items() if f.metadata["store_url"])
 TEXT_KEYS = tuple(name for name, f in KEYS.items() if f.metadata["text"])
 GROUPS = {"optimizer": ("momentum", OPTIMIZERS, "optimizers"), "schedule": ("constant", SCHEDULES, "schedules")}
 TRIAL_FIELDS = tuple(f for f in fields(SweepConfig) if f.metadata["trial"])
@@ -475,8 +486,11 @@ def accepted_keys(group_name: str, name: str) -> set[str]:
 
 def saved_values(saved: Mapping[str, Any]) -> dict[str, Any]:
     """A saved ``sweep.yaml`` as today's keys: sweeps saved before the typed config kept the
-    train-mode group name (``optimizer: {name: momentum}``), which a sweep never used."""
+    train-mode group name (``optimizer: {name: momentum}``), which a sweep never used, and store
+    URLs with their password, which today's leave out (it comes from the environment or the
+    command line)."""
     return {name: ({k: v for k, v in value.items() if k != "name"} if name in GROUPS and isinstance(value, dict)
+                   else credentials.public(value) if name in STORE_URL_KEYS and isinstance(value, str)
                    else value) for name, value in saved.items()}
 
 

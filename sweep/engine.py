@@ -19,8 +19,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sweep import preflight, report, tracking
-from sweep.config import FROZEN_KEYS, SweepConfig, saved_values
+from sweep import credentials, preflight, report, tracking
+from sweep.config import FROZEN_KEYS, STORE_URL_KEYS, SweepConfig, saved_values
 from sweep.datasets import DataSplits, DatasetUnavailable, load_dataset
 from sweep.errors import ConfigError, StoreUnavailable, first_line, store_calls
 from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
@@ -66,16 +66,18 @@ class SweepResult:
 
 def check_resumable(cfg: SweepConfig, saved: dict[str, Any] | None) -> SweepConfig:
     """An existing sweep's saved config must agree on every frozen key, and keep its optimizers.
-    Stores left unset take the saved ones."""
+    Store URLs are compared without their passwords (a changed password resumes; the saved URL has
+    none, so the password comes from the environment or from the URL given again); stores left
+    unset take the saved ones."""
     if saved is None:
         return cfg
     saved = saved_values(saved)
     values = cfg.to_dict()
     for key in FROZEN_KEYS:
-        if key in ("storage", "tracking_uri") and values[key] is None:
+        if key in STORE_URL_KEYS and values[key] is None:
             cfg = cfg.replace(**{key: saved.get(key)})
         elif values[key] != saved.get(key):
-            raise ConfigError(key, f"sweep {cfg.name!r} exists with {key}={saved.get(key)!r}; "
+            raise ConfigError(key, f"sweep {cfg.name!r} exists with {key}={saved.get(key)!r}, not {values[key]!r}; "
                                    f"resume with that value or pick a new name=")
     dropped = [opt for opt in saved["optimizers"] if opt not in cfg.optimizers]
     if dropped:
@@ -202,7 +204,8 @@ class Driver:
     def __init__(self, cfg: SweepConfig, stores: Stores, sweep_dir: SweepDir, data: DataSplits, sweep_id: str):
         self.cfg, self.stores, self.sweep_dir, self.data = cfg, stores, sweep_dir, data
         self.watch = TrackingWatch(stores.tracking_uri)
-        self.storage_name = f"the Optuna storage {preflight.redacted(stores.storage)}"
+        self.credentials = credentials.from_environment()  # for workers on nodes without them
+        self.storage_name = f"the Optuna storage {credentials.redacted(stores.storage)}"
         with self._tracking_calls():
             self.tracker = tracking.SweepTracker(stores.tracking_uri, cfg.name,
                                                  sweep_dir.artifacts if stores.local_tracking else None, sweep_id)
@@ -336,7 +339,7 @@ class Driver:
             trial.set_user_attr(MLFLOW_RUN, run_id)
             trial.set_user_attr(HYPERPARAMETERS, chosen_hyperparameters(tc))
         task = TrialTask(self.stores, study.name, trial.number, run_id, self.cfg.pruner, tc,
-                         threads=max(1, int(self.cfg.num_cpus)))
+                         threads=max(1, int(self.cfg.num_cpus)), credentials=self.credentials)
         return remote.remote(task, data_ref), trial.number, run_id
 
     def collect(self, ref, opt: str, number: int, run_id: str) -> TrialOutcome:

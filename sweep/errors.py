@@ -1,6 +1,8 @@
 """The errors the engine raises and the CLI turns into exit codes (kept free of heavy imports)."""
 from __future__ import annotations
 
+from sweep.credentials import redact
+
 
 class ConfigError(ValueError):
     """A bad configuration value or location; ``str()`` is the one line shown to the user (exit 2)."""
@@ -38,8 +40,9 @@ _PREAMBLES = ("(raised as a result of Query-invoked autoflush",)
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """``Type: first line of the message``: library errors can be pages long."""
-    lines = [line for line in str(exc).strip().splitlines()
+    """``Type: first line of the message``: library errors can be pages long. Passwords are masked
+    first (client errors quote URLs; a cut must not leave half of one)."""
+    lines = [line for line in redact(str(exc)).strip().splitlines()
              if line.strip() and not line.startswith(_PREAMBLES)]
     return f"{type(exc).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from sweep import tracking
+from sweep.credentials import redact
 from sweep.errors import store_calls
 from sweep.outcome import Status, TrialOutcome
 from sweep.studies import SweepStudy, outcome_of
@@ -24,6 +25,7 @@ def finish_trial(study: SweepStudy, tracking_uri: str, run_id: str, number: int,
     ``rewrite_run``: the run may already be closed with an outcome Optuna no longer holds (a
     worker closed it, then its ``tell`` was lost from a torn journal); it is reopened and closed
     again from Optuna's record, so both stores agree."""
+    reason = redact(reason, tracking_uri)  # an error's text may quote a store URL; both stores keep the reason
     with store_calls(OPTUNA):
         outcome = study.finish(number, status, reason, metrics, value)
     if rewrite_run:

@@ -13,9 +13,9 @@ import sys
 import tempfile
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
 
 from sweep.config import SweepConfig
+from sweep.credentials import public, redact, redacted
 from sweep.errors import ConfigError, first_line
 from sweep.sweepdir import Stores
 
@@ -64,18 +64,20 @@ def check_database(key: str, url: str, given: bool) -> None:
             pass
         engine.dispose()
     except Exception as exc:  # missing driver, unknown host, refused, bad password, no such database
-        raise ConfigError(key, f"cannot connect to {redacted(url)} ({first_line(exc, 200)})") from None
+        raise ConfigError(key, redact(f"cannot connect to {redacted(url)} ({first_line(exc, 200)})", url)) from None
 
 
 def check_tracking_server(key: str, url: str) -> None:
+    """``/health`` answers without credentials (MLflow's basic auth leaves it open)."""
+    health = f"{public(url).rstrip('/')}/health"
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=TIMEOUT_S) as response:
+        with urllib.request.urlopen(health, timeout=TIMEOUT_S) as response:
             if response.status == 200:
                 return
             problem = f"HTTP {response.status}"
     except Exception as exc:
         problem = first_line(exc, 200)
-    raise ConfigError(key, f"no MLflow tracking server answers at {url}/health ({problem})")
+    raise ConfigError(key, redact(f"no MLflow tracking server answers at {health} ({problem})", url))
 
 
 def check_ray_address(key: str, address: str | None) -> None:
@@ -139,13 +141,6 @@ def check_resources(cfg: SweepConfig) -> None:
         if need > largest:
             raise ConfigError(key, f"each trial asks for {need:g} {resource}, but the largest Ray node has "
                                    f"{largest:g}; lower {key}= or add nodes")
-
-
-def redacted(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
 
 
 def _journal_path(stores: Stores) -> Path | None:

@@ -77,13 +77,13 @@ def csv_table(rows: list[OptimizerRow]) -> str:
 
 
 def write(cfg, stores, sweep_dir, studies: dict, tracker, parents: dict[str, str]) -> list[OptimizerRow]:
-    from sweep.preflight import redacted
+    from sweep.credentials import public
 
     rows = [summarize(opt, study) for opt, study in studies.items()]
     md = markdown_table(rows)
     summary = {"name": cfg.name, "dataset": cfg.dataset, "model": cfg.model, "epochs": cfg.epochs,
-               "trials_per_optimizer": cfg.trials, "storage": redacted(stores.storage),
-               "tracking_uri": redacted(stores.tracking_uri), "optimizers": {r.optimizer: r.cells() for r in rows}}
+               "trials_per_optimizer": cfg.trials, "storage": public(stores.storage),
+               "tracking_uri": public(stores.tracking_uri), "optimizers": {r.optimizer: r.cells() for r in rows}}
     sweep_dir.write_results(summary, md, csv_table(rows))
     for row in rows:
         metrics = {"best_val_accuracy": row.best_val_accuracy, "test_accuracy": row.test_accuracy,

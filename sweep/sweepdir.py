@@ -26,6 +26,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from sweep.credentials import redact, redacted
+
 CONFIG, ID, STATE, LOCK = "sweep.yaml", "id", "state", "lock"
 JOURNAL, MLFLOW_DB, ARTIFACTS = "optuna.journal", "mlflow.db", "artifacts"
 SUMMARY, CSV, MARKDOWN, DRIVER_LOG = "summary.json", "comparison.csv", "comparison.md", "driver.log"
@@ -36,8 +38,11 @@ RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
 class Stores:
     """Where a sweep's trials are recorded; both always set once the sweep has a directory."""
 
-    storage: str        # Optuna storage URL
-    tracking_uri: str   # MLflow tracking URI
+    storage: str        # Optuna storage URL (with its password, if given: in memory only)
+    tracking_uri: str   # MLflow tracking URI (likewise)
+
+    def __repr__(self) -> str:  # shipped to workers and shown in tracebacks: no password
+        return f"Stores(storage={redacted(self.storage)!r}, tracking_uri={redacted(self.tracking_uri)!r})"
 
     @property
     def local_tracking(self) -> bool:
@@ -159,11 +164,12 @@ class SweepDir:
         path = self.path / SUMMARY
         return json.loads(path.read_text()) if path.exists() else None
 
-    def write_driver_log(self, exc: BaseException) -> Path:
-        """The full traceback of an unexpected driver error, appended (one sweep may have several)."""
+    def write_driver_log(self, exc: BaseException, *urls: str | None) -> Path:
+        """The full traceback of an unexpected driver error, appended (one sweep may have several),
+        with the secrets of ``urls`` and of the environment masked (exception texts quote URLs)."""
         path = self.path / DRIVER_LOG
         with path.open("a") as out:
-            out.write("".join(traceback.format_exception(exc)) + "\n")
+            out.write(redact("".join(traceback.format_exception(exc)), *urls) + "\n")
         return path
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +31,9 @@ EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_develop
 
 
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial tables..."
+# MLflow's client prints "View run ... at: <tracking URI>" on every run it ends against a server:
+# the URI with its user:password, twice per trial, into the terminal and the workers' logs.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 @functools.lru_cache(maxsize=4)

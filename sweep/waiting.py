@@ -13,6 +13,8 @@ import time
 import urllib.request
 from typing import Iterator
 
+from sweep.credentials import public, redacted
+
 SLOW_S = 5.0
 
 
@@ -52,7 +54,8 @@ class TrackingWatch:
 
     @property
     def what(self) -> str:
-        return f"the MLflow tracking server at {self.uri}" if self.http else f"the MLflow store {self.uri}"
+        shown = redacted(self.uri)
+        return f"the MLflow tracking server at {shown}" if self.http else f"the MLflow store {shown}"
 
     def call(self):
         return announce_if_slow(self.what)
@@ -61,7 +64,7 @@ class TrackingWatch:
         if not self.http:
             return
         try:
-            with urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{public(self.uri).rstrip('/')}/health", timeout=2) as response:
                 healthy = response.status == 200
         except Exception:
             healthy = False

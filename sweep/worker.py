@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sweep import tracking
+from sweep import credentials, tracking
 from sweep.config import TrialConfig
-from sweep.errors import store_calls
+from sweep.errors import StoreUnavailable, store_calls
 from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
 from sweep.outcome import TrialOutcome
 from sweep.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, SweepStudy
@@ -31,6 +31,10 @@ from sweep.trial import EpochMetrics, PruneTrial, run_trial
 
 @dataclass(frozen=True)
 class TrialTask:
+    """One trial to run. ``stores`` holds the full URLs (passwords included; its repr masks them)
+    and ``credentials`` the driver's environment credentials (``credentials.from_environment``):
+    both travel in memory inside the task, never through Ray's runtime_env, which the GCS keeps."""
+
     stores: Stores
     study_name: str
     number: int
@@ -38,6 +42,7 @@ class TrialTask:
     pruner: str
     config: TrialConfig
     threads: int = 1
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 def this_node() -> dict[str, str]:
@@ -49,6 +54,17 @@ def this_node() -> dict[str, str]:
 
 
 def execute(task: TrialTask, data) -> TrialOutcome:
+    """Run the trial with the driver's credentials in this process's environment for its duration
+    (a worker on another node has none of its own). A store error leaves without its cause: the
+    cause's text may hold a URL, and Ray keeps a failed task's traceback in its GCS."""
+    with credentials.environment(task.credentials):
+        try:
+            return _execute(task, data)
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(exc.store, exc.detail) from None
+
+
+def _execute(task: TrialTask, data) -> TrialOutcome:
     import torch
 
     torch.set_num_threads(max(1, task.threads))
