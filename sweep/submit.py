@@ -20,8 +20,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
+from sweep import credentials
 from sweep.config import SWEEP, SweepConfig, find_config, load_config, parse_overrides, read_yaml
 from sweep.errors import ConfigError, first_line
 from sweep.preflight import file_of
@@ -85,7 +85,7 @@ def _given_files(config: str | None, overrides: list[str]) -> dict[str, str]:
 def check_submittable(cfg: SweepConfig, given_files: dict[str, str]) -> None:
     for key in ("storage", "tracking_uri"):
         url = getattr(cfg, key)
-        if url and urlparse(url).password:
+        if url and credentials.split(url)[1]:
             raise ConfigError(key, "has a password, and a password in the job's entrypoint would be stored by Ray "
                                    "with the job; put PGPASSWORD / MLFLOW_TRACKING_PASSWORD in the cluster nodes' "
                                    "environment instead")
