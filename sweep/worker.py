@@ -5,7 +5,8 @@ with every other trial's history) and logs the epoch to the trial's MLflow run i
 At the end it finishes the trial through ``finish.finish_trial``: Optuna first, then the run.
 
 Ray re-runs the task when its worker process dies (``max_retries``). The re-run is the same
-Optuna trial and the same MLflow run: it counts the attempt, trains again from the start, and
+Optuna trial and the same MLflow run: it counts the attempt, resumes from the run's last
+checkpoint (or trains again from the start without one; ``resumed_from_epoch`` records which), and
 logs only the epochs the dead attempt had not logged, so every step keeps exactly one value.
 A trial that is already finished (the dead attempt told the study, or a new driver failed it as
 interrupted) is left as it is.
@@ -19,12 +20,12 @@ import os
 import socket
 from dataclasses import dataclass
 
-from sweep import tracking
+from sweep import checkpoints, tracking
 from sweep.config import TrialConfig
 from sweep.errors import store_calls
 from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
 from sweep.outcome import TrialOutcome
-from sweep.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, SweepStudy
+from sweep.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, RESUMED_FROM, SweepStudy
 from sweep.sweepdir import Stores
 from sweep.trial import EpochMetrics, PruneTrial, run_trial
 
@@ -84,6 +85,13 @@ def execute(task: TrialTask, data) -> TrialOutcome:
         if prune:
             raise PruneTrial(f"pruned after epoch {m.epoch} (val accuracy {m.val_accuracy:.4f})")
 
-    result = run_trial(task.config, data, report)
+    resume = checkpoints.load_latest(uri, task.run_id) if attempt > 1 else None
+    if resume is not None:
+        with store_calls(OPTUNA):
+            trial.set_user_attr(RESUMED_FROM, resume.epoch)
+        with store_calls(MLFLOW):
+            tracking.tag_run(uri, task.run_id, {f"sweep.{RESUMED_FROM}": resume.epoch})
+    save = checkpoints.saver(uri, task.run_id) if task.config.checkpoint_every else None
+    result = run_trial(task.config, data, report, resume, save)
     return finish_trial(study, uri, task.run_id, task.number, result.status, result.reason, result.metrics,
                         result.value)
