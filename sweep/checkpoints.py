@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
+from sweep.errors import first_line
+
 if TYPE_CHECKING:
     from sweep.trial import EpochMetrics
 
@@ -131,7 +133,7 @@ def save(uri: str, run_id: str, checkpoint: Checkpoint) -> bool:
             if epoch < checkpoint.epoch:
                 repository.delete_artifacts(f"{FOLDER}/{_name(epoch)}")
     except Exception as exc:  # noqa: BLE001 - a checkpoint is never worth a failed trial
-        _say(f"could not store epoch {checkpoint.epoch} of run {run_id} ({type(exc).__name__}: {exc}); "
+        _say(f"could not store epoch {checkpoint.epoch} of run {run_id} ({first_line(exc)}); "
              "training goes on")
         return False
     return True
@@ -151,7 +153,7 @@ def load_latest(uri: str, run_id: str) -> Checkpoint | None:
     try:
         epochs = stored_epochs(uri, run_id)
     except Exception as exc:  # noqa: BLE001
-        _say(f"cannot list the checkpoints of run {run_id} ({type(exc).__name__}: {exc}); training from the start")
+        _say(f"cannot list the checkpoints of run {run_id} ({first_line(exc)}); training from the start")
         return None
     unreadable = []
     for epoch in reversed(epochs):
@@ -160,7 +162,7 @@ def load_latest(uri: str, run_id: str) -> Checkpoint | None:
                 local = _repository(uri, run_id).download_artifacts(f"{FOLDER}/{_name(epoch)}", folder)
                 checkpoint = read(Path(local))
         except Exception as exc:  # noqa: BLE001
-            unreadable.append(f"epoch {epoch} ({type(exc).__name__}: {str(exc)[:200]})")
+            unreadable.append(f"epoch {epoch} ({first_line(exc, 200)})")
             continue
         if unreadable:
             _say(f"run {run_id}: cannot read checkpoint {', '.join(unreadable)}; resuming from epoch {epoch}")
@@ -174,8 +176,8 @@ def delete(uri: str, run_id: str) -> bool:
     """Remove all of a run's checkpoints (none is fine). A failure is said; returns whether done."""
     try:
         _repository(uri, run_id).delete_artifacts(FOLDER)
-    except Exception as exc:  # noqa: BLE001 - tidying up never stops a sweep; the next pass tries again
-        _say(f"could not delete the checkpoints of run {run_id} ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # noqa: BLE001 - tidying up never stops a sweep; the next driver tries again
+        _say(f"could not delete the checkpoints of run {run_id} ({first_line(exc)})")
         return False
     return True
 
@@ -183,17 +185,19 @@ def delete(uri: str, run_id: str) -> bool:
 class Retention:
     """Which finished trials keep a checkpoint: every one with ``keep_all``; otherwise only the
     optimizer's best trial (its last checkpoint), so when the best changes the previous best's
-    goes. ``tidy`` can run any number of times: a run it deleted once is not asked again, and on
-    a fresh driver (a resumed sweep) its first pass covers every trial finished before."""
+    goes. ``tidy`` can run any number of times: each run is asked once per driver (a failed
+    delete is said, and left to the next driver rather than retried while a store is down), and
+    a fresh driver's first pass (a resumed sweep) covers every trial finished before."""
 
     def __init__(self, uri: str, keep_all: bool):
         self.uri, self.keep_all = uri, keep_all
-        self.deleted: set[str] = set()
+        self.tidied: set[str] = set()
 
     def tidy(self, finished: Mapping[int, str], best: int | None) -> None:
         """``finished``: trial number -> run id of one optimizer's finished trials."""
         if self.keep_all:
             return
         for number, run_id in finished.items():
-            if number != best and run_id not in self.deleted and delete(self.uri, run_id):
-                self.deleted.add(run_id)
+            if number != best and run_id not in self.tidied:
+                self.tidied.add(run_id)
+                delete(self.uri, run_id)

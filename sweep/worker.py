@@ -85,13 +85,14 @@ def execute(task: TrialTask, data) -> TrialOutcome:
         if prune:
             raise PruneTrial(f"pruned after epoch {m.epoch} (val accuracy {m.val_accuracy:.4f})")
 
-    resume = checkpoints.load_latest(uri, task.run_id) if attempt > 1 else None
-    if resume is not None:
+    resume = None
+    if attempt > 1:
+        resume = checkpoints.load_latest(uri, task.run_id)
+        resumed_from = resume.epoch if resume is not None else 0  # 0: none stored, trains from the start
         with store_calls(OPTUNA):
-            trial.set_user_attr(RESUMED_FROM, resume.epoch)
+            trial.set_user_attr(RESUMED_FROM, resumed_from)
         with store_calls(MLFLOW):
-            tracking.tag_run(uri, task.run_id, {f"sweep.{RESUMED_FROM}": resume.epoch})
-    save = checkpoints.saver(uri, task.run_id) if task.config.checkpoint_every else None
-    result = run_trial(task.config, data, report, resume, save)
+            tracking.tag_run(uri, task.run_id, {f"sweep.{RESUMED_FROM}": resumed_from})
+    result = run_trial(task.config, data, report, resume, checkpoints.saver(uri, task.run_id))
     return finish_trial(study, uri, task.run_id, task.number, result.status, result.reason, result.metrics,
                         result.value)
