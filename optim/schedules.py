@@ -174,6 +174,24 @@ class ScheduleDriver:
         elif self.spec.granularity == "batch" and self.horizon.epochs:
             self.main.step()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the schedule stands, torch schedulers' own state included: a checkpoint resumes from it."""
+        return {"warmup_done": self.warmup_done, "built_this_epoch": self._built_this_epoch,
+                "warmup": self.warmup.state_dict() if self.warmup_steps else None,
+                "main": self.main.state_dict() if self.main is not None else None}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()`` on a freshly built driver. Load the optimizer's state after
+        this: building a torch scheduler moves the optimizer's LR, the optimizer's state puts it back."""
+        self.warmup_done = state["warmup_done"]
+        if state["warmup"] is not None:
+            self.warmup.load_state_dict(state["warmup"])
+        if state["main"] is not None:
+            if self.main is None:  # the warm-up ended before the checkpoint
+                self._build_main()
+            self.main.load_state_dict(state["main"])
+        self._built_this_epoch = state["built_this_epoch"]
+
     def after_epoch(self, val_loss: float) -> None:
         if self.main is None or self._built_this_epoch:
             self._built_this_epoch = False

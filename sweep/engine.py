@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sweep import credentials, preflight, report, tracking
+from sweep import checkpoints, credentials, preflight, report, tracking
 from sweep.config import FROZEN_KEYS, STORE_URL_KEYS, SweepConfig, saved_values
 from sweep.datasets import DataSplits, DatasetUnavailable, load_dataset
 from sweep.errors import ConfigError, StoreUnavailable, first_line, store_calls
@@ -27,7 +27,7 @@ from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
 from sweep.outcome import Status, Tally, TrialOutcome
 from sweep.progress import Progress
 from sweep.search import chosen_hyperparameters, run_params, sample_trial
-from sweep.studies import HYPERPARAMETERS, MLFLOW_RUN, RETRY_OF, SweepStudy
+from sweep.studies import HYPERPARAMETERS, MLFLOW_RUN, RETRY_OF, SweepStudy, outcome_of
 from sweep.sweepdir import FINISHED, INTERRUPTED, RUNNING, Stores, SweepDir
 from sweep.waiting import TrackingWatch, announce_if_slow
 from sweep.worker import TrialTask, execute
@@ -211,6 +211,7 @@ class Driver:
                                                  sweep_dir.artifacts if stores.local_tracking else None, sweep_id)
         fixed = {k: getattr(cfg, k) for k in ("dataset", "model", "epochs", "batch_size", "sampler", "pruner",
                                               "trials", "seed")}
+        self.retention = checkpoints.Retention(stores.tracking_uri, keep_all=cfg.keep_checkpoints)
         self.studies: dict[str, SweepStudy] = {}
         self.parents: dict[str, str] = {}
         for opt in cfg.optimizers:
@@ -313,11 +314,14 @@ class Driver:
                     for ref in ready:
                         opt, number, run_id = in_flight.pop(ref)
                         progress.finished(opt, self.collect(ref, opt, number, run_id))
+                        self.tidy_checkpoints(opt)
         except BaseException:
             for ref in in_flight:  # their trials stay RUNNING: the next start queues them again
                 ray.cancel(ref, force=True)
             raise
         self.close_finished_runs()
+        for opt in cfg.optimizers:  # trials finished under an earlier driver, when none ran now
+            self.tidy_checkpoints(opt)
         from mlflow.exceptions import MlflowException
 
         with self.watch.call():
@@ -325,6 +329,17 @@ class Driver:
                 return report.write(cfg, self.stores, self.sweep_dir, self.studies, self.tracker, self.parents)
             except MlflowException as exc:  # the parent runs' summaries: the store, not a bug (files: see start)
                 raise StoreUnavailable(MLFLOW, first_line(exc)) from exc
+
+    def tidy_checkpoints(self, opt: str) -> None:
+        """Delete the checkpoints of the optimizer's finished trials but its best's (all kept with
+        ``keep_checkpoints``). Here, after each trial is collected, the disk holds one checkpoint
+        per running trial and per optimizer, not one per trial until the sweep ends; the pass at
+        the end catches what a dead driver left. Optuna says which trials are finished and best."""
+        with _storage_calls():
+            trials = self.studies[opt].trials()
+        finished = [(t, o) for t in trials if (o := outcome_of(t)) is not None and MLFLOW_RUN in t.user_attrs]
+        best = Tally.of(0, (o for _, o in finished)).best_number
+        self.retention.tidy({t.number: t.user_attrs[MLFLOW_RUN] for t, _ in finished}, best)
 
     def submit(self, opt: str, remote, data_ref):
         study = self.studies[opt]

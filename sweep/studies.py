@@ -24,6 +24,7 @@ from sweep.registries import PRUNERS, SAMPLERS
 DIRECTION = "maximize"  # validation accuracy
 RETRY_OF, MLFLOW_RUN, ATTEMPT, HYPERPARAMETERS = "retry_of", "mlflow_run_id", "attempt", "hyperparameters"
 NODE_ID, NODE_ADDRESS = "node_id", "node_address"  # the Ray node of the latest attempt
+RESUMED_FROM = "resumed_from_epoch"  # the checkpoint's epoch a retried attempt went on from
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 __all__ = ["SweepStudy", "open_storage", "study_name", "foreign_studies", "make_sampler", "make_pruner",

@@ -7,6 +7,9 @@ that passes through is ``StoreUnavailable`` from the reporter: a store that went
 trial's fault, and must not use up its optimizer's budget.
 
 Epochs are numbered from 1 everywhere (reports, MLflow steps, Optuna steps, messages).
+
+Every ``checkpoint_every`` epochs, once the epoch is reported (a pruned or diverged epoch is not
+kept), ``save`` gets a ``Checkpoint``; a trial given one as ``resume`` goes on from it exactly.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 
 from models import build_model
 from optim import ScheduleDriver, build_optimizer
+from sweep.checkpoints import Checkpoint
 from sweep.config import TrialConfig
 from sweep.datasets import DataSplits, load_dataset
 from sweep.errors import StoreUnavailable
@@ -64,6 +68,7 @@ class TrialResult:
 
 
 Reporter = Callable[[EpochMetrics], None]
+Saver = Callable[[Checkpoint], None]
 
 
 class _Diverged(Exception):
@@ -105,8 +110,10 @@ def evaluate(model, x, y, autocast, batch_size: int = 1024) -> tuple[float, floa
     return loss_sum / len(x), correct / len(x)
 
 
-def run_trial(cfg: TrialConfig, data: DataSplits | None = None, reporter: Reporter | None = None) -> TrialResult:
-    """Train ``cfg`` and return its outcome; ``data`` may be preloaded (the sweep shares it)."""
+def run_trial(cfg: TrialConfig, data: DataSplits | None = None, reporter: Reporter | None = None,
+              resume: Checkpoint | None = None, save: Saver | None = None) -> TrialResult:
+    """Train ``cfg`` and return its outcome; ``data`` may be preloaded (the sweep shares it).
+    ``resume``: go on after the checkpoint's epoch (its epochs are not reported again)."""
     history: list[EpochMetrics] = []
     started = time.perf_counter()
 
@@ -114,7 +121,7 @@ def run_trial(cfg: TrialConfig, data: DataSplits | None = None, reporter: Report
         return time.perf_counter() - started
 
     try:
-        return _train(cfg, data, reporter, history)
+        return _train(cfg, data, reporter, history, resume, save)
     except PruneTrial as exc:
         return TrialResult(Status.PRUNED, str(exc) or "pruned", len(history), _final(history, seconds()), history)
     except _Diverged as exc:  # measured where it stopped: even a first-epoch divergence has metrics
@@ -141,7 +148,7 @@ def _final(history: list[EpochMetrics], seconds: float, **last: float) -> dict[s
 
 
 def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
-           history: list[EpochMetrics]) -> TrialResult:
+           history: list[EpochMetrics], resume: Checkpoint | None, save: Saver | None) -> TrialResult:
     trial_started = time.perf_counter()
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -163,9 +170,13 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
         val_loss, val_acc = evaluate(model, t["val_x"], t["val_y"], autocast)
         return _Diverged(message, val_loss, val_acc)
 
-    first_loss = None
+    first_loss, done = None, 0
+    if resume is not None:
+        resume.restore(model, optimizer, schedule, generator)
+        first_loss, done = resume.first_loss, resume.epoch
+        history.extend(resume.history)
     model.train()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(done + 1, cfg.epochs + 1):
         lr = schedule.lr
         started = time.perf_counter()
         order = torch.randperm(n_train, device=device, generator=generator)
@@ -207,6 +218,8 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
         if reporter is not None:
             reporter(metrics)
         schedule.after_epoch(val_loss)
+        if save is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
+            save(Checkpoint.capture(epoch, model, optimizer, schedule, generator, first_loss, history))
     test_loss, test_acc = evaluate(model, t["test_x"], t["test_y"], autocast)
     return TrialResult(Status.OK, "", len(history), {**_final(history, time.perf_counter() - trial_started),
                                                      "test_loss": test_loss, "test_accuracy": test_acc}, history)

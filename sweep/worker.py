@@ -5,7 +5,8 @@ with every other trial's history) and logs the epoch to the trial's MLflow run i
 At the end it finishes the trial through ``finish.finish_trial``: Optuna first, then the run.
 
 Ray re-runs the task when its worker process dies (``max_retries``). The re-run is the same
-Optuna trial and the same MLflow run: it counts the attempt, trains again from the start, and
+Optuna trial and the same MLflow run: it counts the attempt, resumes from the run's last
+checkpoint (or trains again from the start without one; ``resumed_from_epoch`` records which), and
 logs only the epochs the dead attempt had not logged, so every step keeps exactly one value.
 A trial that is already finished (the dead attempt told the study, or a new driver failed it as
 interrupted) is left as it is.
@@ -19,12 +20,12 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from sweep import credentials, tracking
+from sweep import checkpoints, credentials, tracking
 from sweep.config import TrialConfig
 from sweep.errors import StoreUnavailable, store_calls
 from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
 from sweep.outcome import TrialOutcome
-from sweep.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, SweepStudy
+from sweep.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, RESUMED_FROM, SweepStudy
 from sweep.sweepdir import Stores
 from sweep.trial import EpochMetrics, PruneTrial, run_trial
 
@@ -100,6 +101,14 @@ def _execute(task: TrialTask, data) -> TrialOutcome:
         if prune:
             raise PruneTrial(f"pruned after epoch {m.epoch} (val accuracy {m.val_accuracy:.4f})")
 
-    result = run_trial(task.config, data, report)
+    resume = None
+    if attempt > 1:
+        resume = checkpoints.load_latest(uri, task.run_id)
+        resumed_from = resume.epoch if resume is not None else 0  # 0: none stored, trains from the start
+        with store_calls(OPTUNA):
+            trial.set_user_attr(RESUMED_FROM, resumed_from)
+        with store_calls(MLFLOW):
+            tracking.tag_run(uri, task.run_id, {f"sweep.{RESUMED_FROM}": resumed_from})
+    result = run_trial(task.config, data, report, resume, checkpoints.saver(uri, task.run_id))
     return finish_trial(study, uri, task.run_id, task.number, result.status, result.reason, result.metrics,
                         result.value)

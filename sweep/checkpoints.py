@@ -1,0 +1,203 @@
+"""Per-epoch checkpoints of a trial, kept with its MLflow run, so a retried trial resumes exactly.
+
+A ``Checkpoint`` holds everything the next epoch depends on: the model's and optimizer's state,
+the LR schedule's, the generator that orders batches and draws augmentations, the global torch
+RNG, the first batch loss (the divergence check's yardstick) and the epochs run so far (the final
+metrics are computed from them). On the CPU a trial resumed from it ends bit-identical to one
+that never stopped.
+
+Checkpoints live in the run's artifacts (``checkpoints/epoch-0003.pt``), through MLflow's
+artifact repository of the run: the sweep directory's ``artifacts/`` locally, the tracking
+server's proxy (``mlflow-artifacts:/``) on a cluster, so every node reaches them without a shared
+filesystem. A run keeps only its latest one. Storing is best effort: an upload or a delete that
+fails is said on stderr and the trial goes on (the next checkpoint tries again); a checkpoint
+that cannot be read means resuming from an older one, or from the start.
+
+MLflow and the store are imported when first used, so ``sweep train`` does not pay for them.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import torch
+
+from sweep.errors import first_line
+
+if TYPE_CHECKING:
+    from sweep.trial import EpochMetrics
+
+FOLDER = "checkpoints"
+FORMAT = 1  # bumped when the file's layout changes; another layout is not read
+_NAME = re.compile(r"^epoch-(\d+)\.pt$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A trial's state at the end of epoch ``epoch`` (its schedule already stepped). Its tensors
+    are the live ones: store it before training goes on."""
+
+    epoch: int
+    model: dict[str, Any]                # model.state_dict()
+    optimizer: dict[str, Any]            # optimizer.state_dict()
+    schedule: dict[str, Any]             # ScheduleDriver.state_dict()
+    generator: torch.Tensor              # batch order and augmentation draws
+    rng: torch.Tensor                    # the global CPU RNG (dropout, init of anything built later)
+    device_rng: torch.Tensor | None      # the CUDA RNG, when training there
+    first_loss: float | None             # the divergence check compares against it
+    history: tuple[EpochMetrics, ...]    # the epochs so far: final metrics come out as without a stop
+
+    @classmethod
+    def capture(cls, epoch: int, model, optimizer, schedule, generator: torch.Generator,
+                first_loss: float | None, history) -> "Checkpoint":
+        device = generator.device
+        return cls(epoch, model.state_dict(), optimizer.state_dict(), schedule.state_dict(), generator.get_state(),
+                   torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                   first_loss, tuple(history))
+
+    def restore(self, model, optimizer, schedule, generator: torch.Generator) -> None:
+        """Put freshly built training objects where this checkpoint left them."""
+        model.load_state_dict(self.model)
+        schedule.load_state_dict(self.schedule)
+        optimizer.load_state_dict(self.optimizer)  # after the schedule: building a scheduler moves the LR
+        generator.set_state(self.generator)
+        torch.set_rng_state(self.rng)
+        if self.device_rng is not None and generator.device.type == "cuda":
+            torch.cuda.set_rng_state(self.device_rng, generator.device)
+
+
+# ---- the file ----
+
+def write(checkpoint: Checkpoint, path: Path) -> None:
+    """Write atomically: a reader never sees half a file at ``path``."""
+    part = path.with_name(path.name + ".part")
+    fields = {**checkpoint.__dict__, "history": [asdict(m) for m in checkpoint.history]}
+    torch.save({"format": FORMAT, **fields}, part)
+    os.replace(part, path)
+
+
+def read(path: Path) -> Checkpoint:
+    """Raises on a file that is not a whole checkpoint of this format. Tensors and plain data only
+    (``weights_only``): a file in a shared store is data, never code."""
+    from sweep.trial import EpochMetrics
+
+    fields = torch.load(path, map_location="cpu", weights_only=True)
+    if fields.pop("format", None) != FORMAT:
+        raise ValueError(f"not a checkpoint of format {FORMAT}")
+    fields["history"] = tuple(EpochMetrics(**m) for m in fields["history"])
+    return Checkpoint(**fields)
+
+
+def _name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.pt"
+
+
+# ---- the run's artifacts ----
+
+@functools.lru_cache(maxsize=256)
+def _repository(uri: str, run_id: str):
+    """The run's artifact repository (local folder, or the tracking server's proxy)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from sweep import tracking
+
+    return get_artifact_repository(tracking.client(uri).get_run(run_id).info.artifact_uri, tracking_uri=uri)
+
+
+def stored_epochs(uri: str, run_id: str) -> list[int]:
+    """The epochs the run has checkpoints of, oldest first."""
+    names = (Path(f.path).name for f in _repository(uri, run_id).list_artifacts(FOLDER) if not f.is_dir)
+    return sorted(int(m.group(1)) for m in map(_NAME.match, names) if m)
+
+
+def _say(text: str) -> None:
+    print(f"checkpoints: {text}", file=sys.stderr, flush=True)
+
+
+def save(uri: str, run_id: str, checkpoint: Checkpoint) -> bool:
+    """Store the checkpoint, then drop the run's older ones. A failure is said, not raised: the
+    trial goes on, and the next checkpoint tries again. Returns whether it was stored."""
+    try:
+        repository = _repository(uri, run_id)
+        with tempfile.TemporaryDirectory(prefix="sweep-checkpoint-") as folder:
+            path = Path(folder) / _name(checkpoint.epoch)
+            write(checkpoint, path)
+            repository.log_artifact(str(path), FOLDER)
+        for epoch in stored_epochs(uri, run_id):
+            if epoch < checkpoint.epoch:
+                repository.delete_artifacts(f"{FOLDER}/{_name(epoch)}")
+    except Exception as exc:  # noqa: BLE001 - a checkpoint is never worth a failed trial
+        _say(f"could not store epoch {checkpoint.epoch} of run {run_id} ({first_line(exc)}); "
+             "training goes on")
+        return False
+    return True
+
+
+def saver(uri: str, run_id: str) -> Callable[[Checkpoint], None]:
+    """``run_trial``'s ``save`` callback for a run."""
+    def store(checkpoint: Checkpoint) -> None:
+        save(uri, run_id, checkpoint)
+
+    return store
+
+
+def load_latest(uri: str, run_id: str) -> Checkpoint | None:
+    """The run's latest readable checkpoint; None when it has none (then the trial starts over).
+    An unreadable one (a torn upload) is said once, and an older one is tried."""
+    try:
+        epochs = stored_epochs(uri, run_id)
+    except Exception as exc:  # noqa: BLE001
+        _say(f"cannot list the checkpoints of run {run_id} ({first_line(exc)}); training from the start")
+        return None
+    unreadable = []
+    for epoch in reversed(epochs):
+        try:
+            with tempfile.TemporaryDirectory(prefix="sweep-checkpoint-") as folder:
+                local = _repository(uri, run_id).download_artifacts(f"{FOLDER}/{_name(epoch)}", folder)
+                checkpoint = read(Path(local))
+        except Exception as exc:  # noqa: BLE001
+            unreadable.append(f"epoch {epoch} ({first_line(exc, 200)})")
+            continue
+        if unreadable:
+            _say(f"run {run_id}: cannot read checkpoint {', '.join(unreadable)}; resuming from epoch {epoch}")
+        return checkpoint
+    if unreadable:
+        _say(f"run {run_id}: cannot read checkpoint {', '.join(unreadable)}; training from the start")
+    return None
+
+
+def delete(uri: str, run_id: str) -> bool:
+    """Remove all of a run's checkpoints (none is fine). A failure is said; returns whether done."""
+    try:
+        _repository(uri, run_id).delete_artifacts(FOLDER)
+    except Exception as exc:  # noqa: BLE001 - tidying up never stops a sweep; the next driver tries again
+        _say(f"could not delete the checkpoints of run {run_id} ({first_line(exc)})")
+        return False
+    return True
+
+
+class Retention:
+    """Which finished trials keep a checkpoint: every one with ``keep_all``; otherwise only the
+    optimizer's best trial (its last checkpoint), so when the best changes the previous best's
+    goes. ``tidy`` can run any number of times: each run is asked once per driver (a failed
+    delete is said, and left to the next driver rather than retried while a store is down), and
+    a fresh driver's first pass (a resumed sweep) covers every trial finished before."""
+
+    def __init__(self, uri: str, keep_all: bool):
+        self.uri, self.keep_all = uri, keep_all
+        self.tidied: set[str] = set()
+
+    def tidy(self, finished: Mapping[int, str], best: int | None) -> None:
+        """``finished``: trial number -> run id of one optimizer's finished trials."""
+        if self.keep_all:
+            return
+        for number, run_id in finished.items():
+            if number != best and run_id not in self.tidied:
+                self.tidied.add(run_id)
+                delete(self.uri, run_id)
