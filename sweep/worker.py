@@ -1,7 +1,9 @@
 """What runs on a Ray worker: one Optuna trial, reported per epoch to Optuna and MLflow.
 
 The worker reports each epoch's validation accuracy to the trial (so the study's pruner decides
-with every other trial's history) and logs the epoch to the trial's MLflow run in one batch.
+with every other trial's history) and queues the epoch for the trial's MLflow run in one batch
+(``mlflow_sender``: sent in the background, so a tracking server that is away for a while never
+stalls training; past ``tracking_retry_s`` the trial fails with the epochs it could not log).
 At the end it finishes the trial through ``finish.finish_trial``: Optuna first, then the run.
 
 Ray re-runs the task when its worker process dies (``max_retries``). The re-run is the same
@@ -10,8 +12,8 @@ logs only the epochs the dead attempt had not logged, so every step keeps exactl
 A trial that is already finished (the dead attempt told the study, or a new driver failed it as
 interrupted) is left as it is.
 
-A store that fails (after its client's retries) raises ``StoreUnavailable`` out of the task: the
-driver stops the sweep, and the trial runs again on resume instead of counting as failed.
+An Optuna storage that fails (after its client's retries) raises ``StoreUnavailable`` out of the
+task: the driver stops the sweep, and the trial runs again on resume instead of counting as failed.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from sweep import tracking
 from sweep.config import TrialConfig
 from sweep.errors import store_calls
 from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
-from sweep.outcome import TrialOutcome
+from sweep.mlflow_sender import GaveUp, TrackingSender, use_short_requests
+from sweep.outcome import Status, TrialOutcome
 from sweep.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, SweepStudy
 from sweep.sweepdir import Stores
 from sweep.trial import EpochMetrics, PruneTrial, run_trial
@@ -49,6 +52,12 @@ def this_node() -> dict[str, str]:
 
 
 def execute(task: TrialTask, data) -> TrialOutcome:
+    use_short_requests()
+    with TrackingSender(task.stores.tracking_uri, task.run_id, task.config.tracking_retry_s) as sender:
+        return _execute(task, data, sender)
+
+
+def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
     import torch
 
     torch.set_num_threads(max(1, task.threads))
@@ -57,7 +66,7 @@ def execute(task: TrialTask, data) -> TrialOutcome:
         study = SweepStudy.load(task.stores.storage, task.study_name, task.pruner, task.config.epochs)
         earlier = study.record(task.number)
     if earlier.state.is_finished():  # told by an attempt whose worker died right after
-        return close_from_record(study, uri, task.run_id, task.number)
+        return close_from_record(study, uri, task.run_id, task.number, close_run=sender.close_run)
     with store_calls(OPTUNA):
         trial = study.live_trial(task.number)
         attempt = int(earlier.user_attrs.get(ATTEMPT, 0)) + 1
@@ -66,17 +75,17 @@ def execute(task: TrialTask, data) -> TrialOutcome:
         node = this_node()
         for name, value in node.items():
             trial.set_user_attr(name, value)
-    with store_calls(MLFLOW):
-        tracking.tag_run(uri, task.run_id, {f"sweep.{name}": value for name, value in node.items()})
+    sender.tag({f"sweep.{name}": value for name, value in node.items()})
     # epochs an attempt whose worker died already recorded, in each store (it may have died between)
     reported = set(earlier.intermediate_values)
     with store_calls(MLFLOW):
-        logged = tracking.logged_steps(uri, task.run_id) if attempt > 1 else set()
+        logged = sender.call(lambda: tracking.logged_steps(uri, task.run_id)) if attempt > 1 else set()
 
     def report(m: EpochMetrics) -> None:
         if m.epoch not in logged:
-            with store_calls(MLFLOW):
-                tracking.log_epoch(uri, task.run_id, m.logged(), step=m.epoch)
+            sender.log_epoch(m.epoch, m.logged())
+        if sender.failure:  # the run already misses epochs: training on would only widen the gap
+            raise GaveUp(sender.failure)
         with store_calls(OPTUNA):
             if m.epoch not in reported:
                 trial.report(m.val_accuracy, m.epoch)
@@ -85,5 +94,7 @@ def execute(task: TrialTask, data) -> TrialOutcome:
             raise PruneTrial(f"pruned after epoch {m.epoch} (val accuracy {m.val_accuracy:.4f})")
 
     result = run_trial(task.config, data, report)
-    return finish_trial(study, uri, task.run_id, task.number, result.status, result.reason, result.metrics,
-                        result.value)
+    sender.flush()  # every epoch logged, or the budget spent: never a silent gap
+    status, reason = (Status.FAILED, sender.failure) if sender.failure else (result.status, result.reason)
+    return finish_trial(study, uri, task.run_id, task.number, status, reason, result.metrics,
+                        result.value, close_run=sender.close_run)

@@ -1,0 +1,207 @@
+"""A trial's MLflow writes, sent in order by one background thread: training never waits for MLflow.
+
+A tracking server that goes away (restarted, redeployed, a network blip) must neither stall
+training nor stop the sweep, and nothing logged meanwhile may be lost or stored twice. So each
+write (an epoch's metric batch, tags, closing the run) is queued and sent by one thread, oldest
+first; a failed write is retried with backoff, for at most ``tracking_retry_s`` counted from the
+first failure of the oldest pending write. Past that the sender gives up for good and says which
+epochs were not logged: the trial then ends FAILED with that reason (never a silent gap), and its
+run, left RUNNING, is closed from Optuna's record by the driver once MLflow answers again.
+
+Every write must be safe to send twice (the server may have stored it before its answer was
+lost): an epoch's ``Metric`` objects are built once with a fixed timestamp, and MLflow's SQL store
+skips metrics it already holds with the same key, value, timestamp and step
+(``SqlAlchemyStore._log_metrics_once``: on the primary key's IntegrityError it keeps only the rows
+not yet stored); tags are upserts; closing a closed run does nothing.
+
+The worker's own HTTP requests are kept short (``use_short_requests``): MLflow's client would
+otherwise retry each one for ~4 minutes inside the library, past any budget of ours.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, TypeVar
+from urllib.parse import urlparse
+
+from sweep import tracking
+from sweep.errors import first_line
+from sweep.outcome import TrialOutcome
+
+REQUEST_TIMEOUT_S = 15  # one HTTP request; a log_batch takes milliseconds when the server answers
+FIRST_DELAY_S, MAX_DELAY_S = 0.5, 5.0  # backoff between tries: a returning server is found within 5 s
+ERROR_GRACE_S = 5.0  # when the trial stops on an error of its own, how long queued writes may still go out
+
+T = TypeVar("T")
+
+
+def use_short_requests() -> None:
+    """In this (worker) process, one MLflow HTTP request is one try with a short timeout: the
+    sender's bounded retries replace the client's (7 retries, 120-s timeouts, minutes in all)."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(REQUEST_TIMEOUT_S)
+
+
+@dataclass(frozen=True)
+class Write:
+    """One MLflow request for a trial's run; ``send`` must be safe to repeat."""
+
+    what: str  # for the failure reason: "epoch 3", "tags", "final metrics and status"
+    send: Callable[[], None]
+    epoch: int | None = None
+
+
+class GaveUp(Exception):
+    """The tracking server did not take a write within the budget (or refused it)."""
+
+
+def refused(exc: Exception) -> bool:
+    """The server answered and said no (e.g. the run is gone): trying again cannot help."""
+    from mlflow.exceptions import RestException
+
+    return isinstance(exc, RestException) and 400 <= exc.get_http_status_code() < 500 \
+        and exc.get_http_status_code() not in (408, 429)
+
+
+def retrying(action: Callable[[], T], budget_s: float, stop: threading.Event | None = None) -> T:
+    """``action()``, tried again with backoff until it succeeds or ``budget_s`` has passed since its
+    first failure; then its last error is raised (at once for a refusal, or when ``stop`` is set)."""
+    stop = stop or threading.Event()
+    first_failure: float | None = None
+    delay = FIRST_DELAY_S
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            now = time.monotonic()
+            first_failure = now if first_failure is None else first_failure
+            left = budget_s - (now - first_failure)
+            if refused(exc) or left <= 0 or stop.wait(min(delay, left)):
+                raise
+            delay = min(2 * delay, MAX_DELAY_S)
+
+
+def epoch_ranges(epochs: list[int]) -> str:
+    """[3, 4, 5, 8] -> "epochs 3-5, 8"."""
+    spans: list[list[int]] = []
+    for epoch in sorted(set(epochs)):
+        if spans and epoch == spans[-1][1] + 1:
+            spans[-1][1] = epoch
+        else:
+            spans.append([epoch, epoch])
+    text = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
+    return f"epoch{'s' if len(epochs) > 1 else ''} {text}"
+
+
+class TrackingSender:
+    """Sends one trial run's writes in order from a background thread (a context manager).
+
+    ``submit`` never blocks; ``flush`` waits until everything is sent or the sender gave up;
+    ``failure`` is then the reason the trial fails with. Leaving the block on an error of the
+    trial's own (a store gone, a bug) waits ``ERROR_GRACE_S`` at most, then drops what is left."""
+
+    def __init__(self, tracking_uri: str, run_id: str, budget_s: float):
+        self.uri, self.run_id, self.budget_s = tracking_uri, run_id, budget_s
+        self._pending: collections.deque[Write] = collections.deque()
+        self._unsent: list[Write] = []
+        self._error = self._last_error = ""
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"mlflow-sender-{run_id[:8]}", daemon=True)
+
+    def __enter__(self) -> TrackingSender:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        self.flush(timeout_s=None if exc is None else ERROR_GRACE_S)
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+        self._thread.join(timeout=REQUEST_TIMEOUT_S + 1)  # a request in flight ends within its timeout
+
+    # ---- what the worker queues ----
+    def submit(self, write: Write) -> None:
+        """Queue a write (a checkpoint upload fits here too); after giving up it is only recorded as unsent."""
+        with self._changed:
+            if self._error:
+                self._unsent.append(write)
+            else:
+                self._pending.append(write)
+                self._changed.notify_all()
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        batch = tracking.epoch_metrics(metrics, step=epoch)  # stamped now, resent unchanged
+        self.submit(Write(f"epoch {epoch}", lambda: tracking.log_metrics(self.uri, self.run_id, batch), epoch))
+
+    def tag(self, tags: Mapping[str, str]) -> None:
+        self.submit(Write("tags", lambda: tracking.tag_run(self.uri, self.run_id, tags)))
+
+    def close_run(self, outcome: TrialOutcome) -> None:
+        """Close the run after everything queued before; if MLflow cannot be reached within the
+        budget the run stays RUNNING and the driver closes it from Optuna's record later."""
+        if self._error:
+            return
+        stamp = int(time.time() * 1000)
+        self.submit(Write("final metrics and status",
+                          lambda: tracking.close_run(self.uri, self.run_id, outcome, timestamp_ms=stamp)))
+        self.flush()
+
+    def call(self, read: Callable[[], T]) -> T:
+        """A read the trial needs before it goes on, retried like a write (raises when the budget is spent)."""
+        return retrying(read, self.budget_s, self._stop)
+
+    # ---- state ----
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every write is sent (True) or the sender gave up or ``timeout_s`` passed (False)."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._pending or bool(self._error), timeout=timeout_s)
+            return not self._pending and not self._error
+
+    @property
+    def failure(self) -> str:
+        """Why the run misses writes ("" while nothing is lost): the trial's FAIL reason."""
+        with self._changed:
+            if not self._error:
+                return ""
+            epochs = [w.epoch for w in self._unsent if w.epoch is not None]
+            others = sorted({w.what for w in self._unsent if w.epoch is None})
+            missing = ", ".join(([epoch_ranges(epochs)] if epochs else []) + others) or "nothing"
+            return f"{self._error}; {missing} not logged (last error: {self._last_error})"
+
+    # ---- the thread ----
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending or self._stop.is_set())
+                if not self._pending:
+                    return
+                write = self._pending[0]
+            try:
+                retrying(write.send, self.budget_s, self._stop)
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                self._give_up(exc)
+                continue
+            with self._changed:
+                self._pending.popleft()
+                self._changed.notify_all()
+
+    def _give_up(self, exc: Exception) -> None:
+        what = "server" if self.uri.startswith(("http://", "https://")) else "store"
+        headline = (f"MLflow tracking {what} refused a write" if refused(exc) else
+                    f"MLflow tracking {what} unreachable for {self.budget_s:g} s")
+        with self._changed:
+            self._error, self._last_error = headline, self._redacted(first_line(exc))
+            self._unsent.extend(self._pending)
+            self._pending.clear()
+            self._changed.notify_all()
+
+    def _redacted(self, text: str) -> str:
+        """Errors quote the request URL, which may carry the server's password."""
+        password = urlparse(self.uri).password
+        return text.replace(password, "***") if password else text
