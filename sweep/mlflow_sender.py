@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ FIRST_DELAY_S, MAX_DELAY_S = 0.5, 5.0  # backoff between tries: a returning serv
 ERROR_GRACE_S = 5.0  # when the trial stops on an error of its own, how long queued writes may still go out
 
 T = TypeVar("T")
+# What a failed request comes down to, inside MLflow's and urllib3's wrapping ("API request to URL
+# failed with exception HTTPConnectionPool(...): Max retries exceeded ... (Caused by ...)").
+_CAUSE = re.compile(r"\[Errno -?\d+\] [^'\")]+|Read timed out|too many \d+ error responses|Connection aborted")
 
 
 def use_short_requests() -> None:
@@ -82,6 +86,11 @@ def retrying(action: Callable[[], T], budget_s: float, stop: threading.Event | N
             if refused(exc) or left <= 0 or stop.wait(min(delay, left)):
                 raise
             delay = min(2 * delay, MAX_DELAY_S)
+
+
+def _cause(exc: Exception) -> str:
+    found = _CAUSE.search(str(exc))
+    return found.group(0).strip() if found else first_line(exc)
 
 
 def epoch_ranges(epochs: list[int]) -> str:
@@ -196,7 +205,7 @@ class TrackingSender:
         headline = (f"MLflow tracking {what} refused a write" if refused(exc) else
                     f"MLflow tracking {what} unreachable for {self.budget_s:g} s")
         with self._changed:
-            self._error, self._last_error = headline, self._redacted(first_line(exc))
+            self._error, self._last_error = headline, self._redacted(_cause(exc))
             self._unsent.extend(self._pending)
             self._pending.clear()
             self._changed.notify_all()

@@ -2,7 +2,7 @@
 it was down arrives once it is back, once (sweep/mlflow_sender.py); a server away longer than
 ``tracking_retry_s`` fails the trial with the epochs it could not log, never a silent gap.
 
-Real ``mlflow server`` processes (sqlite backend, one uvicorn worker) killed with SIGKILL to their
+Real ``mlflow server`` processes (sqlite backend, one uvicorn worker; one per module) killed with SIGKILL to their
 process group and started again on the same port and database; real Ray (the session's), a real
 Optuna journal; sweeps run in-process on a thread while the test kills and restarts the server.
 """
@@ -73,14 +73,22 @@ class TrackingServer:
             self.server.stop()
 
 
-@pytest.fixture
-def tracking_server(tmp_path):
-    server = TrackingServer(f"sqlite:///{tmp_path / 'mlflow-server.db'}", free_port())
-    server.start()
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for the module (a start costs 5-15 s); each test uses its own experiment."""
+    server = TrackingServer(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow-server.db'}", free_port())
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def tracking_server(shared_server):
+    """The shared server, running (a test that failed mid-outage may have left it down)."""
+    if shared_server.server is None or shared_server.server.process.poll() is not None:
+        shared_server.start()
+    return shared_server
 
 
 def _config(tmp_path: Path, server: TrackingServer, name: str, *extra: str):
@@ -187,6 +195,7 @@ def test_server_gone_past_the_budget_fails_the_trial_with_the_epochs_not_logged(
     reason = failed.user_attrs["reason"]
     assert failed.user_attrs["status"] == "failed"
     assert reason.startswith("MLflow tracking server unreachable for 3 s; epoch"), reason
+    assert reason.endswith("not logged (last error: [Errno 111] Connection refused)"), reason
     assert gave_up_after < 20, gave_up_after  # 3 s of retries, not MLflow's minutes, then the trial stops
     client, _, children = mlflow_runs(tracking_server.uri, cfg.name)
     (run,) = children
