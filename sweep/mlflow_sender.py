@@ -7,6 +7,9 @@ first; a failed write is retried with backoff, for at most ``tracking_retry_s`` 
 first failure of the oldest pending write. Past that the sender gives up for good and says which
 epochs were not logged: the trial then ends FAILED with that reason (never a silent gap), and its
 run, left RUNNING, is closed from Optuna's record by the driver once MLflow answers again.
+Only an outage is waited for (a server that does not answer, or answers 5xx); any other error (a
+refusal, a local store's full disk) stops the sweep as ``StoreUnavailable`` at once, as every
+other store call does.
 
 Every write must be safe to send twice (the server may have stored it before its answer was
 lost): an epoch's ``Metric`` objects are built once with a fixed timestamp, and MLflow's SQL store
@@ -29,7 +32,8 @@ from typing import Callable, Mapping, TypeVar
 from urllib.parse import urlparse
 
 from sweep import tracking
-from sweep.errors import first_line
+from sweep.errors import StoreUnavailable, first_line
+from sweep.finish import MLFLOW
 from sweep.outcome import TrialOutcome
 
 REQUEST_TIMEOUT_S = 15  # one HTTP request; a log_batch takes milliseconds when the server answers
@@ -59,21 +63,28 @@ class Write:
 
 
 class GaveUp(Exception):
-    """The tracking server did not take a write within the budget (or refused it)."""
+    """The tracking server stayed away past the budget: the trial fails, naming what was not logged."""
 
 
-def refused(exc: Exception) -> bool:
-    """The server answered and said no (e.g. the run is gone): trying again cannot help."""
-    from mlflow.exceptions import RestException
+def is_outage(exc: Exception, tracking_uri: str) -> bool:
+    """A tracking server that did not answer (refused, reset, timed out: MLflow's client wraps
+    these in a bare ``MlflowException``) or answered that it is in trouble (5xx, 408, 429): worth
+    waiting for. Anything else (a refusal, a local store's error such as a full disk) is a store
+    failure that stops the sweep at once, as in every other store call."""
+    from mlflow.exceptions import MlflowException, RestException
 
-    return isinstance(exc, RestException) and 400 <= exc.get_http_status_code() < 500 \
-        and exc.get_http_status_code() not in (408, 429)
+    if not tracking_uri.startswith(("http://", "https://")):
+        return False
+    if isinstance(exc, RestException):
+        status = exc.get_http_status_code()
+        return status >= 500 or status in (408, 429)
+    return isinstance(exc, MlflowException)
 
 
-def retrying(action: Callable[[], T], budget_s: float, stop: threading.Event | None = None) -> T:
+def retrying(action: Callable[[], T], budget_s: float, worth_retrying: Callable[[Exception], bool],
+             stop: threading.Event) -> T:
     """``action()``, tried again with backoff until it succeeds or ``budget_s`` has passed since its
-    first failure; then its last error is raised (at once for a refusal, or when ``stop`` is set)."""
-    stop = stop or threading.Event()
+    first failure; then its last error is raised (at once if not ``worth_retrying``, or on ``stop``)."""
     first_failure: float | None = None
     delay = FIRST_DELAY_S
     while True:
@@ -83,7 +94,7 @@ def retrying(action: Callable[[], T], budget_s: float, stop: threading.Event | N
             now = time.monotonic()
             first_failure = now if first_failure is None else first_failure
             left = budget_s - (now - first_failure)
-            if refused(exc) or left <= 0 or stop.wait(min(delay, left)):
+            if not worth_retrying(exc) or left <= 0 or stop.wait(min(delay, left)):
                 raise
             delay = min(2 * delay, MAX_DELAY_S)
 
@@ -108,15 +119,18 @@ def epoch_ranges(epochs: list[int]) -> str:
 class TrackingSender:
     """Sends one trial run's writes in order from a background thread (a context manager).
 
-    ``submit`` never blocks; ``flush`` waits until everything is sent or the sender gave up;
-    ``failure`` is then the reason the trial fails with. Leaving the block on an error of the
-    trial's own (a store gone, a bug) waits ``ERROR_GRACE_S`` at most, then drops what is left."""
+    ``submit`` never blocks; ``flush`` waits until everything is sent or the sender stopped;
+    ``failure`` is then the reason the trial fails with (the server stayed away past the budget),
+    and a store failure that is no outage is raised as ``StoreUnavailable`` by ``check`` and
+    ``flush``. Leaving the block on an error of the trial's own (another store gone, a bug) waits
+    ``ERROR_GRACE_S`` at most, then drops what is left."""
 
     def __init__(self, tracking_uri: str, run_id: str, budget_s: float):
         self.uri, self.run_id, self.budget_s = tracking_uri, run_id, budget_s
         self._pending: collections.deque[Write] = collections.deque()
         self._unsent: list[Write] = []
-        self._error = self._last_error = ""
+        self._gave_up = self._last_error = ""
+        self._store_error: StoreUnavailable | None = None
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"mlflow-sender-{run_id[:8]}", daemon=True)
@@ -126,7 +140,7 @@ class TrackingSender:
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
-        self.flush(timeout_s=None if exc is None else ERROR_GRACE_S)
+        self._wait(timeout_s=None if exc is None else ERROR_GRACE_S)
         self._stop.set()
         with self._changed:
             self._changed.notify_all()
@@ -134,9 +148,9 @@ class TrackingSender:
 
     # ---- what the worker queues ----
     def submit(self, write: Write) -> None:
-        """Queue a write (a checkpoint upload fits here too); after giving up it is only recorded as unsent."""
+        """Queue a write (a checkpoint upload fits here too); once stopped it is only recorded as unsent."""
         with self._changed:
-            if self._error:
+            if self._stopped():
                 self._unsent.append(write)
             else:
                 self._pending.append(write)
@@ -152,7 +166,7 @@ class TrackingSender:
     def close_run(self, outcome: TrialOutcome) -> None:
         """Close the run after everything queued before; if MLflow cannot be reached within the
         budget the run stays RUNNING and the driver closes it from Optuna's record later."""
-        if self._error:
+        if self.failure:
             return
         stamp = int(time.time() * 1000)
         self.submit(Write("final metrics and status",
@@ -160,26 +174,42 @@ class TrackingSender:
         self.flush()
 
     def call(self, read: Callable[[], T]) -> T:
-        """A read the trial needs before it goes on, retried like a write (raises when the budget is spent)."""
-        return retrying(read, self.budget_s, self._stop)
+        """A read the trial needs before it goes on, retried like a write (its error raised when
+        the budget is spent)."""
+        return retrying(read, self.budget_s, lambda exc: is_outage(exc, self.uri), self._stop)
 
     # ---- state ----
-    def flush(self, timeout_s: float | None = None) -> bool:
-        """Wait until every write is sent (True) or the sender gave up or ``timeout_s`` passed (False)."""
-        with self._changed:
-            self._changed.wait_for(lambda: not self._pending or bool(self._error), timeout=timeout_s)
-            return not self._pending and not self._error
+    def check(self) -> None:
+        """Raise what stopped the sender: ``StoreUnavailable`` (the sweep stops, as for any store)
+        or ``GaveUp`` (the trial fails: training on would only widen the run's gap)."""
+        if self._store_error is not None:
+            raise self._store_error
+        if self.failure:
+            raise GaveUp(self.failure)
+
+    def flush(self) -> None:
+        """Wait until every write is sent or the sender gave up; raise a store failure."""
+        self._wait(timeout_s=None)
+        if self._store_error is not None:
+            raise self._store_error
 
     @property
     def failure(self) -> str:
         """Why the run misses writes ("" while nothing is lost): the trial's FAIL reason."""
         with self._changed:
-            if not self._error:
+            if not self._gave_up:
                 return ""
             epochs = [w.epoch for w in self._unsent if w.epoch is not None]
             others = sorted({w.what for w in self._unsent if w.epoch is None})
             missing = ", ".join(([epoch_ranges(epochs)] if epochs else []) + others) or "nothing"
-            return f"{self._error}; {missing} not logged (last error: {self._last_error})"
+            return f"{self._gave_up}; {missing} not logged (last error: {self._last_error})"
+
+    def _stopped(self) -> bool:
+        return bool(self._gave_up) or self._store_error is not None
+
+    def _wait(self, timeout_s: float | None) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._pending or self._stopped(), timeout=timeout_s)
 
     # ---- the thread ----
     def _run(self) -> None:
@@ -190,7 +220,7 @@ class TrackingSender:
                     return
                 write = self._pending[0]
             try:
-                retrying(write.send, self.budget_s, self._stop)
+                self.call(write.send)
             except Exception as exc:
                 if self._stop.is_set():
                     return
@@ -201,11 +231,12 @@ class TrackingSender:
                 self._changed.notify_all()
 
     def _give_up(self, exc: Exception) -> None:
-        what = "server" if self.uri.startswith(("http://", "https://")) else "store"
-        headline = (f"MLflow tracking {what} refused a write" if refused(exc) else
-                    f"MLflow tracking {what} unreachable for {self.budget_s:g} s")
         with self._changed:
-            self._error, self._last_error = headline, self._redacted(_cause(exc))
+            if is_outage(exc, self.uri):
+                self._gave_up = f"MLflow tracking server unreachable for {self.budget_s:g} s"
+                self._last_error = self._redacted(_cause(exc))
+            else:
+                self._store_error = StoreUnavailable(MLFLOW, self._redacted(first_line(exc)))
             self._unsent.extend(self._pending)
             self._pending.clear()
             self._changed.notify_all()

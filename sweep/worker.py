@@ -25,7 +25,7 @@ from sweep import tracking
 from sweep.config import TrialConfig
 from sweep.errors import store_calls
 from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
-from sweep.mlflow_sender import GaveUp, TrackingSender, use_short_requests
+from sweep.mlflow_sender import TrackingSender, use_short_requests
 from sweep.outcome import Status, TrialOutcome
 from sweep.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, SweepStudy
 from sweep.sweepdir import Stores
@@ -84,8 +84,7 @@ def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
     def report(m: EpochMetrics) -> None:
         if m.epoch not in logged:
             sender.log_epoch(m.epoch, m.logged())
-        if sender.failure:  # the run already misses epochs: training on would only widen the gap
-            raise GaveUp(sender.failure)
+        sender.check()  # MLflow away past tracking_retry_s: the trial fails (a store error stops the sweep)
         with store_calls(OPTUNA):
             if m.epoch not in reported:
                 trial.report(m.val_accuracy, m.epoch)
