@@ -82,9 +82,10 @@ def is_outage(exc: Exception, tracking_uri: str) -> bool:
 
 
 def retrying(action: Callable[[], T], budget_s: float, worth_retrying: Callable[[Exception], bool],
-             stop: threading.Event) -> T:
+             stop: threading.Event, on_retry: Callable[[], None] = lambda: None) -> T:
     """``action()``, tried again with backoff until it succeeds or ``budget_s`` has passed since its
-    first failure; then its last error is raised (at once if not ``worth_retrying``, or on ``stop``)."""
+    first failure; then its last error is raised (at once if not ``worth_retrying``, or on ``stop``).
+    ``on_retry`` is called before each wait."""
     first_failure: float | None = None
     delay = FIRST_DELAY_S
     while True:
@@ -94,7 +95,10 @@ def retrying(action: Callable[[], T], budget_s: float, worth_retrying: Callable[
             now = time.monotonic()
             first_failure = now if first_failure is None else first_failure
             left = budget_s - (now - first_failure)
-            if not worth_retrying(exc) or left <= 0 or stop.wait(min(delay, left)):
+            if not worth_retrying(exc) or left <= 0:
+                raise
+            on_retry()
+            if stop.wait(min(delay, left)):
                 raise
             delay = min(2 * delay, MAX_DELAY_S)
 
@@ -131,6 +135,7 @@ class TrackingSender:
         self._unsent: list[Write] = []
         self._gave_up = self._last_error = ""
         self._store_error: StoreUnavailable | None = None
+        self._retrying = False  # the oldest pending write has failed: MLflow is away
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"mlflow-sender-{run_id[:8]}", daemon=True)
@@ -173,12 +178,20 @@ class TrackingSender:
                           lambda: tracking.close_run(self.uri, self.run_id, outcome, timestamp_ms=stamp)))
         self.flush()
 
-    def call(self, read: Callable[[], T]) -> T:
+    def call(self, read: Callable[[], T], on_retry: Callable[[], None] = lambda: None) -> T:
         """A read the trial needs before it goes on, retried like a write (its error raised when
         the budget is spent)."""
-        return retrying(read, self.budget_s, lambda exc: is_outage(exc, self.uri), self._stop)
+        return retrying(read, self.budget_s, lambda exc: is_outage(exc, self.uri), self._stop, on_retry)
 
     # ---- state ----
+    def catch_up(self) -> None:
+        """While MLflow answers, wait until what is queued is sent (milliseconds): an epoch is then
+        in MLflow before Optuna hears of it, so a worker killed right after loses nothing (its
+        retry logs only what MLflow lacks). During an outage, return at once: training goes on."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._pending or self._retrying or self._stopped(),
+                                   timeout=REQUEST_TIMEOUT_S + 1)
+
     def check(self) -> None:
         """Raise what stopped the sender: ``StoreUnavailable`` (the sweep stops, as for any store)
         or ``GaveUp`` (the trial fails: training on would only widen the run's gap)."""
@@ -220,7 +233,7 @@ class TrackingSender:
                     return
                 write = self._pending[0]
             try:
-                self.call(write.send)
+                self.call(write.send, on_retry=self._away)
             except Exception as exc:
                 if self._stop.is_set():
                     return
@@ -228,7 +241,13 @@ class TrackingSender:
                 continue
             with self._changed:
                 self._pending.popleft()
+                self._retrying = False
                 self._changed.notify_all()
+
+    def _away(self) -> None:
+        with self._changed:
+            self._retrying = True
+            self._changed.notify_all()
 
     def _give_up(self, exc: Exception) -> None:
         with self._changed:

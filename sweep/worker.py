@@ -84,6 +84,7 @@ def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
     def report(m: EpochMetrics) -> None:
         if m.epoch not in logged:
             sender.log_epoch(m.epoch, m.logged())
+        sender.catch_up()  # MLflow before Optuna while MLflow answers; no wait during an outage
         sender.check()  # MLflow away past tracking_retry_s: the trial fails (a store error stops the sweep)
         with store_calls(OPTUNA):
             if m.epoch not in reported:
