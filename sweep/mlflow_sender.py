@@ -117,7 +117,7 @@ def epoch_ranges(epochs: list[int]) -> str:
         else:
             spans.append([epoch, epoch])
     text = ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
-    return f"epoch{'s' if len(epochs) > 1 else ''} {text}"
+    return f"epoch{'s' if len(set(epochs)) > 1 else ''} {text}"
 
 
 class TrackingSender:

@@ -80,3 +80,4 @@ def test_epoch_ranges():
     assert epoch_ranges([3, 4, 5, 8]) == "epochs 3-5, 8"
     assert epoch_ranges([2]) == "epoch 2"
     assert epoch_ranges([7, 6]) == "epochs 6-7"
+    assert epoch_ranges([4, 4]) == "epoch 4"
