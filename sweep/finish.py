@@ -6,7 +6,7 @@ what Optuna now holds. A process that dies between the two leaves a RUNNING run 
 trial, which the next driver closes the same way (``close``)."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 from sweep import tracking
 from sweep.credentials import redact
@@ -15,11 +15,14 @@ from sweep.outcome import Status, TrialOutcome
 from sweep.studies import SweepStudy, outcome_of
 
 OPTUNA, MLFLOW = "Optuna storage", "MLflow tracking store"
+# How the run gets closed; by default at once, an error stopping the sweep. A worker closes it
+# through its MLflow sender (retried within tracking_retry_s; past that the driver closes it later).
+RunCloser = Callable[[TrialOutcome], None]
 
 
 def finish_trial(study: SweepStudy, tracking_uri: str, run_id: str, number: int, status: Status,
                  reason: str = "", metrics: Mapping[str, float] = (), value: float | None = None,
-                 rewrite_run: bool = False) -> TrialOutcome:
+                 rewrite_run: bool = False, close_run: RunCloser | None = None) -> TrialOutcome:
     """Record ``status`` unless the trial already has an outcome (that one stands), then close its run.
 
     ``rewrite_run``: the run may already be closed with an outcome Optuna no longer holds (a
@@ -33,7 +36,7 @@ def finish_trial(study: SweepStudy, tracking_uri: str, run_id: str, number: int,
             runs = tracking.client(tracking_uri)
             if runs.get_run(run_id).info.status != "RUNNING":
                 runs.update_run(run_id, status="RUNNING")  # dying here leaves it to close_finished_runs
-    close(tracking_uri, run_id, outcome)
+    _close(tracking_uri, run_id, outcome, close_run)
     return outcome
 
 
@@ -43,10 +46,18 @@ def close(tracking_uri: str, run_id: str, outcome: TrialOutcome) -> None:
         tracking.close_run(tracking_uri, run_id, outcome)
 
 
-def close_from_record(study: SweepStudy, tracking_uri: str, run_id: str, number: int) -> TrialOutcome | None:
+def _close(tracking_uri: str, run_id: str, outcome: TrialOutcome, close_run: RunCloser | None) -> None:
+    if close_run is None:
+        close(tracking_uri, run_id, outcome)
+    else:
+        close_run(outcome)
+
+
+def close_from_record(study: SweepStudy, tracking_uri: str, run_id: str, number: int,
+                      close_run: RunCloser | None = None) -> TrialOutcome | None:
     """Close the run of a trial Optuna already finished; None (nothing done) if it has not."""
     with store_calls(OPTUNA):
         outcome = outcome_of(study.record(number))
     if outcome is not None:
-        close(tracking_uri, run_id, outcome)
+        _close(tracking_uri, run_id, outcome, close_run)
     return outcome

@@ -137,10 +137,17 @@ def foreign_experiment(uri: str, name: str, sweep_id: str) -> bool:
 EPOCH_MARKER = "val_accuracy"  # every epoch logs it
 
 
-def log_epoch(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-    """Worker side: one batch request per epoch."""
+def epoch_metrics(metrics: Mapping[str, float], step: int) -> list[Metric]:
+    """One epoch's metrics, stamped once: sending the same objects again after a lost response
+    stores nothing twice (the tracking store skips a metric whose key, value, timestamp and step
+    it already holds)."""
     now = _now_ms()
-    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    return [Metric(k, float(v), now, step) for k, v in metrics.items()]
+
+
+def log_metrics(uri: str, run_id: str, metrics: list[Metric]) -> None:
+    """Worker side: one batch request per epoch."""
+    client(uri).log_batch(run_id, metrics=metrics)
 
 
 def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
@@ -148,22 +155,24 @@ def tag_run(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
 
 
 def logged_steps(uri: str, run_id: str) -> set[int]:
-    """The epochs a run already holds (``log_epoch`` writes all of an epoch's metrics at once)."""
+    """The epochs a run already holds (an epoch's metrics are written in one ``log_batch``)."""
     return {m.step for m in client(uri).get_metric_history(run_id, EPOCH_MARKER)}
 
 
-def close_run(uri: str, run_id: str, outcome: TrialOutcome) -> None:
+def close_run(uri: str, run_id: str, outcome: TrialOutcome, timestamp_ms: int | None = None) -> None:
     """Write a trial's outcome to its run and close it; a closed run is left as it is.
 
     Every run gets its final metrics, its status tag and an MLflow run status that shows the
-    outcome at a glance (FINISHED ok, KILLED pruned or interrupted, FAILED diverged or failed)."""
+    outcome at a glance (FINISHED ok, KILLED pruned or interrupted, FAILED diverged or failed).
+    A caller that may send the close again (a lost response) fixes ``timestamp_ms`` once, so the
+    final metrics are stored once."""
     if client(uri).get_run(run_id).info.status != "RUNNING":
         return
     tags = {MLFLOW_STATUS_TAG: outcome.status.value, STATE: outcome.record.optuna_state,
             ATTEMPTS: str(outcome.attempts)}
     if outcome.reason:
         tags[MLFLOW_REASON_TAG] = outcome.reason[:5000]
-    now = _now_ms()
+    now = _now_ms() if timestamp_ms is None else timestamp_ms
     client(uri).log_batch(run_id, metrics=[Metric(f"{FINAL_PREFIX}{k}", float(v), now, 0)
                                            for k, v in outcome.metrics.items()],
                           tags=[RunTag(k, v) for k, v in tags.items()])

@@ -1,7 +1,9 @@
 """What runs on a Ray worker: one Optuna trial, reported per epoch to Optuna and MLflow.
 
 The worker reports each epoch's validation accuracy to the trial (so the study's pruner decides
-with every other trial's history) and logs the epoch to the trial's MLflow run in one batch.
+with every other trial's history) and queues the epoch for the trial's MLflow run in one batch
+(``mlflow_sender``: sent in the background, so a tracking server that is away for a while never
+stalls training; past ``tracking_retry_s`` the trial fails with the epochs it could not log).
 At the end it finishes the trial through ``finish.finish_trial``: Optuna first, then the run.
 
 Ray re-runs the task when its worker process dies (``max_retries``). The re-run is the same
@@ -11,8 +13,8 @@ logs only the epochs the dead attempt had not logged, so every step keeps exactl
 A trial that is already finished (the dead attempt told the study, or a new driver failed it as
 interrupted) is left as it is.
 
-A store that fails (after its client's retries) raises ``StoreUnavailable`` out of the task: the
-driver stops the sweep, and the trial runs again on resume instead of counting as failed.
+An Optuna storage that fails (after its client's retries) raises ``StoreUnavailable`` out of the
+task: the driver stops the sweep, and the trial runs again on resume instead of counting as failed.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from sweep import checkpoints, credentials, tracking
 from sweep.config import TrialConfig
 from sweep.errors import StoreUnavailable, store_calls
 from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
-from sweep.outcome import TrialOutcome
+from sweep.mlflow_sender import TrackingSender, use_short_requests
+from sweep.outcome import Status, TrialOutcome
 from sweep.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, RESUMED_FROM, SweepStudy
 from sweep.sweepdir import Stores
 from sweep.trial import EpochMetrics, PruneTrial, run_trial
@@ -56,16 +59,19 @@ def this_node() -> dict[str, str]:
 
 def execute(task: TrialTask, data) -> TrialOutcome:
     """Run the trial with the driver's credentials in this process's environment for its duration
-    (a worker on another node has none of its own). A store error leaves without its cause: the
-    cause's text may hold a URL, and Ray keeps a failed task's traceback in its GCS."""
+    (a worker on another node has none of its own), its MLflow writes through a sender that rides
+    out a tracking-server outage. A store error leaves without its cause: the cause's text may hold
+    a URL, and Ray keeps a failed task's traceback in its GCS."""
+    use_short_requests()
     with credentials.environment(task.credentials):
         try:
-            return _execute(task, data)
+            with TrackingSender(task.stores.tracking_uri, task.run_id, task.config.tracking_retry_s) as sender:
+                return _execute(task, data, sender)
         except StoreUnavailable as exc:
             raise StoreUnavailable(exc.store, exc.detail) from None
 
 
-def _execute(task: TrialTask, data) -> TrialOutcome:
+def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
     import torch
 
     torch.set_num_threads(max(1, task.threads))
@@ -74,7 +80,7 @@ def _execute(task: TrialTask, data) -> TrialOutcome:
         study = SweepStudy.load(task.stores.storage, task.study_name, task.pruner, task.config.epochs)
         earlier = study.record(task.number)
     if earlier.state.is_finished():  # told by an attempt whose worker died right after
-        return close_from_record(study, uri, task.run_id, task.number)
+        return close_from_record(study, uri, task.run_id, task.number, close_run=sender.close_run)
     with store_calls(OPTUNA):
         trial = study.live_trial(task.number)
         attempt = int(earlier.user_attrs.get(ATTEMPT, 0)) + 1
@@ -83,17 +89,17 @@ def _execute(task: TrialTask, data) -> TrialOutcome:
         node = this_node()
         for name, value in node.items():
             trial.set_user_attr(name, value)
-    with store_calls(MLFLOW):
-        tracking.tag_run(uri, task.run_id, {f"sweep.{name}": value for name, value in node.items()})
+    sender.tag({f"sweep.{name}": value for name, value in node.items()})
     # epochs an attempt whose worker died already recorded, in each store (it may have died between)
     reported = set(earlier.intermediate_values)
     with store_calls(MLFLOW):
-        logged = tracking.logged_steps(uri, task.run_id) if attempt > 1 else set()
+        logged = sender.call(lambda: tracking.logged_steps(uri, task.run_id)) if attempt > 1 else set()
 
     def report(m: EpochMetrics) -> None:
         if m.epoch not in logged:
-            with store_calls(MLFLOW):
-                tracking.log_epoch(uri, task.run_id, m.logged(), step=m.epoch)
+            sender.log_epoch(m.epoch, m.logged())
+        sender.catch_up()  # MLflow before Optuna while MLflow answers; no wait during an outage
+        sender.check()  # MLflow away past tracking_retry_s: the trial fails (a store error stops the sweep)
         with store_calls(OPTUNA):
             if m.epoch not in reported:
                 trial.report(m.val_accuracy, m.epoch)
@@ -107,8 +113,15 @@ def _execute(task: TrialTask, data) -> TrialOutcome:
         resumed_from = resume.epoch if resume is not None else 0  # 0: none stored, trains from the start
         with store_calls(OPTUNA):
             trial.set_user_attr(RESUMED_FROM, resumed_from)
-        with store_calls(MLFLOW):
-            tracking.tag_run(uri, task.run_id, {f"sweep.{RESUMED_FROM}": resumed_from})
+        sender.tag({f"sweep.{RESUMED_FROM}": resumed_from})
+        for m in resume.history if resume is not None else ():  # stored with the checkpoint, maybe
+            if m.epoch not in logged:                            # not yet in a store (a queued write
+                sender.log_epoch(m.epoch, m.logged())            # died with the worker): no gap
+            if m.epoch not in reported:
+                with store_calls(OPTUNA):
+                    trial.report(m.val_accuracy, m.epoch)
     result = run_trial(task.config, data, report, resume, checkpoints.saver(uri, task.run_id))
-    return finish_trial(study, uri, task.run_id, task.number, result.status, result.reason, result.metrics,
-                        result.value)
+    sender.flush()  # every epoch logged, or the budget spent: never a silent gap
+    status, reason = (Status.FAILED, sender.failure) if sender.failure else (result.status, result.reason)
+    return finish_trial(study, uri, task.run_id, task.number, status, reason, result.metrics,
+                        result.value, close_run=sender.close_run)
