@@ -35,8 +35,11 @@ PYTHON = sys.executable
 RAY = str(Path(PYTHON).with_name("ray"))
 SUBNET = "10.213.{}"  # 10.213.<index>.0/24: one /24 per worker host, head side .1, worker side .2
 # A node is declared dead after 3 missed checks 1 s apart (Ray's defaults: 3 x 3 s, plus timeouts).
+# gRPC keepalive pings (every 1 s, 1 s to answer) also end calls into a host whose link is cut; without
+# them a driver's call pushing a task to that host waits on TCP for minutes, and so does the task's retry.
 HEALTH_CHECK = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
-                "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+                "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3",
+                "RAY_grpc_client_keepalive_time_ms": "1000", "RAY_grpc_client_keepalive_timeout_ms": "1000"}
 START_TIMEOUT_S = 120
 
 
@@ -169,6 +172,11 @@ class Forwarder:
         self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, *self.listen))
         ready.set()
         self.loop.run_forever()
+        pending = asyncio.all_tasks(self.loop)  # open connections: cancelled and awaited, then closed
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
 
     async def _serve(self, reader, writer) -> None:
         try:
@@ -193,8 +201,6 @@ class Forwarder:
     def close(self) -> None:
         def stop():
             self.server.close()
-            for task in asyncio.all_tasks(self.loop):
-                task.cancel()
             self.loop.stop()
 
         self.loop.call_soon_threadsafe(stop)
@@ -276,6 +282,15 @@ class Cluster:
                  lambda: self.alive_nodes() > before or self._died(process, f"the Ray node on {host.address}"))
         return host
 
+    def ensure_worker(self) -> None:
+        """A live worker node on the first worker host: after a loss, the host's leftovers are
+        killed, its link restored and a new node started (a dead node's id never comes back)."""
+        if self.alive_nodes() >= 2:
+            return
+        self.host.kill_all()
+        self.host.set_link(True)
+        self.add_worker()
+
     def alive_nodes(self) -> int:
         return sum(1 for state in self.node_states().values() if state == "ALIVE")
 
@@ -333,9 +348,7 @@ class Cluster:
         return env
 
     def close(self) -> None:
-        for host, process in self.workers.values():
-            with contextlib.suppress(Exception):
-                host.set_link(True)
+        for host, process in self.workers.values():  # killed before a cut link is restored
             with contextlib.suppress(Exception):
                 process.kill()
         for process in (self.mlflow, self.head):

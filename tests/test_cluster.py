@@ -3,11 +3,12 @@ namespace, a worker node in its own namespace behind a veth pair, Optuna on Post
 ``mlflow server`` (PostgreSQL backend, proxied artifacts), the driver as a CLI subprocess.
 
 Both nodes run trials, and each trial records the node that ran it in Optuna and MLflow. Losing
-the worker host mid-trial (every process in its namespace SIGKILLed) re-runs the lost trial on the
-head: totals stay exact, nothing is duplicated and nothing is left RUNNING.
+the worker host mid-trial (every process in its namespace SIGKILLed, or its link cut) re-runs the
+lost trial on the head: totals stay exact, nothing is duplicated and nothing is left RUNNING.
 """
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import time
@@ -52,8 +53,14 @@ def finish(driver: subprocess.Popen, log_path) -> None:
     assert code == 0, f"the driver exited {code}:\n{log_path.read_text()[-3000:]}"
 
 
+@functools.cache
+def storage_of(database: str) -> optuna.storages.RDBStorage:
+    """One storage (one connection pool) per database: the tests poll it several times a second."""
+    return optuna.storages.RDBStorage(services.pg_url(database))
+
+
 def load_studies(name: str, database: str, optimizers: list[str]) -> dict[str, optuna.Study]:
-    storage = optuna.storages.RDBStorage(services.pg_url(database))
+    storage = storage_of(database)
     return {opt: optuna.load_study(study_name=study_name(name, opt), storage=storage) for opt in optimizers}
 
 
@@ -83,10 +90,10 @@ def test_sweep_spreads_over_both_nodes(cluster, tmp_path):
     database = cluster.create_database("spread")
     log_path = tmp_path / "driver.log"
     with open(log_path, "wb") as log:
-        driver = start_sweep(cluster, "spread", database, ["optimizers=[sgd,adam]", "trials=3", "epochs=2"], log)
+        driver = start_sweep(cluster, "spread", database, ["optimizers=[sgd,adam]", "trials=2", "epochs=1"], log)
         finish(driver, log_path)
     studies = load_studies("spread", database, ["sgd", "adam"])
-    check_exact(cluster, "spread", studies, trials=3)
+    check_exact(cluster, "spread", studies, trials=2)
     per_node = Counter(t.user_attrs[NODE_ADDRESS] for s in studies.values() for t in s.trials)
     print(f"trials per node: {dict(per_node)}")
     assert set(per_node) == {cluster.head_ip, cluster.host.address}, per_node
@@ -107,39 +114,47 @@ def running_on(studies_of, address: str):
     return None
 
 
-def test_worker_host_lost_mid_trial(cluster, tmp_path):
-    """SIGKILL every process on the worker host while it trains: Ray declares the node dead and
-    re-runs the lost trial on the head (a node's death is a system failure, retried up to
-    ``max_retries``); the trial keeps its one MLflow run and each epoch one value."""
-    database = cluster.create_database("loss")
+@pytest.mark.parametrize("loss", ["killed", "cut"])
+def test_worker_host_lost_mid_trial(cluster, tmp_path, loss):
+    """Lose the worker host while it trains: every process in its namespace SIGKILLed (``killed``),
+    or its only link taken down (``cut``: the host lives on, unreachable). Ray declares the node
+    dead within seconds (the cluster's shortened health checks) and re-runs the lost trial on the
+    head (a node's death is a system failure, retried up to ``max_retries``); the trial keeps its
+    one MLflow run and each epoch one value."""
+    cluster.ensure_worker()
+    database = cluster.create_database(f"loss_{loss}")
+    name = f"loss-{loss}"
     log_path = tmp_path / "driver.log"
-    epochs, trials = 6, 3
+    epochs, trials = 5, 2
     with open(log_path, "wb") as log:
-        driver = start_sweep(cluster, "loss", database, ["optimizers=[momentum]", f"trials={trials}",
-                                                         f"epochs={epochs}", "batch_size=16", "optimizer.lr=0.01"], log)
+        driver = start_sweep(cluster, name, database, ["optimizers=[momentum]", f"trials={trials}",
+                                                       f"epochs={epochs}", "batch_size=16", "optimizer.lr=0.01"], log)
         try:
             victim = wait_for("a trial with an epoch on the worker host",
-                              lambda: running_on(lambda: load_studies("loss", database, ["momentum"]),
+                              lambda: running_on(lambda: load_studies(name, database, ["momentum"]),
                                                  cluster.host.address) or (driver.poll() is not None and "exited"),
                               timeout_s=SWEEP_TIMEOUT_S, every_s=0.3)
             assert victim != "exited", log_path.read_text()[-3000:]
             worker_id = victim.user_attrs[NODE_ID]
-            killed_at = time.monotonic()
-            killed = cluster.host.kill_all()
+            lost_at = time.monotonic()
+            if loss == "killed":
+                cluster.host.kill_all()
+            else:
+                cluster.host.set_link(False)
             wait_for("Ray to declare the worker node dead", lambda: cluster.node_states().get(worker_id) == "DEAD",
                      timeout_s=120, every_s=0.2)
-            detection_s = time.monotonic() - killed_at
+            detection_s = time.monotonic() - lost_at
             finish(driver, log_path)
         finally:
             if driver.poll() is None:
                 driver.kill()
-    print(f"killed {killed} processes on {cluster.host.address}; node declared dead after {detection_s:.1f} s")
-    studies = load_studies("loss", database, ["momentum"])
-    runs = check_exact(cluster, "loss", studies, trials=trials)
+    studies = load_studies(name, database, ["momentum"])
+    runs = check_exact(cluster, name, studies, trials=trials)
     lost = studies["momentum"].trials[victim.number]
     assert lost.state == TrialState.COMPLETE and lost.user_attrs[ATTEMPT] == 2
     assert lost.user_attrs[NODE_ADDRESS] == cluster.head_ip
     assert sorted(lost.intermediate_values) == list(range(1, epochs + 1))
     assert runs[("momentum", victim.number)].data.tags["sweep.attempts"] == "2"
-    duplicated = sum(n - 1 for n in runs_per_trial(mlflow_runs(cluster.mlflow_uri, "loss")[2]).values())
-    print(f"lost trials re-run: 1 (trial {victim.number}); duplicated runs: {duplicated}")
+    duplicated = sum(n - 1 for n in runs_per_trial(mlflow_runs(cluster.mlflow_uri, name)[2]).values())
+    print(f"worker host {loss}: node declared dead after {detection_s:.1f} s; trial {victim.number} lost at epoch "
+          f"{max(victim.intermediate_values)} and re-run on the head; duplicated runs: {duplicated}")
