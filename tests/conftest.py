@@ -7,8 +7,10 @@ Markers (declared in pyproject.toml, ``--strict-markers``):
             here as well, should its module forget to.
   postgres  needs PostgreSQL at tests.services.PG_URL (SWEEP_TEST_PG_URL overrides it).
   browser   needs headless Chromium on PATH.
-A ``postgres`` or ``browser`` test is skipped when its service is missing, except under CI (``CI``
-set), where it fails instead: .ci/run provides both, so a missing one is a broken CI setup.
+  cluster   starts Ray nodes in network namespaces (tests/cluster.py): needs root and ``ip netns``.
+A ``postgres``, ``browser`` or ``cluster`` test is skipped when what it needs is missing, except under
+CI (``CI`` set), where it fails instead: CI runs as root and .ci/run provides the services, so a
+missing one is a broken CI setup.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 # tier's in-process trainings 4-10x slower whenever anything else ran (46 s instead of 10 s).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-SERVICE_MARKERS = ("postgres", "browser")
+SERVICE_MARKERS = ("postgres", "browser", "cluster")
 
 
 def pytest_collection_modifyitems(items):

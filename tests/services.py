@@ -1,7 +1,8 @@
 """The outside services some tests need, and how the suite finds them (conftest.py applies the rule).
 
 A test marked ``postgres`` needs PostgreSQL at ``PG_URL``; one marked ``browser`` needs headless
-Chromium. Without them such a test is skipped with the reason, except under CI (``CI`` set), where a
+Chromium; one marked ``cluster`` needs root and ``ip netns`` (tests/cluster.py builds Ray nodes in
+network namespaces). Without them such a test is skipped with the reason, except under CI (``CI`` set), where a
 missing service fails it: CI (.ci/run) starts both, so a skip there would hide a broken setup.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ import functools
 import os
 import shutil
 import socket
+import subprocess
 from urllib.parse import urlsplit
 
 # The database the PostgreSQL tests use. Point it elsewhere (e.g. at a closed port, to check that
@@ -47,10 +49,27 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+@functools.cache
+def netns_missing() -> str | None:
+    """Why network namespaces cannot be made here (None: they can), tried for real once."""
+    if os.geteuid() != 0:
+        return "the cluster tests need root to create network namespaces"
+    if shutil.which("ip") is None:
+        return "no `ip` command (iproute2) for the cluster tests' network namespaces"
+    name = f"sweep-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"`ip netns add` failed: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return None
+
+
 def missing(marker: str) -> str | None:
     """Why the service a ``marker`` test needs is not here; None when it is."""
     if marker == "postgres":
         return None if pg_answers() else f"no PostgreSQL answers at {pg_address()}"
     if marker == "browser":
         return None if chromium() else "no Chromium on PATH (chromium, chromium-browser, google-chrome)"
+    if marker == "cluster":
+        return netns_missing()
     return None
