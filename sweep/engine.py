@@ -175,6 +175,9 @@ class stop_on_sigterm:
         return False
 
 
+KEEPALIVE = {"RAY_grpc_client_keepalive_time_ms": "10000", "RAY_grpc_client_keepalive_timeout_ms": "10000"}
+
+
 def init_ray(cfg: SweepConfig) -> None:
     import os
 
@@ -184,6 +187,11 @@ def init_ray(cfg: SweepConfig) -> None:
         return
     address = cfg.ray_address
     if address and address != "local":
+        # gRPC keepalive: without it a trial pushed to a node whose link was cut is retried only
+        # after TCP gives up (many minutes); with it, within seconds of Ray declaring the node dead
+        # (tests/test_cluster.py). An environment that sets these wins.
+        for name, value in KEEPALIVE.items():
+            os.environ.setdefault(name, value)
         import models
         import optim
         import sweep

@@ -18,7 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep.studies import ATTEMPT, MLFLOW_RUN, NODE_ADDRESS, NODE_ID, study_name
+from sweep.studies import ATTEMPT, MLFLOW_RUN, NODE_ADDRESS, NODE_ID, RESUMED_FROM, study_name
 from tests import services
 from tests.cluster import ROOT, Cluster, wait_for
 from tests.sweep_helpers import mlflow_runs, runs_per_trial
@@ -101,15 +101,15 @@ def test_sweep_spreads_over_both_nodes(cluster, tmp_path):
     assert len(node_ids) == 2 and set(cluster.node_states()) == node_ids
 
 
-def running_on(studies_of, address: str):
-    """A RUNNING trial on the node at ``address`` with at least one epoch reported, or None."""
+def running_on(studies_of, address: str, epochs: int = 1):
+    """A RUNNING trial on the node at ``address`` with at least ``epochs`` epochs reported, or None."""
     try:
         studies = studies_of()
     except (KeyError, Exception):  # noqa: BLE001 - the study is not created yet
         return None
     for study in studies.values():
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get(NODE_ADDRESS) == address and t.intermediate_values:
+            if t.user_attrs.get(NODE_ADDRESS) == address and len(t.intermediate_values) >= epochs:
                 return t
     return None
 
@@ -132,7 +132,8 @@ def test_worker_host_lost_mid_trial(cluster, tmp_path, loss):
         try:
             victim = wait_for("a trial with an epoch on the worker host",
                               lambda: running_on(lambda: load_studies(name, database, ["momentum"]),
-                                                 cluster.host.address) or (driver.poll() is not None and "exited"),
+                                                 cluster.host.address, epochs=2)
+                              or (driver.poll() is not None and "exited"),
                               timeout_s=SWEEP_TIMEOUT_S, every_s=0.3)
             assert victim != "exited", log_path.read_text()[-3000:]
             worker_id = victim.user_attrs[NODE_ID]
@@ -155,6 +156,12 @@ def test_worker_host_lost_mid_trial(cluster, tmp_path, loss):
     assert lost.user_attrs[NODE_ADDRESS] == cluster.head_ip
     assert sorted(lost.intermediate_values) == list(range(1, epochs + 1))
     assert runs[("momentum", victim.number)].data.tags["sweep.attempts"] == "2"
+    # epoch 1's checkpoint was stored (through the tracking server's artifact proxy) before epoch 2
+    # was reported: the retry on the head goes on from it, not from epoch 1
+    resumed_from = lost.user_attrs[RESUMED_FROM]
+    assert 1 <= resumed_from < epochs
+    assert runs[("momentum", victim.number)].data.tags[f"sweep.{RESUMED_FROM}"] == str(resumed_from)
     duplicated = sum(n - 1 for n in runs_per_trial(mlflow_runs(cluster.mlflow_uri, name)[2]).values())
     print(f"worker host {loss}: node declared dead after {detection_s:.1f} s; trial {victim.number} lost at epoch "
-          f"{max(victim.intermediate_values)} and re-run on the head; duplicated runs: {duplicated}")
+          f"{max(victim.intermediate_values)} and re-run on the head from its epoch-{resumed_from} checkpoint; "
+          f"duplicated runs: {duplicated}")
