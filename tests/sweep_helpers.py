@@ -40,3 +40,27 @@ def mlflow_runs(tracking_uri, experiment):
 
 def runs_per_trial(children):
     return Counter((r.data.tags["sweep.optimizer"], int(r.data.tags["optuna.trial_number"])) for r in children)
+
+
+def sweep_with_a_killed_worker(cfg, find_victim, what: str):
+    """Run ``cfg``'s sweep in a thread, SIGKILL the Ray worker process of the first trial
+    ``find_victim()`` returns (its ``worker`` attribute is ``host:pid``), and wait for the sweep to
+    end. Returns the victim as it was seen, and the driver's exit code (0: finished with rows)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from sweep.engine import run_sweep
+
+    outcome: dict[str, int] = {}
+    driver = threading.Thread(target=lambda: outcome.setdefault("code", 0 if run_sweep(cfg).rows else 1))
+    driver.start()
+    victim, deadline = None, time.time() + 120
+    while victim is None and driver.is_alive() and time.time() < deadline:
+        time.sleep(0.05)
+        victim = find_victim()
+    assert victim is not None, f"never saw {what}"
+    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    driver.join(timeout=240)
+    return victim, outcome.get("code")

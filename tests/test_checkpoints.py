@@ -1,17 +1,9 @@
 """Checkpoints: a resumed trial ends bit-identical to one that never stopped (CPU), in-process and
 through a real sweep whose worker is SIGKILLed; the run's store keeps only the latest checkpoint,
-reads past a torn one, works through a real tracking server's artifact proxy; and a finished sweep
+reads past a torn one (the proxy on a cluster: tests/test_cluster.py); and a finished sweep
 keeps only each optimizer's best trial's checkpoint (every one with keep_checkpoints=true)."""
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -27,8 +19,8 @@ from sweep.search import sample_trial
 from sweep.outcome import Tally
 from sweep.studies import open_storage, outcome_of, study_name
 from sweep.trial import PruneTrial, TrialConfig, run_trial
-from sweep.ui import server_env
-from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, studies, sweep_dir_of
+from tests.sweep_helpers import (default_storage, default_tracking_uri, mlflow_runs, studies, sweep_dir_of,
+                                 sweep_with_a_killed_worker)
 
 TIMING = ("seconds", "train_seconds", "epoch_seconds", "images_per_second")  # wall clock: differs run to run
 
@@ -100,46 +92,13 @@ def test_checkpoint_every_and_no_checkpoint_of_a_pruned_epoch(digits):
     assert saved == []
 
 
-# ---- the run's store, local and through a tracking server's artifact proxy -----------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def tracking_uri(request, tmp_path):
-    """A local sqlite store (artifacts in a folder), or a real `mlflow server` proxying artifacts."""
-    if request.param == "local":
-        yield f"sqlite:///{tmp_path}/mlflow.db"
-        return
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "served"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], env=server_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
-                time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-
+# ---- the run's store (through the tracking server's artifact proxy: tests/test_cluster.py) ----------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tracking_uri", ["server"], indirect=True)  # local: the sweeps below use it
-def test_store_keeps_the_latest_reads_past_a_torn_one_and_deletes(tracking_uri, tmp_path, digits, capsys):
+def test_store_keeps_the_latest_reads_past_a_torn_one_and_deletes(tmp_path, digits, capsys):
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri)
-    location = (tmp_path / "artifacts").as_uri() if tracking_uri.startswith("sqlite") else None
+    location = (tmp_path / "artifacts").as_uri()
     run_id = client.create_run(client.create_experiment("ckpt", artifact_location=location)).info.run_id
     assert checkpoints.load_latest(tracking_uri, run_id) is None  # none yet: start over, nothing said
     saved = []
@@ -200,17 +159,10 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_address, sweep_overrides,
         "keep_checkpoints=true"], mode="sweep")
     sweep_dir = sweep_dir_of(cfg)
     storage_url, uri = default_storage(sweep_dir), default_tracking_uri(sweep_dir)
-    outcome: dict[str, int] = {}
-    driver = threading.Thread(target=lambda: outcome.setdefault("code", 0 if run_sweep(cfg).rows else 1))
-    driver.start()
-    victim, deadline = None, time.time() + 120
-    while victim is None and driver.is_alive() and time.time() < deadline:
-        time.sleep(0.05)
-        victim = _victim(storage_url, study_name(cfg.name, "momentum"), uri)
-    assert victim is not None, "never saw a running trial with a stored checkpoint"
-    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-    driver.join(timeout=240)
-    assert outcome.get("code") == 0
+    victim, code = sweep_with_a_killed_worker(
+        cfg, lambda: _victim(storage_url, study_name(cfg.name, "momentum"), uri),
+        "a running trial with a stored checkpoint")
+    assert code == 0
 
     trial = studies(cfg, storage_url)["momentum"].trials[victim.number]
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["attempt"] == 2

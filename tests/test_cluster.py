@@ -99,6 +99,12 @@ def test_sweep_spreads_over_both_nodes(cluster, tmp_path):
     assert set(per_node) == {cluster.head_ip, cluster.host.address}, per_node
     node_ids = {t.user_attrs[NODE_ID] for s in studies.values() for t in s.trials}
     assert len(node_ids) == 2 and set(cluster.node_states()) == node_ids
+    # checkpoints went through the tracking server's artifact proxy, and the finished trials' ones
+    # were deleted through it too, but each optimizer's best trial's last one
+    client, _, _ = mlflow_runs(cluster.mlflow_uri, "spread")
+    for opt, study in studies.items():
+        kept = [t for t in study.trials if client.list_artifacts(t.user_attrs[MLFLOW_RUN], "checkpoints")]
+        assert len(kept) == 1 and kept[0].value == max(t.value for t in study.trials), (opt, kept)
 
 
 def running_on(studies_of, address: str, epochs: int = 1):
@@ -114,7 +120,9 @@ def running_on(studies_of, address: str, epochs: int = 1):
     return None
 
 
-@pytest.mark.parametrize("loss", ["killed", "cut"])
+# "killed" (every process of the host SIGKILLed) passes as well; the suite runs the harder case only
+# (the host lives on, unreachable: it needed gRPC keepalive), to keep the suite under 10 minutes
+@pytest.mark.parametrize("loss", ["cut"])
 def test_worker_host_lost_mid_trial(cluster, tmp_path, loss):
     """Lose the worker host while it trains: every process in its namespace SIGKILLed (``killed``),
     or its only link taken down (``cut``: the host lives on, unreachable). Ray declares the node

@@ -6,10 +6,6 @@ exactly one value in MLflow and in Optuna.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import optuna
@@ -17,9 +13,9 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.config import load_config
-from sweep.engine import run_sweep
 from sweep.studies import open_storage, study_name
-from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies, sweep_dir_of
+from tests.sweep_helpers import (default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies,
+                                 sweep_dir_of, sweep_with_a_killed_worker)
 
 pytestmark = pytest.mark.slow  # sweeps on the session's Ray, a worker killed mid-trial
 
@@ -47,17 +43,10 @@ def test_worker_killed_mid_trial(ray_address, sweep_overrides, max_retries):
         f"max_retries={max_retries}"], mode="sweep")
     sweep_dir = sweep_dir_of(cfg)
     storage_url = default_storage(sweep_dir)
-    outcome: dict[str, int] = {}
-    driver = threading.Thread(target=lambda: outcome.setdefault("code", 0 if run_sweep(cfg).rows else 1))
-    driver.start()
-    victim, deadline = None, time.time() + 120
-    while victim is None and driver.is_alive() and time.time() < deadline:
-        time.sleep(0.05)
-        victim = _running_trial_with_an_epoch(storage_url, study_name(cfg.name, "momentum"))
-    assert victim is not None, "never saw a running trial with a reported epoch"
-    os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
-    driver.join(timeout=240)
-    assert outcome.get("code") == 0
+    victim, code = sweep_with_a_killed_worker(
+        cfg, lambda: _running_trial_with_an_epoch(storage_url, study_name(cfg.name, "momentum")),
+        "a running trial with a reported epoch")
+    assert code == 0
 
     study = studies(cfg, storage_url)["momentum"]
     assert len(study.trials) == 2
