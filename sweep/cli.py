@@ -105,8 +105,13 @@ def _drive(cfg, start) -> int:
     return 0
 
 
+def _with_output_dir(args) -> list[str]:
+    """The overrides, with ``--output-dir`` as ``output_dir=`` (the option and the key are one setting)."""
+    return list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+
+
 def cmd_run(args) -> int:
-    overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    overrides = _with_output_dir(args)
     try:
         cfg = load_config(args.config, overrides, default="quickstart", mode=SWEEP)
     except ConfigError as exc:
@@ -121,7 +126,7 @@ def cmd_run(args) -> int:
 def cmd_submit(args) -> int:
     from sweep import submit
 
-    overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    overrides = _with_output_dir(args)
     try:
         cfg, entrypoint = submit.load(args.config, overrides)
         job = submit.submit(cfg, entrypoint, args.address or submit.default_address())
