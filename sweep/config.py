@@ -149,7 +149,22 @@ def _database_url(value, schemes) -> str | None:
     return None
 
 
+def _check_userinfo(key, value) -> None:
+    """A password with ``/``, ``?`` or ``#`` must be percent-encoded: unencoded, URL parsers (ours,
+    and the masking of secrets) end the host part early and would see no password at all, while
+    SQLAlchemy still connects with it, so it would be saved and shown in clear. The value is not
+    printed: it holds the password."""
+    if not isinstance(value, str) or "://" not in value:
+        return
+    rest = value.split("://", 1)[1]
+    if "@" in rest and "@" not in urlparse(value).netloc:
+        raise ConfigError(key, "its password (or user) holds a character a URL needs percent-encoded "
+                               "(/ as %2F, ? as %3F, # as %23, @ as %40); or leave the password out and set "
+                               "PGPASSWORD / MLFLOW_TRACKING_PASSWORD")
+
+
 def _storage_url(key, value):
+    _check_userinfo(key, value)
     url = _database_url(value, ("journal", "sqlite", "postgresql", "mysql"))
     if url is None:
         raise ConfigError(key, "must be journal:///PATH, sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB "
@@ -161,6 +176,7 @@ _storage_url.allowed = "journal:///PATH | sqlite:///PATH | postgresql://USER@HOS
 
 
 def _tracking_uri(key, value):
+    _check_userinfo(key, value)
     if isinstance(value, str) and urlparse(value).scheme in ("http", "https"):
         parsed = urlparse(value)
         try:

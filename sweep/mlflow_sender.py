@@ -29,9 +29,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, TypeVar
-from urllib.parse import urlparse
 
-from sweep import tracking
+from sweep import credentials, tracking
 from sweep.errors import StoreUnavailable, first_line
 from sweep.finish import MLFLOW
 from sweep.outcome import TrialOutcome
@@ -261,6 +260,5 @@ class TrackingSender:
             self._changed.notify_all()
 
     def _redacted(self, text: str) -> str:
-        """Errors quote the request URL, which may carry the server's password."""
-        password = urlparse(self.uri).password
-        return text.replace(password, "***") if password else text
+        """Errors quote the request URL, which may carry the server's credentials."""
+        return credentials.redact(text, self.uri)

@@ -46,7 +46,9 @@ class Stores:
 
     @property
     def local_tracking(self) -> bool:
-        return self.tracking_uri.startswith("sqlite:")
+        """No tracking server: the run artifacts (checkpoints) go to the sweep directory, not to
+        MLflow's fallback ``./mlruns`` under whatever folder the process runs in."""
+        return not self.tracking_uri.startswith(("http://", "https://"))
 
 
 class SweepDir:

@@ -81,12 +81,12 @@ def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
         earlier = study.record(task.number)
     if earlier.state.is_finished():  # told by an attempt whose worker died right after
         return close_from_record(study, uri, task.run_id, task.number, close_run=sender.close_run)
+    node = this_node()  # Ray's own context: not a store call
     with store_calls(OPTUNA):
         trial = study.live_trial(task.number)
         attempt = int(earlier.user_attrs.get(ATTEMPT, 0)) + 1
         trial.set_user_attr(ATTEMPT, attempt)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        node = this_node()
         for name, value in node.items():
             trial.set_user_attr(name, value)
     sender.tag({f"sweep.{name}": value for name, value in node.items()})

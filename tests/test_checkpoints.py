@@ -220,3 +220,13 @@ def test_only_each_optimizers_best_keeps_its_checkpoint(ray_address, sweep_overr
         best = Tally.of(0, filter(None, map(outcome_of, study.trials))).best_number  # diverged is not best
         assert after[opt][best] == every[opt][best] != [], opt
         assert not any(epochs for number, epochs in after[opt].items() if number != best), after
+
+
+def test_without_a_tracking_server_artifacts_go_to_the_sweep_directory():
+    """Checkpoints of a sweep tracked in a database (sqlite or PostgreSQL) live in its directory,
+    never in MLflow's fallback ./mlruns under whatever folder the driver runs in."""
+    from sweep.sweepdir import Stores
+
+    assert Stores("journal:///s/optuna.journal", "sqlite:///s/mlflow.db").local_tracking
+    assert Stores("journal:///s/optuna.journal", "postgresql://me@db/mlflow").local_tracking
+    assert not Stores("postgresql://me@db/optuna", "http://mlflow:5000").local_tracking

@@ -371,3 +371,21 @@ def test_http_tracking_sweep_shows_no_password(ray_address, tmp_path, ui_server)
     assert _leaks(_mlflow_text(f"http://127.0.0.1:{port}", name)) == []
     assert _files_leaking(Path(served_store.removeprefix("sqlite:///")).parent) == {}  # the server's store
     assert _ray_logs_leaking() == {}
+
+
+@pytest.mark.parametrize("key, url", [
+    ("storage", "postgresql://sweep:PA/ZZ@db/optuna"),       # SQLAlchemy would connect with "PA/ZZ"
+    ("storage", "postgresql://sweep:PA?ZZ@db/optuna"),
+    ("tracking_uri", "http://me:PA#ZZ@mlflow:5000"),
+])
+def test_unencoded_password_refused_without_showing_it(tmp_path, capsys, key, url):
+    """URL parsers end the host part at the first / ? #: the password would hide from the masking,
+    so such a URL is refused (one line, exit 2, nothing written) and the value is not printed."""
+    out = tmp_path / "out"
+    assert main(["run", f"{key}={url}", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sweep: error: {key}: ") and "percent-encoded" in err and "ZZ" not in err, err
+    assert not out.exists()
+    encoded = url.replace("PA/ZZ", "PA%2FZZ").replace("PA?ZZ", "PA%3FZZ").replace("PA#ZZ", "PA%23ZZ")
+    cfg = load_config(None, [f"{key}={encoded}"], default="quickstart", mode=SWEEP)
+    assert "ZZ" not in str(cfg.to_dict()[key])
