@@ -347,7 +347,8 @@ class Driver:
             trials = self.studies[opt].trials()
         finished = [(t, o) for t in trials if (o := outcome_of(t)) is not None and MLFLOW_RUN in t.user_attrs]
         best = Tally.of(0, (o for _, o in finished)).best_number
-        self.retention.tidy({t.number: t.user_attrs[MLFLOW_RUN] for t, _ in finished}, best)
+        with self.watch.call():  # deletes are best effort, but a slow server is said, not silent
+            self.retention.tidy({t.number: t.user_attrs[MLFLOW_RUN] for t, _ in finished}, best)
 
     def submit(self, opt: str, remote, data_ref):
         study = self.studies[opt]
