@@ -193,7 +193,8 @@ def test_torn_journal_record_is_repaired_and_rerun(ray_address, tmp_path, which)
 def test_sigterm_stops_the_driver_and_resume_finishes(ray_address, tmp_path):
     out = tmp_path / "sweeps"
     name = "sigterm"
-    args = _base(out, name, "trials=2", "epochs=4", "batch_size=8", f"ray_address={ray_address}")
+    # 10 epochs: the victim must not finish while the driver stops (seen once with 4)
+    args = _base(out, name, "trials=2", "epochs=10", "batch_size=8", f"ray_address={ray_address}")
     sweep_dir = SweepDir.of(str(out), name).path
     log = tmp_path / "driver"
     driver = _popen("run", "quickstart", *args, log=log)
