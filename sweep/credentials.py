@@ -29,7 +29,8 @@ _ENV_SECRETS = ("PGPASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN
 _USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^\s/@'\"]+)@")
 
 
-def _is_http(url: str) -> bool:
+def is_server(url: str) -> bool:
+    """An http(s) URL: a tracking server, not a database or file (the one place that decides)."""
     return url.lower().startswith(("http://", "https://"))
 
 
@@ -39,7 +40,7 @@ def split(url: str) -> tuple[str, str | None]:
     userinfo, at, host = netloc.rpartition("@")
     if not at:
         return url, None
-    if _is_http(url):
+    if is_server(url):
         public_netloc, secret = host, userinfo
     else:
         user, colon, password = userinfo.partition(":")
@@ -56,7 +57,7 @@ def public(url: str | None) -> str | None:
 
 def _mask(match: re.Match) -> str:
     scheme, userinfo = match.group(1), match.group(2)
-    if _is_http(scheme):
+    if is_server(scheme):
         return f"{scheme}{MASK}@"
     user, colon, _ = userinfo.partition(":")
     return f"{scheme}{user}:{MASK}@" if colon else match.group(0)

@@ -72,7 +72,7 @@ def is_outage(exc: Exception, tracking_uri: str) -> bool:
     failure that stops the sweep at once, as in every other store call."""
     from mlflow.exceptions import MlflowException, RestException
 
-    if not tracking_uri.startswith(("http://", "https://")):
+    if not credentials.is_server(tracking_uri):
         return False
     if isinstance(exc, RestException):
         status = exc.get_http_status_code()

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from sweep.config import SweepConfig
-from sweep.credentials import public, redact, redacted
+from sweep.credentials import is_server, public, redact, redacted
 from sweep.errors import ConfigError, first_line
 from sweep.sweepdir import Stores
 
@@ -94,7 +94,7 @@ def check_ray_address(key: str, address: str | None) -> None:
 def check_stores(cfg: SweepConfig, stores: Stores) -> None:
     check_writable("output_dir", Path(cfg.output_dir))
     check_database("storage", stores.storage, given=cfg.storage is not None)
-    if stores.tracking_uri.startswith(("http://", "https://")):
+    if is_server(stores.tracking_uri):
         check_tracking_server("tracking_uri", stores.tracking_uri)
     else:
         check_database("tracking_uri", stores.tracking_uri, given=cfg.tracking_uri is not None)

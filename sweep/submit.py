@@ -154,7 +154,7 @@ def instructions(job: Job) -> str:
     """How to follow, watch and stop the job, printed once it is submitted."""
     where = f"--address {job.address}"
     tracking = job.cfg.tracking_uri
-    results = (f"MLflow:  {tracking} (the tracking server's UI)" if tracking and tracking.startswith("http")
+    results = (f"MLflow:  {tracking} (the tracking server's UI)" if tracking and credentials.is_server(tracking)
                else f"MLflow:  on the head node: sweep ui {job.cfg.name} --output-dir {job.cfg.output_dir}")
     lines = [f"submitted job {job.job_id} to {job.address}",
              f"driver:  {job.entrypoint}",

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from sweep.credentials import redact, redacted
+from sweep.credentials import is_server, redact, redacted
 
 CONFIG, ID, STATE, LOCK = "sweep.yaml", "id", "state", "lock"
 JOURNAL, MLFLOW_DB, ARTIFACTS = "optuna.journal", "mlflow.db", "artifacts"
@@ -48,7 +48,7 @@ class Stores:
     def local_tracking(self) -> bool:
         """No tracking server: the run artifacts (checkpoints) go to the sweep directory, not to
         MLflow's fallback ``./mlruns`` under whatever folder the process runs in."""
-        return not self.tracking_uri.startswith(("http://", "https://"))
+        return not is_server(self.tracking_uri)
 
 
 class SweepDir:

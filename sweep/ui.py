@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import IO, Iterator
 
 from sweep.config import ConfigError
+from sweep.credentials import is_server
 
 POLL_S = 0.5  # between two /health requests, and between two checks of the stop flag
 HEALTH_TIMEOUT_S = 2.0  # one /health request
@@ -236,7 +237,7 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def serve(tracking_uri: str, experiment: str, host: str = "127.0.0.1", port: int = 5000) -> int:
     """Serve the MLflow UI on a sweep's tracking store until SIGINT/SIGTERM; return the exit code."""
-    if tracking_uri.startswith(("http://", "https://")):
+    if is_server(tracking_uri):
         print(remote_hint(tracking_uri, experiment), flush=True)
         return 0
     check_port_free(host, port)

@@ -13,7 +13,7 @@ import time
 import urllib.request
 from typing import Iterator
 
-from sweep.credentials import public, redacted
+from sweep.credentials import is_server, public, redacted
 
 SLOW_S = 5.0
 
@@ -49,7 +49,7 @@ class TrackingWatch:
 
     def __init__(self, tracking_uri: str):
         self.uri = tracking_uri
-        self.http = tracking_uri.startswith(("http://", "https://"))
+        self.http = is_server(tracking_uri)
         self.down_since: float | None = None
 
     @property
