@@ -200,3 +200,25 @@ class ScheduleDriver:
             self.main.step()
         elif self.spec.granularity == "plateau":
             self.main.step(val_loss)
+
+
+def lr_trace(lr: float, name: str, params: Mapping[str, Any], epochs: int, steps_per_epoch: int,
+             val_losses: tuple[float, ...] = ()) -> list[float]:
+    """The learning rate at every step of a run, from the same ``ScheduleDriver`` a trial steps
+    (for the report's schedule plot). ``val_losses`` (per epoch) drive a plateau schedule as in
+    the run; without them it sees no improvement after the first epoch."""
+    import warnings
+
+    import torch
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    trace = []
+    with warnings.catch_warnings():  # no optimizer step is taken: torch would warn on every scheduler step
+        warnings.simplefilter("ignore", UserWarning)
+        driver = ScheduleDriver(optimizer, name, params, epochs, steps_per_epoch)
+        for epoch in range(epochs):
+            for _ in range(steps_per_epoch):
+                trace.append(driver.lr)
+                driver.after_batch()
+            driver.after_epoch(val_losses[epoch] if epoch < len(val_losses) else 1.0)
+    return trace

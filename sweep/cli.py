@@ -1,4 +1,4 @@
-"""The `sweep` command: train one trial, run or resume a sweep, list sweeps, serve the MLflow UI.
+"""The `sweep` command: train one trial, run or resume a sweep, report on it, list sweeps, serve the MLflow UI.
 
 Exit codes are decided here: 0 done, 1 a failed trial (train) or a sweep stopped by a store that
 went away or an unexpected error, 2 bad input (nothing written), 130/143 stopped by Ctrl-C/SIGTERM.
@@ -97,11 +97,37 @@ def _drive(cfg, start) -> int:
             where = f"the traceback could not be written to {sweep_dir / 'driver.log'} ({log_error.strerror})"
         message = redact(str(exc), *urls).strip()[:200]  # masked before the cut: no half password
         return _fail(f"unexpected {type(exc).__name__}: {message}\n{where}; {hint}", FAILED, urls)
-    from sweep.report import markdown_table
+    _print_report(result.report, cfg.name, result.sweep_dir.path.parent)
+    return 0
 
-    print(markdown_table(result.rows))
-    print(f"\nresults: {result.sweep_dir.path}  (summary.json, comparison.csv, comparison.md)\n"
-          f"MLflow:  sweep ui {cfg.name} --output-dir {result.sweep_dir.path.parent}")
+
+def _print_report(built, name: str, output_dir) -> None:
+    print(built.markdown)
+    print(f"\nreport:  {built.html}  (PNGs, comparison.csv, comparison.md beside it; summary.json in "
+          f"{built.folder.parent})\nMLflow:  sweep ui {name} --output-dir {output_dir}  (the 'report' run holds it)")
+
+
+def cmd_report(args) -> int:
+    """Build the report of a finished or still-running sweep from its stores."""
+    from sweep.config import from_saved
+    from sweep.sweepdir import SweepDir
+
+    sweep_dir = SweepDir.of(args.output_dir, args.name)
+    saved = sweep_dir.saved_config()
+    if saved is None:
+        return _fail(f"name: no sweep {args.name!r} under {sweep_dir.path.parent} (see `sweep ls --output-dir DIR`)")
+    try:
+        cfg = from_saved(saved, [f"output_dir={sweep_dir.path.parent}"])
+    except ConfigError as exc:
+        return _fail(str(exc))
+    stores = sweep_dir.stores(cfg.storage, cfg.tracking_uri)
+    from sweep import report
+
+    try:
+        built = report.build(cfg, stores, sweep_dir, sweep_dir.state())
+    except StoreUnavailable as exc:
+        return _fail(str(exc), FAILED, (cfg.storage, cfg.tracking_uri))
+    _print_report(built, cfg.name, sweep_dir.path.parent)
     return 0
 
 
@@ -263,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.set_defaults(func=cmd_resume)
+    p = sub.add_parser("report", help="build a sweep's report (HTML, PNGs, CSV, Markdown; logged to MLflow)",
+                       description="Build the report of a finished or still-running sweep from its Optuna studies "
+                                   "and MLflow runs: the ranking by mean test accuracy over the re-evaluation seeds "
+                                   "with ties marked, tuning-budget curves and plots, written to <sweep>/report/ "
+                                   "and logged on the sweep's 'report' run in MLflow. `sweep run` builds it at the end.")
+    p.add_argument("name")
+    p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("ls", help="list the sweeps in the output directory", description="List sweeps: name, "
                        "state (running / finished / interrupted), optimizers, trials, best result.")
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")

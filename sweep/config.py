@@ -269,6 +269,10 @@ class SweepConfig:
     num_cpus: float = key(1.0, _float(0.0, low_inclusive=False), "Ray CPUs per trial")
     num_gpus: float = key(0.0, _float(0.0), "Ray GPUs per trial (fractions share a GPU)")
     max_retries: int = key(2, _int(0, 100), "Ray retries of a trial whose worker process died")
+    reeval_seeds: int = key(3, _int(0, 1000), "after the search, train each optimizer's best configuration again "
+                            "with this many further seeds, scored on the test set (0: no re-evaluation)")
+    reeval_top: int = key(1, _int(1, 100), "re-evaluate this many of each optimizer's best configurations; the one "
+                          "with the best mean validation accuracy over the seeds is reported")
     keep_checkpoints: bool = key(False, _bool, "keep every finished trial's last checkpoint (the best's is always kept)")
     sampler: str = key("tpe", _choice(SAMPLER_NAMES), "Optuna sampler", frozen=True)
     pruner: str = key("median", _choice(PRUNER_NAMES), "Optuna pruner (one epoch = one step)", frozen=True)

@@ -12,6 +12,7 @@ The engine raises and the CLI decides exit codes: ``ConfigError`` (bad input, no
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import signal
@@ -19,7 +20,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sweep import checkpoints, credentials, preflight, report, tracking
+from sweep import best_model, checkpoints, credentials, preflight, reeval, report, tracking
+from sweep.collect import TRAIN_IMAGES
 from sweep.config import FROZEN_KEYS, STORE_URL_KEYS, SweepConfig, saved_values
 from sweep.datasets import DataSplits, DatasetUnavailable, load_dataset
 from sweep.errors import ConfigError, StoreUnavailable, first_line, store_calls
@@ -61,7 +63,7 @@ class Prepared:
 @dataclass(frozen=True)
 class SweepResult:
     sweep_dir: SweepDir
-    rows: list[report.OptimizerRow]
+    report: report.Built
 
 
 def check_resumable(cfg: SweepConfig, saved: dict[str, Any] | None) -> SweepConfig:
@@ -137,13 +139,15 @@ def _start(p: Prepared) -> SweepResult:
         p.sweep_dir.write_state(RUNNING)
         try:
             with stop_on_sigterm():
-                rows = Driver(cfg, p.stores, p.sweep_dir, p.data, sweep_id).run()
+                driver = Driver(cfg, p.stores, p.sweep_dir, p.data, sweep_id)
+                driver.run()
+                built = driver.report()  # a sweep is finished once its report is built
         except BaseException:
             with contextlib.suppress(OSError):  # a full disk must not hide why the sweep stopped
                 p.sweep_dir.write_state(INTERRUPTED)
             raise
         p.sweep_dir.write_state(FINISHED)
-    return SweepResult(p.sweep_dir, rows)
+    return SweepResult(p.sweep_dir, built)
 
 
 class stop_on_sigterm:
@@ -208,6 +212,20 @@ def _say(opt: str, text: str) -> None:
     print(f"[{opt:>9}] {text}", flush=True)
 
 
+@dataclass(frozen=True)
+class Lane:
+    """One study the driver feeds: an optimizer's search, or its re-evaluation. The role names
+    its runs in MLflow (``tracking.TRIAL_ROLE`` / ``REEVAL_ROLE``)."""
+
+    optimizer: str
+    study: SweepStudy
+    role: str
+
+    @property
+    def is_reeval(self) -> bool:
+        return self.role == tracking.REEVAL_ROLE
+
+
 class Driver:
     def __init__(self, cfg: SweepConfig, stores: Stores, sweep_dir: SweepDir, data: DataSplits, sweep_id: str):
         self.cfg, self.stores, self.sweep_dir, self.data = cfg, stores, sweep_dir, data
@@ -218,19 +236,29 @@ class Driver:
             self.tracker = tracking.SweepTracker(stores.tracking_uri, cfg.name,
                                                  sweep_dir.artifacts if stores.local_tracking else None, sweep_id)
         fixed = {k: getattr(cfg, k) for k in ("dataset", "model", "epochs", "batch_size", "sampler", "pruner",
-                                              "trials", "seed")}
+                                              "trials", "seed", "reeval_seeds")}
         self.retention = checkpoints.Retention(stores.tracking_uri, keep_all=cfg.keep_checkpoints)
         self.studies: dict[str, SweepStudy] = {}
+        self.reevals: dict[str, SweepStudy] = {}  # empty with reeval_seeds=0
         self.parents: dict[str, str] = {}
         for opt in cfg.optimizers:
             with announce_if_slow(self.storage_name), _storage_calls():
                 study = SweepStudy.open(stores.storage, cfg.name, opt, sweep_id, sampler=cfg.sampler,
                                         pruner=cfg.pruner, seed=cfg.seed, trials=cfg.trials, epochs=cfg.epochs)
+                if cfg.reeval_seeds:
+                    self.reevals[opt] = SweepStudy.open_reeval(stores.storage, cfg.name, opt, sweep_id)
             with self._tracking_calls():
                 self.parents[opt] = self.tracker.parent_run(opt, fixed)
             with _storage_calls():
                 study.set_attr(MLFLOW_RUN, self.parents[opt])
+                study.set_attr(TRAIN_IMAGES, len(data.train_x))  # the report's steps per epoch
             self.studies[opt] = study
+        self.reeval_waiting = {opt: 0 for opt in self.reevals}  # queued, not yet handed to a worker
+        self.reeval_running = {opt: 0 for opt in self.reevals}
+
+    def lanes(self) -> list[Lane]:
+        return [Lane(opt, study, tracking.TRIAL_ROLE) for opt, study in self.studies.items()] + \
+               [Lane(opt, study, tracking.REEVAL_ROLE) for opt, study in self.reevals.items()]
 
     @contextlib.contextmanager
     def _tracking_calls(self):
@@ -240,32 +268,35 @@ class Driver:
             yield
 
     # ---- repair ----
-    def recover(self, opt: str) -> None:
+    def recover(self, lane: Lane) -> None:
         """Repair what a dead driver left: finish its RUNNING trials as interrupted (study first,
-        then their runs, as everywhere) and queue each interrupted trial again once. Every step
-        can be repeated, and ``close_finished_runs`` closes a run this misses, so dying here is
-        safe too. Runs of trials the study no longer has (a torn journal) are set aside."""
-        study = self.studies[opt]
+        then their runs, as everywhere) and queue each interrupted search trial again once (an
+        interrupted re-evaluation is queued again by ``queue_reevals``). Every step can be
+        repeated, and ``close_finished_runs`` closes a run this misses, so dying here is safe
+        too. Runs of trials the study no longer has (a torn journal) are set aside."""
+        opt, study = lane.optimizer, lane.study
         with _storage_calls():
             trials = study.trials()
         with self._tracking_calls():
-            runs = self.tracker.trial_runs(opt)
+            runs = self.tracker.trial_runs(opt, lane.role)
         for number, run_id in runs.items():
             if number >= len(trials):
                 with self._tracking_calls():
                     self.tracker.orphan(run_id, "its trial was lost from the Optuna storage (torn journal)")
-                _say(opt, f"trial {number}: its record was lost from the Optuna journal; "
+                _say(opt, f"{lane.role} {number}: its record was lost from the Optuna journal; "
                           "its MLflow run is kept, tagged sweep.orphaned, and the trial runs again")
         for t in trials:
             if t.state.name != "RUNNING":
                 continue
             with self._tracking_calls():
                 run_id = (t.user_attrs.get(MLFLOW_RUN) or runs.get(t.number)
-                          or self.tracker.trial_run(self.parents[opt], opt, t.number, t.params))
+                          or self.tracker.trial_run(self.parents[opt], opt, t.number, t.params, role=lane.role))
             # rewrite_run: a run already closed means the trial's tell was lost (torn journal)
             finish_trial(study, self.stores.tracking_uri, run_id, t.number, Status.INTERRUPTED, INTERRUPTED_REASON,
                          rewrite_run=True)
-            _say(opt, f"trial {t.number} was interrupted: recorded as interrupted")
+            _say(opt, f"{lane.role} {t.number} was interrupted: recorded as interrupted")
+        if lane.is_reeval:
+            return
         with _storage_calls():
             outcomes = study.outcomes()
             retried = {t.user_attrs.get(RETRY_OF) for t in study.trials()}
@@ -279,94 +310,171 @@ class Driver:
                 _say(opt, f"trial {outcome.number} queued again with the same parameters")
 
     def close_finished_runs(self) -> None:
-        """Close trial runs left RUNNING although Optuna has the trial's outcome (a process died
-        between the two writes); Optuna is the source of truth."""
+        """Close trial and re-evaluation runs left RUNNING although Optuna has the trial's outcome
+        (a process died between the two writes); Optuna is the source of truth."""
         with self._tracking_calls():
             running = self.tracker.running_trial_runs()
-        for (opt, number), run_id in running.items():
-            study = self.studies.get(opt)
+        for (role, opt, number), run_id in running.items():
+            study = (self.reevals if role == tracking.REEVAL_ROLE else self.studies).get(opt)
             with _storage_calls():
                 known = study is not None and number < len(study.trials())
             if known:
                 close_from_record(study, self.stores.tracking_uri, run_id, number)
 
+    # ---- re-evaluation ----
+    def queue_reevals(self, opt: str) -> None:
+        """Once the optimizer's search is done: queue the re-evaluations its best configurations
+        still lack (``reeval.plan``), and count what waits."""
+        study = self.reevals.get(opt)
+        if study is None:
+            return
+        with _storage_calls():
+            planned = reeval.plan(self.studies[opt], study, self.cfg.seed, self.cfg.reeval_seeds, self.cfg.reeval_top)
+            for item in planned:
+                reeval.enqueue(study, item)
+            self.reeval_waiting[opt] = study.waiting()
+        if planned:
+            sources = sorted({p.source.number for p in planned})
+            _say(opt, f"re-evaluating trial{'s' if len(sources) > 1 else ''} {', '.join(map(str, sources))} "
+                      f"with {len(planned)} further seed run{'s' if len(planned) > 1 else ''}")
+
+    def log_best_model(self, opt: str) -> None:
+        """Log the optimizer's best re-evaluated model (once; a resumed driver finds it logged)."""
+        study = self.reevals.get(opt)
+        if study is None:
+            return
+        with _storage_calls():
+            chosen = reeval.reported(self.studies[opt], study, self.cfg.reeval_top)
+            run_id = study.record(chosen.model_trial).user_attrs.get(MLFLOW_RUN) if chosen.model_trial is not None \
+                else None
+        if run_id is None:
+            return
+        with self._tracking_calls():
+            uri = best_model.log(self.stores.tracking_uri, run_id, self.cfg.model, self.data, self.cfg.epochs)
+        if uri:
+            _say(opt, f"best re-evaluated model: {uri}")
+
     # ---- the loop ----
-    def run(self) -> list[report.OptimizerRow]:
+    def next_lane(self, tallies: dict[str, Tally]) -> Lane | None:
+        """The search first (the optimizer with the fewest trials done or running, so budgets fill
+        evenly), then the queued re-evaluations."""
+        candidates = [o for o, t in tallies.items() if t.done + t.running < t.budget]
+        if candidates:
+            opt = min(candidates, key=lambda o: tallies[o].done + tallies[o].running)
+            return Lane(opt, self.studies[opt], tracking.TRIAL_ROLE)
+        waiting = [o for o, n in self.reeval_waiting.items() if n > 0]
+        if waiting:
+            opt = min(waiting, key=lambda o: self.reeval_running[o])
+            return Lane(opt, self.reevals[opt], tracking.REEVAL_ROLE)
+        return None
+
+    def run(self) -> None:
         import ray
 
         cfg = self.cfg
-        for opt in cfg.optimizers:
-            self.recover(opt)
+        for lane in self.lanes():
+            self.recover(lane)
         self.close_finished_runs()
         data_ref = ray.put(self.data)  # once per sweep; Ray ships it once per node
         remote = ray.remote(execute).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
                                             max_retries=cfg.max_retries)
         tallies = {opt: Tally.of(cfg.trials, study.outcomes()) for opt, study in self.studies.items()}
-        in_flight: dict[Any, tuple[str, int, str]] = {}
+        for opt, tally in tallies.items():
+            if tally.done >= tally.budget:
+                self.queue_reevals(opt)
+        in_flight: dict[Any, tuple[Lane, int, str]] = {}
         try:
             with Progress(tallies) as progress:
                 while True:
                     while len(in_flight) < cfg.workers:
-                        candidates = [o for o, t in tallies.items() if t.done + t.running < t.budget]
-                        if not candidates:
+                        lane = self.next_lane(tallies)
+                        if lane is None:
                             break
-                        opt = min(candidates, key=lambda o: tallies[o].done + tallies[o].running)
-                        ref, number, run_id = self.submit(opt, remote, data_ref)
-                        in_flight[ref] = (opt, number, run_id)
-                        progress.started(opt)
+                        ref, number, run_id = self.submit(lane, remote, data_ref)
+                        in_flight[ref] = (lane, number, run_id)
+                        if lane.is_reeval:
+                            self.reeval_waiting[lane.optimizer] -= 1
+                            self.reeval_running[lane.optimizer] += 1
+                        else:
+                            progress.started(lane.optimizer)
                     if not in_flight:
                         break
                     ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=self.watch.poll_s)
                     if not ready:
                         self.watch.check()
                     for ref in ready:
-                        opt, number, run_id = in_flight.pop(ref)
-                        progress.finished(opt, self.collect(ref, opt, number, run_id))
-                        self.tidy_checkpoints(opt)
+                        lane, number, run_id = in_flight.pop(ref)
+                        outcome = self.collect(ref, lane, number, run_id)
+                        opt = lane.optimizer
+                        if lane.is_reeval:
+                            self.reeval_running[opt] -= 1
+                            with _storage_calls():
+                                progress.note(opt, reeval_line(lane.study, number, outcome))
+                        else:
+                            progress.finished(opt, outcome)
+                            tally = tallies[opt]
+                            if tally.done >= tally.budget and tally.running == 0:
+                                self.queue_reevals(opt)
+                            self.tidy_checkpoints(lane)
         except BaseException:
             for ref in in_flight:  # their trials stay RUNNING: the next start queues them again
                 ray.cancel(ref, force=True)
             raise
         self.close_finished_runs()
-        for opt in cfg.optimizers:  # trials finished under an earlier driver, when none ran now
-            self.tidy_checkpoints(opt)
-        from mlflow.exceptions import MlflowException
+        for opt in cfg.optimizers:
+            self.log_best_model(opt)
+        for lane in self.lanes():  # trials finished under an earlier driver, and the re-evaluations
+            self.tidy_checkpoints(lane)
 
+    def report(self) -> report.Built:
+        """The finished sweep's report. A tracking store that fails meanwhile stops it like any
+        driver call; `sweep resume` then builds it (nothing is left to train)."""
         with self.watch.call():
-            try:
-                return report.write(cfg, self.stores, self.sweep_dir, self.studies, self.tracker, self.parents)
-            except MlflowException as exc:  # the parent runs' summaries: the store, not a bug (files: see start)
-                raise StoreUnavailable(MLFLOW, first_line(exc)) from exc
+            return report.build(self.cfg, self.stores, self.sweep_dir, FINISHED, self.tracker)
 
-    def tidy_checkpoints(self, opt: str) -> None:
-        """Delete the checkpoints of the optimizer's finished trials but its best's (all kept with
-        ``keep_checkpoints``). Here, after each trial is collected, the disk holds one checkpoint
-        per running trial and per optimizer, not one per trial until the sweep ends; the pass at
-        the end catches what a dead driver left. Optuna says which trials are finished and best."""
+    def tidy_checkpoints(self, lane: Lane) -> None:
+        """Delete the checkpoints of finished trials but the one worth keeping (all kept with
+        ``keep_checkpoints``): the search's best trial, and the re-evaluation whose model is the
+        optimizer's best. The search is tidied after each trial is collected, so the disk holds
+        one checkpoint per running trial and per optimizer, not one per trial until the sweep
+        ends; re-evaluations only once all have finished (until then the best may change). The
+        pass at the end catches what a dead driver left. Optuna says which trials are finished
+        and best."""
         with _storage_calls():
-            trials = self.studies[opt].trials()
+            trials = lane.study.trials()
+            if lane.is_reeval:
+                keep = reeval.reported(self.studies[lane.optimizer], lane.study, self.cfg.reeval_top).model_trial
         finished = [(t, o) for t in trials if (o := outcome_of(t)) is not None and MLFLOW_RUN in t.user_attrs]
-        best = Tally.of(0, (o for _, o in finished)).best_number
+        if not lane.is_reeval:
+            keep = Tally.of(0, (o for _, o in finished)).best_number
         with self.watch.call():  # deletes are best effort, but a slow server is said, not silent
-            self.retention.tidy({t.number: t.user_attrs[MLFLOW_RUN] for t, _ in finished}, best)
+            self.retention.tidy({t.number: t.user_attrs[MLFLOW_RUN] for t, _ in finished}, keep)
 
-    def submit(self, opt: str, remote, data_ref):
-        study = self.studies[opt]
-        with announce_if_slow(self.storage_name), \
-                _storage_calls():
+    def submit(self, lane: Lane, remote, data_ref):
+        opt, study, cfg = lane.optimizer, lane.study, self.cfg
+        with announce_if_slow(self.storage_name), _storage_calls():
             trial = study.ask()
-            tc = sample_trial(trial, opt, self.cfg)
+            tc = sample_trial(trial, opt, cfg)  # a re-evaluation's parameters were enqueued: nothing is drawn
+        extra: dict[str, str] = {}
+        if lane.is_reeval:
+            source, seed = reeval.key_of(trial)
+            # a different seed (init, batch order) on the sweep's split; its last epoch always
+            # checkpointed: the model logged is rebuilt from it
+            tc = dataclasses.replace(tc, seed=seed, checkpoint_every=cfg.checkpoint_every or cfg.epochs)
+            extra = {tracking.SOURCE_TRIAL: str(source), tracking.REEVAL_SEED: str(seed)}
         with self._tracking_calls():
-            run_id = self.tracker.trial_run(self.parents[opt], opt, trial.number, run_params(tc, trial.params),
-                                            retry_of=trial.user_attrs.get(RETRY_OF))
+            run_id = self.tracker.trial_run(
+                self.parents[opt], opt, trial.number, run_params(tc, trial.params), role=lane.role,
+                retry_of=trial.user_attrs.get(RETRY_OF), extra_tags=extra,
+                run_name=f"{opt}-reeval-{extra[tracking.SOURCE_TRIAL]}-seed{seed}" if lane.is_reeval else None)
         with _storage_calls():
             trial.set_user_attr(MLFLOW_RUN, run_id)
             trial.set_user_attr(HYPERPARAMETERS, chosen_hyperparameters(tc))
-        task = TrialTask(self.stores, study.name, trial.number, run_id, self.cfg.pruner, tc,
-                         threads=max(1, int(self.cfg.num_cpus)), credentials=self.credentials)
+        task = TrialTask(self.stores, study.name, trial.number, run_id, "none" if lane.is_reeval else cfg.pruner,
+                         tc, threads=max(1, int(cfg.num_cpus)), credentials=self.credentials)
         return remote.remote(task, data_ref), trial.number, run_id
 
-    def collect(self, ref, opt: str, number: int, run_id: str) -> TrialOutcome:
+    def collect(self, ref, lane: Lane, number: int, run_id: str) -> TrialOutcome:
         """The worker's outcome. A store that failed in the worker stops the sweep; a worker that
         died past Ray's retries, or raised, makes the trial FAILED."""
         import ray
@@ -384,9 +492,16 @@ class Driver:
             else:  # Ray's own message ends with what happened to the worker
                 reason = f"worker error: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
             with self._tracking_calls():
-                return finish_trial(self.studies[opt], self.stores.tracking_uri, run_id, number, Status.FAILED, reason)
+                return finish_trial(lane.study, self.stores.tracking_uri, run_id, number, Status.FAILED, reason)
+
+
+def reeval_line(study: SweepStudy, number: int, outcome: TrialOutcome) -> str:
+    """One line per finished re-evaluation."""
+    source, seed = reeval.key_of(study.record(number)) or (None, None)
+    test = outcome.metrics.get("test_accuracy")
+    shown = f" test_acc={test:.4f}" if test is not None else f" ({outcome.reason})" if outcome.reason else ""
+    return f"re-evaluation of trial {source} seed {seed}: {outcome.status.value}{shown}"
 
 
 def _storage_calls() -> store_calls:
     return store_calls(OPTUNA)
-

@@ -46,6 +46,14 @@ class Progress:
                   f"({row.done}/{row.budget} done, best {self._best(row)})", flush=True)
         self._refresh()
 
+    def note(self, optimizer: str, text: str) -> None:
+        """A line about the optimizer outside the table (a re-evaluation finished)."""
+        line = f"[{optimizer:>9}] {text}"
+        if self._live is not None:
+            self._live.console.print(line)
+        else:
+            print(line, flush=True)
+
     @staticmethod
     def _best(row: Tally) -> str:
         return "-" if row.best is None else f"{row.best:.4f}"

@@ -1,96 +1,118 @@
-"""End-of-sweep comparison (JSON, CSV, Markdown, MLflow) and ``sweep ls``.
+"""The sweep's report: built from the stores (``collect``), written as files (``report_files``),
+published to MLflow; and ``sweep ls``.
 
 All figures are read back from the Optuna studies, the source of truth, through the one outcome
 classifier, so a resumed sweep's report covers every trial it ever ran, and the counts match the
-live view's.
+live view's. ``sweep run`` ends by building it; ``sweep report NAME`` builds it for any sweep,
+finished or still running.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweep.outcome import Status, Tally
+from sweep.comparison import Comparison, OptimizerResult
+from sweep.sweepdir import FINISHED
 
-COLUMNS = ("optimizer", "best_val_accuracy", "test_accuracy", *(s.value for s in Status), "train_seconds",
-           "best_params")
+REPORT_ARTIFACTS = "report"  # the sweep-level run's artifact folder
 
 
 @dataclass(frozen=True)
-class OptimizerRow:
-    """One optimizer's line of the comparison."""
+class Built:
+    """A report on disk (and in MLflow): what it says, and where."""
 
-    optimizer: str
-    best_val_accuracy: float | None
-    test_accuracy: float | None
-    best_trial: int | None
-    best_params: dict[str, Any] = field(default_factory=dict)        # as the optimizer takes them
-    best_optuna_params: dict[str, Any] = field(default_factory=dict)  # as Optuna searched them
-    counts: dict[str, int] = field(default_factory=dict)              # per status
-    train_seconds: float = 0.0
-
-    def cells(self) -> dict[str, Any]:
-        return {**asdict(self), **self.counts}
+    comparison: Comparison
+    folder: Path                 # <sweep>/report/: report.html, the PNGs, comparison.csv/.md
+    html: Path
+    markdown: str                # the ranking table, as printed at the end of `sweep run`
+    run_id: str | None           # the sweep-level MLflow run holding it
 
 
-def summarize(optimizer: str, study) -> OptimizerRow:
-    outcomes = study.outcomes()
-    tally = Tally.of(0, outcomes)
-    best = study.record(tally.best_number) if tally.best_number is not None else None
-    return OptimizerRow(
-        optimizer=optimizer,
-        best_val_accuracy=tally.best,
-        test_accuracy=best.user_attrs.get("final_test_accuracy") if best else None,
-        best_trial=tally.best_number,
-        best_params=best.user_attrs.get("hyperparameters", best.params) if best else {},
-        best_optuna_params=dict(best.params) if best else {},
-        counts={s.value: n for s, n in tally.counts.items()},
-        train_seconds=round(sum(o.metrics.get("train_seconds", 0.0) for o in outcomes), 2))
+def build(cfg, stores, sweep_dir, state: str, tracker=None) -> Built:
+    """Read the sweep from its stores, write the report files and ``summary.json``, and publish
+    them to MLflow: the report on the sweep-level run, each optimizer's result on its parent run.
+    A finished sweep's runs are closed; a running one's are left running."""
+    from sweep import collect, report_files
+    from sweep.errors import store_calls
+    from sweep.finish import MLFLOW
+
+    comparison = collect.comparison(cfg, stores, state)
+    files = report_files.write_report(comparison, sweep_dir.report)
+    sweep_dir.write_summary(summary(comparison, stores, files.html))
+    if tracker is None:
+        from sweep.tracking import SweepTracker
+
+        with store_calls(MLFLOW):
+            tracker = SweepTracker(stores.tracking_uri, cfg.name, sweep_dir.artifacts if stores.local_tracking else None,
+                                   sweep_dir.read_id() or "")
+    markdown = report_files.markdown_table(comparison)
+    with store_calls(MLFLOW):  # a tracking store that fails stops the command, said as such
+        run_id = publish(tracker, comparison, sweep_dir.report, markdown, final=state == FINISHED)
+    return Built(comparison, sweep_dir.report, files.html, markdown, run_id)
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    if isinstance(value, dict):
-        return " ".join(f"{k}={_cell(v) if not isinstance(v, float) else f'{v:.3g}'}" for k, v in value.items())
-    return str(value)
-
-
-def markdown_table(rows: list[OptimizerRow]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row.cells().get(c)) for c in COLUMNS) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def csv_table(rows: list[OptimizerRow]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({**row.cells(), "best_params": json.dumps(row.best_params)})
-    return out.getvalue()
-
-
-def write(cfg, stores, sweep_dir, studies: dict, tracker, parents: dict[str, str]) -> list[OptimizerRow]:
+def summary(comparison: Comparison, stores, html: Path) -> dict[str, Any]:
+    """``summary.json``: the comparison's figures, without the per-trial detail."""
     from sweep.credentials import public
 
-    rows = [summarize(opt, study) for opt, study in studies.items()]
-    md = markdown_table(rows)
-    summary = {"name": cfg.name, "dataset": cfg.dataset, "model": cfg.model, "epochs": cfg.epochs,
-               "trials_per_optimizer": cfg.trials, "storage": public(stores.storage),
-               "tracking_uri": public(stores.tracking_uri), "optimizers": {r.optimizer: r.cells() for r in rows}}
-    sweep_dir.write_results(summary, md, csv_table(rows))
-    for row in rows:
-        metrics = {"best_val_accuracy": row.best_val_accuracy, "test_accuracy": row.test_accuracy,
-                   "train_seconds": row.train_seconds, **{f"trials_{k}": v for k, v in row.counts.items()}}
-        tracker.finish_parent(parents[row.optimizer], {k: v for k, v in metrics.items() if v is not None},
-                              f"Sweep {cfg.name!r}: every optimizer\n\n{md}\n")
-    return rows
+    optimizers = {}
+    for rank, r in enumerate(comparison.results, 1):
+        test = r.test
+        optimizers[r.optimizer] = {
+            "rank": rank, "best_val_accuracy": r.best_val_accuracy, "best_trial": r.best_trial,
+            "test_accuracy_mean": test.mean if test else None, "test_accuracy_std": test.std if test else None,
+            "test_accuracy_ci95": [test.ci_low, test.ci_high] if test else None, "seeds": test.n if test else 0,
+            "tied": r.tied, "p_value": r.p_value, "best_params": dict(r.best_hyperparameters),
+            "share_within_2pct": r.budget.share_within_2pct if r.budget else None,
+            "trials_to_1pct": r.budget.trials_to_1pct if r.budget else None,
+            "model_uri": r.model_uri, "best_run_id": r.best_run_id, "train_seconds": r.train_seconds,
+            **r.counts}
+    return {"name": comparison.name, "dataset": comparison.dataset, "model": comparison.model,
+            "epochs": comparison.epochs, "trials_per_optimizer": comparison.trials,
+            "reeval_seeds": comparison.reeval_seeds, "state": comparison.state, "generated": comparison.generated,
+            "tie_rule": comparison.tie_rule, "storage": public(stores.storage),
+            "tracking_uri": public(stores.tracking_uri), "report": str(html), "optimizers": optimizers}
+
+
+def parent_metrics(r: OptimizerResult) -> dict[str, float]:
+    """The summary an optimizer's parent run carries (the runs table shows them side by side)."""
+    metrics: dict[str, float | None] = {
+        "best_val_accuracy": r.best_val_accuracy, "train_seconds": r.train_seconds,
+        **{f"trials_{k}": v for k, v in r.counts.items()}}
+    if r.test is not None:
+        metrics.update(test_accuracy_mean=r.test.mean, test_accuracy_std=r.test.std, test_accuracy_ci95_low=r.test.ci_low,
+                       test_accuracy_ci95_high=r.test.ci_high, reeval_seeds=r.test.n)
+    if r.budget is not None and r.budget.share_within_2pct is not None:
+        metrics["share_within_2pct"] = r.budget.share_within_2pct
+    return {k: float(v) for k, v in metrics.items() if v is not None}
+
+
+def publish(tracker, comparison: Comparison, folder: Path, markdown: str, final: bool) -> str:
+    """The report as artifacts of the sweep-level run (``report/report.html`` opens in the MLflow
+    UI's artifact viewer), and each optimizer's summary, best trial and model on its parent."""
+    from sweep import tracking
+
+    run_id = tracker.sweep_run()
+    exp = tracker.experiment_id
+    tracker.client.log_artifacts(run_id, str(folder), REPORT_ARTIFACTS)
+    link = f"#/experiments/{exp}/runs/{run_id}/artifacts/{REPORT_ARTIFACTS}/report.html"
+    metrics = {f"{r.optimizer}.{k}": v for r in comparison.results for k, v in parent_metrics(r).items()
+               if k.startswith("test_accuracy") or k == "best_val_accuracy"}
+    tracker.describe(run_id, metrics, {}, f"Sweep {comparison.name!r} ({comparison.state}): "
+                                          f"[the report]({link})\n\n{markdown}\n\n{comparison.tie_rule}\n", final)
+    for r in comparison.results:
+        parent = tracker.find_parent(r.optimizer)
+        if parent is None:
+            continue
+        tags = {tracking.BEST_RUN: r.best_run_id or "", tracking.MODEL_URI: r.model_uri or "",
+                "sweep.tied": "-" if r.tied is None else str(r.tied).lower()}
+        best = f"[trial {r.best_trial}](#/experiments/{exp}/runs/{r.best_run_id})" if r.best_run_id else "none yet"
+        model = f"\n\nBest re-evaluated model: `{r.model_uri}`" if r.model_uri else ""
+        tracker.describe(parent, parent_metrics(r), {k: v for k, v in tags.items() if v},
+                         f"**{r.optimizer}**: best configuration {best}{model}. Every optimizer "
+                         f"([report]({link})):\n\n{markdown}\n", final)
+    return run_id
 
 
 def best_of(summary: dict[str, Any] | None) -> str:

@@ -25,6 +25,8 @@ DIRECTION = "maximize"  # validation accuracy
 RETRY_OF, MLFLOW_RUN, ATTEMPT, HYPERPARAMETERS = "retry_of", "mlflow_run_id", "attempt", "hyperparameters"
 NODE_ID, NODE_ADDRESS = "node_id", "node_address"  # the Ray node of the latest attempt
 RESUMED_FROM = "resumed_from_epoch"  # the checkpoint's epoch a retried attempt went on from
+SOURCE_TRIAL, REEVAL_SEED = "source_trial", "reeval_seed"  # a re-evaluation: whose configuration, which seed
+REEVAL = "reeval"  # the re-evaluation study's name suffix: <sweep>/<optimizer>/reeval
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 __all__ = ["SweepStudy", "open_storage", "study_name", "foreign_studies", "make_sampler", "make_pruner",
@@ -56,8 +58,8 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     return PRUNERS[name](epochs)
 
 
-def study_name(sweep_name: str, optimizer: str) -> str:
-    return f"{sweep_name}/{optimizer}"
+def study_name(sweep_name: str, optimizer: str, reeval: bool = False) -> str:
+    return f"{sweep_name}/{optimizer}" + (f"/{REEVAL}" if reeval else "")
 
 
 def foreign_studies(storage_url: str, sweep_name: str, sweep_id: str) -> list[str]:
@@ -112,6 +114,25 @@ class SweepStudy:
         return cls(study)
 
     @classmethod
+    def open_reeval(cls, storage_url: str, sweep_name: str, optimizer: str, sweep_id: str) -> "SweepStudy":
+        """Create or load the optimizer's re-evaluation study. Its trials are all enqueued with the
+        search trial's parameters (no sampler draws them) and train every epoch (no pruner)."""
+        study = optuna.create_study(study_name=study_name(sweep_name, optimizer, reeval=True),
+                                    storage=open_storage(storage_url), direction=DIRECTION, load_if_exists=True,
+                                    pruner=make_pruner("none", 1), sampler=make_sampler("random", 0, 1))
+        if "sweep_id" not in study.user_attrs:
+            study.set_user_attr("sweep_id", sweep_id)
+        return cls(study)
+
+    @classmethod
+    def find(cls, storage_url: str, name: str) -> "SweepStudy | None":
+        """A study to read (the report), or None when the storage has none of that name."""
+        try:
+            return cls(optuna.load_study(study_name=name, storage=open_storage(storage_url)))
+        except KeyError:
+            return None
+
+    @classmethod
     def load(cls, storage_url: str, name: str, pruner: str, epochs: int) -> "SweepStudy":
         """A worker's handle on the study: the same pruner decides there."""
         return cls(optuna.load_study(study_name=name, storage=open_storage(storage_url),
@@ -157,6 +178,10 @@ class SweepStudy:
     def enqueue_retry(self, trial: FrozenTrial) -> None:
         """Queue an interrupted trial's parameters again, once (``retry_of`` names the original)."""
         self.study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+
+    def enqueue(self, params: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+        """Queue a trial with fixed parameters (a re-evaluation); ``ask`` hands it out."""
+        self.study.enqueue_trial(dict(params), user_attrs=dict(attrs), skip_if_exists=False)
 
     def finish(self, number: int, status: Status, reason: str = "", metrics: Mapping[str, float] = (),
                value: float | None = None) -> TrialOutcome:

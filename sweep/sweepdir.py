@@ -4,8 +4,8 @@
   stores; ``state`` running / finished / interrupted; ``lock`` held by the running driver;
 - ``optuna.journal`` and ``mlflow.db`` (+ ``artifacts/``): the stores left at their defaults, so a
   moved or copied sweep takes them along;
-- ``summary.json``, ``comparison.csv``, ``comparison.md``: the results; ``driver.log``: the
-  traceback of an unexpected driver error.
+- ``summary.json`` the results; ``report/`` the report (``report.html``, its PNGs,
+  ``comparison.csv``, ``comparison.md``); ``driver.log``: the traceback of an unexpected driver error.
 
 One driver per sweep: ``claim`` takes an exclusive ``flock`` on ``lock`` and, under it, reads or
 creates the id, in one step. The kernel drops the lock however the driver dies (SIGKILL, a
@@ -30,7 +30,7 @@ from sweep.credentials import is_server, redact, redacted
 
 CONFIG, ID, STATE, LOCK = "sweep.yaml", "id", "state", "lock"
 JOURNAL, MLFLOW_DB, ARTIFACTS = "optuna.journal", "mlflow.db", "artifacts"
-SUMMARY, CSV, MARKDOWN, DRIVER_LOG = "summary.json", "comparison.csv", "comparison.md", "driver.log"
+SUMMARY, REPORT, DRIVER_LOG = "summary.json", "report", "driver.log"
 RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
 
 
@@ -157,10 +157,13 @@ class SweepDir:
         return state
 
     # ---- results ----
-    def write_results(self, summary: dict[str, Any], markdown: str, csv_text: str) -> None:
+    def write_summary(self, summary: dict[str, Any]) -> None:
         (self.path / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
-        (self.path / MARKDOWN).write_text(markdown + "\n")
-        (self.path / CSV).write_text(csv_text)
+
+    @property
+    def report(self) -> Path:
+        """The report's folder: report.html, its PNGs, comparison.csv and comparison.md."""
+        return self.path / REPORT
 
     def summary(self) -> dict[str, Any] | None:
         path = self.path / SUMMARY

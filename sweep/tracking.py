@@ -19,6 +19,10 @@ from mlflow.entities import Metric, Param, RunTag
 from sweep.outcome import FINAL_PREFIX, MLFLOW_REASON_TAG, MLFLOW_STATUS_TAG, TrialOutcome
 
 ROLE, OPTIMIZER, TRIAL = "sweep.role", "sweep.optimizer", "optuna.trial_number"
+# Run roles: a parent per optimizer, its search trials and re-evaluations, and one run for the sweep.
+PARENT_ROLE, TRIAL_ROLE, REEVAL_ROLE, SWEEP_ROLE = "parent", "trial", "reeval", "sweep"
+SOURCE_TRIAL, REEVAL_SEED = "sweep.source_trial", "sweep.reeval_seed"
+BEST_RUN, MODEL_URI = "sweep.best_run_id", "sweep.model_uri"
 STATE, RETRY_OF = "optuna.state", "sweep.retry_of"
 # A run whose trial a torn Optuna journal lost: kept for the record, never reused for a new trial.
 ORPHANED = "sweep.orphaned"
@@ -71,39 +75,41 @@ class SweepTracker:
         return runs[0] if runs else None
 
     def parent_run(self, optimizer: str, fixed_params: Mapping[str, Any]) -> str:
-        run = self._find(f"tags.`{ROLE}` = 'parent' and tags.`{OPTIMIZER}` = '{optimizer}'")
+        run = self._find(f"tags.`{ROLE}` = '{PARENT_ROLE}' and tags.`{OPTIMIZER}` = '{optimizer}'")
         if run is not None:
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
         run = self.client.create_run(self.experiment_id, run_name=optimizer,
-                                     tags={ROLE: "parent", OPTIMIZER: optimizer})
+                                     tags={ROLE: PARENT_ROLE, OPTIMIZER: optimizer})
         self.client.log_batch(run.info.run_id, params=_params({**fixed_params, "optimizer": optimizer}))
         return run.info.run_id
 
     def trial_run(self, parent_id: str, optimizer: str, number: int, params: Mapping[str, Any],
-                  retry_of: int | None = None) -> str:
-        """The trial's run: created once, found again by tags if it already exists."""
-        existing = self.find_trial_run(optimizer, number)
+                  retry_of: int | None = None, role: str = TRIAL_ROLE, extra_tags: Mapping[str, str] = (),
+                  run_name: str | None = None) -> str:
+        """The trial's run (a search trial's, or a re-evaluation's with ``role=reeval``): created
+        once, found again by tags if it already exists."""
+        existing = self.find_trial_run(optimizer, number, role)
         if existing is not None:
             return existing
-        tags = {ROLE: "trial", OPTIMIZER: optimizer, TRIAL: str(number), PARENT: parent_id}
+        tags = {ROLE: role, OPTIMIZER: optimizer, TRIAL: str(number), PARENT: parent_id, **dict(extra_tags)}
         if retry_of is not None:
             tags[RETRY_OF] = str(retry_of)
-        run = self.client.create_run(self.experiment_id, run_name=f"{optimizer}-{number}", tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=run_name or f"{optimizer}-{number}", tags=tags)
         self.client.log_batch(run.info.run_id, params=_params(params))
         return run.info.run_id
 
-    def find_trial_run(self, optimizer: str, number: int) -> str | None:
+    def find_trial_run(self, optimizer: str, number: int, role: str = TRIAL_ROLE) -> str | None:
         runs = self.client.search_runs([self.experiment_id], max_results=10, filter_string=(
-            f"tags.`{ROLE}` = 'trial' and tags.`{OPTIMIZER}` = '{optimizer}' and tags.`{TRIAL}` = '{number}'"))
+            f"tags.`{ROLE}` = '{role}' and tags.`{OPTIMIZER}` = '{optimizer}' and tags.`{TRIAL}` = '{number}'"))
         runs = [r for r in runs if ORPHANED not in r.data.tags]
         return runs[0].info.run_id if runs else None
 
-    def trial_runs(self, optimizer: str) -> dict[int, str]:
-        """Trial number -> run id of this optimizer's trial runs (orphans left out)."""
+    def trial_runs(self, optimizer: str, role: str = TRIAL_ROLE) -> dict[int, str]:
+        """Trial number -> run id of this optimizer's trial (or re-evaluation) runs, orphans left out."""
         runs = self.client.search_runs([self.experiment_id], max_results=50_000, filter_string=(
-            f"tags.`{ROLE}` = 'trial' and tags.`{OPTIMIZER}` = '{optimizer}'"))
+            f"tags.`{ROLE}` = '{role}' and tags.`{OPTIMIZER}` = '{optimizer}'"))
         return {int(r.data.tags[TRIAL]): r.info.run_id for r in runs if ORPHANED not in r.data.tags}
 
     def orphan(self, run_id: str, why: str) -> None:
@@ -112,20 +118,34 @@ class SweepTracker:
         if self.client.get_run(run_id).info.status == "RUNNING":
             self.client.set_terminated(run_id, status="KILLED")
 
-    def running_trial_runs(self) -> dict[tuple[str, int], str]:
-        """(optimizer, trial number) -> run id of every trial run still RUNNING."""
+    def running_trial_runs(self) -> dict[tuple[str, str, int], str]:
+        """(role, optimizer, trial number) -> run id of every trial and re-evaluation run still RUNNING."""
         runs = self.client.search_runs([self.experiment_id], max_results=50_000,
-                                       filter_string=f"attributes.status = 'RUNNING' and tags.`{ROLE}` = 'trial'")
-        return {(r.data.tags[OPTIMIZER], int(r.data.tags[TRIAL])): r.info.run_id for r in runs
-                if ORPHANED not in r.data.tags}
+                                       filter_string="attributes.status = 'RUNNING'")
+        return {(r.data.tags[ROLE], r.data.tags[OPTIMIZER], int(r.data.tags[TRIAL])): r.info.run_id for r in runs
+                if r.data.tags.get(ROLE) in (TRIAL_ROLE, REEVAL_ROLE) and ORPHANED not in r.data.tags}
 
-    def finish_parent(self, run_id: str, metrics: Mapping[str, float], description: str) -> None:
-        """Best metrics, and the comparison table as the run's description (shown in the UI;
-        a tag, not an artifact, so no artifact store is needed and a moved sweep writes nowhere old)."""
+    def find_parent(self, optimizer: str) -> str | None:
+        run = self._find(f"tags.`{ROLE}` = '{PARENT_ROLE}' and tags.`{OPTIMIZER}` = '{optimizer}'")
+        return run.info.run_id if run is not None else None
+
+    def sweep_run(self) -> str:
+        """The sweep-level run that holds the report: created once, found again by its tag."""
+        run = self._find(f"tags.`{ROLE}` = '{SWEEP_ROLE}'")
+        if run is not None:
+            return run.info.run_id
+        return self.client.create_run(self.experiment_id, run_name="report", tags={ROLE: SWEEP_ROLE}).info.run_id
+
+    def describe(self, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str], description: str,
+                 final: bool) -> None:
+        """Summary metrics, tags, and a Markdown description (the run's note, shown in the UI; a tag,
+        so it needs no artifact store). ``final``: the sweep is finished, so the run is closed."""
         now = _now_ms()
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                              tags=[RunTag(NOTE, description[:MAX_TAG_LENGTH])])
-        self.client.set_terminated(run_id, status="FINISHED")
+                              tags=[RunTag(NOTE, description[:MAX_TAG_LENGTH]),
+                                    *(RunTag(k, str(v)) for k, v in tags.items())])
+        if final:
+            self.client.set_terminated(run_id, status="FINISHED")
 
 
 def foreign_experiment(uri: str, name: str, sweep_id: str) -> bool:

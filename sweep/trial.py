@@ -8,8 +8,8 @@ trial's fault, and must not use up its optimizer's budget.
 
 Epochs are numbered from 1 everywhere (reports, MLflow steps, Optuna steps, messages).
 
-Every ``checkpoint_every`` epochs, once the epoch is reported (a pruned or diverged epoch is not
-kept), ``save`` gets a ``Checkpoint``; a trial given one as ``resume`` goes on from it exactly.
+Every ``checkpoint_every`` epochs and after the last one, once the epoch is reported (a pruned or
+diverged epoch is not kept), ``save`` gets a ``Checkpoint`` (the last one is the trained model); a trial given one as ``resume`` goes on from it exactly.
 """
 from __future__ import annotations
 
@@ -218,7 +218,7 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
         if reporter is not None:
             reporter(metrics)
         schedule.after_epoch(val_loss)
-        if save is not None and cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
+        if save is not None and cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             save(Checkpoint.capture(epoch, model, optimizer, schedule, generator, first_loss, history))
     test_loss, test_acc = evaluate(model, t["test_x"], t["test_y"], autocast)
     return TrialResult(Status.OK, "", len(history), {**_final(history, time.perf_counter() - trial_started),

@@ -438,7 +438,7 @@ def test_unexpected_driver_error_is_logged_and_resume_finishes(ray_address, tmp_
     _no_library_noise(result.stderr)
     traceback = log.read_text()
     assert traceback.startswith("Traceback") and "IsADirectoryError" in traceback
-    assert "write_results" in traceback and "summary.json" in traceback
+    assert "write_summary" in traceback and "summary.json" in traceback
     assert (sweep_dir / "state").read_text().strip() == "interrupted"
 
     (sweep_dir / "summary.json").rmdir()

@@ -1,0 +1,58 @@
+"""Each optimizer's best re-evaluated model, logged as an MLflow PyTorch model users can load by URI.
+
+The model is rebuilt from its run's last checkpoint (the worker already stores one after the final
+epoch), so training never pays for it and a model is logged once per optimizer, not per trial.
+It is logged with MLflow 3's ``log_model(name=...)`` onto the re-evaluation run that trained it,
+with an input example (a few normalised test images: the model expects inputs normalised with the
+training split's mean and std, as the sweep's data is) and the model package's code, so it loads
+in any Python with torch and MLflow: ``mlflow.pytorch.load_model(uri)``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sweep import checkpoints, tracking
+from sweep.datasets import DataSplits
+from sweep.errors import first_line
+
+EXAMPLE_IMAGES = 4
+
+
+def logged_uri(uri: str, run_id: str) -> str | None:
+    """The model already logged for this run (a resumed driver does not log it twice)."""
+    return tracking.client(uri).get_run(run_id).data.tags.get(tracking.MODEL_URI)
+
+
+def log(uri: str, run_id: str, model_name: str, data: DataSplits, epochs: int) -> str | None:
+    """Log the run's final model; returns its URI, or None (said on stderr) when the run has no
+    checkpoint of its last epoch (``checkpoint_every=0``, or its store lost it)."""
+    import mlflow
+    import torch
+
+    import models
+    from models import build_model
+
+    known = logged_uri(uri, run_id)
+    if known:
+        return known
+    checkpoint = checkpoints.load_latest(uri, run_id)
+    if checkpoint is None or checkpoint.epoch != epochs:
+        found = "none" if checkpoint is None else f"epoch {checkpoint.epoch}"
+        print(f"best model: run {run_id} has no checkpoint of epoch {epochs} ({found}); no model logged",
+              file=sys.stderr, flush=True)
+        return None
+    model = build_model(model_name, data.in_shape, data.num_classes)
+    model.load_state_dict(checkpoint.model)
+    model.eval()
+    mlflow.set_tracking_uri(uri)
+    try:
+        info = mlflow.pytorch.log_model(
+            model, name="model", run_id=run_id, input_example=data.test_x[:EXAMPLE_IMAGES],
+            code_paths=[str(Path(models.__file__).parent)],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    except Exception as exc:  # noqa: BLE001 - a model that cannot be logged is said; the report goes on
+        print(f"best model: could not log the model of run {run_id} ({first_line(exc)})", file=sys.stderr, flush=True)
+        return None
+    tracking.tag_run(uri, run_id, {tracking.MODEL_URI: info.model_uri})
+    return info.model_uri

@@ -1,0 +1,141 @@
+"""Read a sweep back from its stores into a ``Comparison`` (what the report shows).
+
+Optuna is the source of every figure: outcomes, validation curves (the per-epoch reports),
+hyperparameters, re-evaluation seeds and their test accuracies. MLflow is read only for what
+only it holds: the logged model's URI and, for a plateau schedule, the validation losses that
+drove it. Works on a finished or a still-running sweep, and reads nothing it would change.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from sweep import reeval, stats, tracking
+from sweep.comparison import Comparison, OptimizerResult, SearchedTrial, SeedRun
+from sweep.config import SweepConfig
+from sweep.outcome import Status, Tally
+from sweep.studies import HYPERPARAMETERS, MLFLOW_RUN, SweepStudy, outcome_of, study_name
+from sweep.sweepdir import Stores
+
+TRAIN_IMAGES = "train_images"  # search study attribute: the size of the training split (steps per epoch)
+
+
+def comparison(cfg: SweepConfig, stores: Stores, state: str) -> Comparison:
+    results = []
+    for opt in cfg.optimizers:
+        search = SweepStudy.find(stores.storage, study_name(cfg.name, opt))
+        if search is not None:
+            again = SweepStudy.find(stores.storage, study_name(cfg.name, opt, reeval=True))
+            results.append(optimizer_result(cfg, stores.tracking_uri, opt, search, again))
+    return Comparison(
+        name=cfg.name, dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, trials=cfg.trials,
+        reeval_seeds=cfg.reeval_seeds, state=state, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        tie_rule=stats.TIE_RULE, results=tuple(ranked(results)), batch_sizes=tuple(cfg.batch_sizes or ()),
+        settings=cfg.to_dict())
+
+
+def ranked(results: list[OptimizerResult]) -> list[OptimizerResult]:
+    """Best mean test accuracy first, ties marked against the top one (``stats.rank_and_tie``);
+    optimizers without re-evaluations after, by best validation accuracy."""
+    tested = {r.optimizer: r for r in results if r.reevals}
+    order = stats.rank_and_tie({name: [s.test_accuracy for s in r.reevals] for name, r in tested.items()})
+    out = [_replace(tested[t.name], tied=t.tied, p_value=t.p_value) for t in order]
+    rest = [r for r in results if r.optimizer not in tested]
+    rest.sort(key=lambda r: (r.best_val_accuracy is None, -(r.best_val_accuracy or 0.0), r.optimizer))
+    return out + rest
+
+
+def _replace(result: OptimizerResult, **changes) -> OptimizerResult:
+    import dataclasses
+
+    return dataclasses.replace(result, **changes)
+
+
+def curve(trial) -> tuple[float, ...]:
+    """Validation accuracy per epoch, as the trial reported it to Optuna."""
+    return tuple(v for _, v in sorted(trial.intermediate_values.items()))
+
+
+def searched_trial(cfg: SweepConfig, trial, outcome) -> SearchedTrial:
+    hp = dict(trial.user_attrs.get(HYPERPARAMETERS, {}))
+    values = curve(trial)
+    last = values[-1] if values else outcome.metrics.get("val_accuracy")
+    return SearchedTrial(
+        number=trial.number, status=outcome.status,
+        value=outcome.value if outcome.record.scored else None,
+        last_val_accuracy=last if last is not None and math.isfinite(last) else None,
+        lr=hp.get("lr"), schedule=str(hp.get("schedule", cfg.schedules[0])),
+        batch_size=int(hp.get("batch_size", trial.params.get("batch_size", cfg.batch_size))),
+        hyperparameters=hp, val_curve=values)
+
+
+def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
+                     again: SweepStudy | None) -> OptimizerResult:
+    records = search.trials()
+    outcomes = [(t, o) for t in records if (o := outcome_of(t)) is not None]
+    trials = tuple(searched_trial(cfg, t, o) for t, o in outcomes if o.status != Status.INTERRUPTED)
+    tally = Tally.of(cfg.trials, (o for _, o in outcomes))
+    chosen = reeval.reported(search, again, cfg.reeval_top)
+    source = search.record(chosen.source) if chosen.source is not None else None
+    seed_runs = tuple(SeedRun(source_trial=chosen.source, seed=reeval.key_of(t)[1], status=o.status,
+                              val_accuracy=o.value, test_accuracy=o.metrics.get("test_accuracy"),
+                              val_curve=curve(t), run_id=t.user_attrs.get(MLFLOW_RUN))
+                      for t, o in chosen.reevals if o.metrics.get("test_accuracy") is not None)
+    reeval_seconds = sum(o.metrics.get("train_seconds", 0.0) for o in (again.outcomes() if again else ()))
+    best_hp = dict(source.user_attrs.get(HYPERPARAMETERS, source.params)) if source is not None else {}
+    steps = _steps_per_epoch(search, best_hp, cfg)
+    model_run = again.record(chosen.model_trial).user_attrs.get(MLFLOW_RUN) \
+        if again is not None and chosen.model_trial is not None else None
+    return OptimizerResult(
+        optimizer=opt, counts={s.value: n for s, n in tally.counts.items()}, best_trial=chosen.source,
+        best_val_accuracy=source.value if source is not None else None, best_hyperparameters=best_hp,
+        trials=trials, reevals=seed_runs,
+        test=stats.seed_stats([s.test_accuracy for s in seed_runs]) if seed_runs else None,
+        tied=None, p_value=None,
+        budget=stats.budget_curve([t.value for t in trials if t.status != Status.INTERRUPTED]) if trials else None,
+        importances=importances(search), lr_per_step=_lr_per_step(uri, source, best_hp, cfg, steps),
+        steps_per_epoch=steps,
+        train_seconds=round(sum(o.metrics.get("train_seconds", 0.0) for _, o in outcomes) + reeval_seconds, 2),
+        best_run_id=source.user_attrs.get(MLFLOW_RUN) if source is not None else None,
+        model_uri=_model_uri(uri, model_run))
+
+
+def importances(search: SweepStudy) -> dict[str, float]:
+    """Optuna's fANOVA importances (seeded: the same sweep gives the same figure); {} when the
+    study has too few finished trials or nothing varied."""
+    import optuna
+
+    complete = [t for t in search.trials() if t.state.name == "COMPLETE"]
+    if len(complete) < 2:
+        return {}
+    try:
+        found = optuna.importance.get_param_importances(
+            search.study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError):
+        return {}
+    return {k: float(v) for k, v in found.items() if math.isfinite(v)}
+
+
+def _steps_per_epoch(search: SweepStudy, hp: dict[str, Any], cfg: SweepConfig) -> int:
+    images = search.study.user_attrs.get(TRAIN_IMAGES)
+    batch = int(hp.get("batch_size", cfg.batch_size))
+    return max(1, math.ceil(images / batch)) if images else 1
+
+
+def _lr_per_step(uri: str, source, hp: dict[str, Any], cfg: SweepConfig, steps: int) -> tuple[float, ...]:
+    from optim.schedules import lr_trace
+
+    if source is None or "lr" not in hp:
+        return ()
+    schedule = str(hp.get("schedule", cfg.schedules[0]))
+    params = {k.split(".", 1)[1]: v for k, v in hp.items() if k.startswith(f"{schedule}.")}
+    losses: tuple[float, ...] = ()
+    if schedule == "plateau" and source.user_attrs.get(MLFLOW_RUN):
+        history = tracking.client(uri).get_metric_history(source.user_attrs[MLFLOW_RUN], "val_loss")
+        losses = tuple(m.value for m in sorted(history, key=lambda m: m.step))
+    return tuple(lr_trace(float(hp["lr"]), schedule, params, cfg.epochs, steps, losses))
+
+
+def _model_uri(uri: str, run_id: str | None) -> str | None:
+    return tracking.client(uri).get_run(run_id).data.tags.get(tracking.MODEL_URI) if run_id else None
