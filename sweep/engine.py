@@ -65,6 +65,11 @@ class SweepResult:
     sweep_dir: SweepDir
     report: report.Built
 
+    @property
+    def rows(self) -> tuple:
+        """The comparison's per-optimizer results, ranked."""
+        return self.report.comparison.results
+
 
 def check_resumable(cfg: SweepConfig, saved: dict[str, Any] | None) -> SweepConfig:
     """An existing sweep's saved config must agree on every frozen key, and keep its optimizers.
