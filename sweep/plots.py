@@ -1,0 +1,358 @@
+"""The report's figures, drawn from a ``Comparison`` only (no store is read here).
+
+Each figure is one function ``(comparison) -> Figure | None`` (None: nothing to draw yet), listed in
+``FIGURES`` with the one-line caption that says how to read it. Figures are built on
+``matplotlib.figure.Figure`` directly, never through pyplot: no display, no global figure state,
+safe to draw from any thread; saving a PNG picks the Agg renderer by itself.
+
+An optimizer has one colour in every figure and every report: its position in the ``OPTIMIZERS``
+registry picks it, so sgd is the same blue whichever optimizers a sweep compares.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from optim import OPTIMIZERS, SCHEDULES
+from sweep.comparison import Comparison, OptimizerResult, SearchedTrial
+from sweep.outcome import Status
+
+DPI = 110
+WIDTH = 9.5                     # inches: about 1045 px at DPI, a laptop screen's width with margins
+PANEL_HEIGHT = 2.6              # inches per row of small multiples
+
+# Tableau's ten, then the lighter tab20 hues: registry positions 0..6 take the first seven, names
+# outside the registry (a test's, a plugin's) the rest, in the order they appear.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896")
+# One marker per schedule, by registry position, for the LR-sensitivity scatter.
+MARKERS = ("o", "s", "D", "v", "^", "P", "X", "*", "h", "<", ">", "p")
+LOG_RATIO = 20.0                # an LR range wider than this is drawn on a log axis
+
+
+def colors(names: Iterable[str]) -> dict[str, str]:
+    """Each optimizer's colour: its registry position's, else the next unused one after the registry's."""
+    registry = list(OPTIMIZERS)
+    out, extra = {}, len(registry)
+    for name in names:
+        if name in out:
+            continue
+        if name in registry:
+            out[name] = PALETTE[registry.index(name) % len(PALETTE)]
+        else:
+            out[name] = PALETTE[extra % len(PALETTE)]
+            extra += 1
+    return out
+
+
+def markers(names: Iterable[str]) -> dict[str, str]:
+    """Each schedule's marker: its registry position's, else the next unused one."""
+    registry = list(SCHEDULES)
+    out, extra = {}, len(registry)
+    for name in names:
+        if name in out:
+            continue
+        if name in registry:
+            out[name] = MARKERS[registry.index(name) % len(MARKERS)]
+        else:
+            out[name] = MARKERS[extra % len(MARKERS)]
+            extra += 1
+    return out
+
+
+def _t(text: object) -> str:
+    """A name from the data as plain text: a ``$`` would start matplotlib's math mode (and a
+    malformed formula fails the whole figure)."""
+    return str(text).replace("$", r"\$")
+
+
+def _palette(comparison: Comparison) -> dict[str, str]:
+    return colors(r.optimizer for r in comparison.results)
+
+
+def _figure(height: float) -> Figure:
+    return Figure(figsize=(WIDTH, height), dpi=DPI, layout="constrained")
+
+
+def _grid(fig: Figure, n: int, *, sharex: bool = False, sharey: bool = False, max_cols: int = 3):
+    """``n`` small-multiple axes, row by row; unused cells are removed."""
+    cols = min(max_cols, n)
+    rows = math.ceil(n / cols)
+    axes = fig.subplots(rows, cols, sharex=sharex, sharey=sharey, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.remove()
+    return list(axes[:n])
+
+
+def _rows(n: int, max_cols: int = 3) -> int:
+    return math.ceil(n / min(max_cols, n))
+
+
+def _trial(result: OptimizerResult, number: int | None) -> SearchedTrial | None:
+    return next((t for t in result.trials if t.number == number), None) if number is not None else None
+
+
+def _legend_outside(fig: Figure, handles: list, title: str | None = None) -> None:
+    fig.legend(handles=handles, loc="outside right upper", title=title, fontsize="small", frameon=False)
+
+
+def convergence(comparison: Comparison) -> Figure | None:
+    """Validation accuracy per epoch of each optimizer's best configuration: the mean over its
+    re-evaluation seeds with the min-max band; without re-evaluations, its best search trial."""
+    palette = _palette(comparison)
+    fig = _figure(5.2)
+    ax = fig.subplots()
+    drawn = 0
+    for result in comparison.results:
+        color = palette[result.optimizer]
+        curves = [run.val_curve for run in result.reevals if run.val_curve]
+        if curves:
+            epochs = max(len(c) for c in curves)
+            xs, mean, low, high = [], [], [], []
+            for e in range(epochs):
+                values = [c[e] for c in curves if len(c) > e]
+                xs.append(e + 1)
+                mean.append(sum(values) / len(values))
+                low.append(min(values))
+                high.append(max(values))
+            ax.plot(xs, mean, color=color, lw=2, marker="o", ms=3,
+                    label=f"{_t(result.optimizer)} ({len(curves)} seed{'s' if len(curves) != 1 else ''})")
+            ax.fill_between(xs, low, high, color=color, alpha=0.18, lw=0)
+            drawn += 1
+            continue
+        best = _trial(result, result.best_trial)
+        if best is not None and best.val_curve:
+            xs = range(1, len(best.val_curve) + 1)
+            ax.plot(xs, best.val_curve, color=color, lw=1.6, ls="--", marker="o", ms=3, mfc="none",
+                    label=f"{_t(result.optimizer)} (search trial, 1 seed)")
+            drawn += 1
+    if not drawn:
+        return None
+    ax.set_title("Convergence of each optimizer's best configuration")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def lr_sensitivity(comparison: Comparison) -> Figure | None:
+    """Final validation accuracy of every search trial against its learning rate."""
+    points = [(r.optimizer, t) for r in comparison.results for t in r.trials
+              if t.last_val_accuracy is not None and t.lr is not None and t.lr > 0]
+    if not points:
+        return None
+    palette = _palette(comparison)
+    shapes = markers(t.schedule for _, t in points)
+    if len(comparison.batch_sizes) > 1:
+        panels = sorted(set(comparison.batch_sizes) | {t.batch_size for _, t in points})
+    else:
+        panels = [None]
+    fig = _figure(max(4.6, PANEL_HEIGHT * 1.5 * _rows(len(panels), 2)))
+    axes = _grid(fig, len(panels), sharex=True, sharey=True, max_cols=2)
+    for ax, batch in zip(axes, panels):
+        for optimizer, t in points:
+            if batch is not None and t.batch_size != batch:
+                continue
+            ok = t.status is Status.OK
+            ax.scatter(t.lr, t.last_val_accuracy, marker=shapes[t.schedule], s=36, linewidths=1.2,
+                       edgecolors=palette[optimizer], facecolors=palette[optimizer] if ok else "none",
+                       alpha=0.85 if ok else 0.9, gid=f"{optimizer}:{t.number}")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (log scale)")
+        ax.set_ylabel("final validation accuracy")
+        ax.grid(alpha=0.3)
+        if batch is not None:
+            ax.set_title(f"batch size {batch}", fontsize="medium")
+    fig.suptitle("Learning-rate sensitivity: every search trial")
+    handles = [Line2D([], [], ls="", marker="o", color=palette[r.optimizer], label=_t(r.optimizer))
+               for r in comparison.results if any(o == r.optimizer for o, _ in points)]
+    handles += [Line2D([], [], ls="", marker=m, color="0.35", label=f"schedule: {_t(s)}") for s, m in shapes.items()]
+    handles.append(Line2D([], [], ls="", marker="o", mfc="none", color="0.35", label="hollow: not ok"))
+    _legend_outside(fig, handles)
+    return fig
+
+
+def schedules(comparison: Comparison) -> Figure | None:
+    """The learning rate at every step of each optimizer's best configuration."""
+    palette = _palette(comparison)
+    drawn = [r for r in comparison.results if r.lr_per_step]
+    if not drawn:
+        return None
+    fig = _figure(4.8)
+    ax = fig.subplots()
+    positive = []
+    for result in drawn:
+        per = result.steps_per_epoch if result.steps_per_epoch > 0 else 1
+        xs = [i / per for i in range(len(result.lr_per_step))]
+        best = _trial(result, result.best_trial)
+        label = _t(result.optimizer) + (f" ({_t(best.schedule)})" if best is not None and best.schedule else "")
+        ax.plot(xs, result.lr_per_step, color=palette[result.optimizer], lw=1.8, label=label)
+        positive += [v for v in result.lr_per_step if v > 0]
+    if positive and max(positive) / min(positive) > LOG_RATIO:
+        ax.set_yscale("log")
+        ax.set_ylabel("learning rate (log scale)")
+    else:
+        ax.set_ylabel("learning rate")
+    unit = "epoch" if all(r.steps_per_epoch > 0 for r in drawn) else "step"
+    ax.set_xlabel(unit)
+    ax.set_title("Learning-rate schedule of each optimizer's best configuration")
+    ax.grid(alpha=0.3)
+    _legend_outside(fig, ax.get_legend_handles_labels()[0])
+    return fig
+
+
+def budget(comparison: Comparison) -> Figure | None:
+    """Expected best validation accuracy after k trials, with the 5-95 % band over trial orders."""
+    palette = _palette(comparison)
+    drawn = [r for r in comparison.results if r.budget is not None and r.budget.expected_best]
+    if not drawn:
+        return None
+    fig = _figure(5.0)
+    ax = fig.subplots()
+    for result in drawn:
+        curve = result.budget
+        ks = range(1, len(curve.expected_best) + 1)
+        color = palette[result.optimizer]
+        ax.plot(ks, curve.expected_best, color=color, lw=2, label=_t(result.optimizer))
+        if len(curve.low) == len(curve.high) == len(curve.expected_best):
+            ax.fill_between(ks, curve.low, curve.high, color=color, alpha=0.15, lw=0)
+    ax.set_title("Tuning budget: expected best validation accuracy after k trials")
+    ax.set_xlabel("trials searched (k)")
+    ax.set_ylabel("expected best validation accuracy")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def importances(comparison: Comparison) -> Figure | None:
+    """Optuna's parameter importances, one panel per optimizer that has them."""
+    palette = _palette(comparison)
+    drawn = [r for r in comparison.results if r.importances]
+    if not drawn:
+        return None
+    most = max(len(r.importances) for r in drawn)
+    fig = _figure(max(3.2, _rows(len(drawn)) * max(PANEL_HEIGHT, 0.35 * most + 1.2)) + 0.5)
+    axes = _grid(fig, len(drawn), sharex=True)
+    for ax, result in zip(axes, drawn):
+        ranked = sorted(result.importances.items(), key=lambda kv: kv[1])
+        ax.barh([_t(k) for k, _ in ranked], [v for _, v in ranked], color=palette[result.optimizer],
+                label=_t(result.optimizer))
+        ax.set_title(_t(result.optimizer), fontsize="medium", color=palette[result.optimizer])
+        ax.set_xlabel("importance")
+        ax.tick_params(axis="y", labelsize="small")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_xlim(0, max(1.0, max(max(r.importances.values()) for r in drawn)))
+    fig.suptitle("Which hyperparameters mattered (Optuna importances)")
+    fig.supylabel("hyperparameter", fontsize="medium")
+    _legend_outside(fig, [Line2D([], [], color=palette[r.optimizer], lw=6, label=_t(r.optimizer)) for r in drawn])
+    return fig
+
+
+def history(comparison: Comparison) -> Figure | None:
+    """Each search trial's validation accuracy by trial number, with the best so far."""
+    palette = _palette(comparison)
+    drawn = [r for r in comparison.results if any(_shown(t) is not None for t in r.trials)]
+    if not drawn:
+        return None
+    fig = _figure(_rows(len(drawn)) * PANEL_HEIGHT + 0.6)
+    axes = _grid(fig, len(drawn), sharey=True)
+    for ax, result in zip(axes, drawn):
+        color = palette[result.optimizer]
+        ok = [(t.number, t.value) for t in result.trials if t.status is Status.OK and t.value is not None]
+        other = [(t.number, _shown(t)) for t in result.trials
+                 if not (t.status is Status.OK and t.value is not None) and _shown(t) is not None]
+        if ok:
+            ax.scatter(*zip(*ok), s=22, color=color, zorder=3)
+            best, steps = -math.inf, []
+            for number, value in ok:
+                best = max(best, value)
+                steps.append((number, best))
+            last = max(t.number for t in result.trials)
+            steps.append((last, best))
+            ax.step(*zip(*steps), where="post", color=color, lw=1.5, alpha=0.8)
+        if other:
+            ax.scatter(*zip(*other), s=22, facecolors="none", edgecolors=color, linewidths=1.1, zorder=3)
+        ax.set_title(_t(result.optimizer), fontsize="medium", color=color)
+        ax.set_xlabel("trial number")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    for ax in axes[::min(3, len(drawn))]:
+        ax.set_ylabel("validation accuracy")
+    fig.suptitle("Optimization history: each trial, and the best so far")
+    _legend_outside(fig, [
+        Line2D([], [], ls="", marker="o", color="0.35", label="ok"),
+        Line2D([], [], ls="", marker="o", mfc="none", color="0.35", label="not ok (last reported)"),
+        Line2D([], [], color="0.35", drawstyle="steps-post", label="best so far")])
+    return fig
+
+
+def _shown(trial: SearchedTrial) -> float | None:
+    """The accuracy a trial is drawn at: its value if scored, else the last one it reported."""
+    return trial.value if trial.status is Status.OK and trial.value is not None else trial.last_val_accuracy
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    draw: Callable[[Comparison], Figure | None]
+    caption: str            # how to read it, one line
+    alt: str                # what it shows, for a reader without the image
+
+
+FIGURES: dict[str, FigureSpec] = {
+    "convergence": FigureSpec(
+        convergence,
+        "Validation accuracy per epoch of each optimizer's best configuration: the line is the mean over "
+        "its re-evaluation seeds, the band their min-max range; a dashed line is the search trial alone "
+        "(1 seed, not yet re-evaluated).",
+        "Validation accuracy per epoch for each optimizer's best configuration"),
+    "lr_sensitivity": FigureSpec(
+        lr_sensitivity,
+        "Every search trial's last validation accuracy against its learning rate (log scale): colour is "
+        "the optimizer, marker the LR schedule; hollow markers are trials that did not finish ok "
+        "(pruned, diverged, failed), drawn at the last accuracy they reported.",
+        "Scatter of final validation accuracy against learning rate for every search trial"),
+    "schedules": FigureSpec(
+        schedules,
+        "The learning rate each best configuration used at every optimizer step, in epochs; the y axis "
+        "is logarithmic when the rates span more than a factor of 20.",
+        "Learning rate per step of each optimizer's best configuration"),
+    "budget": FigureSpec(
+        budget,
+        "Expected best validation accuracy if only k trials had been searched (exact expectation over "
+        "random orders of the trials run); the band spans the 5th to 95th percentile. A curve that "
+        "flattens early needs little tuning.",
+        "Expected best validation accuracy against number of trials, per optimizer"),
+    "importances": FigureSpec(
+        importances,
+        "Optuna's parameter importances for each optimizer's search: the longer the bar, the more that "
+        "hyperparameter explained the spread of validation accuracy; optimizers with too few trials are left out.",
+        "Horizontal bars of hyperparameter importance, one panel per optimizer"),
+    "history": FigureSpec(
+        history,
+        "Each search trial's validation accuracy by trial number (filled: finished ok; hollow: pruned, "
+        "diverged or failed, at the last accuracy reported) and the best-so-far line.",
+        "Validation accuracy of every trial in search order, with the best so far, per optimizer"),
+}
+
+
+def write_plots(comparison: Comparison, folder: str | Path) -> dict[str, Path]:
+    """Draw every figure that has something to show as ``<folder>/<name>.png``; name -> path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name, spec in FIGURES.items():
+        fig = spec.draw(comparison)
+        if fig is None:
+            continue
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=DPI, metadata={"Software": None})
+        written[name] = path
+    return written

@@ -1,0 +1,292 @@
+"""The report's files, from a ``Comparison`` only: one self-contained HTML page, the PNGs, a CSV and
+a Markdown table.
+
+The page embeds its images as ``data:`` URIs and its style inline, so it reads the same opened from
+disk or from MLflow's artifact viewer, where links to sibling files break. Every string that comes
+from the data is escaped (HTML, and Markdown, which passes HTML through). The ranking table's rows
+are built once (``ranking_rows``) and rendered three ways, so CSV, Markdown and HTML agree.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from sweep import plots
+from sweep.comparison import Comparison, OptimizerResult, SeedStats
+from sweep.credentials import redact
+from sweep.outcome import Status
+
+NOT_TESTED = "-"
+TOP, TIED = "best", "tied"
+CSV_COLUMNS = ("rank", "optimizer", "test_mean", "test_std", "ci95_low", "ci95_high", "seeds", "tied", "p_value",
+               "best_val_accuracy", "trials_to_1pct", "share_within_2pct", *(s.value for s in Status),
+               "train_seconds", "best_params")
+TABLE_COLUMNS = ("rank", "optimizer", "test accuracy", "95 % CI", "seeds", "tied", "best val (search)",
+                 "trials to within 1 %", "share within 2 %", "trials by status", "train s", "best hyperparameters")
+
+MEASURED = (
+    "Each optimizer's Optuna study searched its hyperparameters with the same budget ({trials} trials) "
+    "and the same sampler seed, scoring every trial on the validation split after {epochs} epochs. "
+    "Its best configuration was then trained again with {seeds} fresh seeds and scored on the held-out "
+    "test set: the ranking is by the mean of those test accuracies (95 % interval: Student's t), never "
+    "by the single best search trial, and an optimizer within noise of the first is marked tied. "
+    "The budget curves are the exact expectation over random orders of the trials that ran, not a resampling.")
+
+
+@dataclass(frozen=True)
+class RankingRow:
+    """One optimizer's line of the ranking, as values; ``record`` and ``display`` render it."""
+
+    rank: int | None                   # by mean test accuracy; None until re-evaluated
+    optimizer: str
+    test: SeedStats | None
+    tie: str                           # TOP, TIED, "" (not tied) or NOT_TESTED
+    p_value: float | None
+    best_val_accuracy: float | None
+    trials_to_1pct: int | None
+    share_within_2pct: float | None
+    counts: Mapping[str, int]
+    train_seconds: float
+    best_hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, str]:
+        """CSV cells: plain numbers (accuracies to 4 decimals), '' for none."""
+        t = self.test
+        return {
+            "rank": _or(self.rank, str, ""), "optimizer": self.optimizer,
+            "test_mean": _or(t and t.mean, _acc, ""), "test_std": _or(t and t.std, _acc, ""),
+            "ci95_low": _or(t and t.ci_low, _acc, ""), "ci95_high": _or(t and t.ci_high, _acc, ""),
+            "seeds": str(t.n) if t else "0", "tied": self.tie, "p_value": _or(self.p_value, _p, ""),
+            "best_val_accuracy": _or(self.best_val_accuracy, _acc, ""),
+            "trials_to_1pct": _or(self.trials_to_1pct, str, ""),
+            "share_within_2pct": _or(self.share_within_2pct, _acc, ""),
+            **{s.value: str(self.counts.get(s.value, 0)) for s in Status},
+            "train_seconds": f"{self.train_seconds:.1f}",
+            "best_params": json.dumps(dict(self.best_hyperparameters), default=str),
+        }
+
+    def display(self) -> dict[str, str]:
+        """Markdown / HTML cells (unescaped): mean ± std, the interval, the tie with its p-value."""
+        t = self.test
+        return {
+            "rank": _or(self.rank, str, "-"), "optimizer": self.optimizer,
+            "test accuracy": f"{_acc(t.mean)} ± {_acc(t.std)}" if t else "-",
+            "95 % CI": f"{_acc(t.ci_low)} – {_acc(t.ci_high)}" if t else "-",
+            "seeds": str(t.n) if t else "0", "tied": self.tie_label(),
+            "best val (search)": _or(self.best_val_accuracy, _acc, "-"),
+            "trials to within 1 %": _or(self.trials_to_1pct, str, "-"),
+            "share within 2 %": _or(self.share_within_2pct, lambda s: f"{100 * s:.0f} %", "-"),
+            "trials by status": ", ".join(f"{self.counts[s.value]}\u00a0{s.value}" for s in Status
+                                          if self.counts.get(s.value)) or "none",
+            "train s": f"{self.train_seconds:.1f}",
+            "best hyperparameters": params_text(self.best_hyperparameters),
+        }
+
+    def tie_label(self) -> str:
+        p = f" (p = {_p(self.p_value)})" if self.p_value is not None else ""
+        if self.tie == TIED:
+            return TIED + p
+        if self.tie == "":
+            return f"no{p}"
+        return self.tie
+
+
+def _or(value, fmt, none: str) -> str:
+    return none if value is None else fmt(value)
+
+
+def _acc(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def _p(value: float) -> str:
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def params_text(params: Mapping[str, Any]) -> str:
+    """``lr=0.0866 schedule=step step.gamma=0.733``: floats to 3 significant digits."""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _tie(result: OptimizerResult, top: OptimizerResult | None) -> str:
+    if result.test is None or result.tied is None:
+        return NOT_TESTED
+    if result is top:
+        return TOP
+    return TIED if result.tied else ""
+
+
+def ranking_rows(comparison: Comparison) -> list[RankingRow]:
+    """The ranking, in the comparison's order: re-evaluated optimizers ranked by mean test accuracy."""
+    tested = [r for r in comparison.results if r.test is not None]
+    top = tested[0] if tested else None
+    return [RankingRow(
+        rank=tested.index(r) + 1 if r.test is not None else None, optimizer=r.optimizer, test=r.test,
+        tie=_tie(r, top), p_value=r.p_value, best_val_accuracy=r.best_val_accuracy,
+        trials_to_1pct=r.budget.trials_to_1pct if r.budget else None,
+        share_within_2pct=r.budget.share_within_2pct if r.budget else None,
+        counts=r.counts, train_seconds=r.train_seconds, best_hyperparameters=r.best_hyperparameters)
+        for r in comparison.results]
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What ``write_report`` wrote, all in ``folder``."""
+
+    folder: Path
+    html: Path
+    csv: Path
+    markdown: Path
+    plots: Mapping[str, Path]          # figure name -> PNG (only the figures with something to draw)
+
+
+def write_report(comparison: Comparison, folder: str | Path) -> ReportFiles:
+    """Write ``report.html``, the PNGs, ``comparison.csv`` and ``comparison.md`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pngs = plots.write_plots(comparison, folder)
+    rows = ranking_rows(comparison)
+    files = ReportFiles(folder, folder / "report.html", folder / "comparison.csv", folder / "comparison.md", pngs)
+    _write(files.csv, csv_text(rows))
+    _write(files.markdown, markdown_text(comparison, rows, pngs))
+    _write(files.html, html_page(comparison, rows, pngs))
+    return files
+
+
+def _write(path: Path, text: str) -> None:
+    """Whole or not at all: a reader (MLflow's artifact upload) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def csv_text(rows: list[RankingRow]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(row.record() for row in rows)
+    return out.getvalue()
+
+
+def _state_line(comparison: Comparison) -> str:
+    if comparison.state == "finished":
+        return "finished"
+    return f"{comparison.state}: partial results, the sweep has not finished"
+
+
+def _facts(comparison: Comparison) -> list[tuple[str, str]]:
+    facts = [("dataset", comparison.dataset), ("model", comparison.model), ("epochs", str(comparison.epochs)),
+             ("trials per optimizer", str(comparison.trials)), ("re-evaluation seeds", str(comparison.reeval_seeds))]
+    if comparison.batch_sizes:
+        facts.append(("batch sizes", ", ".join(map(str, comparison.batch_sizes))))
+    return facts + [("state", _state_line(comparison)), ("generated", comparison.generated)]
+
+
+NO_RESULTS = "No results yet: no optimizer has a finished trial."
+
+
+def _md(text: str) -> str:
+    """A Markdown table cell: HTML escaped (Markdown renders raw HTML), pipes and newlines defused."""
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_text(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str, Path]) -> str:
+    lines = [f"# Sweep {_md(comparison.name)}", ""]
+    lines += [f"- **{k}**: {_md(v)}" for k, v in _facts(comparison)]
+    lines.append("")
+    if not rows:
+        lines += [NO_RESULTS, ""]
+    else:
+        lines.append("| " + " | ".join(TABLE_COLUMNS) + " |")
+        lines.append("|" + "---|" * len(TABLE_COLUMNS))
+        lines += ["| " + " | ".join(_md(row.display()[c]) for c in TABLE_COLUMNS) + " |" for row in rows]
+        lines += ["", f"Ties: {_md(comparison.tie_rule)}", ""]
+    for name in pngs:
+        lines += [f"![{name}]({name}.png)", "", _md(plots.FIGURES[name].caption), ""]
+    return "\n".join(lines)
+
+
+STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
+       max-width: 1200px; margin: 1.5em auto; padding: 0 1em; }
+h1 { margin-bottom: .2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: .1em 1em; }
+dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
+.partial { background: #fff3cd; border: 1px solid #e0c36c; padding: .4em .7em; border-radius: 4px; }
+.table { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 13px; width: 100%; }
+th, td { border: 1px solid #ddd; padding: .25em .4em; text-align: right; white-space: nowrap; }
+th { background: #f4f4f4; white-space: normal; vertical-align: bottom; font-weight: 600; }
+th.text, td.text { text-align: left; }
+td.params { white-space: normal; font-size: 12px; }
+tr.top td { background: #e3f1e3; font-weight: 600; }
+tr.tied td { background: #eef7ee; }
+.note { color: #555; font-size: 13px; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #444; font-size: 14px; }
+"""
+
+
+def html_page(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str, Path]) -> str:
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>Sweep {e(comparison.name)}: optimizer comparison</title>", f"<style>{STYLE}</style>",
+           "</head><body>", f"<h1>Sweep {e(comparison.name)}</h1>"]
+    if comparison.state != "finished":
+        out.append(f'<p class="partial">{e(_state_line(comparison))}; this page shows what had finished '
+                   f"when it was generated.</p>")
+    out.append('<dl class="facts">' + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _facts(comparison))
+               + "</dl>")
+    if comparison.settings:
+        out.append("<details><summary>settings</summary><dl class=\"facts\">" + "".join(
+            f"<dt>{e(str(k))}</dt><dd>{e(redact(_setting(v)))}</dd>" for k, v in comparison.settings.items())
+            + "</dl></details>")
+    out.append("<h2>Ranking</h2>")
+    if not rows:
+        out.append(f"<p>{e(NO_RESULTS)}</p>")
+    else:
+        out.append(_html_table(rows))
+        out.append(f'<p class="note">Ties: {e(comparison.tie_rule.rstrip("."))}. Highlighted rows are the best '
+                   f"and those tied with it; &ldquo;-&rdquo;: not re-evaluated yet, so neither ranked nor tested.</p>")
+    if rows:
+        out.append("<h2>Figures</h2>")
+        if not pngs:
+            out.append("<p>No figures yet: nothing has been reported to draw.</p>")
+    for name, path in pngs.items():
+        spec = plots.FIGURES[name]
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        out.append(f'<figure><img id="fig-{e(name)}" alt="{e(spec.alt)}" src="data:image/png;base64,{data}">'
+                   f"<figcaption>{e(spec.caption)}</figcaption></figure>")
+    out.append("<h2>How this was measured</h2>")
+    out.append("<p>" + e(MEASURED.format(trials=comparison.trials, epochs=comparison.epochs,
+                                        seeds=comparison.reeval_seeds)) + "</p>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _setting(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _html_table(rows: list[RankingRow]) -> str:
+    e = html.escape
+    classes = {"optimizer": "text", "tied": "text", "trials by status": "text params",
+               "best hyperparameters": "text params"}
+    head = "".join((f'<th class="{classes[c]}">' if c in classes else "<th>")
+                   + e(c).replace(" %", "&nbsp;%") + "</th>" for c in TABLE_COLUMNS)
+    body = []
+    for row in rows:
+        cells = row.display()
+        klass = {TOP: ' class="top"', TIED: ' class="tied"'}.get(row.tie, "")
+        body.append(f"<tr{klass}>" + "".join(
+            f'<td class="{classes[c]}">{e(cells[c])}</td>' if c in classes else f"<td>{e(cells[c])}</td>"
+            for c in TABLE_COLUMNS) + "</tr>")
+    return f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>' + "".join(body) + "</tbody></table></div>"

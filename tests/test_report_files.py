@@ -1,0 +1,316 @@
+"""The report's figures and files, from a ``Comparison`` built by hand (no store, no sweep).
+
+The comparison is shaped like a real sweep's: three optimizers, one not yet re-evaluated, pruned
+and diverged trials, two batch sizes, one optimizer without importances. The checks are what a
+reader relies on: every file is there and readable, the HTML page stands alone (images inside it,
+nothing fetched from elsewhere), ties are visible, and nothing from the data is injected as markup.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import math
+import random
+from html import escape
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from sweep import plots
+from sweep.comparison import BudgetCurve, Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
+from sweep.outcome import Status
+from sweep.report_files import ReportFiles, html_page, ranking_rows, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EPOCHS, STEPS = 8, 36
+
+
+def _curve(rng: random.Random, top: float, tau: float, epochs: int = EPOCHS) -> tuple[float, ...]:
+    return tuple(round(min(1.0, top - (top - 0.1) * math.exp(-e / tau) + rng.gauss(0, 0.004)), 4)
+                 for e in range(1, epochs + 1))
+
+
+def _budget(values: list[float]) -> BudgetCurve:
+    """The exact expected best of k trials drawn without replacement, and its 5/95 % quantiles."""
+    v = sorted(values)
+    n = len(v)
+    expected, low, high = [], [], []
+    for k in range(1, n + 1):
+        cdf = [math.comb(i + 1, k) / math.comb(n, k) for i in range(n)]  # P(best <= v[i])
+        pmf = [cdf[0]] + [cdf[i] - cdf[i - 1] for i in range(1, n)]
+        expected.append(sum(p * x for p, x in zip(pmf, v)))
+        low.append(next(x for c, x in zip(cdf, v) if c >= 0.05))
+        high.append(next(x for c, x in zip(cdf, v) if c >= 0.95))
+    return BudgetCurve(tuple(expected), tuple(low), tuple(high),
+                       share_within_2pct=sum(x >= 0.98 * v[-1] for x in v) / n, trials_to_1pct=3)
+
+
+def _lr_steps(lr: float, schedule: str) -> tuple[float, ...]:
+    out = []
+    for step in range(EPOCHS * STEPS):
+        epoch = step // STEPS
+        if schedule == "cosine":
+            out.append(lr * 0.5 * (1 + math.cos(math.pi * epoch / EPOCHS)) + lr * 0.01)
+        elif schedule == "step":
+            out.append(lr * 0.3 ** (epoch // 3))
+        elif schedule == "onecycle":
+            t = step / (EPOCHS * STEPS - 1)
+            up = 0.3
+            out.append(lr / 25 + (lr - lr / 25) * (t / up) if t < up
+                       else lr * 0.5 * (1 + math.cos(math.pi * (t - up) / (1 - up))) + lr / 25e4)
+        else:
+            out.append(lr)
+    return tuple(out)
+
+
+def _result(name: str, rng: random.Random, *, lr_range: tuple[float, float], top: float, reevaluated: bool,
+            tied: bool | None, p_value: float | None, importances: dict[str, float],
+            param: str = "cosine", batch_sizes=(32, 64), n_trials: int = 14) -> OptimizerResult:
+    trials = []
+    best_lr = math.sqrt(lr_range[0] * lr_range[1])
+    for number in range(n_trials):
+        lr = math.exp(rng.uniform(math.log(lr_range[0]), math.log(lr_range[1])))
+        distance = abs(math.log10(lr / best_lr))
+        final = max(0.1, top - 0.12 * distance ** 2 + rng.gauss(0, 0.006))
+        schedule = rng.choice(["constant", "cosine", "step", "onecycle"])
+        status = Status.OK
+        if number in (4, 9):
+            status = Status.PRUNED
+        elif number == 11 and lr > best_lr:
+            status = Status.DIVERGED
+        curve = _curve(rng, final, 1.6)
+        if status is Status.PRUNED:
+            curve = curve[:3]
+        elif status is Status.DIVERGED:
+            curve = curve[:1]
+        trials.append(SearchedTrial(
+            number=number, status=status, value=curve[-1] if status is Status.OK else None,
+            last_val_accuracy=curve[-1], lr=lr, schedule=schedule, batch_size=batch_sizes[number % len(batch_sizes)],
+            hyperparameters={"lr": lr, "schedule": schedule}, val_curve=curve))
+    trials.append(SearchedTrial(number=n_trials, status=Status.FAILED, value=None, last_val_accuracy=None,
+                                lr=None, schedule="constant", batch_size=batch_sizes[0]))
+    scored = [t for t in trials if t.value is not None]
+    best = max(scored, key=lambda t: t.value)
+    best = SearchedTrial(**{**best.__dict__, "schedule": param})
+    trials = [best if t.number == best.number else t for t in trials]
+    reevals = ()
+    test = None
+    if reevaluated:
+        reevals = tuple(SeedRun(source_trial=best.number, seed=seed, status=Status.OK,
+                                val_accuracy=c[-1], test_accuracy=round(c[-1] - 0.004 + rng.gauss(0, 0.003), 4),
+                                val_curve=c, run_id=f"run{seed}")
+                        for seed, c in ((s, _curve(rng, best.value, 1.6)) for s in (101, 102, 103)))
+        accs = [r.test_accuracy for r in reevals]
+        mean = sum(accs) / len(accs)
+        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1))
+        half = 4.303 * std / math.sqrt(len(accs))
+        test = SeedStats(n=len(accs), mean=mean, std=std, ci_low=mean - half, ci_high=mean + half)
+    counts = {s.value: sum(t.status is s for t in trials) for s in Status}
+    return OptimizerResult(
+        optimizer=name, counts=counts, best_trial=best.number, best_val_accuracy=best.value,
+        best_hyperparameters={"lr": best.lr, "schedule": param, f"{param}.min_lr_factor": 0.031},
+        trials=tuple(trials), reevals=reevals, test=test, tied=tied, p_value=p_value,
+        budget=_budget([t.value for t in scored]), importances=importances,
+        lr_per_step=_lr_steps(best.lr, param), steps_per_epoch=STEPS,
+        train_seconds=round(rng.uniform(20, 60), 2), best_run_id="abc", model_uri="runs:/abc/model")
+
+
+def make_comparison(state: str = "finished") -> Comparison:
+    rng = random.Random(7)
+    results = (
+        _result("adam", rng, lr_range=(1e-4, 3e-2), top=0.975, reevaluated=True, tied=True, p_value=None,
+                importances={"lr": 0.71, "beta1": 0.18, "schedule": 0.11}),
+        _result("momentum", rng, lr_range=(3e-3, 0.5), top=0.972, reevaluated=True, tied=True, p_value=0.41,
+                importances={"lr": 0.52, "momentum": 0.33, "schedule": 0.1, "cosine.min_lr_factor": 0.05},
+                param="onecycle"),
+        _result("sgd", rng, lr_range=(1e-3, 1.0), top=0.93, reevaluated=False, tied=None, p_value=None,
+                importances={}, param="step"),
+    )
+    return Comparison(name="digits-cmp", dataset="digits", model="simple_cnn", epochs=EPOCHS, trials=15,
+                      reeval_seeds=3, state=state, generated="2026-11-23T08:00:00+00:00",
+                      tie_rule="Welch's t-test against the top-ranked optimizer, p >= 0.05: tied",
+                      results=results, batch_sizes=(32, 64),
+                      settings={"sampler": "tpe", "pruner": "median",
+                                "tracking_uri": "http://me:hunter2@mlflow:5000"})
+
+
+class _Page(HTMLParser):
+    """Every tag's attributes, to check what the page would load."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def _parse(html: str) -> _Page:
+    page = _Page()
+    page.feed(html)
+    return page
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[Comparison, ReportFiles]:
+    comparison = make_comparison()
+    return comparison, write_report(comparison, tmp_path_factory.mktemp("report") / "out")
+
+
+def test_every_file_is_written(report):
+    _, files = report
+    assert files.folder.is_dir()
+    for path in (files.html, files.csv, files.markdown, *files.plots.values()):
+        assert path.is_file() and path.stat().st_size > 0, path
+        assert path.parent == files.folder
+    assert set(files.plots) == set(plots.FIGURES)
+
+
+@pytest.mark.parametrize("name", list(plots.FIGURES))
+def test_every_png_decodes_and_shows_something(report, name):
+    _, files = report
+    assert files.plots[name].read_bytes()[:8] == PNG_MAGIC
+    image = imread(files.plots[name])
+    height, width = image.shape[:2]
+    assert 700 <= width <= 1300 and 300 <= height <= 1200, (width, height)  # a laptop screen's size
+    rgb = (image[..., :3] * 255).astype(np.uint32)
+    colours = np.unique(rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2])
+    assert len(colours) > 50, f"{name}: {len(colours)} colours"
+
+
+def test_html_is_one_self_contained_page(report):
+    comparison, files = report
+    html = files.html.read_text(encoding="utf-8")
+    page = _parse(html)
+    images = [attrs for tag, attrs in page.tags if tag == "img"]
+    assert len(images) == len(plots.FIGURES)
+    assert sorted(a["id"] for a in images) == sorted(f"fig-{n}" for n in plots.FIGURES)
+    for attrs in images:
+        assert attrs.get("alt")
+        prefix = "data:image/png;base64,"
+        assert attrs["src"].startswith(prefix)
+        assert base64.b64decode(attrs["src"][len(prefix):], validate=True)[:8] == PNG_MAGIC
+    for tag, attrs in page.tags:
+        assert tag not in ("script", "link", "iframe", "object", "embed"), tag
+        for key in ("src", "href", "srcset", "action", "data"):
+            value = attrs.get(key)
+            assert value is None or value.startswith(("data:", "#")), f"<{tag} {key}={value[:40]!r}>"
+    assert "url(" not in html and "@import" not in html
+    for text in (comparison.name, comparison.dataset, comparison.model, comparison.tie_rule):
+        assert escape(text) in html
+    assert "hunter2" not in html  # a password in a setting is masked
+    for name, spec in plots.FIGURES.items():
+        assert escape(spec.caption) in html
+
+
+def test_ties_are_marked_in_html_csv_and_markdown(report):
+    comparison, files = report
+    rows = {r["optimizer"]: r for r in csv.DictReader(files.csv.open(encoding="utf-8"))}
+    assert list(rows) == [r.optimizer for r in comparison.results]
+    assert rows["adam"]["tied"] == "best" and rows["adam"]["rank"] == "1"
+    assert rows["momentum"]["tied"] == "tied" and rows["momentum"]["p_value"] == "0.410"
+    assert rows["sgd"]["tied"] == "-" and rows["sgd"]["test_mean"] == "" and rows["sgd"]["rank"] == ""
+    assert rows["adam"]["test_mean"] == f"{comparison.results[0].test.mean:.4f}"
+    assert rows["sgd"]["pruned"] == "2" and rows["sgd"]["failed"] == "1"
+    html = files.html.read_text(encoding="utf-8")
+    assert html.count('class="tied"') == 1 and html.count('class="top"') == 1
+    assert "tied (p = 0.410)" in html
+    md = files.markdown.read_text(encoding="utf-8")
+    assert "tied (p = 0.410)" in md
+    for name in files.plots:
+        assert f"![{name}]({name}.png)" in md
+
+
+def test_rows_format_accuracies_to_four_decimals(report):
+    comparison, _ = report
+    rows = ranking_rows(comparison)
+    top = rows[0].display()
+    assert top["test accuracy"] == f"{comparison.results[0].test.mean:.4f} ± {comparison.results[0].test.std:.4f}"
+    assert top["95 % CI"].count(".") == 2 and all(len(p.split(".")[1]) == 4 for p in top["95 % CI"].split(" – "))
+    assert rows[2].display()["test accuracy"] == "-"
+
+
+def test_data_is_escaped_everywhere(tmp_path):
+    base = make_comparison()
+    evil = OptimizerResult(**{**base.results[0].__dict__, "optimizer": "<script>alert(1)</script>",
+                              "best_hyperparameters": {"lr": 0.01, "schedule": "<img src=x onerror=alert(2)>"},
+                              "importances": {"$\\frac{$": 0.6, "lr": 0.4}})  # not a formula in a figure
+    comparison = Comparison(**{**base.__dict__, "name": "a<b>&c", "results": (evil, *base.results[1:])})
+    files = write_report(comparison, tmp_path)
+    assert set(files.plots) == set(plots.FIGURES)
+    html = files.html.read_text(encoding="utf-8")
+    assert "<script>" not in html and "<img src=x" not in html and "<b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "a&lt;b&gt;&amp;c" in html
+    assert all(tag != "script" for tag, _ in _parse(html).tags)
+    md = files.markdown.read_text(encoding="utf-8")
+    assert "<script>" not in md and "<img src=x" not in md
+
+
+def test_an_empty_comparison_still_writes_a_page(tmp_path):
+    empty = Comparison(name="nothing-yet", dataset="digits", model="simple_cnn", epochs=3, trials=5,
+                       reeval_seeds=3, state="running", generated="2026-11-23T08:00:00+00:00",
+                       tie_rule="Welch's t-test", results=())
+    files = write_report(empty, tmp_path / "r")
+    assert files.plots == {}
+    html = files.html.read_text(encoding="utf-8")
+    assert "No results yet" in html and "partial results" in html
+    assert "<img" not in html
+    assert files.csv.read_text(encoding="utf-8").splitlines()[0].startswith("rank,optimizer,")
+    assert "No results yet" in files.markdown.read_text(encoding="utf-8")
+
+
+def test_a_running_sweep_is_labelled_partial():
+    running = make_comparison(state="running")
+    assert '<p class="partial">running: partial results' in html_page(running, ranking_rows(running), {})
+    finished = make_comparison()
+    assert "partial results" not in html_page(finished, ranking_rows(finished), {})
+
+
+def test_an_optimizer_has_the_same_colour_in_every_report():
+    full = make_comparison()
+    fewer = Comparison(**{**full.__dict__, "results": full.results[1:]})
+
+    def colour(comparison, optimizer):
+        fig = plots.convergence(comparison)
+        return next(line.get_color() for line in fig.axes[0].get_lines() if line.get_label().startswith(optimizer))
+
+    assert colour(full, "sgd") == colour(fewer, "sgd") == plots.colors(["sgd"])["sgd"]
+    assert colour(full, "momentum") == colour(fewer, "momentum")
+    assert len(set(plots.colors(["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw",
+                                 "mine"]).values())) == 8
+
+
+def test_convergence_falls_back_to_the_search_trial_when_not_reevaluated():
+    fig = plots.convergence(make_comparison())
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert lines["sgd (search trial, 1 seed)"].get_linestyle() == "--"
+    assert lines["adam (3 seeds)"].get_linestyle() == "-"
+    assert len(fig.axes[0].collections) == 2  # a band for each re-evaluated optimizer
+
+
+def test_lr_sensitivity_has_a_panel_per_batch_size_and_hollow_non_ok_trials():
+    comparison = make_comparison()
+    fig = plots.lr_sensitivity(comparison)
+    panels = [ax for ax in fig.axes if ax.get_xscale() == "log"]
+    assert [ax.get_title() for ax in panels] == ["batch size 32", "batch size 64"]
+    points = {c.get_gid(): c for ax in panels for c in ax.collections}
+    for result in comparison.results:
+        for t in result.trials:
+            if t.last_val_accuracy is None:
+                continue
+            face = points[f"{result.optimizer}:{t.number}"].get_facecolor()
+            assert (len(face) == 0 or face[0][3] == 0) == (t.status is not Status.OK), (result.optimizer, t)
+    single = Comparison(**{**comparison.__dict__, "batch_sizes": (32,)})
+    assert len(plots.lr_sensitivity(single).axes) == 1
+
+
+def test_figures_with_nothing_to_draw_are_left_out():
+    base = make_comparison()
+    bare = Comparison(**{**base.__dict__, "results": tuple(
+        OptimizerResult(**{**r.__dict__, "importances": {}, "budget": None, "lr_per_step": ()}) for r in base.results)})
+    assert plots.importances(bare) is None and plots.budget(bare) is None and plots.schedules(bare) is None
+    assert plots.convergence(bare) is not None
+    full = plots.importances(base)
+    assert sorted(ax.get_title() for ax in full.axes if ax.get_title()) == ["adam", "momentum"]  # sgd has none
