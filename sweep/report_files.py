@@ -197,6 +197,17 @@ def _md(text: str) -> str:
     return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
 
+def _table_lines(rows: list[RankingRow]) -> list[str]:
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    return lines + ["| " + " | ".join(_md(row.display()[c]) for c in TABLE_COLUMNS) + " |" for row in rows]
+
+
+def markdown_table(comparison: Comparison) -> str:
+    """The ranking as a Markdown table (what `sweep run` prints at the end)."""
+    rows = ranking_rows(comparison)
+    return "\n".join(_table_lines(rows)) if rows else NO_RESULTS
+
+
 def markdown_text(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str, Path]) -> str:
     lines = [f"# Sweep {_md(comparison.name)}", ""]
     lines += [f"- **{k}**: {_md(v)}" for k, v in _facts(comparison)]
@@ -204,9 +215,7 @@ def markdown_text(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[
     if not rows:
         lines += [NO_RESULTS, ""]
     else:
-        lines.append("| " + " | ".join(TABLE_COLUMNS) + " |")
-        lines.append("|" + "---|" * len(TABLE_COLUMNS))
-        lines += ["| " + " | ".join(_md(row.display()[c]) for c in TABLE_COLUMNS) + " |" for row in rows]
+        lines += _table_lines(rows)
         lines += ["", f"Ties: {_md(comparison.tie_rule)}", ""]
     for name in pngs:
         lines += [f"![{name}]({name}.png)", "", _md(plots.FIGURES[name].caption), ""]
