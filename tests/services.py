@@ -49,6 +49,26 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def chromedriver() -> str | None:
+    """The WebDriver that lets Selenium drive it (Debian's ``chromium-driver``)."""
+    return shutil.which("chromedriver")
+
+
+def browser():
+    """A headless Chromium under Selenium, with the flags this machine needs; the caller quits it.
+    Selenium is told where the driver is and to stay offline (it would otherwise try to fetch one)."""
+    os.environ.setdefault("SE_OFFLINE", "true")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium()
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--window-size=1400,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=chromedriver()), options=options)
+
+
 @functools.cache
 def netns_missing() -> str | None:
     """Why network namespaces cannot be made here (None: they can), tried for real once."""
@@ -69,7 +89,9 @@ def missing(marker: str) -> str | None:
     if marker == "postgres":
         return None if pg_answers() else f"no PostgreSQL answers at {pg_address()}"
     if marker == "browser":
-        return None if chromium() else "no Chromium on PATH (chromium, chromium-browser, google-chrome)"
+        if chromium() is None:
+            return "no Chromium on PATH (chromium, chromium-browser, google-chrome)"
+        return None if chromedriver() else "no chromedriver on PATH (Debian: apt-get install chromium-driver)"
     if marker == "cluster":
         return netns_missing()
     return None

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -109,41 +109,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _browser_text(url: str) -> str:
-    """The page as headless Chromium renders it, as plain text (the ``browser`` marker makes sure it is here)."""
-    browser = services.chromium()
-    assert browser is not None, "a test that calls _browser_text must be marked browser"
-    for _ in range(3):  # the single-page app renders asynchronously; give it more time if needed
-        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                              "--window-size=1600,1000", "--virtual-time-budget=20000", "--dump-dom", url],
-                             capture_output=True, text=True, timeout=120).stdout
-        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
-        if "matching runs" in text:
-            break
-    return text
+SCREENSHOTS = os.environ.get("SWEEP_TEST_SCREENSHOTS")  # where the browser test keeps its screenshots
+
+
+def _wait_for(browser, condition, what: str, timeout_s: float = 90):
+    """Poll ``condition(browser)`` until it is truthy: the MLflow UI renders asynchronously."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = condition(browser)
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"never saw {what}; page text: {browser.find_element('tag name', 'body').text[:1500]}")
+
+
+IMAGES = "return Array.from(document.images).map(i => [i.id, i.complete, i.naturalWidth, i.src.slice(0, 22)])"
 
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_ls_and_ui_serve_the_sweep(ray_address, tmp_path, capsys):
+def test_ls_ui_and_report_in_a_browser(ray_address, tmp_path, capsys):
+    """A sweep with re-evaluation, then `sweep ui` in headless Chromium: the runs table shows the
+    parents, trials, re-evaluations and the report run; the report artifact opens with every image
+    loaded. Screenshots go to $SWEEP_TEST_SCREENSHOTS (else the test's tmp dir)."""
     out_dir = tmp_path / "sweeps"
-    assert main(["run", "quickstart", f"output_dir={out_dir}", "name=uitest", "optimizers=[adam]",
-                 "trials=2", "epochs=1"]) == 0
-    capsys.readouterr()
+    assert main(["run", "quickstart", f"output_dir={out_dir}", "name=uitest", "optimizers=[adam,sgd]",
+                 "trials=2", "epochs=1", "reeval_seeds=2", f"ray_address={ray_address}"]) == 0
+    printed = capsys.readouterr().out
+    html = out_dir / "uitest" / "report" / "report.html"
+    assert f"report:  {html}" in printed and html.is_file()
     assert main(["ls", "--output-dir", str(out_dir)]) == 0
     listing = capsys.readouterr().out
-    assert "uitest" in listing and "finished" in listing and "adam" in listing
+    assert "uitest" in listing and "finished" in listing
 
+    shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "sweep.cli", "ui", "uitest", "--output-dir", str(out_dir),
                                "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True, start_new_session=True)
+    browser = None
     try:
         base = f"http://127.0.0.1:{port}"
         ready = next(line for line in server.stdout if base in line)  # printed once /health answers
         url = ready[ready.index(base):].split()[0]
         assert url.endswith("/runs?workflowType=machine_learning")
-        urllib.request.urlopen(f"{base}/health", timeout=2)
         request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search",
                                          data=json.dumps({"max_results": 10}).encode(),
                                          headers={"Content-Type": "application/json"})
@@ -153,10 +163,28 @@ def test_ls_and_ui_serve_the_sweep(ray_address, tmp_path, capsys):
                                          data=json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode(),
                                          headers={"Content-Type": "application/json"})
         runs = json.load(urllib.request.urlopen(request, timeout=10))["runs"]
-        assert len(runs) == 3  # one parent, two trials
-        page = _browser_text(url)
-        assert "3 matching runs" in page and "adam" in page, page[:2000]  # the runs table, not GenAI
+        roles = sorted(next(t["value"] for t in r["data"]["tags"] if t["key"] == "sweep.role") for r in runs)
+        assert roles == ["parent"] * 2 + ["reeval"] * 4 + ["sweep"] + ["trial"] * 4
+        report_run = next(r for r in runs if {"key": "sweep.role", "value": "sweep"} in r["data"]["tags"])
+
+        browser = services.browser()
+        browser.get(url)
+        _wait_for(browser, lambda b: "11 matching runs" in b.find_element("tag name", "body").text,
+                  "the runs table with 11 runs")
+        browser.save_screenshot(str(shots / "runs-table.png"))
+
+        # the report as MLflow serves the artifact, and as its artifact viewer shows it
+        browser.get(f"{base}/get-artifact?path=report/report.html&run_uuid={report_run['info']['run_id']}")
+        images = _wait_for(browser, lambda b: (lambda i: i if i and all(c for _, c, _, _ in i) else None)(
+            b.execute_script(IMAGES)), "the report's images")
+        assert len(images) >= 5 and all(width > 0 for _, _, width, _ in images), images
+        assert all(src.startswith("data:image/png;base64") for *_, src in images), images
+        assert "adam" in browser.find_element("tag name", "body").text
+        browser.save_screenshot(str(shots / "report.png"))
+        print(f"screenshots: {shots}")
     finally:
+        if browser is not None:
+            browser.quit()
         os.kill(server.pid, 15)  # `sweep ui` stops its whole server on SIGTERM
         assert server.wait(timeout=30) == 0
 
