@@ -39,7 +39,7 @@ def cmd_train(args) -> int:
         return _fail(str(exc))
     if args.print_config:
         return _print_config(cfg)
-    from sweep.datasets import DatasetUnavailable, load_dataset
+    from sweep.datasets import DatasetUnavailable, load_data
     from sweep.trial import run_trial
 
     tc = cfg.trial_config()
@@ -49,7 +49,7 @@ def cmd_train(args) -> int:
         if not torch.cuda.is_available():
             return _fail(f"device: {tc.device} asked for, but torch sees no CUDA device; use device=cpu or auto")
     try:
-        data = load_dataset(tc.dataset, tc.data_dir, tc.download, tc.val_fraction, seed=tc.seed)
+        data = load_data(tc)
     except DatasetUnavailable as exc:
         return _fail(f"{exc.key}: {exc}")
     print(f"train {tc.model} on {tc.dataset} ({len(data.train_x)} train / {len(data.val_x)} val / "

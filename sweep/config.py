@@ -117,6 +117,36 @@ def _names(options) -> Check:
     return check
 
 
+def _train_subset(key, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(key, f"must be an integer >= 1 (the most training images to use), or null for all, got {value!r}")
+    return value
+
+
+_train_subset.allowed = "integer >= 1, or null (all)"
+
+BATCH_SIZE_RANGE = (1, 65536)
+
+
+def _batch_sizes(key, value):
+    """Searched batch sizes; unset (null or []) means not searched."""
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return None
+    low, high = BATCH_SIZE_RANGE
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(key, f"must be a list of distinct integers in [{low}, {high}] (e.g. [32,64,128]), "
+                               f"or [] to use batch_size, got {value!r}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not low <= item <= high:
+            raise ConfigError(key, f"must hold integers in [{low}, {high}], got {item!r} in {list(value)}")
+    if len(set(value)) != len(value):
+        raise ConfigError(key, f"lists a batch size twice: {list(value)}")
+    return tuple(value)
+
+
+_batch_sizes.allowed = f"list of distinct integers in [{BATCH_SIZE_RANGE[0]}, {BATCH_SIZE_RANGE[1]}]"
+
+
 def _device(key, value):
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
         raise ConfigError(key, f"must be auto, cpu, cuda or cuda:N, got {value!r}")
@@ -246,6 +276,8 @@ class SweepConfig:
     batch_size: int = key(32, _int(1, 1_000_000), "mini-batch size", frozen=True, trial=True)
     val_fraction: float = key(0.2, _float(0.0, 1.0, low_inclusive=False), "share of training data held out for validation",
                               frozen=True, trial=True)
+    train_subset: int | None = key(None, _train_subset, "train on the first N shuffled training images only "
+                                   "(validation and test sets unchanged; unset: all)", frozen=True, trial=True)
     seed: int = key(0, _int(0, 2**31 - 1), "training seed (split, init, batch order) and sampler seed",
                     frozen=True, trial=True)
     l1: float = key(0.0, _float(0.0), "L1 penalty added to the loss", frozen=True, trial=True)
@@ -263,6 +295,8 @@ class SweepConfig:
     output_dir: str = key("./sweeps", _text, "folder that holds sweeps", text=True)
     optimizers: tuple[str, ...] = key(tuple(sorted(OPTIMIZERS)), _names(OPTIMIZERS), "one Optuna study per optimizer")
     schedules: tuple[str, ...] = key(("constant",), _names(SCHEDULES), "LR schedules searched between", frozen=True)
+    batch_sizes: tuple[int, ...] | None = key(None, _batch_sizes, "batch sizes each trial picks from (unset: "
+                                              "batch_size, not searched); refused by `sweep train`", frozen=True)
     search_effective_lr: bool = key(False, _bool, "search lr/(1-momentum) instead of lr", frozen=True)
     trials: int = key(6, _int(1, 100_000), "finished trials per optimizer")
     workers: int = key(2, _int(1, 10_000), "trials in flight at once")
@@ -338,7 +372,7 @@ def default_text(name: str) -> str:
     if name in GROUPS:
         return GROUPS[name][0] + " (train)"
     if isinstance(value, list):
-        return f"[{','.join(value)}]"
+        return f"[{','.join(map(str, value))}]"
     return "-" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -492,6 +526,10 @@ def _check_together(cfg: SweepConfig, mode: str) -> None:
     if warmup >= cfg.epochs:
         raise ConfigError("schedule.warmup_epochs", f"must be less than epochs ({cfg.epochs}), got {warmup}: "
                                                     "the warm-up would be the whole run")
+    if mode == TRAIN and cfg.batch_sizes:
+        raise ConfigError("batch_sizes", f"`sweep train` runs one batch size: set batch_size=N (batch_sizes="
+                                         f"[{','.join(map(str, cfg.batch_sizes))}] is searched by `sweep run`), "
+                                         "or batch_sizes=[]")
     if mode == SWEEP and cfg.device.startswith("cuda") and cfg.num_gpus == 0:
         raise ConfigError("device", f"device={cfg.device} in a sweep needs num_gpus > 0 (Ray gives a trial "
                                     "only the GPUs it asks for); set num_gpus=1 (or a fraction), or device=auto")

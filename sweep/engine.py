@@ -23,7 +23,7 @@ from typing import Any
 from sweep import best_model, checkpoints, credentials, preflight, reeval, report, tracking
 from sweep.collect import TRAIN_IMAGES
 from sweep.config import FROZEN_KEYS, STORE_URL_KEYS, SweepConfig, saved_values
-from sweep.datasets import DataSplits, DatasetUnavailable, load_dataset
+from sweep.datasets import DataSplits, DatasetUnavailable, load_data
 from sweep.errors import ConfigError, StoreUnavailable, first_line, store_calls
 from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
 from sweep.outcome import Status, Tally, TrialOutcome
@@ -107,7 +107,7 @@ def prepare(cfg: SweepConfig) -> Prepared:
     preflight.check_same_sweep(cfg.name, stores, seen_id or "new sweep")
     preflight.warn_local_stores_on_cluster(cfg, stores)
     try:
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, seed=cfg.seed)
+        data = load_data(cfg)
     except DatasetUnavailable as exc:
         raise ConfigError(exc.key, str(exc)) from None
     init_ray(cfg)
@@ -242,6 +242,10 @@ class Driver:
                                                  sweep_dir.artifacts if stores.local_tracking else None, sweep_id)
         fixed = {k: getattr(cfg, k) for k in ("dataset", "model", "epochs", "batch_size", "sampler", "pruner",
                                               "trials", "seed", "reeval_seeds")}
+        if cfg.batch_sizes:  # searched: each trial's run has its own
+            fixed["batch_size"] = list(cfg.batch_sizes)
+        if cfg.train_subset is not None:
+            fixed["train_subset"] = cfg.train_subset
         self.retention = checkpoints.Retention(stores.tracking_uri, keep_all=cfg.keep_checkpoints)
         self.studies: dict[str, SweepStudy] = {}
         self.reevals: dict[str, SweepStudy] = {}  # empty with reeval_seeds=0
@@ -474,7 +478,7 @@ class Driver:
                 run_name=f"{opt}-reeval-{extra[tracking.SOURCE_TRIAL]}-seed{seed}" if lane.is_reeval else None)
         with _storage_calls():
             trial.set_user_attr(MLFLOW_RUN, run_id)
-            trial.set_user_attr(HYPERPARAMETERS, chosen_hyperparameters(tc))
+            trial.set_user_attr(HYPERPARAMETERS, chosen_hyperparameters(tc, cfg))
         task = TrialTask(self.stores, study.name, trial.number, run_id, "none" if lane.is_reeval else cfg.pruner,
                          tc, threads=max(1, int(cfg.num_cpus)), credentials=self.credentials)
         return remote.remote(task, data_ref), trial.number, run_id

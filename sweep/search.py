@@ -2,10 +2,12 @@
 
 Spaces come from the registries as data. Values fixed in the config (``optimizer.momentum=0.9``,
 ``schedule.warmup_epochs=1``) are not searched. With ``search_effective_lr`` the sampler picks
-the effective step lr/(1 - momentum) and lr is derived from it.
+the effective step lr/(1 - momentum) and lr is derived from it. With ``batch_sizes`` each trial
+also picks its batch size (Optuna parameter ``batch_size``).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from optim import OPTIMIZERS, SCHEDULES
@@ -36,7 +38,10 @@ def sample_trial(trial, optimizer: str, cfg: SweepConfig) -> TrialConfig:
                     for key, dist in SCHEDULES[schedule].space.items() if key not in sched_fixed}
     sched_params.update(sched_fixed)
 
-    return cfg.trial_config(optimizer, hp, schedule, sched_params)
+    tc = cfg.trial_config(optimizer, hp, schedule, sched_params)
+    if cfg.batch_sizes:
+        tc = dataclasses.replace(tc, batch_size=Choice(cfg.batch_sizes).suggest(trial, "batch_size"))
+    return tc
 
 
 def run_params(tc: TrialConfig, trial_params: dict[str, Any]) -> dict[str, Any]:
@@ -45,13 +50,17 @@ def run_params(tc: TrialConfig, trial_params: dict[str, Any]) -> dict[str, Any]:
 
     params = {"optimizer": tc.optimizer, "model": tc.model, "dataset": tc.dataset, "epochs": tc.epochs,
               "batch_size": tc.batch_size, "seed": tc.seed, "l1": tc.l1, "schedule": tc.schedule}
+    if tc.train_subset is not None:
+        params["train_subset"] = tc.train_subset
     params.update(resolve_hyperparameters(tc.optimizer, tc.optimizer_params))
     params.update({f"{tc.schedule}.{k}": v for k, v in resolve_schedule_params(tc.schedule, tc.schedule_params).items()})
     params.update(trial_params)
     return params
 
 
-def chosen_hyperparameters(tc: TrialConfig) -> dict[str, Any]:
-    """What a trial was given, in the optimizer's own terms (``momentum``, not ``one_minus_momentum``)."""
+def chosen_hyperparameters(tc: TrialConfig, cfg: SweepConfig | None = None) -> dict[str, Any]:
+    """What a trial was given, in the optimizer's own terms (``momentum``, not ``one_minus_momentum``),
+    and its batch size when the sweep ``cfg`` searches it."""
+    searched = {"batch_size": tc.batch_size} if cfg is not None and cfg.batch_sizes else {}
     return {**tc.optimizer_params, "schedule": tc.schedule,
-            **{f"{tc.schedule}.{k}": v for k, v in tc.schedule_params.items()}}
+            **{f"{tc.schedule}.{k}": v for k, v in tc.schedule_params.items()}, **searched}

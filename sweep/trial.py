@@ -25,7 +25,7 @@ from models import build_model
 from optim import ScheduleDriver, build_optimizer
 from sweep.checkpoints import Checkpoint
 from sweep.config import TrialConfig
-from sweep.datasets import DataSplits, load_dataset
+from sweep.datasets import DataSplits, load_data
 from sweep.errors import StoreUnavailable
 from sweep.outcome import Status
 
@@ -153,7 +153,7 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if data is None:
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, seed=cfg.seed)
+        data = load_data(cfg)
     t = data.to_torch(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = build_model(cfg.model, data.in_shape, data.num_classes).to(device, memory_format=memory_format)

@@ -8,7 +8,8 @@ Markers (declared in pyproject.toml, ``--strict-markers``):
   postgres  needs PostgreSQL at tests.services.PG_URL (SWEEP_TEST_PG_URL overrides it).
   browser   needs headless Chromium on PATH.
   cluster   starts Ray nodes in network namespaces (tests/cluster.py): needs root and ``ip netns``.
-A ``postgres``, ``browser`` or ``cluster`` test is skipped when what it needs is missing, except under
+  fashion_mnist  reads Fashion-MNIST from Debian's dataset-fashion-mnist package (/usr/share/datasets).
+A ``postgres``, ``browser``, ``cluster`` or ``fashion_mnist`` test is skipped when what it needs is missing, except under
 CI (``CI`` set), where it fails instead: CI runs as root and .ci/run provides the services, so a
 missing one is a broken CI setup.
 """
@@ -26,7 +27,7 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 # tier's in-process trainings 4-10x slower whenever anything else ran (46 s instead of 10 s).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-SERVICE_MARKERS = ("postgres", "browser", "cluster")
+SERVICE_MARKERS = ("postgres", "browser", "cluster", "fashion_mnist")
 
 
 def pytest_collection_modifyitems(items):

@@ -2,8 +2,9 @@
 
 A test marked ``postgres`` needs PostgreSQL at ``PG_URL``; one marked ``browser`` needs headless
 Chromium; one marked ``cluster`` needs root and ``ip netns`` (tests/cluster.py builds Ray nodes in
-network namespaces). Without them such a test is skipped with the reason, except under CI (``CI`` set), where a
-missing service fails it: CI (.ci/run) starts both, so a skip there would hide a broken setup.
+network namespaces); one marked ``fashion_mnist`` needs Debian's dataset-fashion-mnist package's
+files. Without them such a test is skipped with the reason, except under CI (``CI`` set), where a
+missing service fails it: CI (.ci/run) provides them, so a skip there would hide a broken setup.
 """
 from __future__ import annotations
 
@@ -84,6 +85,16 @@ def netns_missing() -> str | None:
     return None
 
 
+def fashion_mnist_missing() -> str | None:
+    """Why the Debian package's Fashion-MNIST files are not here (None: they are)."""
+    from sweep.datasets import FASHION_MNIST_FILES, FASHION_MNIST_PACKAGE, FASHION_MNIST_SYSTEM_DIR
+
+    absent = [f"{stem}.gz" for stem in FASHION_MNIST_FILES.values()
+              if not (FASHION_MNIST_SYSTEM_DIR / f"{stem}.gz").is_file()]
+    return (f"no {', '.join(absent)} in {FASHION_MNIST_SYSTEM_DIR} (apt-get install {FASHION_MNIST_PACKAGE})"
+            if absent else None)
+
+
 def missing(marker: str) -> str | None:
     """Why the service a ``marker`` test needs is not here; None when it is."""
     if marker == "postgres":
@@ -94,4 +105,6 @@ def missing(marker: str) -> str | None:
         return None if chromedriver() else "no chromedriver on PATH (Debian: apt-get install chromium-driver)"
     if marker == "cluster":
         return netns_missing()
+    if marker == "fashion_mnist":
+        return fashion_mnist_missing()
     return None

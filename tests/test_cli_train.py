@@ -20,7 +20,7 @@ from sweep.datasets import DATASETS
 
 pytestmark = pytest.mark.slow
 
-OK_ARGS = ["epochs=2", "optimizer=adam"]
+OK_ARGS = ["epochs=2", "optimizer=adam", "train_subset=200"]
 
 # (overrides, key the message must name, what else it must say: the valid choices or the bound)
 BAD = {
@@ -34,6 +34,8 @@ BAD = {
     "lr_negative": (["optimizer.lr=-1"], "optimizer.lr", ["> 0", "-1"]),
     "momentum_2": (["optimizer.momentum=2"], "optimizer.momentum", ["[0, 1)", "got 2"]),
     "val_fraction_tiny": (["val_fraction=0.0001"], "val_fraction", ["no validation images"]),
+    "train_subset_zero": (["train_subset=0"], "train_subset", [">= 1", "got 0"]),
+    "batch_sizes": (["batch_sizes=[32,64]"], "batch_sizes", ["batch_size=N", "sweep run"]),
 }
 if not torch.cuda.is_available():
     BAD["device_cuda"] = (["device=cuda"], "device", ["no CUDA device"])
@@ -60,7 +62,7 @@ def test_train_prints_one_line_per_epoch(runs):
     epoch_lines = [line for line in lines if line.startswith("epoch")]
     assert len(epoch_lines) == 2, out
     assert epoch_lines[0].startswith("epoch   1/2") and epoch_lines[1].startswith("epoch   2/2")
-    assert "adam" in lines[0]
+    assert "adam" in lines[0] and "(200 train / " in lines[0]  # train_subset reached the data
     assert lines[-1].startswith("status ok") and "test acc" in lines[-1]
     assert list(Path(cwd).iterdir()) == []
 

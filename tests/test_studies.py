@@ -104,3 +104,16 @@ def test_search_effective_lr(formulation):
     trial = study.ask()
     sample_trial(trial, "adam", cfg)
     assert "lr" in trial.params and "effective_lr" not in trial.params  # no momentum: lr as usual
+
+
+def test_classic_config_fixes_everything():
+    """conf/classic.yaml is one run per optimizer: every value fixed, so a trial asks Optuna for
+    nothing (a FixedTrial with no parameters raises on any suggestion)."""
+    cfg = load_config("classic", mode="sweep")
+    assert (cfg.dataset, cfg.model, cfg.epochs, cfg.batch_size, cfg.val_fraction) == \
+        ("fashion_mnist", "simple_cnn", 10, 64, 0.2)
+    assert cfg.optimizers == ("sgd", "momentum") and cfg.trials == 1 and cfg.pruner == "none"
+    for optimizer in cfg.optimizers:
+        tc = sample_trial(optuna.trial.FixedTrial({}), optimizer, cfg)
+        assert tc.optimizer_params["lr"] == 0.01 and tc.schedule == "constant" and tc.batch_size == 64
+    assert resolve_hyperparameters("momentum", tc.optimizer_params)["momentum"] == 0.9

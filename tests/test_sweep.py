@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # every test runs a sweep on the session's Ray
 def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
     cfg = load_config("quickstart", sweep_overrides + [
         "name=counts", "optimizers=[sgd,adam]", "trials=4", "workers=2", "pruner=none",
-        "optimizer.lr=0.01", "schedules=[constant,cosine]"], mode="sweep")
+        "optimizer.lr=0.01", "schedules=[constant,cosine]", "batch_sizes=[32,64]"], mode="sweep")
     assert run_sweep(cfg).rows
     sweep_dir = sweep_dir_of(cfg)
     by_opt = studies(cfg, default_storage(sweep_dir))
@@ -43,6 +43,8 @@ def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
         assert run.data.params["optimizer"] == opt
         for key, value in trial.params.items():
             assert run.data.params[key] == str(value), key
+        assert trial.params["batch_size"] in (32, 64)  # searched, recorded as the run's batch_size
+        assert trial.user_attrs["hyperparameters"]["batch_size"] == trial.params["batch_size"]
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]  # epochs count from 1
         assert math.isclose(history[-1].value if history[-1].step == 2 else history[0].value, trial.value)
@@ -55,6 +57,7 @@ def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
         assert row["ok"] == 4 and row["pruned"] == 0 and row["failed"] == 0
         assert row["best_val_accuracy"] == max(t.value for t in by_opt[opt].trials)
         assert row["best_params"]["lr"] == 0.01 and row["best_params"]["schedule"] in ("constant", "cosine")
+        assert row["best_params"]["batch_size"] in (32, 64)
     adam = summary["optimizers"]["adam"]  # shown as beta1, searched as log(1 - beta1)
     assert math.isclose(adam["best_params"]["beta1"], 1 - adam["best_optuna_params"]["one_minus_beta1"])
     assert (sweep_dir / "comparison.csv").read_text().count("\n") == 3
