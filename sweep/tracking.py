@@ -38,6 +38,8 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creatin
 # MLflow's client prints "View run ... at: <tracking URI>" on every run it ends against a server:
 # the URI with its user:password, twice per trial, into the terminal and the workers' logs.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# ...and a progress bar for every artifact it downloads (a checkpoint read back, a model logged).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 @functools.lru_cache(maxsize=4)

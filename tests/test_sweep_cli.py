@@ -173,14 +173,18 @@ def test_ls_ui_and_report_in_a_browser(ray_address, tmp_path, capsys):
                   "the runs table with 11 runs")
         browser.save_screenshot(str(shots / "runs-table.png"))
 
-        # the report as MLflow serves the artifact, and as its artifact viewer shows it
-        browser.get(f"{base}/get-artifact?path=report/report.html&run_uuid={report_run['info']['run_id']}")
+        # the report in MLflow's artifact viewer (it renders the HTML artifact in an iframe)
+        browser.get(f"{base}/#/experiments/{exp['experiment_id']}/runs/{report_run['info']['run_id']}"
+                    "/artifacts/report/report.html")
+        frame = _wait_for(browser, lambda b: b.find_elements("tag name", "iframe"), "the artifact viewer's frame")[0]
+        browser.save_screenshot(str(shots / "report-in-mlflow.png"))
+        browser.switch_to.frame(frame)
         images = _wait_for(browser, lambda b: (lambda i: i if i and all(c for _, c, _, _ in i) else None)(
             b.execute_script(IMAGES)), "the report's images")
         assert len(images) >= 5 and all(width > 0 for _, _, width, _ in images), images
         assert all(src.startswith("data:image/png;base64") for *_, src in images), images
         assert "adam" in browser.find_element("tag name", "body").text
-        browser.save_screenshot(str(shots / "report.png"))
+        browser.switch_to.default_content()
         print(f"screenshots: {shots}")
     finally:
         if browser is not None:
