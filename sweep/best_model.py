@@ -15,6 +15,7 @@ from pathlib import Path
 from sweep import checkpoints, tracking
 from sweep.datasets import DataSplits
 from sweep.errors import first_line
+from sweep.sweepdir import Stores
 
 EXAMPLE_IMAGES = 4
 
@@ -24,7 +25,7 @@ def logged_uri(uri: str, run_id: str) -> str | None:
     return tracking.client(uri).get_run(run_id).data.tags.get(tracking.MODEL_URI)
 
 
-def log(uri: str, run_id: str, model_name: str, data: DataSplits, epochs: int) -> str | None:
+def log(stores: Stores, run_id: str, model_name: str, data: DataSplits, epochs: int) -> str | None:
     """Log the run's final model; returns its URI, or None (said on stderr) when the run has no
     checkpoint of its last epoch (``checkpoint_every=0``, or its store lost it)."""
     import mlflow
@@ -33,10 +34,11 @@ def log(uri: str, run_id: str, model_name: str, data: DataSplits, epochs: int) -
     import models
     from models import build_model
 
+    uri = stores.tracking_uri
     known = logged_uri(uri, run_id)
     if known:
         return known
-    checkpoint = checkpoints.load_latest(uri, run_id)
+    checkpoint = checkpoints.load_latest(uri, run_id, stores.artifacts)
     if checkpoint is None or checkpoint.epoch != epochs:
         found = "none" if checkpoint is None else f"epoch {checkpoint.epoch}"
         print(f"best model: run {run_id} has no checkpoint of epoch {epochs} ({found}); no model logged",

@@ -101,18 +101,19 @@ def _name(epoch: int) -> str:
 # ---- the run's artifacts ----
 
 @functools.lru_cache(maxsize=256)
-def _repository(uri: str, run_id: str):
-    """The run's artifact repository (local folder, or the tracking server's proxy)."""
+def _repository(uri: str, run_id: str, root: str | None = None):
+    """The run's artifact repository (the sweep directory's folder ``root``, or the tracking
+    server's proxy: ``tracking.artifact_uri``)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     from sweep import tracking
 
-    return get_artifact_repository(tracking.client(uri).get_run(run_id).info.artifact_uri, tracking_uri=uri)
+    return get_artifact_repository(tracking.artifact_uri(uri, run_id, root), tracking_uri=uri)
 
 
-def stored_epochs(uri: str, run_id: str) -> list[int]:
+def stored_epochs(uri: str, run_id: str, root: str | None = None) -> list[int]:
     """The epochs the run has checkpoints of, oldest first."""
-    names = (Path(f.path).name for f in _repository(uri, run_id).list_artifacts(FOLDER) if not f.is_dir)
+    names = (Path(f.path).name for f in _repository(uri, run_id, root).list_artifacts(FOLDER) if not f.is_dir)
     return sorted(int(m.group(1)) for m in map(_NAME.match, names) if m)
 
 
@@ -120,16 +121,16 @@ def _say(text: str) -> None:
     print(f"checkpoints: {text}", file=sys.stderr, flush=True)
 
 
-def save(uri: str, run_id: str, checkpoint: Checkpoint) -> bool:
+def save(uri: str, run_id: str, checkpoint: Checkpoint, root: str | None = None) -> bool:
     """Store the checkpoint, then drop the run's older ones. A failure is said, not raised: the
     trial goes on, and the next checkpoint tries again. Returns whether it was stored."""
     try:
-        repository = _repository(uri, run_id)
+        repository = _repository(uri, run_id, root)
         with tempfile.TemporaryDirectory(prefix="sweep-checkpoint-") as folder:
             path = Path(folder) / _name(checkpoint.epoch)
             write(checkpoint, path)
             repository.log_artifact(str(path), FOLDER)
-        for epoch in stored_epochs(uri, run_id):
+        for epoch in stored_epochs(uri, run_id, root):
             if epoch < checkpoint.epoch:
                 repository.delete_artifacts(f"{FOLDER}/{_name(epoch)}")
     except Exception as exc:  # noqa: BLE001 - a checkpoint is never worth a failed trial
@@ -139,19 +140,19 @@ def save(uri: str, run_id: str, checkpoint: Checkpoint) -> bool:
     return True
 
 
-def saver(uri: str, run_id: str) -> Callable[[Checkpoint], None]:
+def saver(uri: str, run_id: str, root: str | None = None) -> Callable[[Checkpoint], None]:
     """``run_trial``'s ``save`` callback for a run."""
     def store(checkpoint: Checkpoint) -> None:
-        save(uri, run_id, checkpoint)
+        save(uri, run_id, checkpoint, root)
 
     return store
 
 
-def load_latest(uri: str, run_id: str) -> Checkpoint | None:
+def load_latest(uri: str, run_id: str, root: str | None = None) -> Checkpoint | None:
     """The run's latest readable checkpoint; None when it has none (then the trial starts over).
     An unreadable one (a torn upload) is said once, and an older one is tried."""
     try:
-        epochs = stored_epochs(uri, run_id)
+        epochs = stored_epochs(uri, run_id, root)
     except Exception as exc:  # noqa: BLE001
         _say(f"cannot list the checkpoints of run {run_id} ({first_line(exc)}); training from the start")
         return None
@@ -159,7 +160,7 @@ def load_latest(uri: str, run_id: str) -> Checkpoint | None:
     for epoch in reversed(epochs):
         try:
             with tempfile.TemporaryDirectory(prefix="sweep-checkpoint-") as folder:
-                local = _repository(uri, run_id).download_artifacts(f"{FOLDER}/{_name(epoch)}", folder)
+                local = _repository(uri, run_id, root).download_artifacts(f"{FOLDER}/{_name(epoch)}", folder)
                 checkpoint = read(Path(local))
         except Exception as exc:  # noqa: BLE001
             unreadable.append(f"epoch {epoch} ({first_line(exc, 200)})")
@@ -172,10 +173,10 @@ def load_latest(uri: str, run_id: str) -> Checkpoint | None:
     return None
 
 
-def delete(uri: str, run_id: str) -> bool:
+def delete(uri: str, run_id: str, root: str | None = None) -> bool:
     """Remove all of a run's checkpoints (none is fine). A failure is said; returns whether done."""
     try:
-        _repository(uri, run_id).delete_artifacts(FOLDER)
+        _repository(uri, run_id, root).delete_artifacts(FOLDER)
     except Exception as exc:  # noqa: BLE001 - tidying up never stops a sweep; the next driver tries again
         _say(f"could not delete the checkpoints of run {run_id} ({first_line(exc)})")
         return False
@@ -189,8 +190,8 @@ class Retention:
     delete is said, and left to the next driver rather than retried while a store is down), and
     a fresh driver's first pass (a resumed sweep) covers every trial finished before."""
 
-    def __init__(self, uri: str, keep_all: bool):
-        self.uri, self.keep_all = uri, keep_all
+    def __init__(self, uri: str, keep_all: bool, root: str | None = None):
+        self.uri, self.keep_all, self.root = uri, keep_all, root
         self.tidied: set[str] = set()
 
     def tidy(self, finished: Mapping[int, str], best: int | None) -> None:
@@ -200,4 +201,4 @@ class Retention:
         for number, run_id in finished.items():
             if number != best and run_id not in self.tidied:
                 self.tidied.add(run_id)
-                delete(self.uri, run_id)
+                delete(self.uri, run_id, self.root)

@@ -98,6 +98,7 @@ def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
         steps_per_epoch=steps,
         train_seconds=round(sum(o.metrics.get("train_seconds", 0.0) for _, o in outcomes) + reeval_seconds, 2),
         best_run_id=source.user_attrs.get(MLFLOW_RUN) if source is not None else None,
+        best_optuna_params=dict(source.params) if source is not None else {},
         model_uri=_model_uri(uri, model_run))
 
 

@@ -81,6 +81,7 @@ class OptimizerResult:
     steps_per_epoch: int
     train_seconds: float               # search and re-evaluation together
     best_run_id: str | None = None     # MLflow run of the best search trial
+    best_optuna_params: Mapping[str, Any] = field(default_factory=dict)  # as Optuna searched them (one_minus_beta1)
     model_uri: str | None = None       # the logged best re-evaluated model (runs:/.../model)
 
 

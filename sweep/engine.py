@@ -246,7 +246,7 @@ class Driver:
             fixed["batch_size"] = list(cfg.batch_sizes)
         if cfg.train_subset is not None:
             fixed["train_subset"] = cfg.train_subset
-        self.retention = checkpoints.Retention(stores.tracking_uri, keep_all=cfg.keep_checkpoints)
+        self.retention = checkpoints.Retention(stores.tracking_uri, cfg.keep_checkpoints, stores.artifacts)
         self.studies: dict[str, SweepStudy] = {}
         self.reevals: dict[str, SweepStudy] = {}  # empty with reeval_seeds=0
         self.parents: dict[str, str] = {}
@@ -359,7 +359,7 @@ class Driver:
         if run_id is None:
             return
         with self._tracking_calls():
-            uri = best_model.log(self.stores.tracking_uri, run_id, self.cfg.model, self.data, self.cfg.epochs)
+            uri = best_model.log(self.stores, run_id, self.cfg.model, self.data, self.cfg.epochs)
         if uri:
             _say(opt, f"best re-evaluated model: {uri}")
 

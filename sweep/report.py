@@ -48,7 +48,7 @@ def build(cfg, stores, sweep_dir, state: str, tracker=None) -> Built:
                                    sweep_dir.read_id() or "")
     markdown = report_files.markdown_table(comparison)
     with store_calls(MLFLOW):  # a tracking store that fails stops the command, said as such
-        run_id = publish(tracker, comparison, sweep_dir.report, markdown, final=state == FINISHED)
+        run_id = publish(tracker, comparison, sweep_dir.report, markdown, state == FINISHED, stores.artifacts)
     return Built(comparison, sweep_dir.report, files.html, markdown, run_id)
 
 
@@ -64,6 +64,7 @@ def summary(comparison: Comparison, stores, html: Path) -> dict[str, Any]:
             "test_accuracy_mean": test.mean if test else None, "test_accuracy_std": test.std if test else None,
             "test_accuracy_ci95": [test.ci_low, test.ci_high] if test else None, "seeds": test.n if test else 0,
             "tied": r.tied, "p_value": r.p_value, "best_params": dict(r.best_hyperparameters),
+            "best_optuna_params": dict(r.best_optuna_params),
             "share_within_2pct": r.budget.share_within_2pct if r.budget else None,
             "trials_to_1pct": r.budget.trials_to_1pct if r.budget else None,
             "model_uri": r.model_uri, "best_run_id": r.best_run_id, "train_seconds": r.train_seconds,
@@ -88,14 +89,18 @@ def parent_metrics(r: OptimizerResult) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None}
 
 
-def publish(tracker, comparison: Comparison, folder: Path, markdown: str, final: bool) -> str:
+def publish(tracker, comparison: Comparison, folder: Path, markdown: str, final: bool,
+            artifacts: str | None = None) -> str:
     """The report as artifacts of the sweep-level run (``report/report.html`` opens in the MLflow
     UI's artifact viewer), and each optimizer's summary, best trial and model on its parent."""
     from sweep import tracking
 
     run_id = tracker.sweep_run()
     exp = tracker.experiment_id
-    tracker.client.log_artifacts(run_id, str(folder), REPORT_ARTIFACTS)
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    where = tracking.artifact_uri(tracker.uri, run_id, artifacts)
+    get_artifact_repository(where, tracking_uri=tracker.uri).log_artifacts(str(folder), REPORT_ARTIFACTS)
     link = f"#/experiments/{exp}/runs/{run_id}/artifacts/{REPORT_ARTIFACTS}/report.html"
     metrics = {f"{r.optimizer}.{k}": v for r in comparison.results for k, v in parent_metrics(r).items()
                if k.startswith("test_accuracy") or k == "best_val_accuracy"}

@@ -40,6 +40,10 @@ class Stores:
 
     storage: str        # Optuna storage URL (with its password, if given: in memory only)
     tracking_uri: str   # MLflow tracking URI (likewise)
+    # Without a tracking server: the sweep directory's artifacts/ as it is now. Runs' artifacts are
+    # read and written under it (``tracking.artifact_uri``), not where MLflow recorded them when
+    # the experiment was created, so a moved sweep writes nothing to its old place.
+    artifacts: str | None = None
 
     def __repr__(self) -> str:  # shipped to workers and shown in tracebacks: no password
         return f"Stores(storage={redacted(self.storage)!r}, tracking_uri={redacted(self.tracking_uri)!r})"
@@ -86,8 +90,9 @@ class SweepDir:
 
     def stores(self, storage: str | None, tracking_uri: str | None) -> Stores:
         """Stores left unset live in this directory."""
-        return Stores(storage or f"journal:///{self.path / JOURNAL}",
-                      tracking_uri or f"sqlite:///{self.path / MLFLOW_DB}")
+        tracking = tracking_uri or f"sqlite:///{self.path / MLFLOW_DB}"
+        return Stores(storage or f"journal:///{self.path / JOURNAL}", tracking,
+                      None if is_server(tracking) else str(self.artifacts))
 
     @property
     def journal(self) -> Path:

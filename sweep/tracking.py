@@ -150,6 +150,16 @@ class SweepTracker:
             self.client.set_terminated(run_id, status="FINISHED")
 
 
+def artifact_uri(uri: str, run_id: str, root: str | None = None) -> str:
+    """Where a run's artifacts are: under ``root`` (a sweep directory's ``artifacts/``, in the
+    layout MLflow gave them, ``<root>/<run id>/artifacts``) when the sweep has no tracking server,
+    so a moved sweep's artifacts are found and written where the sweep is now; otherwise where
+    MLflow says (the server's artifact proxy)."""
+    if root is not None:
+        return (Path(root) / run_id / "artifacts").resolve().as_uri()
+    return client(uri).get_run(run_id).info.artifact_uri
+
+
 def foreign_experiment(uri: str, name: str, sweep_id: str) -> bool:
     """Whether the tracking store's experiment of this sweep's name belongs to another sweep."""
     found = client(uri).get_experiment_by_name(name)

@@ -109,7 +109,7 @@ def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
 
     resume = None
     if attempt > 1:
-        resume = checkpoints.load_latest(uri, task.run_id)
+        resume = checkpoints.load_latest(uri, task.run_id, task.stores.artifacts)
         resumed_from = resume.epoch if resume is not None else 0  # 0: none stored, trains from the start
         with store_calls(OPTUNA):
             trial.set_user_attr(RESUMED_FROM, resumed_from)
@@ -120,7 +120,7 @@ def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
             if m.epoch not in reported:
                 with store_calls(OPTUNA):
                     trial.report(m.val_accuracy, m.epoch)
-    result = run_trial(task.config, data, report, resume, checkpoints.saver(uri, task.run_id))
+    result = run_trial(task.config, data, report, resume, checkpoints.saver(uri, task.run_id, task.stores.artifacts))
     sender.flush()  # every epoch logged, or the budget spent: never a silent gap
     status, reason = (Status.FAILED, sender.failure) if sender.failure else (result.status, result.reason)
     return finish_trial(study, uri, task.run_id, task.number, status, reason, result.metrics,

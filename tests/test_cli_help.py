@@ -33,7 +33,7 @@ def _imports_after(args: list[str], cwd: Path) -> tuple[int, str, list[str]]:
 @pytest.mark.parametrize("args,code", [
     (["--help"], 0), (["run", "--help"], 0), (["train", "--help"], 0), (["ls"], 0), (["--version"], 0),
     (["run", "trials=0"], 2), (["run", "optimizer=adam"], 2), (["train", "epochs=0"], 2),
-    (["run", "--print-config"], 0), (["resume", "ghost"], 2),
+    (["run", "--print-config"], 0), (["resume", "ghost"], 2), (["report", "ghost"], 2),
 ])
 def test_light_commands_import_no_torch_ray_or_mlflow(args, code, tmp_path):
     rc, out, heavy = _imports_after(args, tmp_path)
@@ -47,7 +47,7 @@ def test_top_level_help_is_plain_and_names_every_command(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "``" not in out and "`sweep COMMAND --help`" in out
-    for command in ("train", "run", "resume", "ls", "ui"):
+    for command in ("train", "run", "resume", "report", "ls", "ui", "submit"):
         assert command in out
 
 
@@ -66,7 +66,7 @@ def test_run_and_train_help_list_configs_keys_registries_examples(command, capsy
     assert f"sweep {command} " in out.split("examples:")[1]
 
 
-@pytest.mark.parametrize("command", ["resume", "ls", "ui"])
+@pytest.mark.parametrize("command", ["resume", "report", "ls", "ui"])
 def test_every_command_has_a_description(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])

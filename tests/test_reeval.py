@@ -76,11 +76,13 @@ def test_reported_configuration_is_chosen_by_mean_validation_never_by_test(tmp_p
 # ---- a real sweep ---------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_sweep_reevaluates_reports_and_logs_a_model_that_reproduces_its_test_accuracy(ray_address, sweep_overrides):
+def test_sweep_reevaluates_reports_and_logs_a_model_that_reproduces_its_test_accuracy(ray_address, sweep_overrides,
+                                                                                    capsys):
     import mlflow
     import torch
     from mlflow import MlflowClient
 
+    from sweep.cli import main
     from sweep.config import load_config
     from sweep.datasets import load_dataset
     from sweep.engine import run_sweep
@@ -140,6 +142,12 @@ def test_sweep_reevaluates_reports_and_logs_a_model_that_reproduces_its_test_acc
     artifacts = {f.path for f in client.list_artifacts(sweep_run.info.run_id, "report")}
     assert {"report/report.html", "report/comparison.csv", "report/comparison.md"} <= artifacts
     assert (result.report.html == SweepDir(sweep_dir).report / "report.html") and result.report.html.is_file()
+
+    # `sweep report NAME` rebuilds it from the stores alone
+    (sweep_dir / "report" / "report.html").unlink()
+    assert main(["report", cfg.name, "--output-dir", cfg.output_dir]) == 0
+    assert f"report:  {sweep_dir / 'report' / 'report.html'}" in capsys.readouterr().out
+    assert (sweep_dir / "report" / "report.html").is_file()
 
     # resume with one more seed: one more re-evaluation each, no new search trial, nothing twice
     run_sweep(load_config("quickstart", base + ["reeval_seeds=3"], mode="sweep"))

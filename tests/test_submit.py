@@ -170,7 +170,7 @@ def test_submitted_sweep_runs_to_the_end_as_a_ray_job(ray_head, pg_database, tmp
     assert f"ray job logs --follow {job_id} --address {ray_head.address}" in result.stdout
     assert f"ray job stop {job_id} --address {ray_head.address}" in result.stdout
     assert f"job {job_id} SUCCEEDED" in result.stderr
-    assert "results: " in result.stdout  # the driver's own output, followed through the job's logs
+    assert "report: " in result.stdout  # the driver's own output, followed through the job's logs
 
     job = ray_head.job(job_id)
     assert job["status"] == "SUCCEEDED" and job["metadata"]["sweep_name"] == "submitted"

@@ -60,8 +60,8 @@ def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
         assert row["best_params"]["batch_size"] in (32, 64)
     adam = summary["optimizers"]["adam"]  # shown as beta1, searched as log(1 - beta1)
     assert math.isclose(adam["best_params"]["beta1"], 1 - adam["best_optuna_params"]["one_minus_beta1"])
-    assert (sweep_dir / "comparison.csv").read_text().count("\n") == 3
-    assert "| adam |" in (sweep_dir / "comparison.md").read_text()
+    assert (sweep_dir / "report" / "comparison.csv").read_text().count("\n") == 3
+    assert "| adam |" in (sweep_dir / "report" / "comparison.md").read_text()
 
 
 def test_pruned_trials_are_pruned_in_optuna_and_mlflow(ray_address, sweep_overrides):
@@ -108,7 +108,7 @@ def test_resume_tops_up_the_budget_without_rerunning(ray_address, sweep_override
     assert main(["resume", "topup", "trials=5", "--output-dir", str(moved)]) == 0
     moved_cfg = cfg.replace(output_dir=str(moved))
     assert len(studies(moved_cfg, default_storage(sweep_dir_of(moved_cfg)))["adagrad"].trials) == 5
-    assert not Path(output_dir).exists()
+    assert not Path(output_dir).exists(), sorted(str(p) for p in Path(output_dir).rglob("*"))[:20]
 
 
 def test_resume_keeps_every_optimizer(ray_address, sweep_overrides, tmp_path, capsys):

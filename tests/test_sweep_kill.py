@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from sweep.config import load_config
@@ -124,3 +125,57 @@ def test_rerun_repairs_a_driver_that_died_between_two_writes(ray_address, sweep_
     assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "FAIL"
     assert run.data.tags["sweep.status"] == "interrupted"
     assert not [r for r in children if r.info.status == "RUNNING"]
+
+
+def test_sigkill_driver_during_reevaluation_then_rerun(ray_address, tmp_path):
+    """Killed while re-evaluating: the rerun records the interrupted re-evaluations, queues each
+    missing (configuration, seed) once, and ends with every seed exactly once and a model."""
+    import json
+
+    from sweep import reeval
+    from sweep.studies import SweepStudy
+
+    overrides = [f"output_dir={tmp_path / 'sweeps'}", "name=killed-reeval", "optimizers=[sgd]", "trials=2",
+                 "epochs=5", "batch_size=32", "workers=2", "pruner=none", "schedules=[constant]", "reeval_seeds=3",
+                 f"ray_address={ray_address}"]
+    command = [sys.executable, "-m", "sweep.cli", "run", "quickstart", *overrides]
+    cfg = load_config("quickstart", overrides, mode="sweep")
+    storage_url = default_storage(sweep_dir_of(cfg))
+    name = study_name(cfg.name, "sgd", reeval=True)
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:
+            time.sleep(0.3)
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+            if not Path(storage_url[len("journal://"):]).exists():
+                continue
+            open_storage.cache_clear()
+            study = SweepStudy.find(storage_url, name)
+            if study is not None and any(t.state == TrialState.RUNNING for t in study.trials()):
+                break
+        else:
+            raise AssertionError("never saw a re-evaluation running")
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "reeval" in rerun.stdout and "was interrupted" in rerun.stdout
+    open_storage.cache_clear()
+    trials = SweepStudy.find(storage_url, name).trials()
+    counted = [reeval.key_of(t) for t in trials if counts_against_budget(t)]
+    assert sorted(seed for _, seed in counted) == [1, 2, 3] and len({src for src, _ in counted}) == 1
+    interrupted = [t for t in trials if t.user_attrs.get("status") == "interrupted"]
+    assert interrupted and all(any(r.user_attrs.get("retry_of") == t.number for r in trials) for t in interrupted)
+    assert len(SweepStudy.find(storage_url, study_name(cfg.name, "sgd")).trials()) == 2  # the search is not rerun
+
+    client = MlflowClient(cfg_tracking(cfg))
+    runs = client.search_runs([client.get_experiment_by_name(cfg.name).experiment_id], max_results=100)
+    reevals = [r for r in runs if r.data.tags.get("sweep.role") == "reeval"]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in reevals) == [t.number for t in trials]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    summary = json.loads((sweep_dir_of(cfg) / "summary.json").read_text())["optimizers"]["sgd"]
+    assert summary["seeds"] == 3 and summary["model_uri"].startswith("models:/")
