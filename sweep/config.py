@@ -307,6 +307,8 @@ class SweepConfig:
                             "with this many further seeds, scored on the test set (0: no re-evaluation)")
     reeval_top: int = key(1, _int(1, 100), "re-evaluate this many of each optimizer's best configurations; the one "
                           "with the best mean validation accuracy over the seeds is reported")
+    report_figures: bool = key(True, _bool, "draw the report's figures when `sweep run` ends (false: the table "
+                               "only, seconds sooner; `sweep report NAME` draws them)")
     keep_checkpoints: bool = key(False, _bool, "keep every finished trial's last checkpoint (the best's is always kept)")
     sampler: str = key("tpe", _choice(SAMPLER_NAMES), "Optuna sampler", frozen=True)
     pruner: str = key("median", _choice(PRUNER_NAMES), "Optuna pruner (one epoch = one step)", frozen=True)

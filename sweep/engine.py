@@ -439,7 +439,8 @@ class Driver:
         """The finished sweep's report. A tracking store that fails meanwhile stops it like any
         driver call; `sweep resume` then builds it (nothing is left to train)."""
         with self.watch.call():
-            return report.build(self.cfg, self.stores, self.sweep_dir, FINISHED, self.tracker)
+            return report.build(self.cfg, self.stores, self.sweep_dir, FINISHED, self.tracker,
+                                figures=self.cfg.report_figures)
 
     def tidy_checkpoints(self, lane: Lane) -> None:
         """Delete the checkpoints of finished trials but the one worth keeping (all kept with

@@ -29,7 +29,7 @@ class Built:
     run_id: str | None           # the sweep-level MLflow run holding it
 
 
-def build(cfg, stores, sweep_dir, state: str, tracker=None) -> Built:
+def build(cfg, stores, sweep_dir, state: str, tracker=None, figures: bool = True) -> Built:
     """Read the sweep from its stores, write the report files and ``summary.json``, and publish
     them to MLflow: the report on the sweep-level run, each optimizer's result on its parent run.
     A finished sweep's runs are closed; a running one's are left running."""
@@ -38,7 +38,7 @@ def build(cfg, stores, sweep_dir, state: str, tracker=None) -> Built:
     from sweep.finish import MLFLOW
 
     comparison = collect.comparison(cfg, stores, state)
-    files = report_files.write_report(comparison, sweep_dir.report)
+    files = report_files.write_report(comparison, sweep_dir.report, figures)
     sweep_dir.write_summary(summary(comparison, stores, files.html))
     if tracker is None:
         from sweep.tracking import SweepTracker

@@ -147,16 +147,19 @@ class ReportFiles:
     plots: Mapping[str, Path]          # figure name -> PNG (only the figures with something to draw)
 
 
-def write_report(comparison: Comparison, folder: str | Path) -> ReportFiles:
-    """Write ``report.html``, the PNGs, ``comparison.csv`` and ``comparison.md`` into ``folder``."""
+def write_report(comparison: Comparison, folder: str | Path, figures: bool = True) -> ReportFiles:
+    """Write ``report.html``, the PNGs, ``comparison.csv`` and ``comparison.md`` into ``folder``.
+    ``figures=False`` draws none (seconds saved; the page says how to get them)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    pngs = plots.write_plots(comparison, folder)
+    for stale in folder.glob("*.png"):  # figures of an earlier build that this one may not draw
+        stale.unlink()
+    pngs = plots.write_plots(comparison, folder) if figures else {}
     rows = ranking_rows(comparison)
     files = ReportFiles(folder, folder / "report.html", folder / "comparison.csv", folder / "comparison.md", pngs)
     _write(files.csv, csv_text(rows))
     _write(files.markdown, markdown_text(comparison, rows, pngs))
-    _write(files.html, html_page(comparison, rows, pngs))
+    _write(files.html, html_page(comparison, rows, pngs, figures))
     return files
 
 
@@ -243,7 +246,7 @@ figcaption { color: #444; font-size: 14px; }
 """
 
 
-def html_page(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str, Path]) -> str:
+def html_page(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str, Path], figures: bool = True) -> str:
     e = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -267,7 +270,10 @@ def html_page(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str,
                    f"and those tied with it; &ldquo;-&rdquo;: not re-evaluated yet, so neither ranked nor tested.</p>")
     if rows:
         out.append("<h2>Figures</h2>")
-        if not pngs:
+        if not figures:
+            out.append(f"<p>Not drawn (report_figures=false); <code>sweep report {e(comparison.name)}</code> "
+                       "draws them.</p>")
+        elif not pngs:
             out.append("<p>No figures yet: nothing has been reported to draw.</p>")
     for name, path in pngs.items():
         spec = plots.FIGURES[name]

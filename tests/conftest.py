@@ -79,4 +79,4 @@ def pg_storage():
 @pytest.fixture
 def sweep_overrides(tmp_path):
     """A shrunken quick-start sweep writing under tmp_path."""
-    return [f"output_dir={tmp_path / 'sweeps'}", "epochs=2", "batch_size=64", "reeval_seeds=0"]
+    return [f"output_dir={tmp_path / 'sweeps'}", "epochs=2", "batch_size=64", "reeval_seeds=0", "report_figures=false"]

@@ -44,7 +44,7 @@ def start_sweep(cluster: Cluster, name: str, database: str, overrides: list[str]
     command = [sys.executable, "-m", "sweep.cli", "run", "quickstart", f"name={name}",
                f"ray_address={cluster.gcs_address}", f"storage={cluster.storage_url(database)}",
                f"tracking_uri={cluster.mlflow_uri}", f"output_dir={cluster.base / 'sweeps'}",
-               "batch_size=64", "workers=2", "num_cpus=1", "pruner=none", "schedules=[constant]", "reeval_seeds=0", *overrides]
+               "batch_size=64", "workers=2", "num_cpus=1", "pruner=none", "schedules=[constant]", "reeval_seeds=0", "report_figures=false", *overrides]
     return subprocess.Popen(command, cwd=ROOT, env=cluster.driver_env(), stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -34,7 +34,7 @@ from tests import services
 REPO = Path(__file__).resolve().parent.parent
 SECRETS = ("SECRET1", "SECRET2", "SECRET3", "SECRET4", "SECRET5", "SECRET6")
 TINY = ["optimizers=[sgd]", "epochs=1", "batch_size=64", "workers=1", "pruner=none", "schedules=[constant]",
-        "reeval_seeds=0"]
+        "reeval_seeds=0", "report_figures=false"]
 
 
 def _leaks(text: str) -> list[str]:

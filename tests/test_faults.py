@@ -39,7 +39,7 @@ ORPHANED = "sweep.orphaned"
 
 def _base(out: Path, name: str, *extra: str) -> list[str]:
     return [f"output_dir={out}", f"name={name}", "optimizers=[sgd]", "epochs=1", "batch_size=64",
-            "workers=1", "pruner=none", "schedules=[constant]", "reeval_seeds=0", *extra]
+            "workers=1", "pruner=none", "schedules=[constant]", "reeval_seeds=0", "report_figures=false", *extra]
 
 
 def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:

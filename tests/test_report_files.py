@@ -314,3 +314,14 @@ def test_figures_with_nothing_to_draw_are_left_out():
     assert plots.convergence(bare) is not None
     full = plots.importances(base)
     assert sorted(ax.get_title() for ax in full.axes if ax.get_title()) == ["adam", "momentum"]  # sgd has none
+
+
+def test_without_figures_the_page_says_how_to_draw_them_and_old_pngs_go(tmp_path):
+    comparison = make_comparison()
+    drawn = write_report(comparison, tmp_path / "out")
+    assert drawn.plots and all(p.is_file() for p in drawn.plots.values())
+    files = write_report(comparison, tmp_path / "out", figures=False)
+    assert files.plots == {} and not list((tmp_path / "out").glob("*.png"))  # none stale beside the page
+    page = files.html.read_text()
+    assert "<img" not in page and f"sweep report {comparison.name}" in page
+    assert files.csv.read_text() == drawn.csv.read_text()  # the table is the same either way

@@ -161,7 +161,7 @@ def test_submitted_sweep_runs_to_the_end_as_a_ray_job(ray_head, pg_database, tmp
     from sweep.studies import open_storage, study_name
 
     out = tmp_path / "sweeps"
-    result = sweep_cli("submit", "quickstart", "name=submitted", "optimizers=[sgd]", "trials=2", "epochs=1", "reeval_seeds=0",
+    result = sweep_cli("submit", "quickstart", "name=submitted", "optimizers=[sgd]", "trials=2", "epochs=1", "reeval_seeds=0", "report_figures=false",
                        "batch_size=64", "workers=1", "schedules=[constant]", f"storage={pg_database}",
                        f"output_dir={out}", "--address", ray_head.address, "--follow", timeout=240, env=ray_head.env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -127,7 +127,7 @@ def test_resume_keeps_every_optimizer(ray_address, sweep_overrides, tmp_path, ca
 def test_same_name_from_another_directory_is_refused(ray_address, tmp_path, capsys):
     """Two sweeps that share stores must not merge because they share a name."""
     shared = [f"storage=sqlite:///{tmp_path}/optuna.db", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-              "name=twin", "optimizers=[sgd]", "trials=1", "epochs=1", "reeval_seeds=0"]
+              "name=twin", "optimizers=[sgd]", "trials=1", "epochs=1", "reeval_seeds=0", "report_figures=false"]
     assert main(["run", "quickstart", f"output_dir={tmp_path / 'first'}", *shared]) == 0
     capsys.readouterr()
     assert main(["run", "quickstart", f"output_dir={tmp_path / 'second'}", *shared]) == 2

@@ -34,7 +34,7 @@ def _trial_states(storage_url, name, optimizers):
 
 
 def test_sigkill_driver_then_rerun(ray_address, tmp_path):
-    overrides = [f"output_dir={tmp_path / 'sweeps'}", "name=killed", "optimizers=[sgd,momentum]", "trials=4", "reeval_seeds=0",
+    overrides = [f"output_dir={tmp_path / 'sweeps'}", "name=killed", "optimizers=[sgd,momentum]", "trials=4", "reeval_seeds=0", "report_figures=false",
                  "epochs=4", "batch_size=32", "workers=2", "pruner=none", f"ray_address={ray_address}"]
     command = [sys.executable, "-m", "sweep.cli", "run", "quickstart", *overrides]
     cfg = load_config("quickstart", overrides, mode="sweep")

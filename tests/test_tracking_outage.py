@@ -93,7 +93,7 @@ def tracking_server(shared_server):
 
 def _config(tmp_path: Path, server: TrackingServer, name: str, *extra: str):
     return load_config("quickstart", [
-        f"output_dir={tmp_path / 'sweeps'}", f"name={name}", "optimizers=[sgd]", "schedules=[constant]", "reeval_seeds=0",
+        f"output_dir={tmp_path / 'sweeps'}", f"name={name}", "optimizers=[sgd]", "schedules=[constant]", "reeval_seeds=0", "report_figures=false",
         "pruner=none", "optimizer.lr=0.05", "batch_size=8", f"tracking_uri={server.uri}", *extra], mode="sweep")
 
 
