@@ -7,6 +7,7 @@ drove it. Works on a finished or a still-running sweep, and reads nothing it wou
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import datetime, timezone
 from typing import Any
@@ -40,16 +41,10 @@ def ranked(results: list[OptimizerResult]) -> list[OptimizerResult]:
     optimizers without re-evaluations after, by best validation accuracy."""
     tested = {r.optimizer: r for r in results if r.reevals}
     order = stats.rank_and_tie({name: [s.test_accuracy for s in r.reevals] for name, r in tested.items()})
-    out = [_replace(tested[t.name], tied=t.tied, p_value=t.p_value) for t in order]
+    out = [dataclasses.replace(tested[t.name], tied=t.tied, p_value=t.p_value) for t in order]
     rest = [r for r in results if r.optimizer not in tested]
     rest.sort(key=lambda r: (r.best_val_accuracy is None, -(r.best_val_accuracy or 0.0), r.optimizer))
     return out + rest
-
-
-def _replace(result: OptimizerResult, **changes) -> OptimizerResult:
-    import dataclasses
-
-    return dataclasses.replace(result, **changes)
 
 
 def curve(trial) -> tuple[float, ...]:
@@ -93,7 +88,7 @@ def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
         trials=trials, reevals=seed_runs,
         test=stats.seed_stats([s.test_accuracy for s in seed_runs]) if seed_runs else None,
         tied=None, p_value=None,
-        budget=stats.budget_curve([t.value for t in trials if t.status != Status.INTERRUPTED]) if trials else None,
+        budget=stats.budget_curve([t.value for t in trials]) if trials else None,
         importances=importances(search), lr_per_step=_lr_per_step(uri, source, best_hp, cfg, steps),
         steps_per_epoch=steps,
         train_seconds=round(sum(o.metrics.get("train_seconds", 0.0) for _, o in outcomes) + reeval_seconds, 2),
