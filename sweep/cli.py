@@ -109,17 +109,7 @@ def _print_report(built, name: str, output_dir) -> None:
 
 def cmd_report(args) -> int:
     """Build the report of a finished or still-running sweep from its stores."""
-    from sweep.config import from_saved
-    from sweep.sweepdir import SweepDir
-
-    sweep_dir = SweepDir.of(args.output_dir, args.name)
-    saved = sweep_dir.saved_config()
-    if saved is None:
-        return _fail(f"name: no sweep {args.name!r} under {sweep_dir.path.parent} (see `sweep ls --output-dir DIR`)")
-    try:
-        cfg = from_saved(saved, [f"output_dir={sweep_dir.path.parent}"])
-    except ConfigError as exc:
-        return _fail(str(exc))
+    sweep_dir, cfg = _saved_sweep(args, [])
     stores = sweep_dir.stores(cfg.storage, cfg.tracking_uri)
     from sweep import report
 
@@ -169,18 +159,32 @@ def cmd_submit(args) -> int:
         return 130
 
 
-def cmd_resume(args) -> int:
+class _Refused(Exception):
+    """Bad input found while reading a saved sweep: the exit code ``_fail`` returned."""
+
+    def __init__(self, code: int):
+        self.code = code
+
+
+def _saved_sweep(args, overrides: list[str]):
+    """The sweep directory ``args.name`` under ``--output-dir`` and its saved config with
+    ``overrides``; raises ``_Refused`` (said in one line) when there is none or an override is bad."""
     from sweep.config import from_saved
     from sweep.sweepdir import SweepDir
 
     sweep_dir = SweepDir.of(args.output_dir, args.name)
     saved = sweep_dir.saved_config()
     if saved is None:
-        return _fail(f"name: no sweep {args.name!r} under {sweep_dir.path.parent} (see `sweep ls --output-dir DIR`)")
+        raise _Refused(_fail(f"name: no sweep {args.name!r} under {sweep_dir.path.parent} "
+                             "(see `sweep ls --output-dir DIR`)"))
     try:
-        cfg = from_saved(saved, [*args.overrides, f"output_dir={sweep_dir.path.parent}"])
+        return sweep_dir, from_saved(saved, [*overrides, f"output_dir={sweep_dir.path.parent}"])
     except ConfigError as exc:
-        return _fail(str(exc))
+        raise _Refused(_fail(str(exc))) from None
+
+
+def cmd_resume(args) -> int:
+    _, cfg = _saved_sweep(args, args.overrides)
     if args.print_config:
         return _print_config(cfg)
     from sweep.engine import run_sweep
@@ -326,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "config", None) and "=" in args.config:
         args.overrides.insert(0, args.config)
         args.config = None
-    return args.func(args)
+    try:
+        return args.func(args)
+    except _Refused as refused:
+        return refused.code
 
 
 if __name__ == "__main__":

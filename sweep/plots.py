@@ -35,34 +35,28 @@ MARKERS = ("o", "s", "D", "v", "^", "P", "X", "*", "h", "<", ">", "p")
 LOG_RATIO = 20.0                # an LR range wider than this is drawn on a log axis
 
 
-def colors(names: Iterable[str]) -> dict[str, str]:
-    """Each optimizer's colour: its registry position's, else the next unused one after the registry's."""
-    registry = list(OPTIMIZERS)
+def _assign(names: Iterable[str], registry: list[str], styles: list[str]) -> dict[str, str]:
+    """A style per name: its registry position's, else the next unused one after the registry's."""
     out, extra = {}, len(registry)
     for name in names:
         if name in out:
             continue
         if name in registry:
-            out[name] = PALETTE[registry.index(name) % len(PALETTE)]
+            out[name] = styles[registry.index(name) % len(styles)]
         else:
-            out[name] = PALETTE[extra % len(PALETTE)]
+            out[name] = styles[extra % len(styles)]
             extra += 1
     return out
+
+
+def colors(names: Iterable[str]) -> dict[str, str]:
+    """Each optimizer's colour, the same in every report."""
+    return _assign(names, list(OPTIMIZERS), PALETTE)
 
 
 def markers(names: Iterable[str]) -> dict[str, str]:
-    """Each schedule's marker: its registry position's, else the next unused one."""
-    registry = list(SCHEDULES)
-    out, extra = {}, len(registry)
-    for name in names:
-        if name in out:
-            continue
-        if name in registry:
-            out[name] = MARKERS[registry.index(name) % len(MARKERS)]
-        else:
-            out[name] = MARKERS[extra % len(MARKERS)]
-            extra += 1
-    return out
+    """Each schedule's marker, the same in every report."""
+    return _assign(names, list(SCHEDULES), MARKERS)
 
 
 def _t(text: object) -> str:
@@ -133,13 +127,18 @@ def convergence(comparison: Comparison) -> Figure | None:
             drawn += 1
     if not drawn:
         return None
-    ax.set_title("Convergence of each optimizer's best configuration")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
+    _finish_axes(ax, "Convergence of each optimizer's best configuration", "epoch", "validation accuracy")
+    return fig
+
+
+def _finish_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """Title, labels, whole-number x ticks (epochs, trials), a light grid and the legend."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
-    return fig
 
 
 def lr_sensitivity(comparison: Comparison) -> Figure | None:
@@ -223,12 +222,8 @@ def budget(comparison: Comparison) -> Figure | None:
         ax.plot(ks, curve.expected_best, color=color, lw=2, label=_t(result.optimizer))
         if len(curve.low) == len(curve.high) == len(curve.expected_best):
             ax.fill_between(ks, curve.low, curve.high, color=color, alpha=0.15, lw=0)
-    ax.set_title("Tuning budget: expected best validation accuracy after k trials")
-    ax.set_xlabel("trials searched (k)")
-    ax.set_ylabel("expected best validation accuracy")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    _finish_axes(ax, "Tuning budget: expected best validation accuracy after k trials", "trials searched (k)",
+                 "expected best validation accuracy")
     return fig
 
 

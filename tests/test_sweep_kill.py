@@ -33,30 +33,38 @@ def _trial_states(storage_url, name, optimizers):
     return states
 
 
-def test_sigkill_driver_then_rerun(ray_address, tmp_path):
-    overrides = [f"output_dir={tmp_path / 'sweeps'}", "name=killed", "optimizers=[sgd,momentum]", "trials=4", "reeval_seeds=0", "report_figures=false",
-                 "epochs=4", "batch_size=32", "workers=2", "pruner=none", f"ray_address={ray_address}"]
-    command = [sys.executable, "-m", "sweep.cli", "run", "quickstart", *overrides]
-    cfg = load_config("quickstart", overrides, mode="sweep")
-    storage_url = default_storage(sweep_dir_of(cfg))
+def _sigkill_driver_when(command, tmp_path, storage_url, seen, what: str, poll_s: float = 0.5) -> None:
+    """Start the driver ``command``, SIGKILL it once ``seen()`` is true of its journal."""
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
     try:
         while time.time() < deadline:
-            time.sleep(0.5)
+            time.sleep(poll_s)
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()
             if not Path(storage_url[len("journal://"):]).exists():
                 continue
             open_storage.cache_clear()
-            states = _trial_states(storage_url, cfg.name, cfg.optimizers)
-            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
-                break
-        else:
-            raise AssertionError("the sweep never had a finished and a running trial at once")
+            if seen():
+                return
+        raise AssertionError(f"never saw {what}")
     finally:
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
+        open_storage.cache_clear()
+
+
+def test_sigkill_driver_then_rerun(ray_address, tmp_path):
+    overrides = [f"output_dir={tmp_path / 'sweeps'}", "name=killed", "optimizers=[sgd,momentum]", "trials=4",
+                 "reeval_seeds=0", "report_figures=false", "epochs=4", "batch_size=32", "workers=2", "pruner=none", f"ray_address={ray_address}"]
+    command = [sys.executable, "-m", "sweep.cli", "run", "quickstart", *overrides]
+    cfg = load_config("quickstart", overrides, mode="sweep")
+    storage_url = default_storage(sweep_dir_of(cfg))
+    def finished_and_running():
+        states = _trial_states(storage_url, cfg.name, cfg.optimizers)
+        return TrialState.COMPLETE in states and TrialState.RUNNING in states
+
+    _sigkill_driver_when(command, tmp_path, storage_url, finished_and_running, "a finished and a running trial at once")
     open_storage.cache_clear()
     assert TrialState.RUNNING in _trial_states(storage_url, cfg.name, cfg.optimizers)
 
@@ -142,24 +150,11 @@ def test_sigkill_driver_during_reevaluation_then_rerun(ray_address, tmp_path):
     cfg = load_config("quickstart", overrides, mode="sweep")
     storage_url = default_storage(sweep_dir_of(cfg))
     name = study_name(cfg.name, "sgd", reeval=True)
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline:
-            time.sleep(0.3)
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()
-            if not Path(storage_url[len("journal://"):]).exists():
-                continue
-            open_storage.cache_clear()
-            study = SweepStudy.find(storage_url, name)
-            if study is not None and any(t.state == TrialState.RUNNING for t in study.trials()):
-                break
-        else:
-            raise AssertionError("never saw a re-evaluation running")
-    finally:
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
+    def reevaluating():
+        study = SweepStudy.find(storage_url, name)
+        return study is not None and any(t.state == TrialState.RUNNING for t in study.trials())
+
+    _sigkill_driver_when(command, tmp_path, storage_url, reevaluating, "a re-evaluation running", poll_s=0.3)
 
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
