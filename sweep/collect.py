@@ -22,13 +22,15 @@ from sweep.sweepdir import Stores
 TRAIN_IMAGES = "train_images"  # search study attribute: the size of the training split (steps per epoch)
 
 
-def comparison(cfg: SweepConfig, stores: Stores, state: str) -> Comparison:
+def comparison(cfg: SweepConfig, stores: Stores, state: str, figures: bool = True) -> Comparison:
+    """``figures=False`` leaves out what only the figures show (parameter importances, the LR per
+    step): a few seconds of fANOVA and torch start-up in a fresh process."""
     results = []
     for opt in cfg.optimizers:
         search = SweepStudy.find(stores.storage, study_name(cfg.name, opt))
         if search is not None:
             again = SweepStudy.find(stores.storage, study_name(cfg.name, opt, reeval=True))
-            results.append(optimizer_result(cfg, stores.tracking_uri, opt, search, again))
+            results.append(optimizer_result(cfg, stores.tracking_uri, opt, search, again, figures))
     return Comparison(
         name=cfg.name, dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, trials=cfg.trials,
         reeval_seeds=cfg.reeval_seeds, state=state, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -66,7 +68,7 @@ def searched_trial(cfg: SweepConfig, trial, outcome) -> SearchedTrial:
 
 
 def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
-                     again: SweepStudy | None) -> OptimizerResult:
+                     again: SweepStudy | None, figures: bool = True) -> OptimizerResult:
     records = search.trials()
     outcomes = [(t, o) for t in records if (o := outcome_of(t)) is not None]
     trials = tuple(searched_trial(cfg, t, o) for t, o in outcomes if o.status != Status.INTERRUPTED)
@@ -89,7 +91,8 @@ def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
         test=stats.seed_stats([s.test_accuracy for s in seed_runs]) if seed_runs else None,
         tied=None, p_value=None,
         budget=stats.budget_curve([t.value for t in trials]) if trials else None,
-        importances=importances(search), lr_per_step=_lr_per_step(uri, source, best_hp, cfg, steps),
+        importances=importances(search) if figures else {},
+        lr_per_step=_lr_per_step(uri, source, best_hp, cfg, steps) if figures else (),
         steps_per_epoch=steps,
         train_seconds=round(sum(o.metrics.get("train_seconds", 0.0) for _, o in outcomes) + reeval_seconds, 2),
         best_run_id=source.user_attrs.get(MLFLOW_RUN) if source is not None else None,

@@ -37,7 +37,7 @@ def build(cfg, stores, sweep_dir, state: str, tracker=None, figures: bool = True
     from sweep.errors import store_calls
     from sweep.finish import MLFLOW
 
-    comparison = collect.comparison(cfg, stores, state)
+    comparison = collect.comparison(cfg, stores, state, figures)
     files = report_files.write_report(comparison, sweep_dir.report, figures)
     sweep_dir.write_summary(summary(comparison, stores, files.html))
     if tracker is None:
