@@ -192,6 +192,11 @@ def _facts(comparison: Comparison) -> list[tuple[str, str]]:
     return facts + [("state", _state_line(comparison)), ("generated", comparison.generated)]
 
 
+def _tie_sentence(comparison: Comparison) -> str:
+    rule = comparison.tie_rule.rstrip(".")
+    return f"{rule[:1].upper()}{rule[1:]}."
+
+
 NO_RESULTS = "No results yet: no optimizer has a finished trial."
 
 
@@ -219,7 +224,7 @@ def markdown_text(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[
         lines += [NO_RESULTS, ""]
     else:
         lines += _table_lines(rows)
-        lines += ["", f"Ties: {_md(comparison.tie_rule)}", ""]
+        lines += ["", _md(_tie_sentence(comparison)), ""]
     for name in pngs:
         lines += [f"![{name}]({name}.png)", "", _md(plots.FIGURES[name].caption), ""]
     return "\n".join(lines)
@@ -266,7 +271,7 @@ def html_page(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str,
         out.append(f"<p>{e(NO_RESULTS)}</p>")
     else:
         out.append(_html_table(rows))
-        out.append(f'<p class="note">Ties: {e(comparison.tie_rule.rstrip("."))}. Highlighted rows are the best '
+        out.append(f'<p class="note">{e(_tie_sentence(comparison))} Highlighted rows are the best '
                    f"and those tied with it; &ldquo;-&rdquo;: not re-evaluated yet, so neither ranked nor tested.</p>")
     if rows:
         out.append("<h2>Figures</h2>")
