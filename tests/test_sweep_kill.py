@@ -55,8 +55,8 @@ def _sigkill_driver_when(command, tmp_path, storage_url, seen, what: str, poll_s
 
 
 def test_sigkill_driver_then_rerun(ray_address, tmp_path):
-    overrides = [f"output_dir={tmp_path / 'sweeps'}", "name=killed", "optimizers=[sgd,momentum]", "trials=4",
-                 "reeval_seeds=0", "report_figures=false", "epochs=4", "batch_size=32", "workers=2", "pruner=none", f"ray_address={ray_address}"]
+    overrides = [f"output_dir={tmp_path / 'sweeps'}", "name=killed", "optimizers=[sgd,momentum]", "trials=3",
+                 "reeval_seeds=0", "report_figures=false", "epochs=3", "batch_size=32", "workers=2", "pruner=none", f"ray_address={ray_address}"]
     command = [sys.executable, "-m", "sweep.cli", "run", "quickstart", *overrides]
     cfg = load_config("quickstart", overrides, mode="sweep")
     storage_url = default_storage(sweep_dir_of(cfg))
@@ -76,7 +76,7 @@ def test_sigkill_driver_then_rerun(ray_address, tmp_path):
     by_opt = studies(cfg, storage_url)
     all_trials = [(opt, t) for opt, s in by_opt.items() for t in s.get_trials()]
     for opt, study in by_opt.items():
-        assert sum(counts_against_budget(t) for t in study.trials) == 4, opt
+        assert sum(counts_against_budget(t) for t in study.trials) == 3, opt
     assert not [t for _, t in all_trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     interrupted = [(opt, t) for opt, t in all_trials if t.state == TrialState.FAIL]
     assert interrupted and all(t.user_attrs["status"] == "interrupted" for _, t in interrupted)
@@ -144,7 +144,7 @@ def test_sigkill_driver_during_reevaluation_then_rerun(ray_address, tmp_path):
     from sweep.studies import SweepStudy
 
     overrides = [f"output_dir={tmp_path / 'sweeps'}", "name=killed-reeval", "optimizers=[sgd]", "trials=2",
-                 "epochs=5", "batch_size=32", "workers=2", "pruner=none", "schedules=[constant]", "reeval_seeds=3",
+                 "epochs=4", "batch_size=32", "workers=2", "pruner=none", "schedules=[constant]", "reeval_seeds=3",
                  f"ray_address={ray_address}"]
     command = [sys.executable, "-m", "sweep.cli", "run", "quickstart", *overrides]
     cfg = load_config("quickstart", overrides, mode="sweep")
