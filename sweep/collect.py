@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sweep import reeval, stats, tracking
-from sweep.comparison import Comparison, OptimizerResult, SearchedTrial, SeedRun
+from sweep.comparison import Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
 from sweep.config import SweepConfig
 from sweep.outcome import Status, Tally
 from sweep.studies import HYPERPARAMETERS, MLFLOW_RUN, SweepStudy, outcome_of, study_name
@@ -88,7 +88,7 @@ def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
         optimizer=opt, counts={s.value: n for s, n in tally.counts.items()}, best_trial=chosen.source,
         best_val_accuracy=source.value if source is not None else None, best_hyperparameters=best_hp,
         trials=trials, reevals=seed_runs,
-        test=stats.seed_stats([s.test_accuracy for s in seed_runs]) if seed_runs else None,
+        test=accuracy_stats([s.test_accuracy for s in seed_runs]) if seed_runs else None,
         tied=None, p_value=None,
         budget=stats.budget_curve([t.value for t in trials]) if trials else None,
         importances=importances(search) if figures else {},
@@ -98,6 +98,13 @@ def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
         best_run_id=source.user_attrs.get(MLFLOW_RUN) if source is not None else None,
         best_optuna_params=dict(source.params) if source is not None else {},
         model_uri=_model_uri(uri, model_run))
+
+
+def accuracy_stats(values: list[float]) -> SeedStats:
+    """``stats.seed_stats`` with the interval clipped to [0, 1]: an accuracy cannot leave it, and
+    Student's t interval over a few seeds can."""
+    found = stats.seed_stats(values)
+    return dataclasses.replace(found, ci_low=max(0.0, found.ci_low), ci_high=min(1.0, found.ci_high))
 
 
 def importances(search: SweepStudy) -> dict[str, float]:
