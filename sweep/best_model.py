@@ -20,11 +20,6 @@ from sweep.sweepdir import Stores
 EXAMPLE_IMAGES = 4
 
 
-def logged_uri(uri: str, run_id: str) -> str | None:
-    """The model already logged for this run (a resumed driver does not log it twice)."""
-    return tracking.client(uri).get_run(run_id).data.tags.get(tracking.MODEL_URI)
-
-
 def log(stores: Stores, run_id: str, model_name: str, data: DataSplits, epochs: int) -> str | None:
     """Log the run's final model; returns its URI, or None (said on stderr) when the run has no
     checkpoint of its last epoch (``checkpoint_every=0``, or its store lost it)."""
@@ -35,8 +30,8 @@ def log(stores: Stores, run_id: str, model_name: str, data: DataSplits, epochs: 
     from models import build_model
 
     uri = stores.tracking_uri
-    known = logged_uri(uri, run_id)
-    if known:
+    known = tracking.model_uri(uri, run_id)
+    if known:  # a resumed driver does not log it twice
         return known
     checkpoint = checkpoints.load_latest(uri, run_id, stores.artifacts)
     if checkpoint is None or checkpoint.epoch != epochs:

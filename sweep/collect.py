@@ -82,8 +82,6 @@ def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
     reeval_seconds = sum(o.metrics.get("train_seconds", 0.0) for o in (again.outcomes() if again else ()))
     best_hp = dict(source.user_attrs.get(HYPERPARAMETERS, source.params)) if source is not None else {}
     steps = _steps_per_epoch(search, best_hp, cfg)
-    model_run = again.record(chosen.model_trial).user_attrs.get(MLFLOW_RUN) \
-        if again is not None and chosen.model_trial is not None else None
     return OptimizerResult(
         optimizer=opt, counts={s.value: n for s, n in tally.counts.items()}, best_trial=chosen.source,
         best_val_accuracy=source.value if source is not None else None, best_hyperparameters=best_hp,
@@ -97,7 +95,7 @@ def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
         train_seconds=round(sum(o.metrics.get("train_seconds", 0.0) for _, o in outcomes) + reeval_seconds, 2),
         best_run_id=source.user_attrs.get(MLFLOW_RUN) if source is not None else None,
         best_optuna_params=dict(source.params) if source is not None else {},
-        model_uri=_model_uri(uri, model_run))
+        model_uri=tracking.model_uri(uri, chosen.model_run) if chosen.model_run else None)
 
 
 def accuracy_stats(values: list[float]) -> SeedStats:
@@ -142,6 +140,3 @@ def _lr_per_step(uri: str, source, hp: dict[str, Any], cfg: SweepConfig, steps: 
         losses = tuple(m.value for m in sorted(history, key=lambda m: m.step))
     return tuple(lr_trace(float(hp["lr"]), schedule, params, cfg.epochs, steps, losses))
 
-
-def _model_uri(uri: str, run_id: str | None) -> str | None:
-    return tracking.client(uri).get_run(run_id).data.tags.get(tracking.MODEL_URI) if run_id else None

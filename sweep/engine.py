@@ -353,9 +353,7 @@ class Driver:
         if study is None:
             return
         with _storage_calls():
-            chosen = reeval.reported(self.studies[opt], study, self.cfg.reeval_top)
-            run_id = study.record(chosen.model_trial).user_attrs.get(MLFLOW_RUN) if chosen.model_trial is not None \
-                else None
+            run_id = reeval.reported(self.studies[opt], study, self.cfg.reeval_top).model_run
         if run_id is None:
             return
         with self._tracking_calls():

@@ -19,7 +19,7 @@ from statistics import fmean
 from optuna.trial import FrozenTrial
 
 from sweep.outcome import Status, TrialOutcome
-from sweep.studies import REEVAL_SEED, RETRY_OF, SOURCE_TRIAL, SweepStudy, outcome_of
+from sweep.studies import MLFLOW_RUN, REEVAL_SEED, RETRY_OF, SOURCE_TRIAL, SweepStudy, outcome_of
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Reported:
     source: int | None                          # search trial number; None when nothing scored
     reevals: tuple[tuple[FrozenTrial, TrialOutcome], ...]  # status ok, in seed order
     model_trial: int | None                     # the re-evaluation whose model is logged (best val)
+    model_run: str | None = None                # its MLflow run
 
 
 def seeds(sweep_seed: int, reeval_seeds: int) -> tuple[int, ...]:
@@ -104,5 +105,5 @@ def reported(search: SweepStudy, reeval: SweepStudy | None, reeval_top: int) -> 
         return Reported(top[0].number, (), None)
     source = max(candidates, key=lambda rn: (fmean(o.value for _, o in finished[rn[1]]), -rn[0]))[1]
     runs = tuple(sorted(finished[source], key=lambda to: key_of(to[0])[1]))
-    model = max(runs, key=lambda to: (to[1].value, -to[0].number))[0].number
-    return Reported(source, runs, model)
+    model = max(runs, key=lambda to: (to[1].value, -to[0].number))[0]
+    return Reported(source, runs, model.number, model.user_attrs.get(MLFLOW_RUN))

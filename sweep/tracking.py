@@ -150,6 +150,11 @@ class SweepTracker:
             self.client.set_terminated(run_id, status="FINISHED")
 
 
+def model_uri(uri: str, run_id: str) -> str | None:
+    """The URI of the model logged on a run (``best_model``), if any."""
+    return client(uri).get_run(run_id).data.tags.get(MODEL_URI)
+
+
 def artifact_uri(uri: str, run_id: str, root: str | None = None) -> str:
     """Where a run's artifacts are: under ``root`` (a sweep directory's ``artifacts/``, in the
     layout MLflow gave them, ``<root>/<run id>/artifacts``) when the sweep has no tracking server,
