@@ -177,11 +177,11 @@ class SweepStudy:
 
     def enqueue_retry(self, trial: FrozenTrial) -> None:
         """Queue an interrupted trial's parameters again, once (``retry_of`` names the original)."""
-        self.study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+        self.enqueue(trial.params, {RETRY_OF: trial.number})
 
     def enqueue(self, params: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         """Queue a trial with fixed parameters (a re-evaluation); ``ask`` hands it out."""
-        self.study.enqueue_trial(dict(params), user_attrs=dict(attrs), skip_if_exists=False)
+        self.study.enqueue_trial(dict(params), user_attrs=dict(attrs))
 
     def finish(self, number: int, status: Status, reason: str = "", metrics: Mapping[str, float] = (),
                value: float | None = None) -> TrialOutcome:

@@ -9,7 +9,8 @@ trial's fault, and must not use up its optimizer's budget.
 Epochs are numbered from 1 everywhere (reports, MLflow steps, Optuna steps, messages).
 
 Every ``checkpoint_every`` epochs and after the last one, once the epoch is reported (a pruned or
-diverged epoch is not kept), ``save`` gets a ``Checkpoint`` (the last one is the trained model); a trial given one as ``resume`` goes on from it exactly.
+diverged epoch is not kept), ``save`` gets a ``Checkpoint`` (the last one is the trained model);
+a trial given one as ``resume`` goes on from it exactly.
 """
 from __future__ import annotations
 
