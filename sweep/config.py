@@ -83,6 +83,18 @@ def _bool(key, value):
 
 _bool.allowed = "true | false"
 
+AUTO = "auto"
+
+
+def _auto_bool(key, value):
+    """``auto`` (on where it pays: a CUDA device; see ``trial.resolve_auto``), ``true`` or ``false``."""
+    if value != AUTO and not isinstance(value, bool):
+        raise ConfigError(key, f"must be auto, true or false, got {value!r}")
+    return value
+
+
+_auto_bool.allowed = "auto | true | false"
+
 
 def _text(key, value):
     if not isinstance(value, str) or not value:
@@ -282,8 +294,13 @@ class SweepConfig:
                     frozen=True, trial=True)
     l1: float = key(0.0, _float(0.0), "L1 penalty added to the loss", frozen=True, trial=True)
     device: str = key("auto", _device, "training device (cuda in a sweep needs num_gpus > 0)", trial=True, text=True)
-    bf16: bool = key(False, _bool, "bf16 autocast", frozen=True, trial=True)
-    channels_last: bool = key(False, _bool, "channels_last memory format", trial=True)
+    bf16: bool | str = key(AUTO, _auto_bool, "bf16 autocast (auto: on a CUDA device)", frozen=True, trial=True)
+    channels_last: bool | str = key(AUTO, _auto_bool, "channels_last memory format (auto: on a CUDA device)",
+                                    trial=True)
+    compile: bool = key(False, _bool, "torch.compile the model (its time is reported as compile_seconds)",
+                        trial=True)
+    divergence_check_steps: int = key(0, _int(0, 100_000), "check the loss for divergence every N batches, one "
+                                      "host sync each (0: every batch on a CPU, every 32 on a GPU)", trial=True)
     divergence_factor: float = key(10.0, _float(1.0, low_inclusive=False),
                                    "a batch loss this many times the first one is divergence", frozen=True, trial=True)
     checkpoint_every: int = key(1, _int(0, 10_000), "save a resumable checkpoint every N epochs (0: never)",

@@ -12,8 +12,9 @@ torchvision is used only to download it.
 from __future__ import annotations
 
 import gzip
+import uuid
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -50,6 +51,9 @@ class DataSplits:
     test_y: np.ndarray
     num_classes: int
     augment: bool = False  # random crop + flip (CIFAR)
+    # names this object's arrays (new on every construction, dataclasses.replace included; kept by
+    # pickling, so a Ray worker sees the driver's): a worker keeps one device copy per token
+    token: str = field(default_factory=lambda: uuid.uuid4().hex, init=False, compare=False, repr=False)
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -63,6 +67,21 @@ class DataSplits:
 
         return {name: move(getattr(self, name), torch.float32 if name.endswith("_x") else torch.long)
                 for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+
+
+_ON_DEVICE: dict[tuple[str, str], dict] = {}  # (token, device) -> tensors; at most one entry
+
+
+def device_tensors(data: DataSplits, device) -> dict:
+    """The splits as tensors on ``device``, made once per worker process and data: a sweep's
+    trials in one worker (Ray reuses it) share the copy instead of paying a host copy and a
+    transfer each (600 MB for CIFAR-10). Training never writes to them. Only the latest data is
+    kept, so memory does not grow across sweeps or datasets."""
+    key = (data.token, str(device))
+    if key not in _ON_DEVICE:
+        _ON_DEVICE.clear()  # drop the old copy first: two need not fit at once
+        _ON_DEVICE[key] = data.to_torch(device)
+    return _ON_DEVICE[key]
 
 
 @dataclass(frozen=True)

@@ -110,8 +110,9 @@ def prepare(cfg: SweepConfig) -> Prepared:
         data = load_data(cfg)
     except DatasetUnavailable as exc:
         raise ConfigError(exc.key, str(exc)) from None
-    init_ray(cfg)
+    init_ray(cfg, stores)
     preflight.check_resources(cfg)
+    warm_workers(cfg)
     return Prepared(cfg, sweep_dir, stores, data, seen_id)
 
 
@@ -187,13 +188,27 @@ class stop_on_sigterm:
 KEEPALIVE = {"RAY_grpc_client_keepalive_time_ms": "10000", "RAY_grpc_client_keepalive_timeout_ms": "10000"}
 
 
-def init_ray(cfg: SweepConfig) -> None:
-    import os
-
+def init_ray(cfg: SweepConfig, stores: Stores | None = None) -> None:
+    """Start or join Ray. While ``ray.init`` waits for Ray's processes (seconds, mostly idle in
+    this process), a thread imports what the driver imports next (``driver_imports``)."""
     import ray
 
     if ray.is_initialized():
         return
+    prefetch = threading.Thread(target=_import_quietly, args=(driver_imports(stores),), name="sweep-prefetch",
+                                daemon=True)
+    prefetch.start()
+    try:
+        _ray_init(cfg)
+    finally:
+        prefetch.join()  # no import left racing the driver's own
+
+
+def _ray_init(cfg: SweepConfig) -> None:
+    import os
+
+    import ray
+
     address = cfg.ray_address
     if address and address != "local":
         # gRPC keepalive: without it a trial pushed to a node whose link was cut is retried only
@@ -211,6 +226,61 @@ def init_ray(cfg: SweepConfig) -> None:
                  runtime_env={"py_modules": [os.path.dirname(m.__file__) for m in (sweep, models, optim)]})
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+
+
+# Imported by the driver after Ray starts (Driver's tracker, the report), seconds on 2 cores; none
+# of them is imported by ray.init itself, so the prefetch thread and ray.init do not contend for
+# the same module locks.
+SQL_TRACKING_IMPORTS = ("mlflow.store.tracking.sqlalchemy_store",)  # MLflow's SQL store: SQLAlchemy, alembic
+REPORT_IMPORTS = ("sweep.report_files",)  # matplotlib
+
+
+def driver_imports(stores: Stores | None) -> tuple[str, ...]:
+    """What the driver will import once Ray is up: the SQL tracking store unless it talks to a server."""
+    sql = stores is None or not credentials.is_server(stores.tracking_uri)
+    return (SQL_TRACKING_IMPORTS if sql else ()) + REPORT_IMPORTS
+
+
+def _import_quietly(names: tuple[str, ...]) -> None:
+    """Import ahead of need; a failure is left for the real import to raise where it belongs."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a prefetch must never fail the sweep
+            return
+
+
+def warm_workers(cfg: SweepConfig) -> None:
+    """On a local Ray, have the worker processes that will run the first trials import the trial's
+    modules and build an optimizer (torch imports ``torch._dynamo`` then: seconds) while the driver
+    opens its stores, instead of after the first trials were handed to them. Fire and forget: each
+    task holds a trial's resources for a moment, so the trials find these processes idle and warm.
+    Not on a cluster, whose nodes and placement are its own."""
+    import ray
+
+    if cfg.ray_address and cfg.ray_address != "local":
+        return
+    total = ray.cluster_resources()
+    slots = int(total.get("CPU", 0) // cfg.num_cpus)
+    if cfg.num_gpus:
+        slots = min(slots, int(total.get("GPU", 0) // cfg.num_gpus))
+    warm = ray.remote(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_calls=0, max_retries=0)(_warm_up)
+    for _ in range(min(cfg.workers, slots)):
+        warm.remote()
+
+
+def _warm_up() -> int:
+    """Runs on a Ray worker: what the first trial in this process would otherwise pay for."""
+    import os
+
+    import torch
+
+    import sweep.worker  # noqa: F401 - the trial's modules: torch, Optuna, MLflow, the project
+
+    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    return os.getpid()
 
 
 def _say(opt: str, text: str) -> None:
@@ -383,8 +453,10 @@ class Driver:
             self.recover(lane)
         self.close_finished_runs()
         data_ref = ray.put(self.data)  # once per sweep; Ray ships it once per node
-        remote = ray.remote(execute).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
-                                            max_retries=cfg.max_retries)
+        # max_calls=0: a worker process runs trial after trial (its imports, CUDA context and the
+        # data's device copy paid once); Ray's default for a GPU task is a fresh process per call
+        remote = ray.remote(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_retries=cfg.max_retries,
+                            max_calls=0)(execute)
         tallies = {opt: Tally.of(cfg.trials, study.outcomes()) for opt, study in self.studies.items()}
         for opt, tally in tallies.items():
             if tally.done >= tally.budget:

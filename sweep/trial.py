@@ -15,6 +15,7 @@ a trial given one as ``resume`` goes on from it exactly.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 from models import build_model
 from optim import ScheduleDriver, build_optimizer
 from sweep.checkpoints import Checkpoint
-from sweep.config import TrialConfig
-from sweep.datasets import DataSplits, load_data
+from sweep.config import AUTO, TrialConfig
+from sweep.datasets import DataSplits, device_tensors, load_data
 from sweep.errors import StoreUnavailable
 from sweep.outcome import Status
 
@@ -100,15 +101,35 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) 
 
 
 def evaluate(model, x, y, autocast, batch_size: int = 1024) -> tuple[float, float]:
+    """Mean loss and accuracy, summed on the device: one host sync for the whole set."""
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
     with torch.no_grad(), autocast():
         for start in range(0, len(x), batch_size):
             logits = model(x[start:start + batch_size]).float()
-            loss_sum += F.cross_entropy(logits, y[start:start + batch_size], reduction="sum").item()
-            correct += (logits.argmax(1) == y[start:start + batch_size]).sum().item()
+            loss_sum += F.cross_entropy(logits, y[start:start + batch_size], reduction="sum")
+            correct += (logits.argmax(1) == y[start:start + batch_size]).sum()
     model.train()
-    return loss_sum / len(x), correct / len(x)
+    return loss_sum.item() / len(x), correct.item() / len(x)
+
+
+def resolve_auto(value: bool | str, device: torch.device) -> bool:
+    """``auto`` settings (bf16, channels_last) are on where they pay: a CUDA device."""
+    return device.type == "cuda" if value == AUTO else bool(value)
+
+
+def divergence_check_steps(cfg: TrialConfig, device: torch.device) -> int:
+    """How many batches run between two reads of the loss on the host. On a GPU each read stalls
+    the launch queue, so it is read every 32 batches there (the steps in between still train; the
+    divergent step is named exactly). On a CPU a read costs nothing: every batch."""
+    if cfg.divergence_check_steps:
+        return cfg.divergence_check_steps
+    return GPU_CHECK_STEPS if device.type == "cuda" else 1
+
+
+GPU_CHECK_STEPS = 32
+COMPILE_BACKEND = "SWEEP_COMPILE_BACKEND"  # torch.compile's backend (default inductor; the tests use eager)
 
 
 def run_trial(cfg: TrialConfig, data: DataSplits | None = None, reporter: Reporter | None = None,
@@ -155,20 +176,30 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
     torch.manual_seed(cfg.seed)
     if data is None:
         data = load_data(cfg)
-    t = data.to_torch(device)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    t = device_tensors(data, device)  # kept on the device across this worker's trials
+    channels_last = resolve_auto(cfg.channels_last, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(cfg.model, data.in_shape, data.num_classes).to(device, memory_format=memory_format)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.optimizer_params)
+    # the compiled module shares the model's parameters; checkpoints and the optimizer use the model
+    forward = torch.compile(model, backend=os.environ.get(COMPILE_BACKEND, "inductor")) if cfg.compile else model
     n_train = len(t["train_x"])
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     schedule = ScheduleDriver(optimizer, cfg.schedule, cfg.schedule_params, cfg.epochs, steps_per_epoch)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    bf16 = resolve_auto(cfg.bf16, device)
+    check_every = divergence_check_steps(cfg, device)
+    compile_seconds = 0.0
 
     def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def diverged(message: str) -> _Diverged:
-        val_loss, val_acc = evaluate(model, t["val_x"], t["val_y"], autocast)
+        val_loss, val_acc = evaluate(forward, t["val_x"], t["val_y"], autocast)
         return _Diverged(message, val_loss, val_acc)
 
     first_loss, done = None, 0
@@ -181,16 +212,19 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
         lr = schedule.lr
         started = time.perf_counter()
         order = torch.randperm(n_train, device=device, generator=generator)
-        loss_sum = torch.zeros((), device=device)
+        loss_sum = 0.0
         correct = torch.zeros((), device=device, dtype=torch.long)
+        unchecked: list[tuple[int, int, torch.Tensor]] = []  # (step, batch size, loss) not yet read on the host
         for step in range(steps_per_epoch):
+            warming_up = cfg.compile and compile_seconds == 0.0
+            step_started = time.perf_counter()
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x, y = t["train_x"][idx], t["train_y"][idx]
             if data.augment:
                 x = random_crop_flip(x, generator)
             x = x.contiguous(memory_format=memory_format)
             with autocast():
-                logits = model(x)
+                logits = forward(x)
                 loss = F.cross_entropy(logits.float(), y)
             objective = loss
             if cfg.l1:
@@ -199,19 +233,32 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
             objective.backward()
             optimizer.step()
             schedule.after_batch()
-            batch_loss = loss.item()  # one sync per batch: divergence must stop the trial at once
-            if first_loss is None:
-                first_loss = batch_loss
-            if not math.isfinite(batch_loss) or batch_loss > cfg.divergence_factor * max(first_loss, 1e-3):
-                raise diverged(f"loss {batch_loss:.4g} at epoch {epoch} step {step + 1} "
-                               f"(started at {first_loss:.4g})")
-            loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == y).sum()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+            unchecked.append((step, len(idx), loss.detach()))
+            if warming_up:  # the first step compiles forward and backward: timed apart from training
+                sync()
+                compile_seconds = time.perf_counter() - step_started
+                started += compile_seconds
+            if len(unchecked) < check_every and step + 1 < steps_per_epoch:
+                continue
+            # one host sync for the batches since the last check; the first divergent one is named
+            values = [unchecked[0][2].item()] if len(unchecked) == 1 else torch.stack([u[2] for u in unchecked]).tolist()
+            for (at, size, _), batch_loss in zip(unchecked, values):
+                if first_loss is None:
+                    first_loss = batch_loss
+                if not math.isfinite(batch_loss) or batch_loss > cfg.divergence_factor * max(first_loss, 1e-3):
+                    raise diverged(f"loss {batch_loss:.4g} at epoch {epoch} step {at + 1} "
+                                   f"(started at {first_loss:.4g})")
+                loss_sum += batch_loss * size
+            unchecked.clear()
+        sync()
         seconds = time.perf_counter() - started
-        val_loss, val_acc = evaluate(model, t["val_x"], t["val_y"], autocast)
-        metrics = EpochMetrics(epoch, loss_sum.item() / n_train, correct.item() / n_train, val_loss, val_acc,
+        if cfg.compile and epoch == done + 1:  # the evaluation graph compiles on its first call
+            eval_started = time.perf_counter()
+        val_loss, val_acc = evaluate(forward, t["val_x"], t["val_y"], autocast)
+        if cfg.compile and epoch == done + 1:
+            compile_seconds += time.perf_counter() - eval_started
+        metrics = EpochMetrics(epoch, loss_sum / n_train, correct.item() / n_train, val_loss, val_acc,
                                lr, seconds, n_train / seconds)
         history.append(metrics)
         if not math.isfinite(val_loss):
@@ -221,6 +268,8 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
         schedule.after_epoch(val_loss)
         if save is not None and cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             save(Checkpoint.capture(epoch, model, optimizer, schedule, generator, first_loss, history))
-    test_loss, test_acc = evaluate(model, t["test_x"], t["test_y"], autocast)
-    return TrialResult(Status.OK, "", len(history), {**_final(history, time.perf_counter() - trial_started),
-                                                     "test_loss": test_loss, "test_accuracy": test_acc}, history)
+    test_loss, test_acc = evaluate(forward, t["test_x"], t["test_y"], autocast)
+    final = {**_final(history, time.perf_counter() - trial_started), "test_loss": test_loss, "test_accuracy": test_acc}
+    if cfg.compile:
+        final["compile_seconds"] = compile_seconds
+    return TrialResult(Status.OK, "", len(history), final, history)

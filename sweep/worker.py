@@ -18,6 +18,8 @@ task: the driver stops the sweep, and the trial runs again on resume instead of 
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import socket
 from dataclasses import dataclass, field
@@ -120,8 +122,30 @@ def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
             if m.epoch not in reported:
                 with store_calls(OPTUNA):
                     trial.report(m.val_accuracy, m.epoch)
-    result = run_trial(task.config, data, report, resume, checkpoints.saver(uri, task.run_id, task.stores.artifacts))
+    with device_memory() as memory:
+        result = run_trial(task.config, data, report, resume, checkpoints.saver(uri, task.run_id,
+                                                                               task.stores.artifacts))
+    result.metrics.update(memory)
     sender.flush()  # every epoch logged, or the budget spent: never a silent gap
     status, reason = (Status.FAILED, sender.failure) if sender.failure else (result.status, result.reason)
     return finish_trial(study, uri, task.run_id, task.number, status, reason, result.metrics,
                         result.value, close_run=sender.close_run)
+
+
+@contextlib.contextmanager
+def device_memory():
+    """GPU memory around one trial, as final metrics: the peak, and what is still allocated once
+    the trial's tensors are gone (the data's device copy, kept for the next trial). A worker
+    process runs many trials, so the second must not grow from trial to trial
+    (tests/test_gpu_slot.py). On a CPU it measures nothing."""
+    import torch
+
+    memory: dict[str, float] = {}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # an earlier trial's peak is not this one's
+        torch.cuda.reset_peak_memory_stats()
+    yield memory
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()
+        torch.cuda.empty_cache()  # cached blocks back to the device: other processes may share it
+        memory.update(cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20,
+                      cuda_allocated_after_mb=torch.cuda.memory_allocated() / 2**20)

@@ -46,6 +46,10 @@ BAD_VALUES = [
     ("optimizer.momentum", "optimizer.momentum=0"),  # the quick-start list includes nesterov
     ("ray_address", "ray_address=not an address"),
     ("num_gpus", "num_gpus=-1"),
+    ("bf16", "bf16=maybe"),
+    ("channels_last", "channels_last=1"),
+    ("compile", "compile=sometimes"),
+    ("divergence_check_steps", "divergence_check_steps=-1"),
     ("no_such_key", "no_such_key=1"),
     ("storage", "storage=postgresql://postgres@127.0.0.1:1/test"),  # nothing listens there
     pytest.param("storage", f"storage={services.pg_url('no_such_database')}", marks=pytest.mark.postgres,
