@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             epochs, per_epoch = calibrate(cal, args.trial_seconds)
     result.params = {"trials": trials, "epochs": epochs, "calibrated_epoch_s": per_epoch, "workers": args.workers,
-                     "trial_seconds": args.trial_seconds, "config": overrides("<tmp>", 0, trials, epochs)}
+                     "trial_seconds": args.trial_seconds,
+                     "config": overrides("<tmp>", args.workers[0], trials, epochs)}
     totals = []
     for w in args.workers:
         rows, total = measure(w, trials, epochs)
