@@ -137,23 +137,23 @@ def run_trial(cfg: TrialConfig, data: DataSplits | None = None, reporter: Report
     """Train ``cfg`` and return its outcome; ``data`` may be preloaded (the sweep shares it).
     ``resume``: go on after the checkpoint's epoch (its epochs are not reported again)."""
     history: list[EpochMetrics] = []
+    timings: dict[str, float] = {}  # where the time went besides training: eval_seconds, compile_seconds
     started = time.perf_counter()
 
-    def seconds() -> float:
-        return time.perf_counter() - started
+    def final(**last: float) -> dict[str, float]:
+        return {**_final(history, time.perf_counter() - started, **last), **timings}
 
     try:
-        return _train(cfg, data, reporter, history, resume, save)
+        return _train(cfg, data, reporter, history, timings, resume, save, final)
     except PruneTrial as exc:
-        return TrialResult(Status.PRUNED, str(exc) or "pruned", len(history), _final(history, seconds()), history)
+        return TrialResult(Status.PRUNED, str(exc) or "pruned", len(history), final(), history)
     except _Diverged as exc:  # measured where it stopped: even a first-epoch divergence has metrics
-        metrics = _final(history, seconds(), val_loss=exc.val_loss, val_accuracy=exc.val_accuracy)
+        metrics = final(val_loss=exc.val_loss, val_accuracy=exc.val_accuracy)
         return TrialResult(Status.DIVERGED, str(exc), len(history), metrics, history)
     except StoreUnavailable:
         raise
     except Exception as exc:  # a failed trial is an outcome, not a crashed sweep
-        return TrialResult(Status.FAILED, f"{type(exc).__name__}: {exc}", len(history), _final(history, seconds()),
-                           history)
+        return TrialResult(Status.FAILED, f"{type(exc).__name__}: {exc}", len(history), final(), history)
 
 
 def _final(history: list[EpochMetrics], seconds: float, **last: float) -> dict[str, float]:
@@ -169,9 +169,9 @@ def _final(history: list[EpochMetrics], seconds: float, **last: float) -> dict[s
     return metrics
 
 
-def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
-           history: list[EpochMetrics], resume: Checkpoint | None, save: Saver | None) -> TrialResult:
-    trial_started = time.perf_counter()
+def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None, history: list[EpochMetrics],
+           timings: dict[str, float], resume: Checkpoint | None, save: Saver | None,
+           final: Callable[..., dict[str, float]]) -> TrialResult:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if data is None:
@@ -190,6 +190,14 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
     bf16 = resolve_auto(cfg.bf16, device)
     check_every = divergence_check_steps(cfg, device)
     compile_seconds = 0.0
+    timings["eval_seconds"] = 0.0
+
+    def evaluated(x, y) -> tuple[float, float]:
+        eval_started = time.perf_counter()
+        try:
+            return evaluate(forward, x, y, autocast)
+        finally:
+            timings["eval_seconds"] += time.perf_counter() - eval_started
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -199,7 +207,7 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
             torch.cuda.synchronize(device)
 
     def diverged(message: str) -> _Diverged:
-        val_loss, val_acc = evaluate(forward, t["val_x"], t["val_y"], autocast)
+        val_loss, val_acc = evaluated(t["val_x"], t["val_y"])
         return _Diverged(message, val_loss, val_acc)
 
     first_loss, done = None, 0
@@ -237,7 +245,7 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
             unchecked.append((step, len(idx), loss.detach()))
             if warming_up:  # the first step compiles forward and backward: timed apart from training
                 sync()
-                compile_seconds = time.perf_counter() - step_started
+                compile_seconds = timings["compile_seconds"] = time.perf_counter() - step_started
                 started += compile_seconds
             if len(unchecked) < check_every and step + 1 < steps_per_epoch:
                 continue
@@ -253,11 +261,11 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
             unchecked.clear()
         sync()
         seconds = time.perf_counter() - started
-        if cfg.compile and epoch == done + 1:  # the evaluation graph compiles on its first call
-            eval_started = time.perf_counter()
-        val_loss, val_acc = evaluate(forward, t["val_x"], t["val_y"], autocast)
-        if cfg.compile and epoch == done + 1:
+        eval_started = time.perf_counter()
+        val_loss, val_acc = evaluated(t["val_x"], t["val_y"])
+        if cfg.compile and epoch == done + 1:  # the evaluation graph compiled on this first call
             compile_seconds += time.perf_counter() - eval_started
+            timings["compile_seconds"] = compile_seconds
         metrics = EpochMetrics(epoch, loss_sum / n_train, correct.item() / n_train, val_loss, val_acc,
                                lr, seconds, n_train / seconds)
         history.append(metrics)
@@ -268,8 +276,6 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
         schedule.after_epoch(val_loss)
         if save is not None and cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             save(Checkpoint.capture(epoch, model, optimizer, schedule, generator, first_loss, history))
-    test_loss, test_acc = evaluate(forward, t["test_x"], t["test_y"], autocast)
-    final = {**_final(history, time.perf_counter() - trial_started), "test_loss": test_loss, "test_accuracy": test_acc}
-    if cfg.compile:
-        final["compile_seconds"] = compile_seconds
-    return TrialResult(Status.OK, "", len(history), final, history)
+    test_loss, test_acc = evaluated(t["test_x"], t["test_y"])
+    return TrialResult(Status.OK, "", len(history), {**final(), "test_loss": test_loss, "test_accuracy": test_acc},
+                       history)

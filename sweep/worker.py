@@ -22,6 +22,7 @@ import contextlib
 import gc
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 
 from sweep import checkpoints, credentials, tracking
@@ -76,6 +77,7 @@ def execute(task: TrialTask, data) -> TrialOutcome:
 def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
     import torch
 
+    entered = time.perf_counter()
     torch.set_num_threads(max(1, task.threads))
     uri = task.stores.tracking_uri
     with store_calls(OPTUNA):
@@ -97,7 +99,16 @@ def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
     with store_calls(MLFLOW):
         logged = sender.call(lambda: tracking.logged_steps(uri, task.run_id)) if attempt > 1 else set()
 
+    spent = {"report_seconds": 0.0}  # the per-epoch store calls, inside the trial's own time
+
     def report(m: EpochMetrics) -> None:
+        reporting = time.perf_counter()
+        try:
+            _report(m)
+        finally:
+            spent["report_seconds"] += time.perf_counter() - reporting
+
+    def _report(m: EpochMetrics) -> None:
         if m.epoch not in logged:
             sender.log_epoch(m.epoch, m.logged())
         sender.catch_up()  # MLflow before Optuna while MLflow answers; no wait during an outage
@@ -122,10 +133,12 @@ def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
             if m.epoch not in reported:
                 with store_calls(OPTUNA):
                     trial.report(m.val_accuracy, m.epoch)
+    spent["setup_seconds"] = time.perf_counter() - entered  # the study, the attempt's attributes, a checkpoint
     with device_memory() as memory:
         result = run_trial(task.config, data, report, resume, checkpoints.saver(uri, task.run_id,
                                                                                task.stores.artifacts))
     result.metrics.update(memory)
+    result.metrics.update(spent)
     sender.flush()  # every epoch logged, or the budget spent: never a silent gap
     status, reason = (Status.FAILED, sender.failure) if sender.failure else (result.status, result.reason)
     return finish_trial(study, uri, task.run_id, task.number, status, reason, result.metrics,

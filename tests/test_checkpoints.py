@@ -22,7 +22,7 @@ from sweep.trial import PruneTrial, TrialConfig, run_trial
 from tests.sweep_helpers import (default_storage, default_tracking_uri, mlflow_runs, studies, sweep_dir_of,
                                  sweep_with_a_killed_worker)
 
-TIMING = ("seconds", "train_seconds", "epoch_seconds", "images_per_second")  # wall clock: differs run to run
+TIMING = ("seconds", "train_seconds", "eval_seconds", "epoch_seconds", "images_per_second")  # wall clock: differs run to run
 
 
 def _same_weights(a: dict, b: dict) -> None:
