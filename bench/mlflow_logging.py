@@ -14,13 +14,19 @@ exactly R*E*M points, otherwise the comparison is not honest and the script says
 Stores:
   sqlite  MlflowClient("sqlite:///<tmp>/mlflow.db") in this process (what a sweep uses by default)
   server  `mlflow server --backend-store-uri sqlite:///<tmp>/srv.db` on 127.0.0.1:<free port>,
-          reached over HTTP (skip with --no-server)
+          reached over HTTP (--server; --size full includes it)
 
-Usage:  .venv/bin/python bench/mlflow_logging.py [--runs 20] [--epochs 10] [--metrics 7] [--repeats 1] [--no-server]
+Part of the suite (``python -m bench``): ``--size`` sets what the options below leave unset,
+``ci`` R=10 x E=5 x M=7 with 1 repeat on SQLite only (the server's start alone took 25-100 s on
+2 busy cores; ``--server`` adds it), ``full`` R=20 x E=10 x M=7 with 3 repeats and the server (the
+README's table). The headline per store is the (a)/(b) time ratio: above 1, one log_batch per
+epoch is the faster way.
+
+Usage:  .venv/bin/python bench/mlflow_logging.py [--size ci|full] [--json PATH]
+            [--runs 20] [--epochs 10] [--metrics 7] [--repeats 1] [--server | --no-server]
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import random
@@ -37,12 +43,19 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import `bench`
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
+
+from bench.suite import BenchResult, Headline, Size, finish, parser  # noqa: E402
 
 METRICS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
            "images_per_second"]
 logging.getLogger("mlflow").setLevel(logging.ERROR)
+# What --size sets when the option is not given.
+SIZES = {Size.CI: {"runs": 10, "epochs": 5, "metrics": 7, "repeats": 1, "server": False},
+         Size.FULL: {"runs": 20, "epochs": 10, "metrics": 7, "repeats": 3, "server": True}}
 
 
 def metric_names(m: int) -> list[str]:
@@ -156,14 +169,19 @@ def bench_store(name, uri, tmp, args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=20, help="runs (R)")
-    ap.add_argument("--epochs", type=int, default=10, help="epochs per run (E)")
-    ap.add_argument("--metrics", type=int, default=7, help="metrics per epoch (M)")
-    ap.add_argument("--repeats", type=int, default=1, help="repeat both ways, report medians")
+    ap = parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=None, help="runs (R)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per run (E)")
+    ap.add_argument("--metrics", type=int, default=None, help="metrics per epoch (M)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeat both ways, report medians")
+    ap.add_argument("--server", dest="server", action="store_true", default=None,
+                    help="also measure an `mlflow server` over HTTP (default at --size full)")
     ap.add_argument("--no-server", dest="server", action="store_false",
-                    help="skip the `mlflow server` over HTTP store")
+                    help="skip the `mlflow server` over HTTP store (default at --size ci)")
     args = ap.parse_args()
+    for name, value in SIZES[args.size].items():  # what --size sets where the option was not given
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     import mlflow
     print(f"mlflow {mlflow.__version__}: {args.runs} runs x {args.epochs} epochs x {args.metrics} metrics, "
@@ -204,6 +222,30 @@ def main() -> None:
         print("Conclusion: one log_batch per epoch is "
               + ", ".join(f"{r['a'] / r['b']:.1f}x faster on {r['store']}" for r in rows)
               + " than one log_metric per metric, for the same stored points.")
+    finish(suite_result(args, rows, notes, honest), args.json)
+
+
+def suite_result(args, rows: list[dict], notes: list[str], honest: bool) -> BenchResult:
+    """The table as the suite records it, and per store the (a)/(b) ratio (met: log_batch faster,
+    with the same points stored both ways)."""
+    table, headlines = [], []
+    for r in rows:
+        ratio = r["a"] / r["b"]
+        same = r["stored"]["log_metric"] == r["stored"]["log_batch"] == {r["expected"]}
+        table.append({"store": r["store"], "(a) log_metric s": r["a"], "(b) log_batch s": r["b"],
+                      "ratio (a)/(b)": ratio, "calls (a)": r["calls_a"], "calls (b)": r["calls_b"],
+                      "ms per call (a)": 1000 * r["a"] / r["calls_a"], "ms per call (b)": 1000 * r["b"] / r["calls_b"],
+                      "points stored (a)": sorted(r["stored"]["log_metric"]),
+                      "points stored (b)": sorted(r["stored"]["log_batch"]), "expected": r["expected"]})
+        headlines.append(Headline(f"log_metric / log_batch time, {r['store']}", ratio, "x", "> 1",
+                                  ratio > 1 and same, "" if same else "stored points differ: not comparable"))
+    notes = [f"R={args.runs} runs x E={args.epochs} epochs x M={args.metrics} metrics, medians of {args.repeats} "
+             f"repeat(s); " + ("same points stored both ways" if honest else "MISMATCH in stored points")] + notes
+    if not args.server:
+        notes.append("the tracking server was not measured (--size ci skips it; --server adds it)")
+    params = {"runs": args.runs, "epochs": args.epochs, "metrics": args.metrics, "repeats": args.repeats,
+              "server": args.server}
+    return BenchResult("mlflow_logging", args.size, table, headlines, notes, params)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,15 @@ Backends:
   sqlite-plain optuna.storages.RDBStorage("sqlite:///<tmp>/plain.db")         (rollback journal, 5 s default)
   postgres     sweep.studies.open_storage(--pg-url); unique study name, deleted at the end
 
-Usage:  .venv/bin/python bench/storage_contention.py [--procs 8 16] [--trials 10] [--epochs 10] [--repeats 3]
+Part of the suite (``python -m bench``): ``--size ci`` (P=4, T=5, 1 repeat: well under a minute)
+or ``--size full`` (P=8 and 16, T=10, 3 repeats: the README's table) sets what the options below
+leave unset; the headline per P is the journal's trials/s over the best other backend's.
+
+Usage:  .venv/bin/python bench/storage_contention.py [--size ci|full] [--json PATH]
+            [--procs 8 16] [--trials 10] [--epochs 10] [--repeats 3]
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import random
 import shutil
@@ -35,14 +39,18 @@ import traceback
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: import `sweep`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: import `bench`, `sweep`
 
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
+from bench.suite import BenchResult, Headline, Size, finish, parser  # noqa: E402
 from sweep.studies import DIRECTION, make_pruner, open_storage  # noqa: E402
 
 BACKENDS = ["journal", "sqlite-wal", "sqlite-plain", "postgres"]
+# What --size sets when the option is not given: procs, trials, epochs, repeats.
+SIZES = {Size.CI: {"procs": [4], "trials": 5, "epochs": 10, "repeats": 1},
+         Size.FULL: {"procs": [8, 16], "trials": 10, "epochs": 10, "repeats": 3}}
 LOCKED = "database is locked"
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -206,15 +214,18 @@ def measure(pool: WorkerPool, backend: str, args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--procs", type=int, nargs="+", default=[8],
+    ap = parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--procs", type=int, nargs="+", default=None,
                     help="worker processes (P); several values run one after the other, e.g. 8 16")
-    ap.add_argument("--trials", type=int, default=10, help="trials per worker (T)")
-    ap.add_argument("--epochs", type=int, default=10, help="report+should_prune per trial (E)")
-    ap.add_argument("--repeats", type=int, default=3, help="repeat each cell, report medians")
+    ap.add_argument("--trials", type=int, default=None, help="trials per worker (T)")
+    ap.add_argument("--epochs", type=int, default=None, help="report+should_prune per trial (E)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeat each cell, report medians")
     ap.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
     ap.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
     args = ap.parse_args()
+    for name, value in SIZES[args.size].items():  # what --size sets where the option was not given
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     backends = list(args.backends)
     pg_down = postgres_available(args.pg_url) if "postgres" in backends else None
@@ -269,6 +280,39 @@ def main() -> None:
                                   f"({winner['rate']:.1f} trials/s)" if winner else
                                   f"no backend was error-free at P={top}")
               + "; 'database is locked' from: " + (", ".join(locked) if locked else "none") + ".")
+    finish(suite_result(args, rows, pg_down), args.json)
+
+
+def suite_result(args, rows: list[dict], pg_down: str | None) -> BenchResult:
+    """The rows as the suite records them, and per P the journal's trials/s over the best other's."""
+    table, headlines = [], []
+    for procs in args.procs:
+        cells = [r for r in rows if r["procs"] == procs and not r["failed"]]
+        best = max((r["rate"] for r in cells), default=float("nan"))
+        for r in (x for x in rows if x["procs"] == procs):
+            if r["failed"]:
+                table.append({"P": procs, "backend": r["backend"], "failed": True})
+                continue
+            table.append({"P": procs, "backend": r["backend"], "errors": r["errors"], "locked": r["locked"],
+                          "trials told": r["told"], "expected": r["expected"], "wall s": r["wall"],
+                          "trials/s": r["rate"], "x slower than best": best / r["rate"],
+                          "report+prune p50 ms": r["p50"], "p95 ms": r["p95"], "journal_mode": r["mode"]})
+        journal = next((r["rate"] for r in cells if r["backend"] == "journal"), None)
+        others = [r["rate"] for r in cells if r["backend"] != "journal"]
+        value = journal / max(others) if journal is not None and others else None
+        headlines.append(Headline(f"journal trials/s / best other backend's, P={procs}", value, "x", ">= 1",
+                                  None if value is None else value >= 1,
+                                  "journal not measured" if journal is None else
+                                  "" if others else "no other backend measured"))
+    errors = sum(r.get("errors", 0) for r in rows)
+    notes = [f"T={args.trials} trials x E={args.epochs} report+should_prune per worker, medians of "
+             f"{args.repeats} repeat(s); {errors} error(s) in all, "
+             f"{sum(r.get('locked', 0) for r in rows)} 'database is locked'"]
+    if pg_down:
+        notes.append(f"PostgreSQL unavailable at {args.pg_url}: not measured ({pg_down})")
+    params = {"procs": args.procs, "trials": args.trials, "epochs": args.epochs, "repeats": args.repeats,
+              "backends": args.backends, "optuna": optuna.__version__}
+    return BenchResult("storage_contention", args.size, table, headlines, notes, params)
 
 
 if __name__ == "__main__":

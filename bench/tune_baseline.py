@@ -39,13 +39,17 @@ worker_process_setup_hook patches the class when it is imported; the local async
 bookkeeping methods are left out); against a tracking server each would be one REST request.
 Not counted with --product subprocess.
 
-Usage:  .venv/bin/python bench/tune_baseline.py [--optimizers sgd momentum adam] [--trials 8]
-            [--epochs 4] [--workers 2] [--repeats 1] [--scheduler median|asha]
-            [--product inprocess|subprocess] [--reuse-actors] [--keep]
+Part of the suite (``python -m bench --only tune_baseline``, or ``--size full``): ``--size`` sets
+what the options below leave unset, ``ci`` 2 optimizers (sgd, adam) x 4 trials x 3 epochs with 1
+repeat (a few minutes), ``full`` 3 optimizers x 8 trials x 4 epochs with 3 repeats (the README's
+table). The headline is the baseline's wall time over the product's.
+
+Usage:  .venv/bin/python bench/tune_baseline.py [--size ci|full] [--json PATH]
+            [--optimizers sgd momentum adam] [--trials 8] [--epochs 4] [--workers 2] [--repeats 1]
+            [--scheduler median|asha] [--product inprocess|subprocess] [--reuse-actors] [--keep]
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import functools
@@ -62,15 +66,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from anywhere: import `sweep`
+sys.path.insert(0, str(ROOT))  # run from anywhere: import `bench`, `sweep`
 
 import optuna  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler  # noqa: E402
 
+from bench.suite import BenchResult, Headline, Size, finish, parser  # noqa: E402
 from sweep.config import load_config  # noqa: E402
 from sweep.datasets import load_dataset  # noqa: E402
 from sweep.search import sample_trial  # noqa: E402
-from sweep.studies import make_sampler, open_storage, study_name
+from sweep.studies import make_sampler, open_storage, study_name  # noqa: E402
 from sweep.sweepdir import SweepDir  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -78,6 +83,9 @@ logging.getLogger("mlflow").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore")
 
 STORE_MODULE = "mlflow.store.tracking.sqlalchemy_store"
+# What --size sets when the option is not given.
+SIZES = {Size.CI: {"optimizers": ["sgd", "adam"], "trials": 4, "epochs": 3, "workers": 2, "repeats": 1},
+         Size.FULL: {"optimizers": ["sgd", "momentum", "adam"], "trials": 8, "epochs": 4, "workers": 2, "repeats": 3}}
 PER_EPOCH = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
              "images_per_second"]
 
@@ -431,12 +439,12 @@ def fmt_calls(calls: collections.Counter | None) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--optimizers", nargs="+", default=["sgd", "momentum", "adam"])
-    ap.add_argument("--trials", type=int, default=8, help="trials per optimizer (T)")
-    ap.add_argument("--epochs", type=int, default=4, help="epochs per trial (E)")
-    ap.add_argument("--workers", type=int, default=2, help="concurrent trials (W)")
-    ap.add_argument("--repeats", type=int, default=1, help="repeat both sides, report medians")
+    ap = parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--optimizers", nargs="+", default=None)
+    ap.add_argument("--trials", type=int, default=None, help="trials per optimizer (T)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (E)")
+    ap.add_argument("--workers", type=int, default=None, help="concurrent trials (W)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeat both sides, report medians")
     ap.add_argument("--scheduler", choices=["median", "asha"], default="median",
                     help="early stopping: product pruner=median vs MedianStoppingRule, or asha vs ASHAScheduler")
     ap.add_argument("--product", choices=["inprocess", "subprocess"], default="inprocess",
@@ -444,6 +452,9 @@ def main() -> None:
     ap.add_argument("--reuse-actors", action="store_true", help="baseline: TuneConfig(reuse_actors=True)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
+    for name, value in SIZES[args.size].items():  # what --size sets where the option was not given
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     import mlflow
     import ray
@@ -507,6 +518,37 @@ def main() -> None:
     print(f"\nBaseline: Optuna states inside OptunaSearch: {dict(base['optuna_states'])}; "
           f"params per MLflow run: {base['params_mean']:.1f} (product: {shown['product']['params_mean']:.1f}); "
           f"scheduler PAUSE decisions (trial restarted from epoch 0 on resume): {base['paused']}")
+    finish(suite_result(args, results, walls, shown, labels), args.json)
+
+
+def suite_result(args, results: dict[str, list[dict]], walls: dict[str, float], shown: dict[str, dict],
+                 labels: dict[str, str]) -> BenchResult:
+    """One row per side (counts from its median-wall repeat); the headline: baseline wall / product wall."""
+    rows = []
+    for side in results:
+        r = shown[side]
+        calls = r["calls"]
+        rows.append({"side": labels[side], "wall s": walls[side], "baseline / product": walls[side] / walls["product"],
+                     "trials finished": r["finished"], "trials": r["trials"], "stopped early": r["stopped"],
+                     "diverged": r["own_end"], "MLflow trial runs": r["runs"], "one run per trial": r["one_run_each"],
+                     "metric points per run": r["points_mean"], "metric keys per run": r["keys_mean"],
+                     "points at a repeated step": r["repeated_steps"], "epochs trained": r["epochs_run"],
+                     "train s": r["train_seconds"],
+                     "MLflow store calls": sum(calls.values()) if calls is not None else None,
+                     "calls per epoch": sum(calls.values()) / max(1, r["epochs_run"]) if calls is not None else None,
+                     "best val accuracy": r["best"],
+                     "walls": [round(x["wall"], 2) for x in results[side]]})
+    ratio = walls["baseline"] / walls["product"]
+    headline = Headline("baseline (Ray Tune) wall / product wall", ratio, "x", "> 1", ratio > 1,
+                        "reuse_actors=True" if args.reuse_actors else "Tune's defaults")
+    notes = [f"optimizers={args.optimizers} trials={args.trials} epochs={args.epochs} workers={args.workers} "
+             f"scheduler={args.scheduler} product={args.product} reuse_actors={args.reuse_actors}; wall: median of "
+             f"{args.repeats} repeat(s), counts from each side's median-wall repeat",
+             f"baseline: Optuna states inside OptunaSearch {dict(shown['baseline']['optuna_states'])}, scheduler "
+             f"PAUSE decisions {shown['baseline']['paused']}"]
+    params = {k: getattr(args, k) for k in ("optimizers", "trials", "epochs", "workers", "repeats", "scheduler",
+                                             "product", "reuse_actors")}
+    return BenchResult("tune_baseline", args.size, rows, [headline], notes, params)
 
 
 if __name__ == "__main__":
