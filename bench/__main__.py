@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     failed, summary = [], []
     for b in chosen:
         path = out_dir / f"{b.name}.json"
+        path.unlink(missing_ok=True)  # a bench that writes nothing must not be read from an earlier run
         print(f"\n=== {b.name}: {b.what}", flush=True)
         started = time.perf_counter()
         rc = subprocess.call([sys.executable, str(ROOT / "bench" / f"{b.name}.py"), "--size", args.size.value,
