@@ -222,8 +222,8 @@ class Product:
         trial = study.ask()
         run_id = self.client.create_run(self.experiment).info.run_id
         spent = {"report": 0.0, "save": 0.0, "prune": 0}
-        store = checkpoints.saver(self.uri, run_id, str(self.artifacts))
-        with TrackingSender(self.uri, run_id, cfg.tracking_retry_s) as sender:
+        with checkpoints.saver(self.uri, run_id, str(self.artifacts)) as store, \
+                TrackingSender(self.uri, run_id, cfg.tracking_retry_s) as sender:
 
             def report(m: EpochMetrics) -> None:  # sweep/worker.py's reporter, less resuming
                 t0 = time.perf_counter()

@@ -61,6 +61,19 @@ class Checkpoint:
                    torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                    first_loss, tuple(history))
 
+    def detached(self) -> "Checkpoint":
+        """A copy whose tensors are on the CPU and no longer shared with training."""
+        import copy
+
+        from torch.utils._pytree import tree_map
+
+        def own(value):
+            return value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else copy.deepcopy(value)
+
+        return Checkpoint(self.epoch, tree_map(own, self.model), tree_map(own, self.optimizer),
+                          copy.deepcopy(self.schedule), own(self.generator), own(self.rng),
+                          None if self.device_rng is None else own(self.device_rng), self.first_loss, self.history)
+
     def restore(self, model, optimizer, schedule, generator: torch.Generator) -> None:
         """Put freshly built training objects where this checkpoint left them."""
         model.load_state_dict(self.model)
@@ -140,12 +153,38 @@ def save(uri: str, run_id: str, checkpoint: Checkpoint, root: str | None = None)
     return True
 
 
-def saver(uri: str, run_id: str, root: str | None = None) -> Callable[[Checkpoint], None]:
-    """``run_trial``'s ``save`` callback for a run."""
-    def store(checkpoint: Checkpoint) -> None:
-        save(uri, run_id, checkpoint, root)
+class saver:
+    """``run_trial``'s ``save`` callback for a run, used as a context manager. Each checkpoint is
+    copied off the live tensors at once (the next epoch changes them), then written and uploaded
+    in the background while training goes on: a resnet18 checkpoint (85 MB) took 0.6-1.2 s per
+    epoch to write on 2 CPU cores (``bench/trial_loop.py``). At most one write is in flight (the
+    next waits for it), so memory holds at most one extra copy; leaving the block waits for the
+    last one, so a finished trial's final checkpoint is stored before the trial is told."""
 
-    return store
+    def __init__(self, uri: str, run_id: str, root: str | None = None):
+        self.uri, self.run_id, self.root = uri, run_id, root
+        self._writer = None
+        self._pending = None
+
+    def __enter__(self) -> "saver":
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-checkpoint")
+        return self
+
+    def __call__(self, checkpoint: Checkpoint) -> None:
+        self.wait()
+        snapshot = checkpoint.detached()
+        self._pending = self._writer.submit(save, self.uri, self.run_id, snapshot, self.root)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()  # save() says its failures and never raises
+            self._pending = None
+
+    def __exit__(self, *exc) -> None:
+        self.wait()
+        self._writer.shutdown()
 
 
 def load_latest(uri: str, run_id: str, root: str | None = None) -> Checkpoint | None:

@@ -134,9 +134,8 @@ def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
                 with store_calls(OPTUNA):
                     trial.report(m.val_accuracy, m.epoch)
     spent["setup_seconds"] = time.perf_counter() - entered  # the study, the attempt's attributes, a checkpoint
-    with device_memory() as memory:
-        result = run_trial(task.config, data, report, resume, checkpoints.saver(uri, task.run_id,
-                                                                               task.stores.artifacts))
+    with device_memory() as memory, checkpoints.saver(uri, task.run_id, task.stores.artifacts) as save:
+        result = run_trial(task.config, data, report, resume, save)
     result.metrics.update(memory)
     result.metrics.update(spent)
     sender.flush()  # every epoch logged, or the budget spent: never a silent gap

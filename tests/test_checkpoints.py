@@ -126,7 +126,8 @@ def test_store_keeps_the_latest_reads_past_a_torn_one_and_deletes(tmp_path, digi
     blocker.write_text("")
     unwritable = client.create_run(client.create_experiment("ckpt-unwritable", artifact_location=(
         blocker / "artifacts").as_uri())).info.run_id
-    result = run_trial(TrialConfig(epochs=1, batch_size=64), digits, save=checkpoints.saver(tracking_uri, unwritable))
+    with checkpoints.saver(tracking_uri, unwritable) as save:
+        result = run_trial(TrialConfig(epochs=1, batch_size=64), digits, save=save)
     assert result.status == "ok", result.reason
     assert "checkpoints: could not store epoch 1 of run" in capsys.readouterr().err
 
@@ -230,3 +231,23 @@ def test_without_a_tracking_server_artifacts_go_to_the_sweep_directory():
     assert Stores("journal:///s/optuna.journal", "sqlite:///s/mlflow.db").local_tracking
     assert Stores("journal:///s/optuna.journal", "postgresql://me@db/mlflow").local_tracking
     assert not Stores("postgresql://me@db/optuna", "http://mlflow:5000").local_tracking
+
+
+def test_a_detached_checkpoint_is_not_changed_by_training_on(digits):
+    """The saver writes in the background while the next epoch trains: what it writes is a copy."""
+    import torch
+
+    saved = []
+    run_trial(TrialConfig(optimizer="momentum", optimizer_params={"lr": 0.05}, epochs=1), digits, save=saved.append)
+    live = saved[0]
+    copy = live.detached()
+    before = {k: v.clone() for k, v in copy.model.items()}
+    momentum_before = [s["momentum_buffer"].clone() for s in copy.optimizer["state"].values()]
+    assert len(momentum_before) == len(before) > 0
+    for tensor in live.model.values():
+        tensor.add_(1.0)  # what the next epoch's steps do to the live tensors
+    for state in live.optimizer["state"].values():
+        state["momentum_buffer"].mul_(0.0)
+    assert all(torch.equal(copy.model[k], before[k]) for k in before)
+    assert all(torch.equal(s["momentum_buffer"], b) for s, b in zip(copy.optimizer["state"].values(), momentum_before))
+    assert copy.history == live.history and copy.epoch == live.epoch
