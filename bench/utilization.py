@@ -1,11 +1,11 @@
 """Worker utilization: of the W x wall seconds W workers had, how many went into training?
 
 K trials of fixed, known work (SGD with a fixed lr, constant schedule, no pruning, random
-sampler: nothing searched changes the work; digits / simple_cnn, epochs calibrated so a trial
+sampler: nothing searched changes the work; synthetic 3x32x32 / simple_cnn, epochs calibrated so a trial
 trains about ``--trial-seconds``) run through the real product in this process:
 ``sweep.engine.run_sweep(load_config(...))``, re-evaluation and figures off, a temporary
-output directory. Utilization = sum of the trials' training seconds (``final_train_seconds``,
-the epochs' training loops) / (W x wall), wall running from the first trial's start to the last
+output directory. Utilization = sum of the trials' training and validation seconds (``final_train_seconds`` +
+``final_eval_seconds``: what a hand-written loop does too) / (W x wall), wall running from the first trial's start to the last
 trial's end as Optuna records them (``datetime_start``, ``datetime_complete``), so start-up is
 excluded; it is also given with start-up (wall = the whole ``run_sweep`` call). Target: >= 0.95
 at W=2 with ~2-s trials.
@@ -44,8 +44,11 @@ TARGET = 0.95
 LR = 0.05
 
 
-def overrides(output_dir: str, workers: int, trials: int, epochs: int) -> list[str]:
-    return [f"name=util-w{workers}", "optimizers=[sgd]", f"optimizer.lr={LR}", "schedules=[constant]",
+DATASET = "synthetic"  # 3x32x32: an epoch of about a second on one core, so 2 epochs make a ~2-s trial
+
+
+def overrides(output_dir: str, workers: int, trials: int, epochs: int, name: str = "") -> list[str]:
+    return [f"name={name or f'util-w{workers}'}", f"dataset={DATASET}", "optimizers=[sgd]", f"optimizer.lr={LR}", "schedules=[constant]",
             "pruner=none", "sampler=random", f"trials={trials}", f"epochs={epochs}", f"workers={workers}",
             "reeval_seeds=0", "report_figures=false", f"output_dir={output_dir}"]
 
@@ -96,6 +99,10 @@ def measure(workers: int, trials: int, epochs: int) -> tuple[list[dict[str, Any]
     from sweep.studies import MLFLOW_RUN, SweepStudy, study_name
 
     with tempfile.TemporaryDirectory(prefix="bench-util-") as out:
+        # start-up first: a W-trial sweep in the same Ray warms the worker processes (imports, the
+        # first optimizer, the data's copy), which `bench/startup.py` measures on its own
+        run_sweep(load_config("quickstart", overrides(out, workers, workers, 1, name=f"util-warm-w{workers}"),
+                              default="quickstart", mode=SWEEP))
         cfg = load_config("quickstart", overrides(out, workers, trials, epochs), default="quickstart", mode=SWEEP)
         launched = time.time()
         result = run_sweep(cfg)
@@ -108,9 +115,13 @@ def measure(workers: int, trials: int, epochs: int) -> tuple[list[dict[str, Any]
             start, end = t.datetime_start.timestamp(), t.datetime_complete.timestamp()
             a = t.user_attrs
             seconds, train = a.get("final_seconds", 0.0), a.get("final_train_seconds", 0.0)
+            evaluation, report = a.get("final_eval_seconds", 0.0), a.get("final_report_seconds", 0.0)
             row = {"workers": workers, "trial": t.number, "worker": a.get("worker", "?"),
                    "status": a.get("status", t.state.name), "start_s": start - launched, "span_s": end - start,
-                   "train_s": train, "run_trial_s": seconds, "in_run_trial_not_training_s": seconds - train,
+                   "train_s": train, "eval_s": evaluation, "run_trial_s": seconds,
+                   "report_s": report,  # Optuna report + should_prune and MLflow per epoch (inside run_trial)
+                   "in_run_trial_other_s": seconds - train - evaluation - report,  # tensors, model, checkpoints
+                   "worker_setup_s": a.get("final_setup_seconds", 0.0),  # study load, attempt attributes
                    "outside_run_trial_s": (end - start) - seconds}
             m = mlflow_times(stores.tracking_uri, a[MLFLOW_RUN]) if MLFLOW_RUN in a else {}
             if "first_epoch_logged" in m:
@@ -122,7 +133,6 @@ def measure(workers: int, trials: int, epochs: int) -> tuple[list[dict[str, Any]
                            last_epoch_logged_to_complete_s=end - m["last_epoch_logged"])
             row["_start"], row["_end"] = start, end
             rows.append(row)
-    ray.shutdown()
     # the gap between one trial's end and the next start on the same worker process
     gaps: list[float] = []
     by_worker: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -134,21 +144,28 @@ def measure(workers: int, trials: int, epochs: int) -> tuple[list[dict[str, Any]
             nxt["gap_after_previous_s"] = nxt["_start"] - prev["_end"]
             gaps.append(nxt["_start"] - prev["_end"])
     # after each worker process's first trial (its imports, torch's first optimizer): the steady state
-    steady_train = sum(r["train_s"] for same in by_worker.values() for r in same[1:])
+    steady_train = sum(r["train_s"] + r["eval_s"] for same in by_worker.values() for r in same[1:])
     steady_wall = sum(same[-1]["_end"] - same[0]["_end"] for same in by_worker.values())
     first, last = min(r["_start"] for r in rows), max(r["_end"] for r in rows)
     wall = last - first
     capacity = workers * wall
     train = sum(r["train_s"] for r in rows)
+    evaluation = sum(r["eval_s"] for r in rows)
+    useful = train + evaluation  # what a hand-written loop also does: training steps and validation passes
     spans = sum(r["span_s"] for r in rows)
-    inside = sum(r["in_run_trial_not_training_s"] for r in rows)
+    report = sum(r["report_s"] for r in rows)
+    inside = sum(r["in_run_trial_other_s"] for r in rows)
+    setup = sum(r["worker_setup_s"] for r in rows)
     outside = sum(r["outside_run_trial_s"] for r in rows)
     total = {"workers": workers, "trials": len(rows), "epochs": epochs, "wall_s": wall, "whole_run_sweep_s": whole,
-             "to_first_trial_s": first - launched, "train_s": train,
-             "utilization": train / capacity, "utilization_with_startup": train / (workers * whole),
+             "to_first_trial_s": first - launched, "train_s": train, "eval_s": evaluation,
+             "utilization": useful / capacity, "utilization_training_steps_only": train / capacity,
+             "utilization_with_startup": useful / (workers * whole),
              "utilization_after_first_trial": steady_train / steady_wall if steady_wall > 0 else None,
              "worker_processes": len(by_worker),
-             "share_in_run_trial_not_training": inside / capacity, "share_outside_run_trial": outside / capacity,
+             "share_store_calls_per_epoch": report / capacity, "share_in_run_trial_other": inside / capacity,
+             "share_worker_setup": setup / capacity,
+             "share_outside_run_trial": outside / capacity,  # driver ask + MLflow run, dispatch, data, setup, finish
              "share_idle_slots": (capacity - spans) / capacity,
              "median_gap_same_worker_s": median(gaps) if gaps else None,
              "median_ask_to_run_created_s": _median_of(rows, "ask_to_run_created_s"),
@@ -192,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     result.rows += [{"what": "total", **t} for t in totals]
     for t in totals:
         w = t["workers"]
-        note = (f"{t['trials']} trials x {epochs} epochs, {t['train_s'] / t['trials']:.2f} s training each; "
-                f"rest: {t['share_in_run_trial_not_training']:.1%} in run_trial not training, "
-                f"{t['share_outside_run_trial']:.1%} outside run_trial, {t['share_idle_slots']:.1%} idle slots")
+        note = (f"{t['trials']} trials x {epochs} epochs, {(t['train_s'] + t['eval_s']) / t['trials']:.2f} s "
+                f"training and validation each; rest: {t['share_store_calls_per_epoch']:.1%} per-epoch store calls, "
+                f"{t['share_in_run_trial_other']:.1%} other in run_trial, {t['share_outside_run_trial']:.1%} outside "
+                f"run_trial (of which worker set-up {t['share_worker_setup']:.1%}), "
+                f"{t['share_idle_slots']:.1%} idle slots")
         result.headlines.append(Headline(f"utilization W={w}", t["utilization"], "", f">= {TARGET}" if w == 2 else "",
                                          t["utilization"] >= TARGET if w == 2 else None, note))
         result.headlines.append(Headline(f"utilization W={w} with start-up", t["utilization_with_startup"], "",
@@ -203,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                                          t["utilization_after_first_trial"], "",
                                          note=f"{t['worker_processes']} worker processes; per process, from its "
                                               "first trial's end to its last trial's end"))
+    import ray
+
+    ray.shutdown()
     finish(result, args.json)
     return 0
 
