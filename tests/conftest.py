@@ -57,7 +57,9 @@ def ray_address():
     """Start Ray once; sweeps run in-process reuse it, drivers in subprocesses connect to it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # one GPU declared (on a CPU machine Ray schedules against it; a trial then trains on the CPU):
+    # tests/test_gpu_slot.py runs GPU tasks; a CUDA machine's tests use its first GPU
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -220,6 +220,6 @@ def test_output_dir_that_is_a_file(tmp_path, capsys):
 
 @pytest.mark.slow  # asks the session's Ray (started here if no test before did)
 def test_more_gpus_than_any_node_exit_2(ray_address, tmp_path, capsys):
-    assert main(["run", "quickstart", f"output_dir={tmp_path / 'out'}", "num_gpus=1"]) == 2
-    assert capsys.readouterr().err.startswith("sweep: error: num_gpus: each trial asks for 1 GPU")
+    assert main(["run", "quickstart", f"output_dir={tmp_path / 'out'}", "num_gpus=2"]) == 2  # the session's Ray has 1
+    assert capsys.readouterr().err.startswith("sweep: error: num_gpus: each trial asks for 2 GPU")
     assert list(tmp_path.iterdir()) == []
