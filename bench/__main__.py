@@ -33,6 +33,7 @@ BENCHES = [
     Bench("storage_contention", "which Optuna storage for many workers on one machine"),
     Bench("mlflow_logging", "one log_batch per epoch vs one log_metric per metric"),
     Bench("tune_baseline", "the product against the same sweep wired by hand with Ray Tune", in_ci=False),
+    Bench("grpc_proxy", "P workers on PostgreSQL, direct or through Optuna's gRPC storage proxy", in_ci=False),
 ]
 
 
