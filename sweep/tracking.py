@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -45,7 +46,49 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 @functools.lru_cache(maxsize=4)
 def client(uri: str) -> MlflowClient:
     """One client per process and URI: workers log many trials through it."""
+    seed_sqlite(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+def seed_sqlite(uri: str) -> None:
+    """A new SQLite tracking store starts as a copy of an empty one that MLflow built once per
+    machine and MLflow version (under ~/.cache/optimizer-sweep): MLflow builds a new database by
+    running its whole chain of schema migrations, 1.6 s on 2 idle cores and 3 s busy, on every new
+    sweep; the copy takes milliseconds. Best effort: without the cache, MLflow builds it as before.
+    The copy never replaces a file (a hard link, refused if the file exists)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    target = Path(uri[len("sqlite:///"):])
+    if target.exists() or not target.parent.is_dir():
+        return
+    try:
+        template = _empty_store_template()
+        part = target.with_name(f".{target.name}.{os.getpid()}.part")
+        shutil.copyfile(template, part)
+        try:
+            os.link(part, target)
+        except FileExistsError:  # another process created it meanwhile: theirs stands
+            pass
+        finally:
+            part.unlink(missing_ok=True)
+    except OSError:
+        return
+
+
+def _empty_store_template() -> Path:
+    """The empty store for this MLflow version, built by MLflow itself the first time."""
+    from importlib.metadata import version
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optimizer-sweep"
+    template = cache / f"mlflow-{version('mlflow')}-empty.db"
+    if template.exists():
+        return template
+    cache.mkdir(parents=True, exist_ok=True)
+    building = cache / f".building-{os.getpid()}.db"
+    building.unlink(missing_ok=True)
+    MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)  # creates it
+    os.replace(building, template)
+    return template
 
 
 def _now_ms() -> int:
