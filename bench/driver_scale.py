@@ -53,7 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.suite import BenchResult, Headline, Size, finish, parser  # noqa: E402
+from bench.suite import BenchResult, Headline, Size, finish, parser, report_until_pruned  # noqa: E402
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 OPTIMIZER = "momentum"
@@ -138,13 +138,7 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
             live.set_user_attr(NODE_ID, "bench-node")
             live.set_user_attr(NODE_ADDRESS, "127.0.0.1")
             w1 = time.perf_counter()
-            ran, pruned = 0, False
-            for epoch, value in enumerate(curve, 1):
-                live.report(value, epoch)
-                ran = epoch
-                if live.should_prune():
-                    pruned = True
-                    break
+            ran, pruned = report_until_pruned(live, curve)
             w2 = time.perf_counter()
             metrics = {"epochs": float(ran), "seconds": 1.0, "train_seconds": 1.0, "val_accuracy": curve[ran - 1],
                        "best_val_accuracy": max(curve[:ran]), "test_accuracy": curve[ran - 1]}

@@ -52,7 +52,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.suite import BenchResult, Headline, Size, finish, parser  # noqa: E402
+from bench.suite import BenchResult, Headline, Size, finish, parser, report_until_pruned  # noqa: E402
 
 PRUNERS = ("none", "median", "asha", "hyperband")  # none first: the reference, and the replay's curves
 TARGET_RATIO, TARGET_DROP_POINTS = 3.0, 0.5
@@ -237,13 +237,7 @@ def replay(curves: dict[str, list[tuple[list[float], str, float]]], make: Callab
         top: float | None = None
         for curve, status, per_epoch in trials:
             trial = study.ask()
-            ran, pruned = 0, False
-            for step, value in enumerate(curve, 1):
-                trial.report(value, step)
-                ran = step
-                if trial.should_prune():
-                    pruned = True
-                    break
+            ran, pruned = report_until_pruned(trial, curve)
             epochs += ran
             seconds += ran * per_epoch
             if pruned:

@@ -133,6 +133,17 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 
 
+def report_until_pruned(trial, curve: Sequence[float]) -> tuple[int, bool]:
+    """Report a per-epoch curve to an Optuna trial as a worker does (epochs from 1), stopping where
+    its pruner prunes; returns (epochs reported, pruned)."""
+    ran = 0
+    for ran, value in enumerate(curve, 1):
+        trial.report(value, ran)
+        if trial.should_prune():
+            return ran, True
+    return ran, False
+
+
 def finish(result: BenchResult, json_path: Path | None = None) -> Path:
     """Write the result with the machine's description and print its table and headlines."""
     path = json_path or RESULTS_DIR / f"{result.bench}.json"
