@@ -23,9 +23,9 @@ headline is the median of the per-repeat ratios product / bare. The MLflow run, 
 trial and the sender are set up before the product's clock starts and closed after it stops
 (the driver's and the worker's per-trial work, measured by other benches).
 
-Both sides use the same ``torch.set_num_threads`` (``--threads``; at ``--size ci`` 1, as a sweep
-worker trains with one thread per trial: on 2 shared cores two OpenMP threads were 2-4x slower
-and far noisier; at ``--size full`` torch's default).
+Both sides use the same ``torch.set_num_threads`` (``--threads``; on a CPU 1, as a sweep worker
+trains with one thread per trial: on 2 shared cores two OpenMP threads were 2-4x slower and far
+noisier; with CUDA torch's default).
 
 Usage:  .venv/bin/python bench/trial_loop.py [--size ci|full] [--json PATH] [--models ...]
             [--data cifar fashion_mnist] [--batch 64 512] [--epochs E] [--repeats R] [--threads N]
@@ -305,12 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default: per model and size)")
     ap.add_argument("--repeats", type=int, default=None, help="ci: 3, full: 5")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch.set_num_threads for both sides (ci: 1; full: torch's default; 0: torch's default)")
+                    help="torch.set_num_threads for both sides (default: 1 on a CPU, torch's default with CUDA; 0: torch's default)")
     args = ap.parse_args(argv)
     plan = PLANS[(args.size, device_name())]
     batches = tuple(args.batch or plan.batches)
     repeats = args.repeats or plan.repeats
-    threads = args.threads if args.threads is not None else (1 if args.size is Size.CI else 0)
+    # one thread on a CPU, as a sweep's worker trains (num_cpus=1): with all cores, torch's OpenMP
+    # threads and the product's background threads (MLflow sender, checkpoint writer) contend
+    threads = args.threads if args.threads is not None else (0 if torch.cuda.is_available() else 1)
     if threads > 0:
         torch.set_num_threads(threads)
     print(f"torch {torch.__version__} on {device_name()}, {torch.get_num_threads()} threads; "
