@@ -462,6 +462,7 @@ class Driver:
             if tally.done >= tally.budget:
                 self.queue_reevals(opt)
         in_flight: dict[Any, tuple[Lane, int, str]] = {}
+        untidy: dict[str, Lane] = {}  # searches with newly finished trials, tidied once the slots are refilled
         try:
             with Progress(tallies) as progress:
                 while True:
@@ -476,6 +477,9 @@ class Driver:
                             self.reeval_running[lane.optimizer] += 1
                         else:
                             progress.started(lane.optimizer)
+                    for lane in untidy.values():  # after the refill: no worker waits for the deletes
+                        self.tidy_checkpoints(lane)
+                    untidy.clear()
                     if not in_flight:
                         break
                     ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=self.watch.poll_s)
@@ -494,7 +498,7 @@ class Driver:
                             tally = tallies[opt]
                             if tally.done >= tally.budget and tally.running == 0:
                                 self.queue_reevals(opt)
-                            self.tidy_checkpoints(lane)
+                            untidy[opt] = lane
         except BaseException:
             for ref in in_flight:  # their trials stay RUNNING: the next start queues them again
                 ray.cancel(ref, force=True)
