@@ -13,7 +13,8 @@ filesystem. A run keeps only its latest one. Storing is best effort: an upload o
 fails is said on stderr and the trial goes on (the next checkpoint tries again); a checkpoint
 that cannot be read means resuming from an older one, or from the start.
 
-MLflow and the store are imported when first used, so ``sweep train`` does not pay for them.
+MLflow and the store are imported when first used, so ``sweep train`` does not pay for them, and
+torch too, so the sweep's driver (which only tidies checkpoints) never imports it.
 """
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import torch
-
 from sweep.errors import first_line
 
 if TYPE_CHECKING:
+    import torch
+
     from sweep.trial import EpochMetrics
 
 FOLDER = "checkpoints"
@@ -56,6 +57,8 @@ class Checkpoint:
     @classmethod
     def capture(cls, epoch: int, model, optimizer, schedule, generator: torch.Generator,
                 first_loss: float | None, history) -> "Checkpoint":
+        import torch
+
         device = generator.device
         return cls(epoch, model.state_dict(), optimizer.state_dict(), schedule.state_dict(), generator.get_state(),
                    torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -63,6 +66,8 @@ class Checkpoint:
 
     def detached(self) -> "Checkpoint":
         """A copy whose tensors are on the CPU and no longer shared with training."""
+        import torch
+
         import copy
 
         from torch.utils._pytree import tree_map
@@ -76,6 +81,8 @@ class Checkpoint:
 
     def restore(self, model, optimizer, schedule, generator: torch.Generator) -> None:
         """Put freshly built training objects where this checkpoint left them."""
+        import torch
+
         model.load_state_dict(self.model)
         schedule.load_state_dict(self.schedule)
         optimizer.load_state_dict(self.optimizer)  # after the schedule: building a scheduler moves the LR
@@ -89,6 +96,8 @@ class Checkpoint:
 
 def write(checkpoint: Checkpoint, path: Path) -> None:
     """Write atomically: a reader never sees half a file at ``path``."""
+    import torch
+
     part = path.with_name(path.name + ".part")
     fields = {**checkpoint.__dict__, "history": [asdict(m) for m in checkpoint.history]}
     torch.save({"format": FORMAT, **fields}, part)
@@ -98,6 +107,8 @@ def write(checkpoint: Checkpoint, path: Path) -> None:
 def read(path: Path) -> Checkpoint:
     """Raises on a file that is not a whole checkpoint of this format. Tensors and plain data only
     (``weights_only``): a file in a shared store is data, never code."""
+    import torch
+
     from sweep.trial import EpochMetrics
 
     fields = torch.load(path, map_location="cpu", weights_only=True)

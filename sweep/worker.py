@@ -24,6 +24,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sweep import checkpoints, credentials, tracking
 from sweep.config import TrialConfig
@@ -33,7 +34,9 @@ from sweep.mlflow_sender import TrackingSender, use_short_requests
 from sweep.outcome import Status, TrialOutcome
 from sweep.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, RESUMED_FROM, SweepStudy
 from sweep.sweepdir import Stores
-from sweep.trial import EpochMetrics, PruneTrial, run_trial
+
+if TYPE_CHECKING:
+    from sweep.trial import EpochMetrics
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ def execute(task: TrialTask, data) -> TrialOutcome:
 
 def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
     import torch
+
+    from sweep.trial import PruneTrial, run_trial  # torch: imported here, so the driver never does
 
     entered = time.perf_counter()
     torch.set_num_threads(max(1, task.threads))
