@@ -277,7 +277,8 @@ def _warm_up() -> int:
 
     import torch
 
-    import sweep.worker  # noqa: F401 - the trial's modules: torch, Optuna, MLflow, the project
+    import sweep.trial  # noqa: F401 - the trial loop: torch, the models, the optimizers
+    import sweep.worker  # noqa: F401 - its reporting: Optuna, MLflow
 
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     return os.getpid()

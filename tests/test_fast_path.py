@@ -19,8 +19,7 @@ def _trajectory(result):
     return [(h.train_loss, h.train_accuracy, h.val_loss, h.val_accuracy) for h in result.history]
 
 
-@pytest.mark.parametrize("optimizer,lr", DIVERGING)
-@pytest.mark.parametrize("every", [5, 64])
+@pytest.mark.parametrize("optimizer,lr,every", [(*DIVERGING[0], 64), *((*d, 5) for d in DIVERGING)])
 def test_divergence_read_every_n_batches_names_the_same_step(digits, optimizer, lr, every):
     """Read every N batches, a divergence ends the trial with the same status and the same reason
     (the same loss, epoch and step) as read every batch: only the steps in between also ran."""
@@ -45,7 +44,7 @@ def test_divergence_in_a_later_epoch_is_caught_before_the_epoch_is_reported(digi
     assert [m.epoch for m in reported] == [1] and batched.epochs_run == each.epochs_run == 1
 
 
-@pytest.mark.parametrize("every", [1, 7, 10_000])
+@pytest.mark.parametrize("every", [7, 10_000])
 def test_a_healthy_trial_is_the_same_whatever_the_check_interval(digits, every):
     cfg = TrialConfig(optimizer="momentum", optimizer_params={"lr": 0.05}, epochs=2, seed=1)
     reference = run_trial(cfg, digits)
