@@ -66,10 +66,9 @@ class Checkpoint:
 
     def detached(self) -> "Checkpoint":
         """A copy whose tensors are on the CPU and no longer shared with training."""
-        import torch
-
         import copy
 
+        import torch
         from torch.utils._pytree import tree_map
 
         def own(value):

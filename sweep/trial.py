@@ -114,6 +114,10 @@ def evaluate(model, x, y, autocast, batch_size: int = 1024) -> tuple[float, floa
     return loss_sum.item() / len(x), correct.item() / len(x)
 
 
+GPU_CHECK_STEPS = 32
+COMPILE_BACKEND = "SWEEP_COMPILE_BACKEND"  # torch.compile's backend (default inductor; the tests use eager)
+
+
 def resolve_auto(value: bool | str, device: torch.device) -> bool:
     """``auto`` settings (bf16, channels_last) are on where they pay: a CUDA device."""
     return device.type == "cuda" if value == AUTO else bool(value)
@@ -128,8 +132,6 @@ def divergence_check_steps(cfg: TrialConfig, device: torch.device) -> int:
     return GPU_CHECK_STEPS if device.type == "cuda" else 1
 
 
-GPU_CHECK_STEPS = 32
-COMPILE_BACKEND = "SWEEP_COMPILE_BACKEND"  # torch.compile's backend (default inductor; the tests use eager)
 
 
 def run_trial(cfg: TrialConfig, data: DataSplits | None = None, reporter: Reporter | None = None,
