@@ -198,3 +198,53 @@ class FusedOptimizer:
             if entry and self.steps:  # torch.optim has no state before the first step
                 state[index] = entry
         return state
+
+
+class MemberOptimizers:
+    """Each member stepped by its own registry optimizer (torch.optim, or ``MomentumSGD``), built
+    as for a solo trial, over views of the member's slice of the stacked parameters: the very
+    update a solo trial makes, so a member is bit-identical to its solo trial on the CPU.
+
+    It costs one optimizer step per member (a loop over the members, each over the parameters)
+    where ``FusedOptimizer`` makes one pass for all; bench/packing.py measures the difference.
+    ``holder(i)`` is member ``i``'s optimizer: its schedule sets its LR, its ``state_dict()`` is the
+    member's optimizer checkpoint as is."""
+
+    def __init__(self, optimizer: str, hyperparameters: Sequence[Mapping], params: Mapping[str, Tensor]):
+        from optim.optimizers import build_optimizer
+
+        self.optimizer = optimizer
+        self.params = dict(params)
+        self.members = [build_optimizer(optimizer, self._views(i), hp) for i, hp in enumerate(hyperparameters)]
+
+    def _views(self, member: int) -> list[Tensor]:
+        """Member ``member``'s parameters: leaf views sharing the stacked tensors' storage."""
+        return [p.data[member] for p in self.params.values()]
+
+    def holder(self, member: int) -> torch.optim.Optimizer:
+        return self.members[member]
+
+    def step(self, lr: Tensor | None = None) -> None:
+        """One update of every member, each at its own optimizer's LR (``lr`` is not needed)."""
+        for member, optimizer in enumerate(self.members):
+            for view, p in zip(optimizer.param_groups[0]["params"], self.params.values()):
+                view.grad = None if p.grad is None else p.grad[member]
+            optimizer.step()
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+        for optimizer in self.members:
+            for view in optimizer.param_groups[0]["params"]:
+                view.grad = None
+
+    def select(self, keep: Tensor, params: Mapping[str, Tensor]) -> None:
+        """Keep members ``keep``; their optimizers (and state) move to the compacted ``params``."""
+        self.members = [self.members[k] for k in keep.tolist()]
+        self.params = dict(params)
+        for member, optimizer in enumerate(self.members):
+            old, new = optimizer.param_groups[0]["params"], self._views(member)
+            for before, after in zip(old, new):
+                if before in optimizer.state:
+                    optimizer.state[after] = optimizer.state.pop(before)
+            optimizer.param_groups[0]["params"] = new

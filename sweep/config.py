@@ -96,6 +96,23 @@ def _auto_bool(key, value):
 _auto_bool.allowed = "auto | true | false"
 
 
+PACK_LIMIT = 1024
+EXACT, FUSED = "exact", "fused"
+PACK_UPDATES = (EXACT, FUSED)
+
+
+def _pack(key, value):
+    """``auto`` or how many trials of one optimizer train together (``sweep.pack_trial``)."""
+    if value == AUTO:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PACK_LIMIT:
+        raise ConfigError(key, f"must be auto or an integer in [1, {PACK_LIMIT}], got {value!r}")
+    return value
+
+
+_pack.allowed = f"auto | integer in [1, {PACK_LIMIT}]"
+
+
 def _text(key, value):
     if not isinstance(value, str) or not value:
         raise ConfigError(key, f"must be a non-empty string, got {value!r}")
@@ -297,6 +314,12 @@ class SweepConfig:
     bf16: bool | str = key(AUTO, _auto_bool, "bf16 autocast (auto: on a CUDA device)", frozen=True, trial=True)
     channels_last: bool | str = key(AUTO, _auto_bool, "channels_last memory format (auto: on a CUDA device)",
                                     trial=True)
+    pack_update: str = key("exact", _choice(PACK_UPDATES), "how a pack's optimizer steps its members: exact (each "
+                           "member's own optimizer: bit-identical to solo on CPU) or fused (one pass for all members)",
+                           trial=True)
+    pack_memory_mb: float | None = key(None, _optional(_float(0.0, low_inclusive=False)),
+                                       "memory a pack may use on its device, in MB (unset: the free memory); "
+                                       "a bigger pack runs as sub-packs", trial=True)
     compile: bool = key(False, _bool, "torch.compile the model (its time is reported as compile_seconds)",
                         trial=True)
     divergence_check_steps: int = key(0, _int(0, 100_000), "check the loss for divergence every N batches, one "
@@ -316,7 +339,9 @@ class SweepConfig:
                                               "batch_size, not searched); refused by `sweep train`", frozen=True)
     search_effective_lr: bool = key(False, _bool, "search lr/(1-momentum) instead of lr", frozen=True)
     trials: int = key(6, _int(1, 100_000), "finished trials per optimizer")
-    workers: int = key(2, _int(1, 10_000), "trials in flight at once")
+    workers: int = key(2, _int(1, 10_000), "trials (or packs of trials) in flight at once")
+    pack: int | str = key(1, _pack, "trials of one optimizer trained together as one fused model on one device, "
+                          "one Ray task (auto: as many as fit in its memory, up to 16)")
     num_cpus: float = key(1.0, _float(0.0, low_inclusive=False), "Ray CPUs per trial")
     num_gpus: float = key(0.0, _float(0.0), "Ray GPUs per trial (fractions share a GPU)")
     max_retries: int = key(2, _int(0, 100), "Ray retries of a trial whose worker process died")
@@ -549,6 +574,11 @@ def _check_together(cfg: SweepConfig, mode: str) -> None:
         raise ConfigError("batch_sizes", f"`sweep train` runs one batch size: set batch_size=N (batch_sizes="
                                          f"[{','.join(map(str, cfg.batch_sizes))}] is searched by `sweep run`), "
                                          "or batch_sizes=[]")
+    if cfg.pack != 1 and cfg.compile:
+        raise ConfigError("pack", "packed trials do not run under torch.compile: set compile=false, or pack=1")
+    if cfg.pack != 1 and cfg.batch_sizes:
+        raise ConfigError("pack", "a pack's trials share every batch, so they cannot search the batch size: "
+                                  "set batch_sizes=[] (batch_size=N), or pack=1")
     if mode == SWEEP and cfg.device.startswith("cuda") and cfg.num_gpus == 0:
         raise ConfigError("device", f"device={cfg.device} in a sweep needs num_gpus > 0 (Ray gives a trial "
                                     "only the GPUs it asks for); set num_gpus=1 (or a fraction), or device=auto")

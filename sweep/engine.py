@@ -22,7 +22,7 @@ from typing import Any
 
 from sweep import best_model, checkpoints, credentials, preflight, reeval, report, tracking
 from sweep.collect import TRAIN_IMAGES
-from sweep.config import FROZEN_KEYS, STORE_URL_KEYS, SweepConfig, saved_values
+from sweep.config import AUTO, FROZEN_KEYS, STORE_URL_KEYS, SweepConfig, saved_values
 from sweep.datasets import DataSplits, DatasetUnavailable, load_data
 from sweep.errors import ConfigError, StoreUnavailable, first_line, store_calls
 from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
@@ -32,7 +32,10 @@ from sweep.search import chosen_hyperparameters, run_params, sample_trial
 from sweep.studies import HYPERPARAMETERS, MLFLOW_RUN, RETRY_OF, SweepStudy, outcome_of
 from sweep.sweepdir import FINISHED, INTERRUPTED, RUNNING, Stores, SweepDir
 from sweep.waiting import TrackingWatch, announce_if_slow
+from sweep.pack_worker import PackTask, execute_pack
 from sweep.worker import TrialTask, execute
+
+AUTO_PACK = 16  # pack=auto asks this many trials per task; the worker splits what its device cannot hold
 
 INTERRUPTED_REASON = "interrupted: the driver stopped before the trial finished; queued again"
 # MLflow's SQL store logs every database error with its whole traceback before raising it; the
@@ -277,7 +280,7 @@ def _warm_up() -> int:
 
     import torch
 
-    import sweep.trial  # noqa: F401 - the trial loop: torch, the models, the optimizers
+    import sweep.pack_trial  # noqa: F401 - the trial loop (solo and packed): torch, the models, the optimizers
     import sweep.worker  # noqa: F401 - its reporting: Optuna, MLflow
 
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
@@ -458,11 +461,13 @@ class Driver:
         # data's device copy paid once); Ray's default for a GPU task is a fresh process per call
         remote = ray.remote(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_retries=cfg.max_retries,
                             max_calls=0)(execute)
+        remote_pack = ray.remote(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_retries=cfg.max_retries,
+                                 max_calls=0)(execute_pack)  # the task's resources serve the whole pack
         tallies = {opt: Tally.of(cfg.trials, study.outcomes()) for opt, study in self.studies.items()}
         for opt, tally in tallies.items():
             if tally.done >= tally.budget:
                 self.queue_reevals(opt)
-        in_flight: dict[Any, tuple[Lane, int, str]] = {}
+        in_flight: dict[Any, tuple[Lane, list[tuple[int, str]]]] = {}  # ref -> its trials (number, run id)
         untidy: dict[str, Lane] = {}  # searches with newly finished trials, tidied once the slots are refilled
         try:
             with Progress(tallies) as progress:
@@ -471,13 +476,19 @@ class Driver:
                         lane = self.next_lane(tallies)
                         if lane is None:
                             break
-                        ref, number, run_id = self.submit(lane, remote, data_ref)
-                        in_flight[ref] = (lane, number, run_id)
+                        size = 1 if lane.is_reeval else self.pack_size(tallies[lane.optimizer])
+                        if size == 1:
+                            ref, number, run_id = self.submit(lane, remote, data_ref)
+                            in_flight[ref] = (lane, [(number, run_id)])
+                        else:
+                            ref, trials = self.submit_pack(lane, size, remote_pack, data_ref)
+                            in_flight[ref] = (lane, trials)
                         if lane.is_reeval:
                             self.reeval_waiting[lane.optimizer] -= 1
                             self.reeval_running[lane.optimizer] += 1
                         else:
-                            progress.started(lane.optimizer)
+                            for _ in in_flight[ref][1]:
+                                progress.started(lane.optimizer)
                     for lane in untidy.values():  # after the refill: no worker waits for the deletes
                         self.tidy_checkpoints(lane)
                     untidy.clear()
@@ -487,15 +498,16 @@ class Driver:
                     if not ready:
                         self.watch.check()
                     for ref in ready:
-                        lane, number, run_id = in_flight.pop(ref)
-                        outcome = self.collect(ref, lane, number, run_id)
+                        lane, trials = in_flight.pop(ref)
                         opt = lane.optimizer
-                        if lane.is_reeval:
-                            self.reeval_running[opt] -= 1
-                            with _storage_calls():
-                                progress.note(opt, reeval_line(lane.study, number, outcome))
-                        else:
-                            progress.finished(opt, outcome)
+                        for (number, run_id), outcome in zip(trials, self.collect(ref, lane, trials)):
+                            if lane.is_reeval:
+                                self.reeval_running[opt] -= 1
+                                with _storage_calls():
+                                    progress.note(opt, reeval_line(lane.study, number, outcome))
+                            else:
+                                progress.finished(opt, outcome)
+                        if not lane.is_reeval:
                             tally = tallies[opt]
                             if tally.done >= tally.budget and tally.running == 0:
                                 self.queue_reevals(opt)
@@ -535,7 +547,23 @@ class Driver:
         with self.watch.call():  # deletes are best effort, but a slow server is said, not silent
             self.retention.tidy({t.number: t.user_attrs[MLFLOW_RUN] for t, _ in finished}, keep)
 
+    def pack_size(self, tally: Tally) -> int:
+        """How many of the optimizer's trials the next task trains together: ``pack`` (or
+        ``AUTO_PACK``), no more than its budget has left."""
+        wanted = AUTO_PACK if self.cfg.pack == AUTO else self.cfg.pack
+        return max(1, min(wanted, tally.budget - tally.done - tally.running))
+
     def submit(self, lane: Lane, remote, data_ref):
+        task = self.prepare_trial(lane)
+        return remote.remote(task, data_ref), task.number, task.run_id
+
+    def submit_pack(self, lane: Lane, size: int, remote_pack, data_ref):
+        """Ask ``size`` trials in a row (TPE's constant liar keeps them apart) and send them as one pack."""
+        tasks = tuple(self.prepare_trial(lane) for _ in range(size))
+        return remote_pack.remote(PackTask(tasks), data_ref), [(t.number, t.run_id) for t in tasks]
+
+    def prepare_trial(self, lane: Lane) -> TrialTask:
+        """Ask the lane's study for a trial and open its run: the task a worker runs."""
         opt, study, cfg = lane.optimizer, lane.study, self.cfg
         with announce_if_slow(self.storage_name), _storage_calls():
             trial = study.ask()
@@ -555,17 +583,17 @@ class Driver:
         with _storage_calls():
             trial.set_user_attr(MLFLOW_RUN, run_id)
             trial.set_user_attr(HYPERPARAMETERS, chosen_hyperparameters(tc, cfg))
-        task = TrialTask(self.stores, study.name, trial.number, run_id, "none" if lane.is_reeval else cfg.pruner,
+        return TrialTask(self.stores, study.name, trial.number, run_id, "none" if lane.is_reeval else cfg.pruner,
                          tc, threads=max(1, int(cfg.num_cpus)), credentials=self.credentials)
-        return remote.remote(task, data_ref), trial.number, run_id
 
-    def collect(self, ref, lane: Lane, number: int, run_id: str) -> TrialOutcome:
-        """The worker's outcome. A store that failed in the worker stops the sweep; a worker that
-        died past Ray's retries, or raised, makes the trial FAILED."""
+    def collect(self, ref, lane: Lane, trials: list[tuple[int, str]]) -> list[TrialOutcome]:
+        """The worker's outcomes, one per trial of the task. A store that failed in the worker stops
+        the sweep; a worker that died past Ray's retries, or raised, makes its trials FAILED."""
         import ray
 
         try:
-            return ray.get(ref)
+            got = ray.get(ref)
+            return got if isinstance(got, list) else [got]
         except ray.exceptions.RayError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, StoreUnavailable):
@@ -577,7 +605,8 @@ class Driver:
             else:  # Ray's own message ends with what happened to the worker
                 reason = f"worker error: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
             with self._tracking_calls():
-                return finish_trial(lane.study, self.stores.tracking_uri, run_id, number, Status.FAILED, reason)
+                return [finish_trial(lane.study, self.stores.tracking_uri, run_id, number, Status.FAILED, reason)
+                        for number, run_id in trials]
 
 
 def reeval_line(study: SweepStudy, number: int, outcome: TrialOutcome) -> str:

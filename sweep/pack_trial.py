@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from models import build_model
 from models.packed import PackedModel
 from optim import ScheduleDriver, resolve_hyperparameters
-from optim.fused import FusedOptimizer
+from optim.fused import FusedOptimizer, MemberOptimizers
 from optim.optimizers import build_optimizer
 from sweep.checkpoints import Checkpoint
-from sweep.config import TrialConfig
+from sweep.config import FUSED, TrialConfig
 from sweep.datasets import DataSplits, device_tensors, load_data
 from sweep.errors import StoreUnavailable
 from sweep.outcome import Status
@@ -54,6 +54,8 @@ def unpackable(configs: Sequence[TrialConfig]) -> str | None:
             return f"its trials differ in {f.name}"
     if any(c.optimizer != first.optimizer for c in configs):
         return "its trials differ in optimizer"
+    if len({resolve_hyperparameters(c.optimizer, c.optimizer_params).get("formulation") for c in configs}) > 1:
+        return "its trials differ in optimizer.formulation"
     if first.compile:
         return "compile=true does not run packed"
     return None
@@ -124,13 +126,14 @@ def _train(configs, data, reporters, saves, members: list[_Member], timings, sta
     n_train = len(t["train_x"])
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-    for i, c in enumerate(configs):
-        hp = resolve_hyperparameters(c.optimizer, c.optimizer_params)
-        holder = _lr_holder(hp["lr"])
+    hps = [resolve_hyperparameters(c.optimizer, c.optimizer_params) for c in configs]
+    pack = PackedModel(model, len(configs))
+    fused = cfg.pack_update == FUSED
+    optimizer = (FusedOptimizer if fused else MemberOptimizers)(cfg.optimizer, hps, pack.params)
+    for i, (c, hp) in enumerate(zip(configs, hps)):
+        holder = _lr_holder(hp["lr"]) if fused else optimizer.holder(i)
         members.append(_Member(i, c, reporters[i], saves[i], hp,
                                ScheduleDriver(holder, c.schedule, c.schedule_params, c.epochs, steps_per_epoch), holder))
-    pack = PackedModel(model, len(members))
-    optimizer = FusedOptimizer(cfg.optimizer, [m.hp for m in members], pack.params)
     active = list(members)  # in the pack's current order
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     bf16 = resolve_auto(cfg.bf16, device)
@@ -161,8 +164,9 @@ def _train(configs, data, reporters, saves, members: list[_Member], timings, sta
             optimizer.select(index, pack.params)
         return [active[i] for i in keep]
 
-    def lrs() -> torch.Tensor:
-        return torch.tensor([m.schedule.lr for m in active], device=device, dtype=torch.float64)
+    def lrs() -> torch.Tensor | None:
+        """The fused update's per-member LRs (each member optimizer has its own)."""
+        return torch.tensor([m.schedule.lr for m in active], device=device, dtype=torch.float64) if fused else None
 
     model.train()
     pack.train()
@@ -193,8 +197,7 @@ def _train(configs, data, reporters, saves, members: list[_Member], timings, sta
             optimizer.step(lr)
             for m in active:
                 m.schedule.after_batch()
-            if any(m.schedule.spec.granularity == "batch" or m.schedule.main is None for m in active):
-                lr = lrs()
+            lr = lrs()  # per step: warm-ups and one-cycle move it every batch
             correct += (logits.argmax(2) == y).sum(1)
             unchecked.append((step, len(idx), losses.detach()))
             if len(unchecked) < check_every and step + 1 < steps_per_epoch:
@@ -283,15 +286,20 @@ def _evaluate(pack: PackedModel, x, y, autocast, batch_size: int = 1024) -> tupl
     return [v / len(x) for v in loss_sum.tolist()], [c / len(x) for c in correct.tolist()]
 
 
-def _member_checkpoint(epoch: int, m: _Member, position: int, pack: PackedModel, optimizer: FusedOptimizer,
+def _member_checkpoint(epoch: int, m: _Member, position: int, pack: PackedModel,
+                       optimizer: FusedOptimizer | MemberOptimizers,
                        generator: torch.Generator, data: DataSplits, device, memory_format) -> Checkpoint:
     """Member ``m`` (at ``position`` in the pack) as a solo trial's checkpoint: a solo trial, or a
     re-run of this one, resumes from it exactly."""
     model = build_model(m.cfg.model, data.in_shape, data.num_classes).to(device, memory_format=memory_format)
     model.load_state_dict(pack.member_state_dict(position))
+    if isinstance(optimizer, MemberOptimizers):  # the member's optimizer is a solo optimizer already
+        return Checkpoint.capture(epoch, model, m.lr_holder, m.schedule, generator, m.first_loss, m.history)
     solo = build_optimizer(m.cfg.optimizer, model.parameters(), m.hp)
     group = solo.param_groups[0]
-    group.update({k: v for k, v in m.lr_holder.param_groups[0].items() if k in ("lr", "initial_lr")})
+    # the LR and what the member's scheduler keeps beside it (initial_lr, one-cycle's max_lr, ...)
+    group.update({k: v for k, v in m.lr_holder.param_groups[0].items()
+                  if k == "lr" or (k != "params" and k not in m.lr_holder.defaults)})
     names = [name for name, _ in model.named_parameters()]
     for index, state in optimizer.member_state(position, names).items():
         solo.state[group["params"][index]] = state

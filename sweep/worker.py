@@ -77,76 +77,108 @@ def execute(task: TrialTask, data) -> TrialOutcome:
             raise StoreUnavailable(exc.store, exc.detail) from None
 
 
-def _execute(task: TrialTask, data, sender: TrackingSender) -> TrialOutcome:
-    import torch
+class Attempt:
+    """This process's attempt at one trial: its live Optuna trial (the attempt counted and its
+    node recorded), its MLflow sender, the epochs an earlier attempt already recorded in each
+    store, and ``report``, the trial's per-epoch reporter. A solo trial and a pack member alike."""
 
-    from sweep.trial import PruneTrial, run_trial  # torch: imported here, so the driver never does
+    def __init__(self, task: TrialTask, study: SweepStudy, earlier, sender: TrackingSender,
+                 node: dict[str, str], tags: dict[str, str] | None = None):
+        self.task, self.study, self.sender = task, study, sender
+        self.entered = time.perf_counter()
+        with store_calls(OPTUNA):
+            self.trial = study.live_trial(task.number)
+            self.number = int(earlier.user_attrs.get(ATTEMPT, 0)) + 1
+            self.trial.set_user_attr(ATTEMPT, self.number)
+            self.trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+            for name, value in {**node, **(tags or {})}.items():
+                self.trial.set_user_attr(name, value)
+        sender.tag({f"sweep.{name}": value for name, value in {**node, **(tags or {})}.items()})
+        # epochs an attempt whose worker died already recorded, in each store (it may have died between)
+        self.reported = set(earlier.intermediate_values)
+        with store_calls(MLFLOW):
+            uri = task.stores.tracking_uri
+            self.logged = sender.call(lambda: tracking.logged_steps(uri, task.run_id)) if self.number > 1 else set()
+        self.spent = {"report_seconds": 0.0}  # the per-epoch store calls, inside the trial's own time
 
-    entered = time.perf_counter()
-    torch.set_num_threads(max(1, task.threads))
-    uri = task.stores.tracking_uri
-    with store_calls(OPTUNA):
-        study = SweepStudy.load(task.stores.storage, task.study_name, task.pruner, task.config.epochs)
-        earlier = study.record(task.number)
-    if earlier.state.is_finished():  # told by an attempt whose worker died right after
-        return close_from_record(study, uri, task.run_id, task.number, close_run=sender.close_run)
-    node = this_node()  # Ray's own context: not a store call
-    with store_calls(OPTUNA):
-        trial = study.live_trial(task.number)
-        attempt = int(earlier.user_attrs.get(ATTEMPT, 0)) + 1
-        trial.set_user_attr(ATTEMPT, attempt)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        for name, value in node.items():
-            trial.set_user_attr(name, value)
-    sender.tag({f"sweep.{name}": value for name, value in node.items()})
-    # epochs an attempt whose worker died already recorded, in each store (it may have died between)
-    reported = set(earlier.intermediate_values)
-    with store_calls(MLFLOW):
-        logged = sender.call(lambda: tracking.logged_steps(uri, task.run_id)) if attempt > 1 else set()
-
-    spent = {"report_seconds": 0.0}  # the per-epoch store calls, inside the trial's own time
-
-    def report(m: EpochMetrics) -> None:
+    def report(self, m: EpochMetrics) -> None:
         reporting = time.perf_counter()
         try:
-            _report(m)
+            self._report(m)
         finally:
-            spent["report_seconds"] += time.perf_counter() - reporting
+            self.spent["report_seconds"] += time.perf_counter() - reporting
 
-    def _report(m: EpochMetrics) -> None:
-        if m.epoch not in logged:
-            sender.log_epoch(m.epoch, m.logged())
-        sender.catch_up()  # MLflow before Optuna while MLflow answers; no wait during an outage
-        sender.check()  # MLflow away past tracking_retry_s: the trial fails (a store error stops the sweep)
+    def _report(self, m: EpochMetrics) -> None:
+        from sweep.trial import PruneTrial
+
+        if m.epoch not in self.logged:
+            self.sender.log_epoch(m.epoch, m.logged())
+        self.sender.catch_up()  # MLflow before Optuna while MLflow answers; no wait during an outage
+        self.sender.check()  # MLflow away past tracking_retry_s: the trial fails (a store error stops the sweep)
         with store_calls(OPTUNA):
-            if m.epoch not in reported:
-                trial.report(m.val_accuracy, m.epoch)
-            prune = trial.should_prune()
+            if m.epoch not in self.reported:
+                self.trial.report(m.val_accuracy, m.epoch)
+            prune = self.trial.should_prune()
         if prune:
             raise PruneTrial(f"pruned after epoch {m.epoch} (val accuracy {m.val_accuracy:.4f})")
 
-    resume = None
-    if attempt > 1:
-        resume = checkpoints.load_latest(uri, task.run_id, task.stores.artifacts)
+    def resume(self):
+        """The checkpoint a re-run goes on from (None: the first attempt, or none stored); the
+        epochs it holds are recorded in any store that lacks them (a queued write may have died
+        with the worker), so no step is left without its value."""
+        if self.number == 1:
+            return None
+        task, sender = self.task, self.sender
+        resume = checkpoints.load_latest(task.stores.tracking_uri, task.run_id, task.stores.artifacts)
         resumed_from = resume.epoch if resume is not None else 0  # 0: none stored, trains from the start
         with store_calls(OPTUNA):
-            trial.set_user_attr(RESUMED_FROM, resumed_from)
+            self.trial.set_user_attr(RESUMED_FROM, resumed_from)
         sender.tag({f"sweep.{RESUMED_FROM}": resumed_from})
-        for m in resume.history if resume is not None else ():  # stored with the checkpoint, maybe
-            if m.epoch not in logged:                            # not yet in a store (a queued write
-                sender.log_epoch(m.epoch, m.logged())            # died with the worker): no gap
-            if m.epoch not in reported:
+        for m in resume.history if resume is not None else ():
+            if m.epoch not in self.logged:
+                sender.log_epoch(m.epoch, m.logged())
+            if m.epoch not in self.reported:
                 with store_calls(OPTUNA):
-                    trial.report(m.val_accuracy, m.epoch)
-    spent["setup_seconds"] = time.perf_counter() - entered  # the study, the attempt's attributes, a checkpoint
-    with device_memory() as memory, checkpoints.saver(uri, task.run_id, task.stores.artifacts) as save:
-        result = run_trial(task.config, data, report, resume, save)
-    result.metrics.update(memory)
-    result.metrics.update(spent)
-    sender.flush()  # every epoch logged, or the budget spent: never a silent gap
-    status, reason = (Status.FAILED, sender.failure) if sender.failure else (result.status, result.reason)
-    return finish_trial(study, uri, task.run_id, task.number, status, reason, result.metrics,
-                        result.value, close_run=sender.close_run)
+                    self.trial.report(m.val_accuracy, m.epoch)
+        return resume
+
+    def saver(self) -> checkpoints.saver:
+        return checkpoints.saver(self.task.stores.tracking_uri, self.task.run_id, self.task.stores.artifacts)
+
+    def finish(self, result, memory: dict[str, float]) -> TrialOutcome:
+        """Record the result: every epoch logged first (or the budget spent: never a silent gap),
+        then Optuna, then the run."""
+        result.metrics.update(memory)
+        result.metrics.update(self.spent)
+        self.sender.flush()
+        failure = self.sender.failure
+        status, reason = (Status.FAILED, failure) if failure else (result.status, result.reason)
+        return finish_trial(self.study, self.task.stores.tracking_uri, self.task.run_id, self.task.number, status,
+                            reason, result.metrics, result.value, close_run=self.sender.close_run)
+
+
+def _load(task: TrialTask) -> SweepStudy:
+    with store_calls(OPTUNA):
+        return SweepStudy.load(task.stores.storage, task.study_name, task.pruner, task.config.epochs)
+
+
+def _execute(task: TrialTask, data, sender: TrackingSender, tags: dict[str, str] | None = None) -> TrialOutcome:
+    import torch
+
+    from sweep.trial import run_trial  # torch: imported here, so the driver never does
+
+    torch.set_num_threads(max(1, task.threads))
+    study = _load(task)
+    with store_calls(OPTUNA):
+        earlier = study.record(task.number)
+    if earlier.state.is_finished():  # told by an attempt whose worker died right after
+        return close_from_record(study, task.stores.tracking_uri, task.run_id, task.number, close_run=sender.close_run)
+    attempt = Attempt(task, study, earlier, sender, this_node(), tags)
+    resume = attempt.resume()
+    attempt.spent["setup_seconds"] = time.perf_counter() - attempt.entered  # the study, attributes, a checkpoint
+    with device_memory() as memory, attempt.saver() as save:
+        result = run_trial(task.config, data, attempt.report, resume, save)
+    return attempt.finish(result, memory)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,82 @@
+"""How many members of a pack fit in the device's memory, estimated from one training step.
+
+One member needs its parameters, their gradients, the optimizer's state (one to two tensors the
+size of the parameters) and the activations the backward pass keeps. The activations are
+measured, not guessed: one forward pass of a one-member pack on a real batch, with
+``torch.autograd.graph.saved_tensors_hooks`` adding up what autograd saves. A pack that would not
+fit in ``HEADROOM`` of the free memory is split into sub-packs run one after another
+(``split``), so it is slower, not crashed.
+
+``pack_memory_mb`` sets the memory a pack may use (to leave room for others on a shared device);
+unset, it is the free memory measured: the device's on CUDA, the host's available memory on a CPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from models import build_model
+from models.packed import PackedModel
+from optim.fused import rule_for
+from optim import resolve_hyperparameters
+
+HEADROOM = 0.8  # of the free memory: the allocator's fragmentation, evaluation batches, the data's copy
+
+
+@dataclass(frozen=True)
+class Fit:
+    member_bytes: int     # one member's estimated memory
+    available_bytes: int  # what the pack may use
+    members: int          # how many fit (at least 1)
+
+
+def available_bytes(device: torch.device, limit_mb: float | None = None) -> int:
+    if limit_mb is not None:
+        return int(limit_mb * 2**20)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def member_bytes(cfg, data, device: torch.device) -> int:
+    """One member's memory: parameters, gradients and optimizer state, and the activations one
+    training step keeps for its backward pass (measured on a batch of ``cfg.batch_size``)."""
+    model = build_model(cfg.model, data.in_shape, data.num_classes).to(device)
+    parameters = sum(p.numel() * p.element_size() for p in model.parameters())
+    state_tensors = len(rule_for(cfg.optimizer, [resolve_hyperparameters(cfg.optimizer, cfg.optimizer_params)]).state)
+    pack = PackedModel(model, 1)
+    saved = 0
+
+    def count(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    x = torch.as_tensor(data.train_x[:cfg.batch_size]).to(device)
+    y = torch.as_tensor(data.train_y[:cfg.batch_size]).to(device).long()
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+        loss = F.cross_entropy(pack(x).flatten(0, 1), y)
+    loss.backward()
+    return parameters * (2 + state_tensors) + saved
+
+
+def fit(cfg, data, device: torch.device) -> Fit:
+    per_member = member_bytes(cfg, data, device)
+    available = available_bytes(device, cfg.pack_memory_mb)
+    return Fit(per_member, available, max(1, int(available * HEADROOM // per_member)))
+
+
+def split(members: list, size: int) -> list[list]:
+    """``members`` in sub-packs of at most ``size``, as even as possible (7 by 3: 3, 2, 2)."""
+    count = -(-len(members) // max(1, size))
+    base, extra = divmod(len(members), count)
+    out, start = [], 0
+    for i in range(count):
+        end = start + base + (1 if i < extra else 0)
+        out.append(members[start:end])
+        start = end
+    return out
