@@ -32,6 +32,7 @@ BENCHES = [
     Bench("driver_scale", "driver cost per trial as a study grows to 1,000 trials (journal vs PostgreSQL)"),
     Bench("storage_contention", "which Optuna storage for many workers on one machine"),
     Bench("mlflow_logging", "one log_batch per epoch vs one log_metric per metric"),
+    Bench("packing", "trials/hour with pack = 1..32 (trials trained as one fused model), and whole sweeps"),
     Bench("tune_baseline", "the product against the same sweep wired by hand with Ray Tune", in_ci=False),
     Bench("grpc_proxy", "P workers on PostgreSQL, direct or through Optuna's gRPC storage proxy", in_ci=False),
 ]

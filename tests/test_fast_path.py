@@ -33,13 +33,13 @@ def test_divergence_read_every_n_batches_names_the_same_step(digits, optimizer, 
 
 def test_divergence_in_a_later_epoch_is_caught_before_the_epoch_is_reported(digits):
     """The last batches of an epoch are read before it is reported: an epoch past divergence is never reported."""
-    # a warm-up to a large LR: this one blows up at epoch 2, step 31 of 45
+    # a warm-up to a large LR: this one blows up in epoch 2 (the step depends on the CPU's float kernels)
     cfg = TrialConfig(optimizer="sgd", optimizer_params={"lr": 11.0}, epochs=4, schedule="constant",
                       schedule_params={"warmup_epochs": 3, "warmup_start_factor": 0.001})
     reported = []
     each = run_trial(dataclasses.replace(cfg, divergence_check_steps=1), digits)
     batched = run_trial(dataclasses.replace(cfg, divergence_check_steps=10_000), digits, reported.append)
-    assert each.status == "diverged" and "at epoch 2 step 31 " in each.reason, each.reason
+    assert each.status == "diverged" and "at epoch 2 step " in each.reason, each.reason
     assert batched.status == each.status and batched.reason == each.reason
     assert [m.epoch for m in reported] == [1] and batched.epochs_run == each.epochs_run == 1
 
