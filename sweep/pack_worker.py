@@ -78,7 +78,11 @@ def _execute_pack(task: PackTask, data) -> list[TrialOutcome]:
     from sweep.trial import pick_device
 
     device = pick_device(first.config.device)
-    fit = pack_memory.fit(first.config, data, device)
+    try:
+        fit = pack_memory.fit(first.config, data, device)
+    except Exception as exc:  # noqa: BLE001 - even one member's step failed: each member alone says why
+        error = f"{type(exc).__name__}: {exc}"
+        return [_solo(member, data, {PACK: task.label, PACK_ERROR: error[:500]}) for member in task.members]
     members = list(range(len(task.members)))
     sub_packs = pack_memory.split(members, fit.members)
     if len(sub_packs) > 1:

@@ -29,7 +29,14 @@ from sweep.pack_trial import run_pack, unpackable
 from sweep.trial import PruneTrial, TrialConfig, run_trial
 
 TOLERANCE = 1e-5
-BASE = TrialConfig(epochs=2, batch_size=32, train_subset=256)
+BASE = TrialConfig(epochs=2, batch_size=32)
+TRAIN_IMAGES = 384  # of digits' 1,150: 12 steps per epoch, enough for every schedule to move
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    """The session's digits with fewer training images (the same validation and test sets)."""
+    return dataclasses.replace(digits, train_x=digits.train_x[:TRAIN_IMAGES], train_y=digits.train_y[:TRAIN_IMAGES])
 
 # per optimizer: three members' hyperparameters, far enough apart to tell them apart
 HYPERPARAMETERS = {
@@ -126,9 +133,9 @@ def _approx(a, b) -> bool:
 
 @pytest.mark.parametrize("optimizer,formulation,schedules", RULE_CASES,
                          ids=[f"{o}-{f or 'plain'}-{'-'.join(s)}" for o, f, s in RULE_CASES])
-def test_each_member_follows_its_solo_trajectory(digits, optimizer, formulation, schedules):
+def test_each_member_follows_its_solo_trajectory(small, optimizer, formulation, schedules):
     configs = _configs(optimizer, formulation, schedules)
-    solo, packed, solo_saved, pack_saved = _trained(configs, digits)
+    solo, packed, solo_saved, pack_saved = _trained(configs, small)
     for i in range(len(configs)):
         assert len(pack_saved[i]) == len(solo_saved[i]) == 2  # a checkpoint per epoch, as solo
         for s_ck, p_ck in zip(solo_saved[i], pack_saved[i]):
@@ -136,19 +143,19 @@ def test_each_member_follows_its_solo_trajectory(digits, optimizer, formulation,
         assert packed[i].metrics["test_accuracy"] == solo[i].metrics["test_accuracy"]
 
 
-def test_a_member_checkpoint_resumes_solo_exactly(digits):
+def test_a_member_checkpoint_resumes_solo_exactly(small):
     configs = _configs("adam", None, ["onecycle", "plateau", "cosine"])
-    solo, packed, solo_saved, pack_saved = _trained(configs, digits)
+    solo, packed, solo_saved, pack_saved = _trained(configs, small)
     for i, config in enumerate(configs):
         resumed_saved = []
-        resumed = run_trial(config, digits, resume=pack_saved[i][0], save=_keeper(resumed_saved))
+        resumed = run_trial(config, small, resume=pack_saved[i][0], save=_keeper(resumed_saved))
         _assert_same_trajectory(solo[i], resumed, solo_saved[i][-1], resumed_saved[-1])
 
 
-def test_a_diverging_member_leaves_and_the_others_are_untouched(digits):
+def test_a_diverging_member_leaves_and_the_others_are_untouched(small):
     configs = _configs("sgd", None, ["constant", "cosine", "constant"])
     configs[1] = dataclasses.replace(configs[1], optimizer_params={"lr": 100.0})
-    solo, packed, solo_saved, pack_saved = _trained(configs, digits)
+    solo, packed, solo_saved, pack_saved = _trained(configs, small)
     assert solo[1].status == packed[1].status == Status.DIVERGED
     assert packed[1].reason == solo[1].reason  # the same step named
     assert packed[1].metrics["val_accuracy"] == solo[1].metrics["val_accuracy"]  # measured where it stopped
@@ -157,7 +164,7 @@ def test_a_diverging_member_leaves_and_the_others_are_untouched(digits):
         _assert_same_trajectory(solo[i], packed[i], solo_saved[i][-1], pack_saved[i][-1])
 
 
-def test_pruned_and_failing_members_leave_alone(digits):
+def test_pruned_and_failing_members_leave_alone(small):
     configs = _configs("momentum", "pytorch", ["constant", "step", "exponential"])
 
     def prune(m):
@@ -166,8 +173,8 @@ def test_pruned_and_failing_members_leave_alone(digits):
     def broken(m):
         raise RuntimeError("its tracking store refused the epoch")
 
-    solo = [run_trial(c, digits) for c in configs]
-    result = run_pack(configs, digits, reporters=[prune, None, broken])
+    solo = [run_trial(c, small) for c in configs]
+    result = run_pack(configs, small, reporters=[prune, None, broken])
     pruned, kept, failed = result.results
     assert pruned.status == Status.PRUNED and pruned.epochs_run == 1 and pruned.reason == "pruned after epoch 1"
     assert failed.status == Status.FAILED and "refused the epoch" in failed.reason and failed.epochs_run == 1
@@ -175,13 +182,13 @@ def test_pruned_and_failing_members_leave_alone(digits):
     assert kept.metrics["test_accuracy"] == solo[1].metrics["test_accuracy"]
 
 
-def test_a_failure_of_the_pack_itself_leaves_its_members_unfinished(digits):
+def test_a_failure_of_the_pack_itself_leaves_its_members_unfinished(small):
     configs = _configs("adagrad", None, ["constant", "constant", "constant"])
 
     def save_fails(checkpoint):
         raise OSError("no space left on device")
 
-    result = run_pack(configs, digits, saves=[None, save_fails, None])
+    result = run_pack(configs, small, saves=[None, save_fails, None])
     assert result.results == [None, None, None]
     assert result.error == "OSError: no space left on device"
 
@@ -265,13 +272,13 @@ def test_the_fused_update_is_the_registry_optimizer_per_member(optimizer, formul
 
 
 @pytest.mark.parametrize("optimizer", ["momentum", "adam"])
-def test_a_fused_pack_follows_its_solo_trajectories(digits, optimizer):
+def test_a_fused_pack_follows_its_solo_trajectories(small, optimizer):
     """The fused update within float rounding over 2 epochs, its checkpoints in the solo format
     (where rounding is not amplified: an adaptive optimizer turns rounding in a gradient near its
     eps into a different step, which only the exact update avoids)."""
     configs = [dataclasses.replace(c, pack_update="fused")
                for c in _configs(optimizer, "ema" if optimizer == "momentum" else None, ["onecycle", "cosine", "plateau"])]
     configs[2] = dataclasses.replace(configs[2], optimizer_params={**configs[2].optimizer_params, "weight_decay": 0.0})
-    solo, packed, solo_saved, pack_saved = _trained(configs, digits)
+    solo, packed, solo_saved, pack_saved = _trained(configs, small)
     for i in range(3):
         _assert_same_trajectory(solo[i], packed[i], solo_saved[i][-1], pack_saved[i][-1], tolerance=TOLERANCE)
