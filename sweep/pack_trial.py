@@ -270,9 +270,12 @@ def _train(configs, data, reporters, saves, members: list[_Member], timings, sta
         m.result.metrics.update(test_loss=test_losses[position], test_accuracy=test_accs[position])
 
 
-def _evaluate(pack: PackedModel, x, y, autocast, batch_size: int = 1024) -> tuple[list[float], list[float]]:
-    """Each member's mean loss and accuracy, summed on the device: one host sync for the pack."""
+def _evaluate(pack: PackedModel, x, y, autocast, images: int = 1024) -> tuple[list[float], list[float]]:
+    """Each member's mean loss and accuracy, summed on the device: one host sync for the pack.
+    Batches hold ``images`` member-images (1,024 / members images each), as a solo trial's do: a
+    pack of 8 evaluating 1,024 images at once was memory-bound (0.7x solo on 28x28 images)."""
     pack.eval()
+    batch_size = max(1, images // pack.members)
     loss_sum = torch.zeros(pack.members, device=x.device)
     correct = torch.zeros(pack.members, device=x.device, dtype=torch.long)
     with torch.no_grad(), autocast():
