@@ -11,7 +11,7 @@ tasks sharing the GPU with fractional ``num_gpus``.
               a CPU): ``run_trial`` one at a time (pack 1), then ``run_pack`` in packs of N.
               Both with ``pack_update=exact`` (the default; bit-identical to solo) and, for
               N > 1, ``fused``. Data: scikit-learn's digits (8x8) and Fashion-MNIST-shaped
-              synthetic images (28x28, 2,048 training images); on a GPU CIFAR-shaped synthetic
+              synthetic images (28x28, 1,024 training images); on a GPU CIFAR-shaped synthetic
               images for simple_cnn and resnet18.
 (2) sharing   (GPU only) the same K trials as K Ray tasks with ``num_gpus=1/N``, N at a time.
 (3) sweep     ``run_sweep`` of the quick start's momentum study, K trials, pack 1 against pack 8,
@@ -88,7 +88,7 @@ def datasets(size: Size, device: str):
     """(name, model, dataset key for TrialConfig, DataSplits, batch) per cell."""
     cells = [("digits", "simple_cnn", "digits", load_dataset("digits"), 32),
              ("fashion_mnist-shaped", "simple_cnn", "synthetic",
-              synthetic((1, 28, 28), 2048 if size is Size.FULL else 1024, 512), 32)]
+              synthetic((1, 28, 28), 1024, 512), 32)]
     if device == "cuda":
         cifar = synthetic((3, 32, 32), 10000 if size is Size.FULL else 2048, 1000)
         cells += [("cifar-shaped", "simple_cnn", "synthetic", cifar, 128),

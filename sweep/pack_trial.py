@@ -109,8 +109,8 @@ def run_pack(configs: Sequence[TrialConfig], data: DataSplits | None = None,
     except StoreUnavailable:
         raise
     except Exception as exc:  # the shared computation failed: no member can be blamed alone
-        return PackResult([m.result for m in members] + [None] * (len(configs) - len(members)) if members
-                          else [None] * len(configs), f"{type(exc).__name__}: {exc}")
+        results = [m.result for m in members]
+        return PackResult(results + [None] * (len(configs) - len(results)), f"{type(exc).__name__}: {exc}")
     return PackResult([m.result for m in members])
 
 
