@@ -461,13 +461,18 @@ class Driver:
         # data's device copy paid once); Ray's default for a GPU task is a fresh process per call
         remote = ray.remote(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_retries=cfg.max_retries,
                             max_calls=0)(execute)
-        remote_pack = ray.remote(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_retries=cfg.max_retries,
-                                 max_calls=0)(execute_pack)  # the task's resources serve the whole pack
+        # a pack's resources serve the whole pack. Ray never re-runs a pack: when its worker dies,
+        # its unfinished members go on as solo tasks (``collect``), each with the retries left
+        remote_pack = ray.remote(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_retries=0,
+                                 max_calls=0)(execute_pack)
+        remote_after_pack = ray.remote(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                                       max_retries=max(0, cfg.max_retries - 1), max_calls=0)(execute)
         tallies = {opt: Tally.of(cfg.trials, study.outcomes()) for opt, study in self.studies.items()}
         for opt, tally in tallies.items():
             if tally.done >= tally.budget:
                 self.queue_reevals(opt)
-        in_flight: dict[Any, tuple[Lane, list[tuple[int, str]]]] = {}  # ref -> its trials (number, run id)
+        # ref -> its lane, its trials (number, run id), and its PackTask when it is a pack
+        in_flight: dict[Any, tuple[Lane, list[tuple[int, str]], PackTask | None]] = {}
         untidy: dict[str, Lane] = {}  # searches with newly finished trials, tidied once the slots are refilled
         try:
             with Progress(tallies) as progress:
@@ -479,10 +484,10 @@ class Driver:
                         size = 1 if lane.is_reeval else self.pack_size(tallies[lane.optimizer])
                         if size == 1:
                             ref, number, run_id = self.submit(lane, remote, data_ref)
-                            in_flight[ref] = (lane, [(number, run_id)])
+                            in_flight[ref] = (lane, [(number, run_id)], None)
                         else:
-                            ref, trials = self.submit_pack(lane, size, remote_pack, data_ref)
-                            in_flight[ref] = (lane, trials)
+                            ref, pack = self.submit_pack(lane, size, remote_pack, data_ref)
+                            in_flight[ref] = (lane, [(t.number, t.run_id) for t in pack.members], pack)
                         if lane.is_reeval:
                             self.reeval_waiting[lane.optimizer] -= 1
                             self.reeval_running[lane.optimizer] += 1
@@ -498,9 +503,13 @@ class Driver:
                     if not ready:
                         self.watch.check()
                     for ref in ready:
-                        lane, trials = in_flight.pop(ref)
+                        lane, trials, pack = in_flight.pop(ref)
                         opt = lane.optimizer
-                        for (number, run_id), outcome in zip(trials, self.collect(ref, lane, trials)):
+                        outcomes, go_on_solo = self.collect(ref, lane, trials, pack)
+                        for member in go_on_solo:  # still running: counted as such
+                            in_flight[remote_after_pack.remote(member, data_ref)] = (
+                                lane, [(member.number, member.run_id)], None)
+                        for number, outcome in outcomes:
                             if lane.is_reeval:
                                 self.reeval_running[opt] -= 1
                                 with _storage_calls():
@@ -559,8 +568,9 @@ class Driver:
 
     def submit_pack(self, lane: Lane, size: int, remote_pack, data_ref):
         """Ask ``size`` trials in a row (TPE's constant liar keeps them apart) and send them as one pack."""
-        tasks = tuple(self.prepare_trial(lane) for _ in range(size))
-        return remote_pack.remote(PackTask(tasks), data_ref), [(t.number, t.run_id) for t in tasks]
+        share = self.cfg.num_gpus if 0 < self.cfg.num_gpus < 1 else 1.0
+        pack = PackTask(tuple(self.prepare_trial(lane) for _ in range(size)), device_share=share)
+        return remote_pack.remote(pack, data_ref), pack
 
     def prepare_trial(self, lane: Lane) -> TrialTask:
         """Ask the lane's study for a trial and open its run: the task a worker runs."""
@@ -586,27 +596,47 @@ class Driver:
         return TrialTask(self.stores, study.name, trial.number, run_id, "none" if lane.is_reeval else cfg.pruner,
                          tc, threads=max(1, int(cfg.num_cpus)), credentials=self.credentials)
 
-    def collect(self, ref, lane: Lane, trials: list[tuple[int, str]]) -> list[TrialOutcome]:
-        """The worker's outcomes, one per trial of the task. A store that failed in the worker stops
-        the sweep; a worker that died past Ray's retries, or raised, makes its trials FAILED."""
+    def collect(self, ref, lane: Lane, trials: list[tuple[int, str]],
+                pack: PackTask | None = None) -> tuple[list[tuple[int, TrialOutcome]], list[TrialTask]]:
+        """The task's outcomes as (trial number, outcome), and the members of a pack whose worker
+        died that go on solo (the driver sends them). A store that failed in the worker stops the
+        sweep; a worker that died past Ray's retries, or raised, makes its trials FAILED."""
         import ray
 
         try:
             got = ray.get(ref)
-            return got if isinstance(got, list) else [got]
+            return list(zip((number for number, _ in trials), got if isinstance(got, list) else [got])), []
         except ray.exceptions.RayError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, StoreUnavailable):
                 raise StoreUnavailable(cause.store, cause.detail) from None
             if isinstance(exc, StoreUnavailable):
                 raise StoreUnavailable(exc.store, exc.detail) from None
+            if pack is not None and self.cfg.max_retries and not isinstance(exc, ray.exceptions.RayTaskError):
+                return self.after_pack_died(lane, pack)
             if cause is not None and not isinstance(exc, ray.exceptions.WorkerCrashedError):
                 reason = f"worker error: {first_line(cause)}"
             else:  # Ray's own message ends with what happened to the worker
                 reason = f"worker error: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
             with self._tracking_calls():
-                return [finish_trial(lane.study, self.stores.tracking_uri, run_id, number, Status.FAILED, reason)
-                        for number, run_id in trials]
+                return [(number, finish_trial(lane.study, self.stores.tracking_uri, run_id, number, Status.FAILED,
+                                              reason)) for number, run_id in trials], []
+
+    def after_pack_died(self, lane: Lane, pack: PackTask) -> tuple[list[tuple[int, TrialOutcome]], list[TrialTask]]:
+        """A pack's worker died (killed, out of memory, its node lost): the members it had
+        finished keep their outcomes; the others go on solo, each from its own checkpoint, as a
+        solo trial's retry does (its attempt counted)."""
+        finished, go_on = [], []
+        for member in pack.members:
+            with _storage_calls():
+                outcome = outcome_of(lane.study.record(member.number))
+            if outcome is None:
+                go_on.append(member)
+            else:
+                finished.append((member.number, outcome))
+        _say(lane.optimizer, f"the worker of pack {pack.label} died: trial{'s' if len(go_on) > 1 else ''} "
+                             f"{', '.join(str(m.number) for m in go_on)} go{'' if len(go_on) > 1 else 'es'} on solo")
+        return finished, go_on
 
 
 def reeval_line(study: SweepStudy, number: int, outcome: TrialOutcome) -> str:

@@ -12,6 +12,7 @@ unset, it is the free memory measured: the device's on CUDA, the host's availabl
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -32,14 +33,25 @@ class Fit:
     members: int          # how many fit (at least 1)
 
 
-def available_bytes(device: torch.device, limit_mb: float | None = None) -> int:
+def available_bytes(device: torch.device, limit_mb: float | None = None, share: float = 1.0) -> int:
+    """What a pack may use: ``limit_mb``, or ``share`` of the free memory (a task given half a GPU
+    takes half of what is free: another pack may be sizing itself on the same device)."""
     if limit_mb is not None:
         return int(limit_mb * 2**20)
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    import psutil
+        return int(torch.cuda.mem_get_info(device)[0] * share)
+    return int(_host_available() * share)
 
-    return psutil.virtual_memory().available
+
+def _host_available() -> int:
+    """The host's available memory (Linux's MemAvailable; free pages elsewhere)."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def member_bytes(cfg, data, device: torch.device) -> int:
@@ -64,9 +76,9 @@ def member_bytes(cfg, data, device: torch.device) -> int:
     return parameters * (2 + state_tensors) + saved
 
 
-def fit(cfg, data, device: torch.device) -> Fit:
+def fit(cfg, data, device: torch.device, share: float = 1.0) -> Fit:
     per_member = member_bytes(cfg, data, device)
-    available = available_bytes(device, cfg.pack_memory_mb)
+    available = available_bytes(device, cfg.pack_memory_mb, share)
     return Fit(per_member, available, max(1, int(available * HEADROOM // per_member)))
 
 

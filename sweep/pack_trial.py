@@ -22,7 +22,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from sweep.datasets import DataSplits, device_tensors, load_data
 from sweep.errors import StoreUnavailable
 from sweep.outcome import Status
 from sweep.trial import (EpochMetrics, PruneTrial, Reporter, Saver, TrialResult, _final, divergence_check_steps,
-                         pick_device, random_crop_flip, resolve_auto)
+                         draw_batch, pick_device, resolve_auto)
 
 # What members of one pack may differ in; everything else (data, model, seed, epochs, batch size,
 # device) they share, since they share the batches and the forward pass.
@@ -93,9 +93,12 @@ def _lr_holder(lr: float) -> torch.optim.Optimizer:
 
 def run_pack(configs: Sequence[TrialConfig], data: DataSplits | None = None,
              reporters: Sequence[Reporter | None] | None = None,
-             saves: Sequence[Saver | None] | None = None) -> PackResult:
+             saves: Sequence[Saver | None] | None = None,
+             on_finish: Callable[[int, TrialResult], None] | None = None) -> PackResult:
     """Train ``configs`` (trials that ``unpackable`` accepts) as one pack. Like ``run_trial``, it
-    never raises for a trial's own failure; ``StoreUnavailable`` from a reporter passes through."""
+    never raises for a trial's own failure; ``StoreUnavailable`` from a reporter passes through.
+    ``on_finish(i, result)`` is called as soon as member ``i`` has its result (a member that leaves
+    early is recorded then, not when the pack ends); the pack goes on meanwhile."""
     why = unpackable(configs)
     if why:
         raise ValueError(f"these trials cannot run as one pack: {why}")
@@ -105,7 +108,8 @@ def run_pack(configs: Sequence[TrialConfig], data: DataSplits | None = None,
     timings = {"eval_seconds": 0.0}
     members: list[_Member] = []
     try:
-        _train(configs, data, reporters, saves, members, timings, started)
+        with warnings.catch_warnings():  # the members' schedulers step LRs of optimizers they do not see step
+                    _train(configs, data, reporters, saves, members, timings, started, on_finish)
     except StoreUnavailable:
         raise
     except Exception as exc:  # the shared computation failed: no member can be blamed alone
@@ -114,7 +118,7 @@ def run_pack(configs: Sequence[TrialConfig], data: DataSplits | None = None,
     return PackResult([m.result for m in members])
 
 
-def _train(configs, data, reporters, saves, members: list[_Member], timings, started) -> None:
+def _train(configs, data, reporters, saves, members: list[_Member], timings, started, on_finish) -> None:
     cfg = configs[0]
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -125,7 +129,6 @@ def _train(configs, data, reporters, saves, members: list[_Member], timings, sta
     model = build_model(cfg.model, data.in_shape, data.num_classes).to(device, memory_format=memory_format)
     n_train = len(t["train_x"])
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
     hps = [resolve_hyperparameters(c.optimizer, c.optimizer_params) for c in configs]
     pack = PackedModel(model, len(configs))
     fused = cfg.pack_update == FUSED
@@ -152,6 +155,8 @@ def _train(configs, data, reporters, saves, members: list[_Member], timings, sta
     def finish(member: _Member, status: Status, reason: str, **last: float) -> None:
         metrics = {**_final(member.history, time.perf_counter() - started, **last), **timings}
         member.result = TrialResult(status, reason, len(member.history), metrics, list(member.history))
+        if on_finish is not None:
+            on_finish(member.index, member.result)
 
     def leave(gone: set[int]) -> list[_Member]:
         """Compact the pack to the members not in ``gone`` (positions in ``active``)."""
@@ -175,16 +180,13 @@ def _train(configs, data, reporters, saves, members: list[_Member], timings, sta
         for m in active:
             m.epoch_lr = m.schedule.lr
         epoch_started = time.perf_counter()
+        evaluating = 0.0  # a diverged member's evaluation mid-epoch: not training time for the others
         order = torch.randperm(n_train, device=device, generator=generator)
         correct = torch.zeros(len(active), device=device, dtype=torch.long)
         unchecked: list[tuple[int, int, torch.Tensor]] = []
         lr = lrs()
         for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x, y = t["train_x"][idx], t["train_y"][idx]
-            if data.augment:
-                x = random_crop_flip(x, generator)
-            x = x.contiguous(memory_format=memory_format)
+            x, y = draw_batch(t, order, step, cfg.batch_size, data.augment, generator, memory_format)
             with autocast():
                 logits = pack(x)
                 losses = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(len(active)),
@@ -199,7 +201,7 @@ def _train(configs, data, reporters, saves, members: list[_Member], timings, sta
                 m.schedule.after_batch()
             lr = lrs()  # per step: warm-ups and one-cycle move it every batch
             correct += (logits.argmax(2) == y).sum(1)
-            unchecked.append((step, len(idx), losses.detach()))
+            unchecked.append((step, len(y), losses.detach()))
             if len(unchecked) < check_every and step + 1 < steps_per_epoch:
                 continue
             values = torch.stack([u[2] for u in unchecked]).tolist()  # one host sync per check
@@ -217,7 +219,9 @@ def _train(configs, data, reporters, saves, members: list[_Member], timings, sta
                         m.loss_sum += batch_loss * size
             unchecked.clear()
             if diverged:  # measured where it stopped, as a solo trial is; then out of the pack
+                eval_started = time.perf_counter()
                 val_losses, val_accs = evaluated(t["val_x"], t["val_y"])
+                evaluating += time.perf_counter() - eval_started
                 for position, reason in diverged.items():
                     finish(active[position], Status.DIVERGED, reason,
                            val_loss=val_losses[position], val_accuracy=val_accs[position])
@@ -229,7 +233,7 @@ def _train(configs, data, reporters, saves, members: list[_Member], timings, sta
                     return
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - epoch_started
+        seconds = time.perf_counter() - epoch_started - evaluating
         val_losses, val_accs = evaluated(t["val_x"], t["val_y"])
         accuracies = correct.tolist()
         gone: set[int] = set()
@@ -266,8 +270,7 @@ def _train(configs, data, reporters, saves, members: list[_Member], timings, sta
         l1 = torch.tensor([m.cfg.l1 for m in active], device=device)
     test_losses, test_accs = evaluated(t["test_x"], t["test_y"])
     for position, m in enumerate(active):
-        finish(m, Status.OK, "")
-        m.result.metrics.update(test_loss=test_losses[position], test_accuracy=test_accs[position])
+        finish(m, Status.OK, "", test_loss=test_losses[position], test_accuracy=test_accs[position])
 
 
 def _evaluate(pack: PackedModel, x, y, autocast, images: int = 1024) -> tuple[list[float], list[float]]:
@@ -294,7 +297,9 @@ def _member_checkpoint(epoch: int, m: _Member, position: int, pack: PackedModel,
                        generator: torch.Generator, data: DataSplits, device, memory_format) -> Checkpoint:
     """Member ``m`` (at ``position`` in the pack) as a solo trial's checkpoint: a solo trial, or a
     re-run of this one, resumes from it exactly."""
-    model = build_model(m.cfg.model, data.in_shape, data.num_classes).to(device, memory_format=memory_format)
+    with torch.random.fork_rng(devices=[]):  # building it must not move the global RNG the checkpoint saves
+        model = build_model(m.cfg.model, data.in_shape, data.num_classes)
+    model = model.to(device, memory_format=memory_format)
     model.load_state_dict(pack.member_state_dict(position))
     if isinstance(optimizer, MemberOptimizers):  # the member's optimizer is a solo optimizer already
         return Checkpoint.capture(epoch, model, m.lr_holder, m.schedule, generator, m.first_loss, m.history)

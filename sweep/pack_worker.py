@@ -7,12 +7,14 @@ format), and its outcome finished through ``finish.finish_trial``. Its records d
 trial's only by the ``pack`` attribute (``sweep.pack`` tag in MLflow): the trial numbers it was
 packed with.
 
-Where the pack cannot go on, its members go on solo, one after another in this task:
+A member that leaves the pack early (pruned, diverged, its reporting failed) is recorded at once,
+as a solo trial would be; the others when the pack ends.
 
-* the pack's own computation raised (nothing any one member did): each member not finished goes
-  on alone from its last checkpoint, and records the pack's error as ``pack_error``;
-* this is Ray re-running the task (the pack's worker process died): every member not finished
-  goes on alone from its last checkpoint, as a solo trial's re-run does.
+Where the pack's own computation raises (nothing any one member did), each member not finished
+goes on alone in this task from its last checkpoint, and records the pack's error as
+``pack_error``. A pack task is never re-run by Ray: when its worker dies, the driver sends each
+unfinished member as a solo task, which goes on from that member's checkpoint
+(``engine.Driver.collect``).
 
 A pack too big for the device's memory runs as sub-packs, one after another (``pack_memory``).
 """
@@ -27,8 +29,7 @@ from sweep import credentials
 from sweep.errors import StoreUnavailable, store_calls
 from sweep.finish import OPTUNA
 from sweep.mlflow_sender import TrackingSender, use_short_requests
-from sweep.outcome import TrialOutcome
-from sweep.studies import ATTEMPT
+from sweep.outcome import Status, TrialOutcome
 from sweep.worker import Attempt, TrialTask, _execute, _load, device_memory, this_node
 
 PACK = "pack"              # Optuna user attribute and MLflow tag (sweep.pack): the trial numbers packed together
@@ -40,6 +41,7 @@ class PackTask:
     """Trials of one study to train as one pack (at least one)."""
 
     members: tuple[TrialTask, ...]
+    device_share: float = 1.0  # the task's fraction of its GPU (num_gpus < 1): the share of free memory it may use
 
     @property
     def label(self) -> str:
@@ -72,14 +74,13 @@ def _execute_pack(task: PackTask, data) -> list[TrialOutcome]:
     study = _load(first)
     with store_calls(OPTUNA):
         earlier = [study.record(m.number) for m in task.members]
-    tags = {PACK: task.label}
-    if any(int(record.user_attrs.get(ATTEMPT, 0)) for record in earlier):  # Ray re-runs the task: solo
-        return [_solo(member, data, tags) for member in task.members]
+    from sweep.datasets import device_tensors
     from sweep.trial import pick_device
 
     device = pick_device(first.config.device)
     try:
-        fit = pack_memory.fit(first.config, data, device)
+        device_tensors(data, device)  # the data's device copy first: the members get what is free after it
+        fit = pack_memory.fit(first.config, data, device, task.device_share)
     except Exception as exc:  # noqa: BLE001 - even one member's step failed: each member alone says why
         error = f"{type(exc).__name__}: {exc}"
         return [_solo(member, data, {PACK: task.label, PACK_ERROR: error[:500]}) for member in task.members]
@@ -103,15 +104,23 @@ def _execute_pack(task: PackTask, data) -> list[TrialOutcome]:
             savers = [stack.enter_context(a.saver()) for a in attempts]
             for a in attempts:  # the pack's set-up is shared: each member counts all of it
                 a.spent["setup_seconds"] = time.perf_counter() - started
+
+            def finish(position: int, result, memory: dict[str, float]) -> None:
+                savers[position].wait()  # its last checkpoint is stored before the trial is told
+                outcomes[sub_pack[position]] = attempts[position].finish(result, memory)
+
+            def left_early(position: int, result) -> None:  # recorded now, as solo (a pack may die later)
+                if result.status != Status.OK:  # the members that finish training: with the device's memory
+                    finish(position, result, {})
+
             with device_memory() as memory:
                 packed = run_pack([task.members[i].config for i in sub_pack], data, [a.report for a in attempts],
-                                  savers)
-            for i, attempt, save, result in zip(sub_pack, attempts, savers, packed.results):
+                                  savers, left_early)
+            for position, result in enumerate(packed.results):
                 if result is None:
-                    left[i] = packed.error
-                    continue
-                save.wait()  # its last checkpoint is stored before the trial is told
-                outcomes[i] = attempt.finish(result, memory)
+                    left[sub_pack[position]] = packed.error
+                elif sub_pack[position] not in outcomes:
+                    finish(position, result, memory)
     for i, error in left.items():
         member = task.members[i]
         print(f"pack {task.label}: trial {member.number} goes on solo ({error})", file=sys.stderr, flush=True)

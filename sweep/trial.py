@@ -100,6 +100,17 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) 
     return torch.where(flip[:, None, None, None], cropped.flip(-1), cropped)
 
 
+def draw_batch(t: dict[str, torch.Tensor], order: torch.Tensor, step: int, batch_size: int, augment: bool,
+               generator: torch.Generator, memory_format) -> tuple[torch.Tensor, torch.Tensor]:
+    """The epoch's ``step``-th batch (augmented where the data is): a solo trial and a pack draw
+    theirs here, so a pack's members see exactly the batches their solo trials would."""
+    idx = order[step * batch_size:(step + 1) * batch_size]
+    x, y = t["train_x"][idx], t["train_y"][idx]
+    if augment:
+        x = random_crop_flip(x, generator)
+    return x.contiguous(memory_format=memory_format), y
+
+
 def evaluate(model, x, y, autocast, batch_size: int = 1024) -> tuple[float, float]:
     """Mean loss and accuracy, summed on the device: one host sync for the whole set."""
     model.eval()
@@ -228,11 +239,7 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
         for step in range(steps_per_epoch):
             warming_up = cfg.compile and compile_seconds == 0.0
             step_started = time.perf_counter()
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x, y = t["train_x"][idx], t["train_y"][idx]
-            if data.augment:
-                x = random_crop_flip(x, generator)
-            x = x.contiguous(memory_format=memory_format)
+            x, y = draw_batch(t, order, step, cfg.batch_size, data.augment, generator, memory_format)
             with autocast():
                 logits = forward(x)
                 loss = F.cross_entropy(logits.float(), y)
@@ -244,7 +251,7 @@ def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None,
             optimizer.step()
             schedule.after_batch()
             correct += (logits.argmax(1) == y).sum()
-            unchecked.append((step, len(idx), loss.detach()))
+            unchecked.append((step, len(y), loss.detach()))
             if warming_up:  # the first step compiles forward and backward: timed apart from training
                 sync()
                 compile_seconds = timings["compile_seconds"] = time.perf_counter() - step_started

@@ -83,9 +83,9 @@ class Attempt:
     store, and ``report``, the trial's per-epoch reporter. A solo trial and a pack member alike."""
 
     def __init__(self, task: TrialTask, study: SweepStudy, earlier, sender: TrackingSender,
-                 node: dict[str, str], tags: dict[str, str] | None = None):
+                 node: dict[str, str], tags: dict[str, str] | None = None, entered: float | None = None):
         self.task, self.study, self.sender = task, study, sender
-        self.entered = time.perf_counter()
+        self.entered = time.perf_counter() if entered is None else entered  # setup_seconds count from here
         with store_calls(OPTUNA):
             self.trial = study.live_trial(task.number)
             self.number = int(earlier.user_attrs.get(ATTEMPT, 0)) + 1
@@ -167,13 +167,14 @@ def _execute(task: TrialTask, data, sender: TrackingSender, tags: dict[str, str]
 
     from sweep.trial import run_trial  # torch: imported here, so the driver never does
 
+    entered = time.perf_counter()
     torch.set_num_threads(max(1, task.threads))
     study = _load(task)
     with store_calls(OPTUNA):
         earlier = study.record(task.number)
     if earlier.state.is_finished():  # told by an attempt whose worker died right after
         return close_from_record(study, task.stores.tracking_uri, task.run_id, task.number, close_run=sender.close_run)
-    attempt = Attempt(task, study, earlier, sender, this_node(), tags)
+    attempt = Attempt(task, study, earlier, sender, this_node(), tags, entered)
     resume = attempt.resume()
     attempt.spent["setup_seconds"] = time.perf_counter() - attempt.entered  # the study, attributes, a checkpoint
     with device_memory() as memory, attempt.saver() as save:

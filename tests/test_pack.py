@@ -118,6 +118,8 @@ def _assert_same_trajectory(solo, packed, solo_checkpoint, pack_checkpoint, tole
             assert pack_checkpoint.optimizer["param_groups"][0][key] == (
                 pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
     assert _approx(pack_checkpoint.schedule, solo_checkpoint.schedule)  # a plateau keeps the best loss
+    assert torch.equal(pack_checkpoint.generator, solo_checkpoint.generator)  # the batch order goes on alike
+    assert torch.equal(pack_checkpoint.rng, solo_checkpoint.rng)
 
 
 def _approx(a, b) -> bool:
@@ -173,9 +175,18 @@ def test_pruned_and_failing_members_leave_alone(small):
     def broken(m):
         raise RuntimeError("its tracking store refused the epoch")
 
+    epochs_seen = []
+
+    def count(m):
+        epochs_seen.append(m.epoch)
+
+    finished = []
     solo = [run_trial(c, small) for c in configs]
-    result = run_pack(configs, small, reporters=[prune, None, broken])
+    result = run_pack(configs, small, reporters=[prune, count, broken],
+                      on_finish=lambda i, r: finished.append((i, r.status, len(epochs_seen))))
     pruned, kept, failed = result.results
+    # the members that left were handed over at once (the worker records them then), the last at the end
+    assert finished == [(0, Status.PRUNED, 0), (2, Status.FAILED, 1), (1, Status.OK, 2)]  # (member, outcome, epochs the kept one had reported)
     assert pruned.status == Status.PRUNED and pruned.epochs_run == 1 and pruned.reason == "pruned after epoch 1"
     assert failed.status == Status.FAILED and "refused the epoch" in failed.reason and failed.epochs_run == 1
     _assert_same_trajectory(solo[1], kept, None, None)
