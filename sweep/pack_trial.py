@@ -109,7 +109,8 @@ def run_pack(configs: Sequence[TrialConfig], data: DataSplits | None = None,
     members: list[_Member] = []
     try:
         with warnings.catch_warnings():  # the members' schedulers step LRs of optimizers they do not see step
-                    _train(configs, data, reporters, saves, members, timings, started, on_finish)
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            _train(configs, data, reporters, saves, members, timings, started, on_finish)
     except StoreUnavailable:
         raise
     except Exception as exc:  # the shared computation failed: no member can be blamed alone
