@@ -67,16 +67,15 @@ def _execute_pack(task: PackTask, data) -> list[TrialOutcome]:
     import torch
 
     from sweep import pack_memory
+    from sweep.datasets import device_tensors
     from sweep.pack_trial import run_pack
+    from sweep.trial import pick_device
 
     first = task.members[0]
     torch.set_num_threads(max(1, first.threads))
     study = _load(first)
     with store_calls(OPTUNA):
         earlier = [study.record(m.number) for m in task.members]
-    from sweep.datasets import device_tensors
-    from sweep.trial import pick_device
-
     device = pick_device(first.config.device)
     try:
         device_tensors(data, device)  # the data's device copy first: the members get what is free after it
