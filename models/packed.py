@@ -16,8 +16,6 @@ Two ways to run the members together, chosen by measurement (bench/packing.py):
 """
 from __future__ import annotations
 
-from typing import Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,10 +55,6 @@ class PackedModel:
                 return functional_call(self.template, (params, buffers), (x,))
 
             self._mapped = vmap(one, in_dims=(0, 0, None))
-
-    @property
-    def parameter_names(self) -> list[str]:
-        return list(self.params)
 
     def train(self, mode: bool = True) -> "PackedModel":
         self.training = mode
@@ -137,12 +131,6 @@ class PackedModel:
         """Member ``member`` as the solo model's ``state_dict()`` (keys in the same order)."""
         stacked = {**self.params, **self.buffers}
         return {name: stacked[name][member].detach().clone() for name in self.template.state_dict()}
-
-    def load_member(self, member: int, state: Mapping[str, Tensor]) -> None:
-        """Put a solo model's ``state_dict()`` into member ``member``."""
-        with torch.no_grad():
-            for name, value in state.items():
-                {**self.params, **self.buffers}[name][member].copy_(value)
 
     def l1(self) -> Tensor:
         """Each member's sum of absolute parameter values (the L1 penalty's norm)."""
