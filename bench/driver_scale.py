@@ -6,13 +6,13 @@ quick-start config) is opened the product's way (``SweepStudy.open``: TPE from
 in this process, through the same calls the product makes, with a synthetic objective (no
 training):
 
-  driver  ask+sample   ``study.ask()`` + ``sweep.search.sample_trial`` (Driver.submit): TPE's cost
+  driver  ask+sample   ``study.ask()`` + ``sweep.execution.search.sample_trial`` (Driver.submit): TPE's cost
                        grows with the trials it fits;
           attrs        the two ``trial.set_user_attr`` calls of Driver.submit (mlflow_run_id,
                        hyperparameters);
           after        what the driver does per collected trial (Driver.tidy_checkpoints): read
                        every trial, classify them, find the best (the checkpoint deletes left out);
-  worker  (sweep/worker.py, here in-process, one after another, so without contention, but on its
+  worker  (sweep/execution/worker.py, here in-process, one after another, so without contention, but on its
           own storage object, as a worker process has: the driver reads the worker's writes back)
           open         ``SweepStudy.load`` + ``record`` + ``live_trial`` + 4 attempt/node attrs;
           epochs       ``trial.report`` + ``trial.should_prune`` per epoch (E epochs unless pruned);
@@ -95,10 +95,10 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
     """n trials through the product's driver and worker calls on one storage; the study is deleted."""
     import optuna
 
-    from sweep.config import load_config
-    from sweep.outcome import Status, Tally
-    from sweep.search import chosen_hyperparameters, sample_trial
-    from sweep.studies import ATTEMPT, HYPERPARAMETERS, MLFLOW_RUN, NODE_ADDRESS, NODE_ID, SweepStudy, \
+    from sweep.core.config import load_config
+    from sweep.core.outcome import Status, Tally
+    from sweep.execution.search import chosen_hyperparameters, sample_trial
+    from sweep.stores.studies import ATTEMPT, HYPERPARAMETERS, MLFLOW_RUN, NODE_ADDRESS, NODE_ID, SweepStudy, \
         make_pruner, open_storage, outcome_of
 
     name = f"bench-driver-scale-{uuid.uuid4().hex[:8]}"
@@ -127,7 +127,7 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
             t2 = time.perf_counter()
             number = trial.number
             curve = synthetic_curve(tc.optimizer_params, epochs, rng)
-            # -- worker: sweep/worker.py _execute
+            # -- worker: sweep/execution/worker.py _execute
             w0 = time.perf_counter()
             study = SweepStudy(optuna.load_study(study_name=driver.name, storage=worker_storage,
                                                  pruner=make_pruner(cfg.pruner, cfg.epochs)))  # SweepStudy.load
@@ -168,9 +168,9 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
 
 def run_mlflow(n: int, tmp: Path) -> list[float]:
     """Seconds per ``SweepTracker.trial_run`` (the driver's MLflow call per trial) for n trials."""
-    from sweep.config import load_config
-    from sweep.search import run_params, sample_trial
-    from sweep.tracking import SweepTracker
+    from sweep.core.config import load_config
+    from sweep.execution.search import run_params, sample_trial
+    from sweep.stores.tracking import SweepTracker
 
     import optuna
 
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-mlflow", action="store_true", help="leave out the MLflow trial_run timing")
     ap.add_argument("--cached-worker-storage", action="store_true",
                     help="the worker's RDB storage wrapped once in Optuna's trial cache (a possible product change), "
-                         "not per load_study as sweep.studies.open_storage leaves it")
+                         "not per load_study as sweep.stores.studies.open_storage leaves it")
     args = ap.parse_args(argv)
     n = args.trials or SIZES[args.size]
 

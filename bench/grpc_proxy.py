@@ -6,7 +6,7 @@ proxy (``optuna.storages.GrpcStorageProxy(host=, port=)``) instead of each holdi
 connections, and the proxy's clients cache finished trials. Measured, for PostgreSQL only (the
 proxy does not serve the journal storage: optuna issue #6084):
 
-  direct  each worker process opens ``sweep.studies.open_storage(PG_URL)``, as the product does;
+  direct  each worker process opens ``sweep.stores.studies.open_storage(PG_URL)``, as the product does;
   proxy   one server process serves ``optuna.storages.get_storage(PG_URL)`` (Optuna's cached
           RDB storage, as its documentation asks) on 127.0.0.1 with its default 10-thread pool;
           each worker opens ``GrpcStorageProxy``.
@@ -73,7 +73,7 @@ def storage_for(mode: str, url: str, port: int):
         storage = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
         storage.wait_server_ready(timeout=60)
         return storage
-    from sweep.studies import open_storage
+    from sweep.stores.studies import open_storage
 
     return open_storage(url)
 
@@ -82,7 +82,7 @@ def one_worker(mode: str, url: str, port: int, name: str, trials: int, epochs: i
     """One sweep worker's share: (start, end, latencies, errors) onto ``out``."""
     import optuna
 
-    from sweep.studies import make_pruner
+    from sweep.stores.studies import make_pruner
 
     quiet()
     errors: list[str] = []
@@ -121,7 +121,7 @@ def run_cell(ctx, mode: str, url: str, port: int, procs: int, trials: int, epoch
     """One run of P workers on a fresh study; the study is deleted afterwards."""
     import optuna
 
-    from sweep.studies import DIRECTION, open_storage
+    from sweep.stores.studies import DIRECTION, open_storage
 
     name = f"bench-grpc-proxy-{uuid.uuid4().hex[:8]}"
     optuna.create_study(study_name=name, storage=open_storage(url), direction=DIRECTION)

@@ -1,7 +1,7 @@
 """Why the product logs one MlflowClient.log_batch per epoch instead of one log_metric per metric.
 
 Ray Tune's MLflowLoggerCallback (ray/air/_internal/mlflow.py, `log_metrics`) calls
-`client.log_metric(run_id, key, value, step)` once per metric per result. sweep/tracking.py's
+`client.log_metric(run_id, key, value, step)` once per metric per result. sweep/stores/tracking.py's
 `log_epoch` sends the same epoch as ONE `client.log_batch(run_id, metrics=[...])`.
 
 For each tracking store, R runs x E epochs x M metrics are logged both ways:

@@ -1,7 +1,7 @@
 """Packed trials: trials/hour and aggregate images/s for pack = 1, 2, 4, 8, 16, 32.
 
 Why: a sweep of small CNNs is thousands of tiny trainings; ``pack=N`` trains N trials of one
-optimizer as one fused model on one device (``sweep/pack_trial.py``). Targets (issue 11): on a
+optimizer as one fused model on one device (``sweep/train/packed.py``). Targets (issue 11): on a
 CPU, pack = 8 gives >= 3x the trials/hour of pack = 1 on simple_cnn / digits; on a GPU, pack >= 16
 gives >= 8x the aggregate images/s of one trial per GPU and >= 2x the same trials as separate Ray
 tasks sharing the GPU with fractional ``num_gpus``.
@@ -38,10 +38,10 @@ import torch  # noqa: E402
 
 from bench.suite import BenchResult, Headline, Size, finish, parser  # noqa: E402
 from bench.trial_loop import synthetic  # noqa: E402
-from sweep.config import load_config  # noqa: E402
-from sweep.datasets import load_dataset  # noqa: E402
-from sweep.pack_trial import run_pack  # noqa: E402
-from sweep.trial import TrialConfig, run_trial  # noqa: E402
+from sweep.core.config import load_config  # noqa: E402
+from sweep.core.datasets import load_dataset  # noqa: E402
+from sweep.train.packed import run_pack  # noqa: E402
+from sweep.train.solo import TrialConfig, run_trial  # noqa: E402
 
 CPU_TARGET, GPU_SOLO_TARGET, GPU_SHARED_TARGET = 3.0, 8.0, 2.0
 PACKS = {Size.CI: (1, 2, 4, 8), Size.FULL: (1, 2, 4, 8, 16, 32)}
@@ -143,7 +143,7 @@ def measure_sweep(k: int, result: BenchResult) -> dict[int, float]:
     """Trials/hour of whole sweeps, pack 1 against pack 8, one worker slot."""
     import ray
 
-    from sweep.engine import run_sweep
+    from sweep.execution.driver import run_sweep
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     rates = {}

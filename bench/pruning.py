@@ -7,7 +7,7 @@ temporary output_dir, with the same sampler seed:
 and shared by the four sweeps (as `run_sweep` would start it), so each sweep's wall time leaves
 out Ray's start-up.
 
-Per sweep, read back from its Optuna journal (the source of truth, as sweep/collect.py reads it):
+Per sweep, read back from its Optuna journal (the source of truth, as sweep/report/collect.py reads it):
   compute  epochs trained and training seconds of the search (the trials' ``final_epochs`` /
            ``final_train_seconds``; the re-evaluations are left out: they are the same work under
            every pruner);
@@ -115,7 +115,7 @@ def make_variant_hook(variant: str) -> Callable[[], None]:
     entry = variant_entry(variant)
 
     def swap_median():  # runs in every Ray worker process of the session
-        from sweep import registries
+        from sweep.core import registries
 
         registries.PRUNERS["median"] = entry
     return swap_median
@@ -126,19 +126,19 @@ def _describe(pruner) -> str:
 
 
 def _median_in_worker() -> str:
-    from sweep.studies import make_pruner
+    from sweep.stores.studies import make_pruner
 
     return _describe(make_pruner("median", 6))
 
 
 @contextlib.contextmanager
 def ray_session(variant: str | None):
-    """A local Ray as sweep/engine.py starts it; with a variant, every worker swaps the entry in."""
+    """A local Ray as sweep/execution/driver.py starts it; with a variant, every worker swaps the entry in."""
     import ray
 
     kwargs = {"runtime_env": {"worker_process_setup_hook": make_variant_hook(variant)}} if variant else {}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, **kwargs)
-    from sweep import registries
+    from sweep.core import registries
 
     if variant:  # check that a worker now builds the variant for "median"
         in_worker, wanted = ray.get(ray.remote(_median_in_worker).remote()), _describe(variant_entry(variant)(6))
@@ -161,8 +161,8 @@ def run_one(label: str, pruner: str, opts: tuple[str, ...], trials: int, epochs:
     --keep run already finished in ``tmp`` is read back, not run again."""
     import ray
 
-    from sweep.config import load_config
-    from sweep.engine import run_sweep
+    from sweep.core.config import load_config
+    from sweep.execution.driver import run_sweep
 
     out = tmp / label.replace("=", "-")
     cfg = load_config("quickstart", overrides(opts, trials, epochs, reeval_seeds, pruner, label, out), mode="sweep")
@@ -173,7 +173,7 @@ def run_one(label: str, pruner: str, opts: tuple[str, ...], trials: int, epochs:
     t0 = time.perf_counter()
     try:
         with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            if variant is None:  # the registry's sweeps share one Ray, started as sweep/engine.py does
+            if variant is None:  # the registry's sweeps share one Ray, started as sweep/execution/driver.py does
                 if not ray.is_initialized():
                     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
                     t0 = time.perf_counter()  # Ray's start-up is left out of every sweep's wall time
@@ -193,9 +193,9 @@ def run_one(label: str, pruner: str, opts: tuple[str, ...], trials: int, epochs:
 
 def read_back(cfg, sweep_dir: Path, pruner: str, wall: float) -> SweepFigures:
     """Spend from the search studies' records; accuracy from them and summary.json."""
-    from sweep.outcome import Status
-    from sweep.studies import SweepStudy, outcome_of, study_name
-    from sweep.sweepdir import SweepDir
+    from sweep.core.outcome import Status
+    from sweep.stores.studies import SweepStudy, outcome_of, study_name
+    from sweep.stores.sweepdir import SweepDir
 
     stores = SweepDir(sweep_dir).stores(cfg.storage, cfg.tracking_uri)
     summary = json.loads((sweep_dir / "summary.json").read_text())["optimizers"]
@@ -254,7 +254,7 @@ def replay_variants(epochs: int) -> dict[str, Callable[[], Any]]:
     """The registry's settings and the nearby ones worth a look."""
     from optuna.pruners import HyperbandPruner, MedianPruner, PercentilePruner, SuccessiveHalvingPruner
 
-    from sweep.registries import PRUNERS as REGISTRY
+    from sweep.core.registries import PRUNERS as REGISTRY
 
     return {
         "median (registry: warmup 2, startup 2)": lambda: REGISTRY["median"](epochs),

@@ -1,7 +1,7 @@
 """Which Optuna storage should be the embedded default when many workers share one machine?
 
 For each backend, P worker processes (spawn context, reused across runs) start together on a
-barrier and each do what a sweep worker does (sweep/worker.py), T times, against ONE shared study
+barrier and each do what a sweep worker does (sweep/execution/worker.py), T times, against ONE shared study
 created beforehand:
 
     trial = study.ask()
@@ -13,10 +13,10 @@ The prune decision is ignored so that every backend does exactly the same amount
 Every exception is caught and counted ('database is locked' separately); nothing crashes.
 
 Backends:
-  journal      sweep.studies.open_storage("journal:///<tmp>/optuna.journal")   (JournalFileBackend)
-  sqlite-wal   sweep.studies.open_storage("sqlite:///<tmp>/optuna.db")        (WAL + 60 s busy timeout)
+  journal      sweep.stores.studies.open_storage("journal:///<tmp>/optuna.journal")   (JournalFileBackend)
+  sqlite-wal   sweep.stores.studies.open_storage("sqlite:///<tmp>/optuna.db")        (WAL + 60 s busy timeout)
   sqlite-plain optuna.storages.RDBStorage("sqlite:///<tmp>/plain.db")         (rollback journal, 5 s default)
-  postgres     sweep.studies.open_storage(--pg-url); unique study name, deleted at the end
+  postgres     sweep.stores.studies.open_storage(--pg-url); unique study name, deleted at the end
 
 Part of the suite (``python -m bench``): ``--size ci`` (P=4, T=5, 1 repeat: well under a minute)
 or ``--size full`` (P=8 and 16, T=10, 3 repeats: the README's table) sets what the options below
@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
 from bench.suite import BenchResult, Headline, Size, finish, parser  # noqa: E402
-from sweep.studies import DIRECTION, make_pruner, open_storage  # noqa: E402
+from sweep.stores.studies import DIRECTION, make_pruner, open_storage  # noqa: E402
 
 BACKENDS = ["journal", "sqlite-wal", "sqlite-plain", "postgres"]
 # What --size sets when the option is not given: procs, trials, epochs, repeats.

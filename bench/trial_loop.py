@@ -4,13 +4,13 @@ Why: every second the trial loop spends outside forward/backward/step is paid by
 every sweep, so the product's training throughput must stay within 3% of a bare PyTorch loop
 (target: product images/s >= 0.97 x bare images/s).
 
-(a) product  ``sweep.trial.run_trial(cfg, data, reporter, save=...)`` as a sweep worker runs it
-             (sweep/worker.py): per epoch the reporter queues the epoch's metrics for a real
+(a) product  ``sweep.train.solo.run_trial(cfg, data, reporter, save=...)`` as a sweep worker runs it
+             (sweep/execution/worker.py): per epoch the reporter queues the epoch's metrics for a real
              MLflow run (``TrackingSender`` on ``sqlite:///<tmp>/mlflow.db``, then ``catch_up`` and
              ``check``), and reports to a real Optuna trial in a journal-file study
              (``trial.report`` + ``should_prune`` with the product's median pruner; the decision is
              ignored so both sides train the same epochs); ``checkpoint_every=1`` with
-             ``sweep.checkpoints.saver`` stores a checkpoint after every epoch in the run's artifacts.
+             ``sweep.stores.checkpoints.saver`` stores a checkpoint after every epoch in the run's artifacts.
 (b) bare     the same ``models.build_model`` and ``optim.build_optimizer`` (same hyperparameters),
              the data as torch tensors, per epoch a randperm shuffle, minibatch indexing, forward,
              cross_entropy, zero_grad, backward, step, then a validation pass (eval mode,
@@ -51,13 +51,13 @@ import torch.nn.functional as F  # noqa: E402
 from bench.suite import BenchResult, Headline, Size, finish, median, parser  # noqa: E402
 from models import build_model  # noqa: E402
 from optim import build_optimizer  # noqa: E402
-from sweep import checkpoints  # noqa: E402
-from sweep.config import TrialConfig, load_config  # noqa: E402
-from sweep.datasets import DataSplits  # noqa: E402
-from sweep.mlflow_sender import TrackingSender, use_short_requests  # noqa: E402
-from sweep.outcome import Status  # noqa: E402
-from sweep.studies import DIRECTION, make_pruner, open_storage  # noqa: E402
-from sweep.trial import EpochMetrics, run_trial  # noqa: E402
+from sweep.stores import checkpoints  # noqa: E402
+from sweep.core.config import TrialConfig, load_config  # noqa: E402
+from sweep.core.datasets import DataSplits  # noqa: E402
+from sweep.stores.mlflow_sender import TrackingSender, use_short_requests  # noqa: E402
+from sweep.core.outcome import Status  # noqa: E402
+from sweep.stores.studies import DIRECTION, make_pruner, open_storage  # noqa: E402
+from sweep.train.solo import EpochMetrics, run_trial  # noqa: E402
 
 TARGET = 0.97
 SHAPES = {"cifar": (3, 32, 32), "fashion_mnist": (1, 28, 28)}  # synthetic, shaped like the real ones
@@ -225,7 +225,7 @@ class Product:
         with checkpoints.saver(self.uri, run_id, str(self.artifacts)) as store, \
                 TrackingSender(self.uri, run_id, cfg.tracking_retry_s) as sender:
 
-            def report(m: EpochMetrics) -> None:  # sweep/worker.py's reporter, less resuming
+            def report(m: EpochMetrics) -> None:  # sweep/execution/worker.py's reporter, less resuming
                 t0 = time.perf_counter()
                 sender.log_epoch(m.epoch, m.logged())
                 sender.catch_up()
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         "product: run_trial with MLflow logging ON (TrackingSender, one log_batch per epoch to sqlite, "
         "catch_up per epoch), Optuna ON (journal study, report + should_prune per epoch, decision ignored) "
-        "and checkpointing ON (checkpoint_every=1, sweep.checkpoints.saver into the run's artifacts)",
+        "and checkpointing ON (checkpoint_every=1, sweep.stores.checkpoints.saver into the run's artifacts)",
         "ratio = median over repeats of (product images/s) / (bare images/s), repeats interleaved, "
         "one warm-up of each side per cell",
         f"torch threads: {torch.get_num_threads()} on both sides; fp32 and the default memory format on both "

@@ -6,7 +6,7 @@
               pruner=median|asha output_dir=<tmp> name=...
 (b) baseline  what a user would otherwise write: per optimizer, one `ray.tune.Tuner` with
                 - `OptunaSearch(space=<define-by-run>, sampler=<the product's TPESampler>)`:
-                  the define-by-run space calls the product's own `sweep.search.sample_trial`,
+                  the define-by-run space calls the product's own `sweep.execution.search.sample_trial`,
                   so both sides search exactly the same parameters with the same distributions
                   (e.g. sgd: lr log-uniform [1e-3, 1]; momentum: lr and one_minus_momentum
                   log-uniform [0.001, 0.5]; adam: lr log-uniform [1e-5, 0.1] and one_minus_beta1
@@ -20,13 +20,13 @@
                 - `MLflowLoggerCallback(tracking_uri="sqlite:///<tmp>/mlflow.db")`;
                 - num_samples=T, max_concurrent_trials=W, 1 CPU per trial, Tune's defaults
                   otherwise (reuse_actors=False, CSV/JSON/TensorBoard result loggers);
-              the trainable runs the product's `sweep.trial.run_trial` on the same TrialConfig
+              the trainable runs the product's `sweep.train.solo.run_trial` on the same TrialConfig
               (rebuilt from the sampled params with `sample_trial(optuna.trial.FixedTrial(...))`)
               and the same dataset object (`tune.with_parameters`), calling `tune.report` once per
               epoch (the last epoch's report also carries the test metrics).
 
 Both sides start Ray the same way (`ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-log_to_driver=False)`, as sweep/engine.py does) and the clock runs from just before `ray.init`
+log_to_driver=False)`, as sweep/execution/driver.py does) and the clock runs from just before `ray.init`
 until every trial has finished (the product's time includes its end-of-sweep report). Ray is shut
 down between sides; the order of the two sides alternates between repeats.
 
@@ -72,11 +72,11 @@ import optuna  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler  # noqa: E402
 
 from bench.suite import BenchResult, Headline, Size, finish, parser  # noqa: E402
-from sweep.config import load_config  # noqa: E402
-from sweep.datasets import load_dataset  # noqa: E402
-from sweep.search import sample_trial  # noqa: E402
-from sweep.studies import make_sampler, open_storage, study_name  # noqa: E402
-from sweep.sweepdir import SweepDir  # noqa: E402
+from sweep.core.config import load_config  # noqa: E402
+from sweep.core.datasets import load_dataset  # noqa: E402
+from sweep.execution.search import sample_trial  # noqa: E402
+from sweep.stores.studies import make_sampler, open_storage, study_name  # noqa: E402
+from sweep.stores.sweepdir import SweepDir  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -173,7 +173,7 @@ def read_calls(calls_dir: Path) -> collections.Counter:
 
 
 def start_ray(calls_dir: Path | None) -> None:
-    """As sweep.engine.init_ray does for a local Ray, plus the counting hook."""
+    """As sweep.execution.driver.init_ray does for a local Ray, plus the counting hook."""
     import ray
 
     kwargs = {}
@@ -193,7 +193,7 @@ def overrides(args, output_dir: Path, name: str) -> list[str]:
 def run_product(args, tmp: Path, rep: int) -> dict:
     import ray
 
-    from sweep.engine import run_sweep
+    from sweep.execution.driver import run_sweep
 
     name = f"product-{rep}"
     calls_dir = tmp / f"calls-{name}"
@@ -285,7 +285,7 @@ class CountingASHA(_CountStops, ASHAScheduler):
 
 
 def define_space(ot_trial, optimizer: str, cfg):
-    """Define-by-run space for OptunaSearch: exactly the product's sampling (sweep.search)."""
+    """Define-by-run space for OptunaSearch: exactly the product's sampling (sweep.execution.search)."""
     sample_trial(ot_trial, optimizer, cfg)
     return None  # the config is what was sampled: Optuna's params, as in the product's studies
 
@@ -295,7 +295,7 @@ def train_fn(config: dict, data=None, cfg=None, optimizer=None, threads=1):
     import torch
     from ray import tune
 
-    from sweep.trial import run_trial
+    from sweep.train.solo import run_trial
 
     torch.set_num_threads(threads)
     tc = sample_trial(optuna.trial.FixedTrial(dict(config)), optimizer, cfg)

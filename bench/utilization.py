@@ -3,7 +3,7 @@
 K trials of fixed, known work (SGD with a fixed lr, constant schedule, no pruning, random
 sampler: nothing searched changes the work; synthetic 3x32x32 / simple_cnn, epochs calibrated so a trial
 trains about ``--trial-seconds``) run through the real product in this process:
-``sweep.engine.run_sweep(load_config(...))``, re-evaluation and figures off, a temporary
+``sweep.execution.driver.run_sweep(load_config(...))``, re-evaluation and figures off, a temporary
 output directory. Utilization = sum of the trials' training and validation seconds (``final_train_seconds`` +
 ``final_eval_seconds``: what a hand-written loop does too) / (W x wall), wall running from the first trial's start to the last
 trial's end as Optuna records them (``datetime_start``, ``datetime_complete``), so start-up is
@@ -58,9 +58,9 @@ def calibrate(output_dir: str, trial_seconds: float) -> tuple[int, float]:
     thread (a worker's ``num_cpus=1``); returns (epochs, seconds per epoch)."""
     import torch
 
-    from sweep.config import SWEEP, load_config
-    from sweep.datasets import load_data
-    from sweep.trial import run_trial
+    from sweep.core.config import SWEEP, load_config
+    from sweep.core.datasets import load_data
+    from sweep.train.solo import run_trial
 
     cfg = load_config("quickstart", overrides(output_dir, 1, 1, 3), default="quickstart", mode=SWEEP)
     tc = cfg.trial_config(optimizer="sgd", optimizer_params={"lr": LR}, schedule="constant")
@@ -77,7 +77,7 @@ def calibrate(output_dir: str, trial_seconds: float) -> tuple[int, float]:
 def mlflow_times(uri: str, run_id: str) -> dict[str, float]:
     """The run's creation (driver, after ask) and each epoch's log stamp (worker, after the epoch's
     validation), epoch seconds; all in epoch seconds."""
-    from sweep import tracking
+    from sweep.stores import tracking
 
     client = tracking.client(uri)
     run = client.get_run(run_id)
@@ -94,9 +94,9 @@ def measure(workers: int, trials: int, epochs: int) -> tuple[list[dict[str, Any]
     """One sweep; per-trial rows and the totals."""
     import ray
 
-    from sweep.config import SWEEP, load_config
-    from sweep.engine import run_sweep
-    from sweep.studies import MLFLOW_RUN, SweepStudy, study_name
+    from sweep.core.config import SWEEP, load_config
+    from sweep.execution.driver import run_sweep
+    from sweep.stores.studies import MLFLOW_RUN, SweepStudy, study_name
 
     with tempfile.TemporaryDirectory(prefix="bench-util-") as out:
         # start-up first: a W-trial sweep in the same Ray warms the worker processes (imports, the

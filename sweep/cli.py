@@ -11,9 +11,9 @@ import os
 import signal
 import sys
 
-from sweep.config import SWEEP, TRAIN, ConfigError, config_names, key_table, load_config, saved_values
-from sweep.credentials import redact, redacted
-from sweep.errors import StoreUnavailable
+from sweep.core.config import SWEEP, TRAIN, ConfigError, config_names, key_table, load_config, saved_values
+from sweep.core.credentials import redact, redacted
+from sweep.core.errors import StoreUnavailable
 
 USAGE_ERROR, FAILED = 2, 1
 DEFAULT_OUTPUT_DIR = "./sweeps"
@@ -39,8 +39,8 @@ def cmd_train(args) -> int:
         return _fail(str(exc))
     if args.print_config:
         return _print_config(cfg)
-    from sweep.datasets import DatasetUnavailable, load_data
-    from sweep.trial import run_trial
+    from sweep.core.datasets import DatasetUnavailable, load_data
+    from sweep.train.solo import run_trial
 
     tc = cfg.trial_config()
     if tc.device.startswith("cuda"):
@@ -73,7 +73,7 @@ def cmd_train(args) -> int:
 
 def _drive(cfg, start) -> int:
     """Run ``start()`` (a sweep) and turn how it ended into output and an exit code."""
-    from sweep.sweepdir import SweepDir
+    from sweep.stores.sweepdir import SweepDir
 
     sweep_dir = SweepDir.of(cfg.output_dir, cfg.name)
     hint = f"continue with: sweep resume {cfg.name} --output-dir {sweep_dir.path.parent}"
@@ -111,7 +111,7 @@ def cmd_report(args) -> int:
     """Build the report of a finished or still-running sweep from its stores."""
     sweep_dir, cfg = _saved_sweep(args, [])
     stores = sweep_dir.stores(cfg.storage, cfg.tracking_uri)
-    from sweep import report
+    from sweep.report import build as report
 
     try:
         built = report.build(cfg, stores, sweep_dir, sweep_dir.state())
@@ -134,7 +134,7 @@ def cmd_run(args) -> int:
         return _fail(str(exc))
     if args.print_config:
         return _print_config(cfg)
-    from sweep.engine import run_sweep
+    from sweep.execution.driver import run_sweep
 
     return _drive(cfg, lambda: run_sweep(cfg))
 
@@ -169,8 +169,8 @@ class _Refused(Exception):
 def _saved_sweep(args, overrides: list[str]):
     """The sweep directory ``args.name`` under ``--output-dir`` and its saved config with
     ``overrides``; raises ``_Refused`` (said in one line) when there is none or an override is bad."""
-    from sweep.config import from_saved
-    from sweep.sweepdir import SweepDir
+    from sweep.core.config import from_saved
+    from sweep.stores.sweepdir import SweepDir
 
     sweep_dir = SweepDir.of(args.output_dir, args.name)
     saved = sweep_dir.saved_config()
@@ -187,20 +187,20 @@ def cmd_resume(args) -> int:
     _, cfg = _saved_sweep(args, args.overrides)
     if args.print_config:
         return _print_config(cfg)
-    from sweep.engine import run_sweep
+    from sweep.execution.driver import run_sweep
 
     return _drive(cfg, lambda: run_sweep(cfg))
 
 
 def cmd_ls(args) -> int:
-    from sweep.report import list_sweeps
+    from sweep.report.build import list_sweeps
 
     print(list_sweeps(args.output_dir))
     return 0
 
 
 def cmd_ui(args) -> int:
-    from sweep.sweepdir import SweepDir, latest_sweep
+    from sweep.stores.sweepdir import SweepDir, latest_sweep
 
     sweep_dir = SweepDir.of(args.output_dir, args.name) if args.name else latest_sweep(args.output_dir)
     if sweep_dir is None or not sweep_dir.exists():
@@ -221,8 +221,8 @@ def cmd_ui(args) -> int:
 def _registries() -> str:
     from models import MODELS
     from optim import OPTIMIZERS, SCHEDULES
-    from sweep.datasets import DATASETS
-    from sweep.registries import PRUNER_NAMES, SAMPLER_NAMES
+    from sweep.core.datasets import DATASETS
+    from sweep.core.registries import PRUNER_NAMES, SAMPLER_NAMES
 
     return "\n".join(f"  {title:<11} {', '.join(names)}" for title, names in [
         ("optimizers", sorted(OPTIMIZERS)), ("schedules", sorted(SCHEDULES)), ("models", sorted(MODELS)),

@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweep import credentials
-from sweep.config import SWEEP, SweepConfig, find_config, load_config, parse_overrides, read_yaml
-from sweep.errors import ConfigError, first_line
-from sweep.preflight import file_of
-from sweep.sweepdir import SweepDir
+from sweep.core import credentials
+from sweep.core.config import SWEEP, SweepConfig, find_config, load_config, parse_overrides, read_yaml
+from sweep.core.errors import ConfigError, first_line
+from sweep.execution.preflight import file_of
+from sweep.stores.sweepdir import SweepDir
 
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"

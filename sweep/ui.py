@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Iterator
 
-from sweep.config import ConfigError
-from sweep.credentials import is_server
+from sweep.core.config import ConfigError
+from sweep.core.credentials import is_server
 
 POLL_S = 0.5  # between two /health requests, and between two checks of the stop flag
 HEALTH_TIMEOUT_S = 2.0  # one /health request

@@ -67,7 +67,7 @@ def ray_address():
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's digits, split as a trial splits it (seed 0), loaded once for the whole session."""
-    from sweep.datasets import load_dataset
+    from sweep.core.datasets import load_dataset
 
     return load_dataset("digits")
 

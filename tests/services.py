@@ -87,7 +87,7 @@ def netns_missing() -> str | None:
 
 def fashion_mnist_missing() -> str | None:
     """Why the Debian package's Fashion-MNIST files are not here (None: they are)."""
-    from sweep.datasets import FASHION_MNIST_FILES, FASHION_MNIST_PACKAGE, FASHION_MNIST_SYSTEM_DIR
+    from sweep.core.datasets import FASHION_MNIST_FILES, FASHION_MNIST_PACKAGE, FASHION_MNIST_SYSTEM_DIR
 
     absent = [f"{stem}.gz" for stem in FASHION_MNIST_FILES.values()
               if not (FASHION_MNIST_SYSTEM_DIR / f"{stem}.gz").is_file()]

@@ -7,8 +7,8 @@ from pathlib import Path
 import optuna
 from mlflow import MlflowClient
 
-from sweep.studies import open_storage, study_name
-from sweep.sweepdir import SweepDir
+from sweep.stores.studies import open_storage, study_name
+from sweep.stores.sweepdir import SweepDir
 
 
 def sweep_dir_of(cfg) -> Path:
@@ -51,7 +51,7 @@ def sweep_with_a_killed_worker(cfg, find_victim, what: str):
     import threading
     import time
 
-    from sweep.engine import run_sweep
+    from sweep.execution.driver import run_sweep
 
     outcome: dict[str, int] = {}
     driver = threading.Thread(target=lambda: outcome.setdefault("code", 0 if run_sweep(cfg).rows else 1))

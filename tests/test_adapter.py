@@ -1,4 +1,4 @@
-"""The Optuna adapter (sweep/studies.py) on the installed Optuna, with a real journal storage:
+"""The Optuna adapter (sweep/stores/studies.py) on the installed Optuna, with a real journal storage:
 every study and trial operation the engine uses, and the mapping of every status to Optuna."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep.outcome import RECORDS, Status
-from sweep.studies import SweepStudy, counts_against_budget, foreign_studies, open_storage, outcome_of
+from sweep.core.outcome import RECORDS, Status
+from sweep.stores.studies import SweepStudy, counts_against_budget, foreign_studies, open_storage, outcome_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,5 +88,5 @@ def test_legacy_records_are_classified_by_state():
 
 def test_optuna_private_api_is_used_only_in_the_adapter():
     private = re.compile(r"\._storage\b|\._trial_id\b|\._study_id\b")
-    users = sorted(str(p.relative_to(REPO)) for p in (REPO / "sweep").glob("*.py") if private.search(p.read_text()))
-    assert users == ["sweep/studies.py"]
+    users = sorted(str(p.relative_to(REPO)) for p in (REPO / "sweep").rglob("*.py") if private.search(p.read_text()))
+    assert users == ["sweep/stores/studies.py"]

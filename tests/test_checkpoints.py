@@ -12,13 +12,13 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweep import checkpoints
-from sweep.config import load_config
-from sweep.engine import run_sweep
-from sweep.search import sample_trial
-from sweep.outcome import Tally
-from sweep.studies import open_storage, outcome_of, study_name
-from sweep.trial import PruneTrial, TrialConfig, run_trial
+from sweep.stores import checkpoints
+from sweep.core.config import load_config
+from sweep.execution.driver import run_sweep
+from sweep.execution.search import sample_trial
+from sweep.core.outcome import Tally
+from sweep.stores.studies import open_storage, outcome_of, study_name
+from sweep.train.solo import PruneTrial, TrialConfig, run_trial
 from tests.sweep_helpers import (default_storage, default_tracking_uri, mlflow_runs, studies, sweep_dir_of,
                                  sweep_with_a_killed_worker)
 
@@ -226,7 +226,7 @@ def test_only_each_optimizers_best_keeps_its_checkpoint(ray_address, sweep_overr
 def test_without_a_tracking_server_artifacts_go_to_the_sweep_directory():
     """Checkpoints of a sweep tracked in a database (sqlite or PostgreSQL) live in its directory,
     never in MLflow's fallback ./mlruns under whatever folder the driver runs in."""
-    from sweep.sweepdir import Stores
+    from sweep.stores.sweepdir import Stores
 
     assert Stores("journal:///s/optuna.journal", "sqlite:///s/mlflow.db").local_tracking
     assert Stores("journal:///s/optuna.journal", "postgresql://me@db/mlflow").local_tracking

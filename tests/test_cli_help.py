@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from sweep.cli import main
-from sweep.config import KEYS, SWEEP, default_text, load_config
-from sweep.sweepdir import SweepDir
+from sweep.core.config import KEYS, SWEEP, default_text, load_config
+from sweep.stores.sweepdir import SweepDir
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "ray", "mlflow")

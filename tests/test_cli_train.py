@@ -16,7 +16,7 @@ import torch
 
 from models import MODELS
 from optim import OPTIMIZERS, SCHEDULES
-from sweep.datasets import DATASETS
+from sweep.core.datasets import DATASETS
 
 pytestmark = pytest.mark.slow
 

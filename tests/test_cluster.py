@@ -18,7 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep.studies import ATTEMPT, MLFLOW_RUN, NODE_ADDRESS, NODE_ID, RESUMED_FROM, study_name
+from sweep.stores.studies import ATTEMPT, MLFLOW_RUN, NODE_ADDRESS, NODE_ID, RESUMED_FROM, study_name
 from tests import services
 from tests.cluster import ROOT, Cluster, wait_for
 from tests.sweep_helpers import mlflow_runs, runs_per_trial

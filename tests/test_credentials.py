@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from sweep import credentials
+from sweep.core import credentials
 from sweep.cli import main
-from sweep.config import SWEEP, load_config
-from sweep.engine import check_resumable
-from sweep.errors import ConfigError
-from sweep.sweepdir import Stores, SweepDir
+from sweep.core.config import SWEEP, load_config
+from sweep.execution.driver import check_resumable
+from sweep.core.errors import ConfigError
+from sweep.stores.sweepdir import Stores, SweepDir
 from tests import services
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def _optuna_text(storage_url: str, sweep_name: str) -> str:
     """Every study's and trial's attributes, as one text."""
     import optuna
 
-    from sweep.studies import open_storage
+    from sweep.stores.studies import open_storage
 
     storage = open_storage(storage_url)
     parts = []
@@ -103,7 +103,7 @@ def _ray_logs_leaking() -> dict[str, list[str]]:
 def _trial_count(storage_url: str, study: str) -> int:
     import optuna
 
-    from sweep.studies import open_storage
+    from sweep.stores.studies import open_storage
 
     return len(optuna.load_study(study_name=study, storage=open_storage(storage_url)).trials)
 
@@ -128,7 +128,7 @@ def test_reprs_and_saved_config_hold_no_password(tmp_path):
                                      "tracking_uri=http://me:SECRET2@mlflow:5000"], default="quickstart", mode=SWEEP)
     assert cfg.storage.endswith(":SECRET1@db/optuna")  # kept in memory: the sweep connects with it
     stores = Stores(cfg.storage, cfg.tracking_uri)
-    from sweep.worker import TrialTask
+    from sweep.execution.worker import TrialTask
 
     task = TrialTask(stores, "s/sgd", 0, "run", "none", cfg.trial_config(), credentials={"PGPASSWORD": "SECRET3"})
     for shown in (repr(cfg), repr(stores), repr(task), str(cfg.to_dict())):

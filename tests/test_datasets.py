@@ -10,11 +10,11 @@ import numpy as np
 import optuna
 import pytest
 
-from sweep import datasets
-from sweep.config import ConfigError, TrialConfig, load_config
-from sweep.datasets import FASHION_MNIST_FILES, DatasetUnavailable, load_data, load_dataset
-from sweep.search import chosen_hyperparameters, run_params, sample_trial
-from sweep.trial import run_trial
+from sweep.core import datasets
+from sweep.core.config import ConfigError, TrialConfig, load_config
+from sweep.core.datasets import FASHION_MNIST_FILES, DatasetUnavailable, load_data, load_dataset
+from sweep.execution.search import chosen_hyperparameters, run_params, sample_trial
+from sweep.train.solo import run_trial
 
 
 def write_idx(path: Path, array: np.ndarray) -> Path:
@@ -198,7 +198,7 @@ def test_train_subset_must_be_a_positive_integer(value):
 
 
 def test_train_subset_is_frozen_on_resume():
-    from sweep.config import FROZEN_KEYS
+    from sweep.core.config import FROZEN_KEYS
 
     assert "train_subset" in FROZEN_KEYS and "batch_sizes" in FROZEN_KEYS
 

@@ -9,8 +9,8 @@ import pickle
 import pytest
 import torch
 
-from sweep.datasets import device_tensors
-from sweep.trial import COMPILE_BACKEND, GPU_CHECK_STEPS, TrialConfig, divergence_check_steps, resolve_auto, run_trial
+from sweep.core.datasets import device_tensors
+from sweep.train.solo import COMPILE_BACKEND, GPU_CHECK_STEPS, TrialConfig, divergence_check_steps, resolve_auto, run_trial
 
 DIVERGING = [("sgd", 100.0), ("adam", 0.5), ("rmsprop", 0.1)]
 

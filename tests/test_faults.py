@@ -21,10 +21,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep.config import ConfigError, load_config
-from sweep.engine import prepare, run_sweep, start
-from sweep.studies import counts_against_budget, open_storage, study_name
-from sweep.sweepdir import SweepDir
+from sweep.core.config import ConfigError, load_config
+from sweep.execution.driver import prepare, run_sweep, start
+from sweep.stores.studies import counts_against_budget, open_storage, study_name
+from sweep.stores.sweepdir import SweepDir
 from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial
 
 pytestmark = pytest.mark.slow
@@ -371,7 +371,7 @@ def test_driver_checked_before_another_ran_a_different_sweep_is_refused(ray_addr
 
 HOLD = """
 import sys
-from sweep.sweepdir import SweepDir
+from sweep.stores.sweepdir import SweepDir
 with SweepDir(sys.argv[1]).claim() as sweep_id:
     print(sweep_id, flush=True)
     sys.stdin.read()

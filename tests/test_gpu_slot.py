@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sweep.config import load_config
-from sweep.engine import run_sweep
+from sweep.core.config import load_config
+from sweep.execution.driver import run_sweep
 from tests.sweep_helpers import default_storage, studies, sweep_dir_of
 
 pytestmark = pytest.mark.slow

@@ -99,8 +99,8 @@ def test_builders_still_work_from_the_same_import_paths():
             assert driver.lr >= 0
 
 
-DRIVER_MODULES = ("sweep.cli", "sweep.engine", "sweep.report", "sweep.report_files", "sweep.best_model",
-                  "sweep.checkpoints", "sweep.worker", "mlflow.store.tracking.sqlalchemy_store")
+DRIVER_MODULES = ("sweep.cli", "sweep.execution.driver", "sweep.report.build", "sweep.report.files", "sweep.execution.best_model",
+                  "sweep.stores.checkpoints", "sweep.execution.worker", "mlflow.store.tracking.sqlalchemy_store")
 
 
 def test_the_sweep_driver_does_not_import_torch():

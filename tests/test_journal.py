@@ -15,7 +15,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from sweep.journal import TornTail, find_torn_tail, set_aside
+from sweep.stores.journal import TornTail, find_torn_tail, set_aside
 
 STUDY = "adam"
 VALUES = [0.25, 0.5, 0.75]

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from sweep import submit
-from sweep.config import SWEEP, load_config
+from sweep.core.config import SWEEP, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = yaml.safe_load((ROOT / "k8s" / "rayjob.yaml").read_text())

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from sweep.config import load_config
-from sweep.studies import open_storage
+from sweep.core.config import load_config
+from sweep.stores.studies import open_storage
 from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies
 
 pytestmark = pytest.mark.slow  # a driver subprocess on the session's Ray

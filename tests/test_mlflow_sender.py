@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from sweep import tracking
-from sweep.errors import StoreUnavailable
-from sweep.mlflow_sender import TrackingSender, epoch_ranges, is_outage
+from sweep.stores import tracking
+from sweep.core.errors import StoreUnavailable
+from sweep.stores.mlflow_sender import TrackingSender, epoch_ranges, is_outage
 
 METRICS = {"val_accuracy": 0.5, "val_loss": 1.25}
 
@@ -36,7 +36,7 @@ def test_an_epoch_sent_twice_is_stored_once(store):
 
 
 def test_writes_go_out_in_order_and_the_run_is_closed(store):
-    from sweep.outcome import Status, TrialOutcome
+    from sweep.core.outcome import Status, TrialOutcome
 
     uri, client, experiment = store
     run_id = client.create_run(experiment).info.run_id

@@ -9,7 +9,7 @@ import torch
 
 from optim import OPTIMIZERS, OptimizerSpec, build_optimizer, get_optimizer, resolve_hyperparameters
 from optim.space import OneMinusLogUniform
-from sweep.trial import TrialConfig, run_trial
+from sweep.train.solo import TrialConfig, run_trial
 
 NAMES = sorted(OPTIMIZERS)
 

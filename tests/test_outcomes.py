@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from optuna.trial import TrialState
 
-from sweep.config import load_config
-from sweep.engine import run_sweep
-from sweep.outcome import RECORDS, Status
+from sweep.core.config import load_config
+from sweep.execution.driver import run_sweep
+from sweep.core.outcome import RECORDS, Status
 from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, studies, sweep_dir_of
 
 pytestmark = pytest.mark.slow

@@ -23,10 +23,10 @@ from models.packed import PackedModel, fusable
 from optim import OPTIMIZERS, SCHEDULES
 from optim import build_optimizer, resolve_hyperparameters
 from optim.fused import RULES, FusedOptimizer
-from sweep import pack_memory
-from sweep.outcome import Status
-from sweep.pack_trial import run_pack, unpackable
-from sweep.trial import PruneTrial, TrialConfig, run_trial
+from sweep.train import memory as pack_memory
+from sweep.core.outcome import Status
+from sweep.train.packed import run_pack, unpackable
+from sweep.train.solo import PruneTrial, TrialConfig, run_trial
 
 TOLERANCE = 1e-5
 BASE = TrialConfig(epochs=2, batch_size=32)

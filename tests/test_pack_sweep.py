@@ -9,11 +9,11 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from sweep import pack_memory
-from sweep.config import load_config
-from sweep.datasets import load_data
-from sweep.engine import run_sweep
-from sweep.studies import study_name
+from sweep.train import memory as pack_memory
+from sweep.core.config import load_config
+from sweep.core.datasets import load_data
+from sweep.execution.driver import run_sweep
+from sweep.stores.studies import study_name
 from tests.sweep_helpers import (default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies,
                                  sweep_dir_of, sweep_with_a_killed_worker)
 from tests.test_worker_death import _running_trial_with_an_epoch
@@ -43,7 +43,7 @@ def _records(cfg):
                 status=t.user_attrs["status"], run_params=run.data.params, run_status=run.info.status,
                 metrics=sorted(k for k in run.data.metrics if not k.endswith(VOLATILE)), history=history,
                 test=run.data.metrics["final_test_accuracy"],
-                tags=sorted(k for k in run.data.tags if k not in ("sweep.pack", "sweep.worker")))
+                tags=sorted(k for k in run.data.tags if k not in ("sweep.pack", "sweep.execution.worker")))
     return records, parents, children, by_opt
 
 

@@ -6,8 +6,8 @@ import io
 
 from rich.console import Console
 
-from sweep.outcome import Status, Tally, TrialOutcome
-from sweep.progress import Progress
+from sweep.core.outcome import Status, Tally, TrialOutcome
+from sweep.execution.progress import Progress
 
 
 def _play(progress: Progress) -> None:

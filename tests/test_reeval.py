@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from optuna.trial import TrialState
 
-from sweep import reeval
-from sweep.outcome import Status
-from sweep.studies import MLFLOW_RUN, REEVAL_SEED, SOURCE_TRIAL, SweepStudy
+from sweep.stores import reeval
+from sweep.core.outcome import Status
+from sweep.stores.studies import MLFLOW_RUN, REEVAL_SEED, SOURCE_TRIAL, SweepStudy
 
 
 def _finish(study: SweepStudy, value: float, status: Status = Status.OK) -> int:
@@ -83,10 +83,10 @@ def test_sweep_reevaluates_reports_and_logs_a_model_that_reproduces_its_test_acc
     from mlflow import MlflowClient
 
     from sweep.cli import main
-    from sweep.config import load_config
-    from sweep.datasets import load_dataset
-    from sweep.engine import run_sweep
-    from sweep.sweepdir import SweepDir
+    from sweep.core.config import load_config
+    from sweep.core.datasets import load_dataset
+    from sweep.execution.driver import run_sweep
+    from sweep.stores.sweepdir import SweepDir
     from tests.sweep_helpers import default_storage, default_tracking_uri, sweep_dir_of
 
     base = sweep_overrides + ["name=reeval", "optimizers=[sgd,adam]", "trials=3", "epochs=2", "pruner=none",

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from sweep import plots
-from sweep.comparison import BudgetCurve, Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
-from sweep.outcome import Status
-from sweep.report_files import ReportFiles, html_page, ranking_rows, write_report
+from sweep.report import plots
+from sweep.report.comparison import BudgetCurve, Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
+from sweep.core.outcome import Status
+from sweep.report.files import ReportFiles, html_page, ranking_rows, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EPOCHS, STEPS = 8, 36

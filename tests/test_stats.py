@@ -8,8 +8,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from sweep import stats
-from sweep.stats import TieResult, budget_curve, rank_and_tie, seed_stats
+from sweep.report import stats
+from sweep.report.stats import TieResult, budget_curve, rank_and_tie, seed_stats
 
 
 def brute_force_expected_best(values):

@@ -9,9 +9,9 @@ import pytest
 from optuna.trial import TrialState
 
 from optim import OPTIMIZERS, SCHEDULES, resolve_hyperparameters, resolve_schedule_params
-from sweep.config import load_config
-from sweep.search import chosen_hyperparameters, sample_trial
-from sweep.studies import PRUNERS, SAMPLERS, make_pruner, make_sampler
+from sweep.core.config import load_config
+from sweep.execution.search import chosen_hyperparameters, sample_trial
+from sweep.stores.studies import PRUNERS, SAMPLERS, make_pruner, make_sampler
 
 EPOCHS = 6
 

@@ -158,7 +158,7 @@ def pg_database():
 def test_submitted_sweep_runs_to_the_end_as_a_ray_job(ray_head, pg_database, tmp_path):
     import optuna
 
-    from sweep.studies import open_storage, study_name
+    from sweep.stores.studies import open_storage, study_name
 
     out = tmp_path / "sweeps"
     result = sweep_cli("submit", "quickstart", "name=submitted", "optimizers=[sgd]", "trials=2", "epochs=1", "reeval_seeds=0", "report_figures=false",

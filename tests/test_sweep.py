@@ -10,8 +10,8 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.cli import main
-from sweep.config import load_config
-from sweep.engine import run_sweep
+from sweep.core.config import load_config
+from sweep.execution.driver import run_sweep
 from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies, sweep_dir_of
 
 pytestmark = pytest.mark.slow  # every test runs a sweep on the session's Ray

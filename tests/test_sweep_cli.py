@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sweep.cli import main
-from sweep.sweepdir import SweepDir
+from sweep.stores.sweepdir import SweepDir
 from tests import services
 
 REPO = Path(__file__).resolve().parent.parent

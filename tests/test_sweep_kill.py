@@ -13,8 +13,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweep.config import load_config
-from sweep.studies import counts_against_budget, open_storage, study_name
+from sweep.core.config import load_config
+from sweep.stores.studies import counts_against_budget, open_storage, study_name
 from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies, sweep_dir_of
 
 pytestmark = pytest.mark.slow  # sweeps on the session's Ray, one of them in a driver subprocess
@@ -104,9 +104,9 @@ def cfg_tracking(cfg):
 def test_rerun_repairs_a_driver_that_died_between_two_writes(ray_address, sweep_overrides):
     """The driver died after failing a trial in Optuna but before closing its run and queueing its
     retry: the next run closes the run from the study's record and queues the retry once."""
-    from sweep.engine import run_sweep
-    from sweep.search import sample_trial
-    from sweep.tracking import SweepTracker
+    from sweep.execution.driver import run_sweep
+    from sweep.execution.search import sample_trial
+    from sweep.stores.tracking import SweepTracker
 
     base = sweep_overrides + ["name=halfway", "optimizers=[adam]", "epochs=1", "pruner=none", "workers=1"]
     cfg = load_config("quickstart", base + ["trials=1"], mode="sweep")
@@ -140,8 +140,8 @@ def test_sigkill_driver_during_reevaluation_then_rerun(ray_address, tmp_path):
     missing (configuration, seed) once, and ends with every seed exactly once and a model."""
     import json
 
-    from sweep import reeval
-    from sweep.studies import SweepStudy
+    from sweep.stores import reeval
+    from sweep.stores.studies import SweepStudy
 
     overrides = [f"output_dir={tmp_path / 'sweeps'}", "name=killed-reeval", "optimizers=[sgd]", "trials=2",
                  "epochs=4", "batch_size=32", "workers=2", "pruner=none", "schedules=[constant]", "reeval_seeds=3",

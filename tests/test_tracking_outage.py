@@ -1,5 +1,5 @@
 """A real MLflow tracking server killed mid-sweep: trials keep training, and what they logged while
-it was down arrives once it is back, once (sweep/mlflow_sender.py); a server away longer than
+it was down arrives once it is back, once (sweep/stores/mlflow_sender.py); a server away longer than
 ``tracking_retry_s`` fails the trial with the epochs it could not log, never a silent gap.
 
 Real ``mlflow server`` processes (sqlite backend, one uvicorn worker; one per module) killed with SIGKILL to their
@@ -22,11 +22,11 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweep.config import load_config
-from sweep.engine import run_sweep
-from sweep.studies import open_storage, study_name
-from sweep.sweepdir import SweepDir
-from sweep.trial import EpochMetrics
+from sweep.core.config import load_config
+from sweep.execution.driver import run_sweep
+from sweep.stores.studies import open_storage, study_name
+from sweep.stores.sweepdir import SweepDir
+from sweep.train.solo import EpochMetrics
 from sweep.ui import Server, base_url, server_command, server_env
 from tests.sweep_helpers import default_storage, mlflow_runs, runs_per_trial
 from tests.test_ui import free_port

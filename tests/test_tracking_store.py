@@ -5,7 +5,7 @@ import sqlite3
 
 from mlflow import MlflowClient
 
-from sweep import tracking
+from sweep.stores import tracking
 
 
 def _schema(path) -> list[tuple]:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.datasets import DATASETS, DataSplits, DatasetUnavailable, load_dataset
-from sweep.trial import EpochMetrics, PruneTrial, TrialConfig, random_crop_flip, run_trial
+from sweep.core.datasets import DATASETS, DataSplits, DatasetUnavailable, load_dataset
+from sweep.train.solo import EpochMetrics, PruneTrial, TrialConfig, random_crop_flip, run_trial
 
 
 def _losses(result):

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from sweep.waiting import TrackingWatch, announce_if_slow
+from sweep.stores.waiting import TrackingWatch, announce_if_slow
 
 
 def _free_port() -> int:

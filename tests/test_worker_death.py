@@ -12,8 +12,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep.config import load_config
-from sweep.studies import open_storage, study_name
+from sweep.core.config import load_config
+from sweep.stores.studies import open_storage, study_name
 from tests.sweep_helpers import (default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies,
                                  sweep_dir_of, sweep_with_a_killed_worker)
 

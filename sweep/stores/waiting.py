@@ -13,7 +13,7 @@ import time
 import urllib.request
 from typing import Iterator
 
-from sweep.credentials import is_server, public, redacted
+from sweep.core.credentials import is_server, public, redacted
 
 SLOW_S = 5.0
 

@@ -26,14 +26,14 @@ import yaml
 from models import MODELS
 from optim import OPTIMIZERS, SCHEDULES, resolve_hyperparameters, resolve_schedule_params
 from optim.schedules import WARMUP_DEFAULTS
-from sweep import credentials
-from sweep.datasets import DATASETS
-from sweep.errors import ConfigError
-from sweep.registries import PRUNER_NAMES, SAMPLER_NAMES
+from sweep.core import credentials
+from sweep.core.datasets import DATASETS
+from sweep.core.errors import ConfigError
+from sweep.core.registries import PRUNER_NAMES, SAMPLER_NAMES
 
 __all__ = ["ConfigError", "SweepConfig", "TrialConfig", "GroupChoice", "load_config", "FROZEN_KEYS"]
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 TRAIN, SWEEP = "train", "sweep"  # load modes: `sweep train` / `sweep run`
 
 
@@ -102,7 +102,7 @@ PACK_UPDATES = (EXACT, FUSED)
 
 
 def _pack(key, value):
-    """``auto`` or how many trials of one optimizer train together (``sweep.pack_trial``)."""
+    """``auto`` or how many trials of one optimizer train together (``sweep.train.packed``)."""
     if value == AUTO:
         return value
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= PACK_LIMIT:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-from sweep import tracking
-from sweep.credentials import redact
-from sweep.errors import store_calls
-from sweep.outcome import Status, TrialOutcome
-from sweep.studies import SweepStudy, outcome_of
+from sweep.stores import tracking
+from sweep.core.credentials import redact
+from sweep.core.errors import store_calls
+from sweep.core.outcome import Status, TrialOutcome
+from sweep.stores.studies import SweepStudy, outcome_of
 
 OPTUNA, MLFLOW = "Optuna storage", "MLflow tracking store"
 # How the run gets closed; by default at once, an error stopping the sweep. A worker closes it

@@ -25,11 +25,11 @@ import torch.nn.functional as F
 
 from models import build_model
 from optim import ScheduleDriver, build_optimizer
-from sweep.checkpoints import Checkpoint
-from sweep.config import AUTO, TrialConfig
-from sweep.datasets import DataSplits, device_tensors, load_data
-from sweep.errors import StoreUnavailable
-from sweep.outcome import Status
+from sweep.stores.checkpoints import Checkpoint
+from sweep.core.config import AUTO, TrialConfig
+from sweep.core.datasets import DataSplits, device_tensors, load_data
+from sweep.core.errors import StoreUnavailable
+from sweep.core.outcome import Status
 
 __all__ = ["TrialConfig", "EpochMetrics", "TrialResult", "PruneTrial", "run_trial", "random_crop_flip"]
 

@@ -12,12 +12,14 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from sweep import reeval, stats, tracking
-from sweep.comparison import Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
-from sweep.config import SweepConfig
-from sweep.outcome import Status, Tally
-from sweep.studies import HYPERPARAMETERS, MLFLOW_RUN, SweepStudy, outcome_of, study_name
-from sweep.sweepdir import Stores
+from sweep.report import stats
+
+from sweep.stores import reeval, tracking
+from sweep.report.comparison import Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
+from sweep.core.config import SweepConfig
+from sweep.core.outcome import Status, Tally
+from sweep.stores.studies import HYPERPARAMETERS, MLFLOW_RUN, SweepStudy, outcome_of, study_name
+from sweep.stores.sweepdir import Stores
 
 TRAIN_IMAGES = "train_images"  # search study attribute: the size of the training split (steps per epoch)
 

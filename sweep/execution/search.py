@@ -12,7 +12,7 @@ from typing import Any
 
 from optim import OPTIMIZERS, SCHEDULES
 from optim.space import Choice
-from sweep.config import SweepConfig, TrialConfig, accepted_keys
+from sweep.core.config import SweepConfig, TrialConfig, accepted_keys
 
 
 def sample_trial(trial, optimizer: str, cfg: SweepConfig) -> TrialConfig:

@@ -18,8 +18,8 @@ from statistics import fmean
 
 from optuna.trial import FrozenTrial
 
-from sweep.outcome import Status, TrialOutcome
-from sweep.studies import MLFLOW_RUN, REEVAL_SEED, RETRY_OF, SOURCE_TRIAL, SweepStudy, outcome_of
+from sweep.core.outcome import Status, TrialOutcome
+from sweep.stores.studies import MLFLOW_RUN, REEVAL_SEED, RETRY_OF, SOURCE_TRIAL, SweepStudy, outcome_of
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from sweep.errors import first_line
+from sweep.core.errors import first_line
 
 if TYPE_CHECKING:
     import torch
 
-    from sweep.trial import EpochMetrics
+    from sweep.train.solo import EpochMetrics
 
 FOLDER = "checkpoints"
 FORMAT = 1  # bumped when the file's layout changes; another layout is not read
@@ -108,7 +108,7 @@ def read(path: Path) -> Checkpoint:
     (``weights_only``): a file in a shared store is data, never code."""
     import torch
 
-    from sweep.trial import EpochMetrics
+    from sweep.train.solo import EpochMetrics
 
     fields = torch.load(path, map_location="cpu", weights_only=True)
     if fields.pop("format", None) != FORMAT:
@@ -129,7 +129,7 @@ def _repository(uri: str, run_id: str, root: str | None = None):
     server's proxy: ``tracking.artifact_uri``)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from sweep import tracking
+    from sweep.stores import tracking
 
     return get_artifact_repository(tracking.artifact_uri(uri, run_id, root), tracking_uri=uri)
 

@@ -26,17 +26,19 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sweep import checkpoints, credentials, tracking
-from sweep.config import TrialConfig
-from sweep.errors import StoreUnavailable, store_calls
-from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
-from sweep.mlflow_sender import TrackingSender, use_short_requests
-from sweep.outcome import Status, TrialOutcome
-from sweep.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, RESUMED_FROM, SweepStudy
-from sweep.sweepdir import Stores
+from sweep.core import credentials
+
+from sweep.stores import checkpoints, tracking
+from sweep.core.config import TrialConfig
+from sweep.core.errors import StoreUnavailable, store_calls
+from sweep.stores.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
+from sweep.stores.mlflow_sender import TrackingSender, use_short_requests
+from sweep.core.outcome import Status, TrialOutcome
+from sweep.stores.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, RESUMED_FROM, SweepStudy
+from sweep.stores.sweepdir import Stores
 
 if TYPE_CHECKING:
-    from sweep.trial import EpochMetrics
+    from sweep.train.solo import EpochMetrics
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class Attempt:
             self.spent["report_seconds"] += time.perf_counter() - reporting
 
     def _report(self, m: EpochMetrics) -> None:
-        from sweep.trial import PruneTrial
+        from sweep.train.solo import PruneTrial
 
         if m.epoch not in self.logged:
             self.sender.log_epoch(m.epoch, m.logged())
@@ -165,7 +167,7 @@ def _load(task: TrialTask) -> SweepStudy:
 def _execute(task: TrialTask, data, sender: TrackingSender, tags: dict[str, str] | None = None) -> TrialOutcome:
     import torch
 
-    from sweep.trial import run_trial  # torch: imported here, so the driver never does
+    from sweep.train.solo import run_trial  # torch: imported here, so the driver never does
 
     entered = time.perf_counter()
     torch.set_num_threads(max(1, task.threads))

@@ -14,10 +14,10 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from sweep.config import SweepConfig
-from sweep.credentials import is_server, public, redact, redacted
-from sweep.errors import ConfigError, first_line
-from sweep.sweepdir import Stores
+from sweep.core.config import SweepConfig
+from sweep.core.credentials import is_server, public, redact, redacted
+from sweep.core.errors import ConfigError, first_line
+from sweep.stores.sweepdir import Stores
 
 TIMEOUT_S = 5
 
@@ -104,8 +104,8 @@ def check_stores(cfg: SweepConfig, stores: Stores) -> None:
 def check_same_sweep(name: str, stores: Stores, sweep_id: str) -> None:
     """Refuse stores that already hold a sweep of this name started elsewhere (another sweep id):
     mixing the two would corrupt both. Reads only; a store that does not exist yet holds nothing."""
-    from sweep.studies import foreign_studies
-    from sweep.tracking import foreign_experiment
+    from sweep.stores.studies import foreign_studies
+    from sweep.stores.tracking import foreign_experiment
 
     where = None
     path = file_of(stores.storage)
@@ -150,7 +150,7 @@ def _journal_path(stores: Stores) -> Path | None:
 def check_journal(stores: Stores) -> None:
     """Say before anything is written that the journal's last record is torn (it is repaired
     once this driver holds the sweep)."""
-    from sweep.journal import find_torn_tail
+    from sweep.stores.journal import find_torn_tail
 
     path = _journal_path(stores)
     torn = find_torn_tail(path) if path is not None else None
@@ -162,8 +162,8 @@ def check_journal(stores: Stores) -> None:
 def repair_journal(stores: Stores) -> None:
     """Set a torn journal tail aside (a copy of the whole file is kept) before Optuna appends to
     it; the lost record's trial comes back RUNNING and is re-run by the usual recovery."""
-    from sweep.journal import find_torn_tail, set_aside
-    from sweep.studies import open_storage
+    from sweep.stores.journal import find_torn_tail, set_aside
+    from sweep.stores.studies import open_storage
 
     path = _journal_path(stores)
     torn = find_torn_tail(path) if path is not None else None

@@ -5,7 +5,7 @@ tuning budget and the seed. So the report never ranks by one lucky number: each 
 configuration is re-trained over several seeds (``seed_stats``), an optimizer within noise of the
 top-ranked one is marked tied (``rank_and_tie``), and the search is summarised by how the best
 result grows with the budget (``budget_curve``). Pure functions of numbers (numpy and scipy only),
-so ``sweep.collect`` can feed them from the stores and tests can feed them by hand.
+so ``sweep.report.collect`` can feed them from the stores and tests can feed them by hand.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from sweep.comparison import BudgetCurve, SeedStats
+from sweep.report.comparison import BudgetCurve, SeedStats
 
 ALPHA = 0.05
 TIE_RULE = (f"tied: Welch's t-test against the top-ranked optimizer, two-sided, p >= {ALPHA:g}, "

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from sweep.outcome import FINAL_PREFIX, MLFLOW_REASON_TAG, MLFLOW_STATUS_TAG, TrialOutcome
+from sweep.core.outcome import FINAL_PREFIX, MLFLOW_REASON_TAG, MLFLOW_STATUS_TAG, TrialOutcome
 
 ROLE, OPTIMIZER, TRIAL = "sweep.role", "sweep.optimizer", "optuna.trial_number"
 # Run roles: a parent per optimizer, its search trials and re-evaluations, and one run for the sweep.

@@ -20,20 +20,26 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sweep import best_model, checkpoints, credentials, preflight, reeval, report, tracking
-from sweep.collect import TRAIN_IMAGES
-from sweep.config import AUTO, FROZEN_KEYS, STORE_URL_KEYS, SweepConfig, saved_values
-from sweep.datasets import DataSplits, DatasetUnavailable, load_data
-from sweep.errors import ConfigError, StoreUnavailable, first_line, store_calls
-from sweep.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
-from sweep.outcome import Status, Tally, TrialOutcome
-from sweep.progress import Progress
-from sweep.search import chosen_hyperparameters, run_params, sample_trial
-from sweep.studies import HYPERPARAMETERS, MLFLOW_RUN, RETRY_OF, SweepStudy, outcome_of
-from sweep.sweepdir import FINISHED, INTERRUPTED, RUNNING, Stores, SweepDir
-from sweep.waiting import TrackingWatch, announce_if_slow
-from sweep.pack_worker import PackTask, execute_pack
-from sweep.worker import TrialTask, execute
+from sweep.core import credentials
+
+from sweep.execution import best_model, preflight
+
+from sweep.report import build as report
+
+from sweep.stores import checkpoints, reeval, tracking
+from sweep.report.collect import TRAIN_IMAGES
+from sweep.core.config import AUTO, FROZEN_KEYS, STORE_URL_KEYS, SweepConfig, saved_values
+from sweep.core.datasets import DataSplits, DatasetUnavailable, load_data
+from sweep.core.errors import ConfigError, StoreUnavailable, first_line, store_calls
+from sweep.stores.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
+from sweep.core.outcome import Status, Tally, TrialOutcome
+from sweep.execution.progress import Progress
+from sweep.execution.search import chosen_hyperparameters, run_params, sample_trial
+from sweep.stores.studies import HYPERPARAMETERS, MLFLOW_RUN, RETRY_OF, SweepStudy, outcome_of
+from sweep.stores.sweepdir import FINISHED, INTERRUPTED, RUNNING, Stores, SweepDir
+from sweep.stores.waiting import TrackingWatch, announce_if_slow
+from sweep.execution.pack_worker import PackTask, execute_pack
+from sweep.execution.worker import TrialTask, execute
 
 AUTO_PACK = 16  # pack=auto asks this many trials per task; the worker splits what its device cannot hold
 
@@ -235,7 +241,7 @@ def _ray_init(cfg: SweepConfig) -> None:
 # of them is imported by ray.init itself, so the prefetch thread and ray.init do not contend for
 # the same module locks.
 SQL_TRACKING_IMPORTS = ("mlflow.store.tracking.sqlalchemy_store",)  # MLflow's SQL store: SQLAlchemy, alembic
-REPORT_IMPORTS = ("sweep.report_files",)  # matplotlib
+REPORT_IMPORTS = ("sweep.report.files",)  # matplotlib
 
 
 def driver_imports(stores: Stores | None) -> tuple[str, ...]:
@@ -280,8 +286,8 @@ def _warm_up() -> int:
 
     import torch
 
-    import sweep.pack_trial  # noqa: F401 - the trial loop (solo and packed): torch, the models, the optimizers
-    import sweep.worker  # noqa: F401 - its reporting: Optuna, MLflow
+    import sweep.train.packed  # noqa: F401 - the trial loop (solo and packed): torch, the models, the optimizers
+    import sweep.execution.worker  # noqa: F401 - its reporting: Optuna, MLflow
 
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     return os.getpid()

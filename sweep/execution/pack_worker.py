@@ -1,7 +1,7 @@
 """What runs on a Ray worker for a pack: several trials of one optimizer trained as one fused model
-(``sweep.pack_trial``), each still its own Optuna trial and MLflow run.
+(``sweep.train.packed``), each still its own Optuna trial and MLflow run.
 
-Each member gets what a solo trial gets from ``sweep.worker``: its attempt counted, its epochs
+Each member gets what a solo trial gets from ``sweep.execution.worker``: its attempt counted, its epochs
 reported to Optuna and logged to MLflow through its own sender, its checkpoints (in the solo
 format), and its outcome finished through ``finish.finish_trial``. Its records differ from a solo
 trial's only by the ``pack`` attribute (``sweep.pack`` tag in MLflow): the trial numbers it was
@@ -25,12 +25,12 @@ import sys
 import time
 from dataclasses import dataclass
 
-from sweep import credentials
-from sweep.errors import StoreUnavailable, store_calls
-from sweep.finish import OPTUNA
-from sweep.mlflow_sender import TrackingSender, use_short_requests
-from sweep.outcome import Status, TrialOutcome
-from sweep.worker import Attempt, TrialTask, _execute, _load, device_memory, this_node
+from sweep.core import credentials
+from sweep.core.errors import StoreUnavailable, store_calls
+from sweep.stores.finish import OPTUNA
+from sweep.stores.mlflow_sender import TrackingSender, use_short_requests
+from sweep.core.outcome import Status, TrialOutcome
+from sweep.execution.worker import Attempt, TrialTask, _execute, _load, device_memory, this_node
 
 PACK = "pack"              # Optuna user attribute and MLflow tag (sweep.pack): the trial numbers packed together
 PACK_ERROR = "pack_error"  # why a member went on solo
@@ -66,10 +66,10 @@ def _solo(member: TrialTask, data, tags: dict[str, str]) -> TrialOutcome:
 def _execute_pack(task: PackTask, data) -> list[TrialOutcome]:
     import torch
 
-    from sweep import pack_memory
-    from sweep.datasets import device_tensors
-    from sweep.pack_trial import run_pack
-    from sweep.trial import pick_device
+    from sweep.train import memory as pack_memory
+    from sweep.core.datasets import device_tensors
+    from sweep.train.packed import run_pack
+    from sweep.train.solo import pick_device
 
     first = task.members[0]
     torch.set_num_threads(max(1, first.threads))

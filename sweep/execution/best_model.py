@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sweep import checkpoints, tracking
-from sweep.datasets import DataSplits
-from sweep.errors import first_line
-from sweep.sweepdir import Stores
+from sweep.stores import checkpoints, tracking
+from sweep.core.datasets import DataSplits
+from sweep.core.errors import first_line
+from sweep.stores.sweepdir import Stores
 
 EXAMPLE_IMAGES = 4
 

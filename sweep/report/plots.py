@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from optim import OPTIMIZERS, SCHEDULES
-from sweep.comparison import Comparison, OptimizerResult, SearchedTrial
-from sweep.outcome import Status
+from sweep.report.comparison import Comparison, OptimizerResult, SearchedTrial
+from sweep.core.outcome import Status
 
 DPI = 110
 WIDTH = 9.5                     # inches: about 1045 px at DPI, a laptop screen's width with margins

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.outcome import FINAL_PREFIX, REASON_KEY, RECORDS, STATUS_KEY, Status, TrialOutcome, status_from_optuna
-from sweep.registries import PRUNERS, SAMPLERS
+from sweep.core.outcome import FINAL_PREFIX, REASON_KEY, RECORDS, STATUS_KEY, Status, TrialOutcome, status_from_optuna
+from sweep.core.registries import PRUNERS, SAMPLERS
 
 DIRECTION = "maximize"  # validation accuracy
 RETRY_OF, MLFLOW_RUN, ATTEMPT, HYPERPARAMETERS = "retry_of", "mlflow_run_id", "attempt", "hyperparameters"

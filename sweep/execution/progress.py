@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from sweep.outcome import Status, Tally, TrialOutcome
+from sweep.core.outcome import Status, Tally, TrialOutcome
 
 
 class Progress:

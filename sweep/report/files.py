@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from sweep import plots
-from sweep.comparison import Comparison, OptimizerResult, SeedStats
-from sweep.credentials import redact
-from sweep.outcome import Status
+from sweep.report import plots
+from sweep.report.comparison import Comparison, OptimizerResult, SeedStats
+from sweep.core.credentials import redact
+from sweep.core.outcome import Status
 
 NOT_TESTED = "-"
 TOP, TIED = "best", "tied"

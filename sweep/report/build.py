@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweep.comparison import Comparison, OptimizerResult
-from sweep.sweepdir import FINISHED
+from sweep.report.comparison import Comparison, OptimizerResult
+from sweep.stores.sweepdir import FINISHED
 
 REPORT_ARTIFACTS = "report"  # the sweep-level run's artifact folder
 
@@ -33,15 +33,15 @@ def build(cfg, stores, sweep_dir, state: str, tracker=None, figures: bool = True
     """Read the sweep from its stores, write the report files and ``summary.json``, and publish
     them to MLflow: the report on the sweep-level run, each optimizer's result on its parent run.
     A finished sweep's runs are closed; a running one's are left running."""
-    from sweep import collect, report_files
-    from sweep.errors import store_calls
-    from sweep.finish import MLFLOW
+    from sweep.report import collect, files as report_files
+    from sweep.core.errors import store_calls
+    from sweep.stores.finish import MLFLOW
 
     comparison = collect.comparison(cfg, stores, state, figures)
     files = report_files.write_report(comparison, sweep_dir.report, figures)
     sweep_dir.write_summary(summary(comparison, stores, files.html))
     if tracker is None:
-        from sweep.tracking import SweepTracker
+        from sweep.stores.tracking import SweepTracker
 
         with store_calls(MLFLOW):
             tracker = SweepTracker(stores.tracking_uri, cfg.name, sweep_dir.artifacts if stores.local_tracking else None,
@@ -54,7 +54,7 @@ def build(cfg, stores, sweep_dir, state: str, tracker=None, figures: bool = True
 
 def summary(comparison: Comparison, stores, html: Path) -> dict[str, Any]:
     """``summary.json``: the comparison's figures, without the per-trial detail."""
-    from sweep.credentials import public
+    from sweep.core.credentials import public
 
     optimizers = {}
     for rank, r in enumerate(comparison.results, 1):
@@ -93,7 +93,7 @@ def publish(tracker, comparison: Comparison, folder: Path, markdown: str, final:
             artifacts: str | None = None) -> str:
     """The report as artifacts of the sweep-level run (``report/report.html`` opens in the MLflow
     UI's artifact viewer), and each optimizer's summary, best trial and model on its parent."""
-    from sweep import tracking
+    from sweep.stores import tracking
 
     run_id = tracker.sweep_run()
     exp = tracker.experiment_id
@@ -133,7 +133,7 @@ def best_of(summary: dict[str, Any] | None) -> str:
 
 def list_sweeps(output_dir: str | Path) -> str:
     """The ``sweep ls`` table (reads files only: no store, no heavy import)."""
-    from sweep.sweepdir import list_sweeps as sweeps_under
+    from sweep.stores.sweepdir import list_sweeps as sweeps_under
 
     sweeps = sweeps_under(output_dir)
     if not sweeps:

@@ -32,12 +32,12 @@ from models.packed import PackedModel
 from optim import ScheduleDriver, resolve_hyperparameters
 from optim.fused import FusedOptimizer, MemberOptimizers
 from optim.optimizers import build_optimizer
-from sweep.checkpoints import Checkpoint
-from sweep.config import FUSED, TrialConfig
-from sweep.datasets import DataSplits, device_tensors, load_data
-from sweep.errors import StoreUnavailable
-from sweep.outcome import Status
-from sweep.trial import (EpochMetrics, PruneTrial, Reporter, Saver, TrialResult, _final, divergence_check_steps,
+from sweep.stores.checkpoints import Checkpoint
+from sweep.core.config import FUSED, TrialConfig
+from sweep.core.datasets import DataSplits, device_tensors, load_data
+from sweep.core.errors import StoreUnavailable
+from sweep.core.outcome import Status
+from sweep.train.solo import (EpochMetrics, PruneTrial, Reporter, Saver, TrialResult, _final, divergence_check_steps,
                          draw_batch, pick_device, resolve_auto)
 
 # What members of one pack may differ in; everything else (data, model, seed, epochs, batch size,

@@ -30,10 +30,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, TypeVar
 
-from sweep import credentials, tracking
-from sweep.errors import StoreUnavailable, first_line
-from sweep.finish import MLFLOW
-from sweep.outcome import TrialOutcome
+from sweep.core import credentials
+
+from sweep.stores import tracking
+from sweep.core.errors import StoreUnavailable, first_line
+from sweep.stores.finish import MLFLOW
+from sweep.core.outcome import TrialOutcome
 
 REQUEST_TIMEOUT_S = 15  # one HTTP request; a log_batch takes milliseconds when the server answers
 FIRST_DELAY_S, MAX_DELAY_S = 0.5, 5.0  # backoff between tries: a returning server is found within 5 s

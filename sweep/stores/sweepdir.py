@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from sweep.credentials import is_server, redact, redacted
+from sweep.core.credentials import is_server, redact, redacted
 
 CONFIG, ID, STATE, LOCK = "sweep.yaml", "id", "state", "lock"
 JOURNAL, MLFLOW_DB, ARTIFACTS = "optuna.journal", "mlflow.db", "artifacts"

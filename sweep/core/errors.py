@@ -1,7 +1,7 @@
 """The errors the engine raises and the CLI turns into exit codes (kept free of heavy imports)."""
 from __future__ import annotations
 
-from sweep.credentials import redact
+from sweep.core.credentials import redact
 
 
 class ConfigError(ValueError):

@@ -1,5 +1,5 @@
-"""What a sweep's report shows, as typed values: built from the stores by ``sweep.collect``, drawn
-by ``sweep.plots``, written by ``sweep.report_files``. Nothing here reads a store or draws.
+"""What a sweep's report shows, as typed values: built from the stores by ``sweep.report.collect``, drawn
+by ``sweep.report.plots``, written by ``sweep.report.files``. Nothing here reads a store or draws.
 
 The search finds each optimizer's best configuration on the validation set; the re-evaluation
 trains that configuration again with fresh seeds and scores it on the test set. The ranking is by
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from sweep.outcome import Status
+from sweep.core.outcome import Status
 
 
 @dataclass(frozen=True)
