@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from optim.errors import SpecError, UnknownEntry
 from optim.momentum import FORMULATIONS
 from optim.ranges import NON_NEGATIVE, OPEN_UNIT, POSITIVE, UNIT, Interval
 from optim.space import Distribution, LogUniform, OneMinusLogUniform
@@ -125,13 +126,13 @@ def resolve_hyperparameters(name: str, given: Mapping[str, Any]) -> dict[str, An
     spec = get_optimizer(name)
     unknown = sorted(set(given) - set(spec.defaults))
     if unknown:
-        raise KeyError(f"optimizer.{unknown[0]}: {name} takes {', '.join(sorted(spec.defaults))}")
+        raise UnknownEntry(f"optimizer.{unknown[0]}", f"{name} takes {', '.join(sorted(spec.defaults))}")
     hp = dict(spec.defaults)
     for key, value in given.items():
         allowed = CATEGORICAL_HYPERPARAMETERS.get(key)
         if allowed is not None:
             if value not in allowed:
-                raise ValueError(f"optimizer.{key}: must be one of {', '.join(allowed)}, got {value!r}")
+                raise SpecError(f"optimizer.{key}", f"must be one of {', '.join(allowed)}, got {value!r}")
         else:
             spec.ranges.get(key, NUMERIC_RANGES[key]).check(f"optimizer.{key}", value)
         hp[key] = value
@@ -142,7 +143,7 @@ def get_optimizer(name: str) -> OptimizerSpec:
     try:
         return OPTIMIZERS[name]
     except KeyError:
-        raise KeyError(f"unknown optimizer {name!r}; choose from: {', '.join(sorted(OPTIMIZERS))}") from None
+        raise UnknownEntry("optimizer", f"unknown optimizer {name!r}; choose from: {', '.join(sorted(OPTIMIZERS))}") from None
 
 
 def build_optimizer(name: str, params: Iterable, hp: Mapping[str, Any]) -> torch.optim.Optimizer:

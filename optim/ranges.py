@@ -5,6 +5,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from optim.errors import SpecError
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -21,13 +23,13 @@ class Interval:
         return f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
     def check(self, key: str, value: Any) -> None:
-        """Raise ValueError('<key>: must be ...') unless ``value`` lies in the interval."""
+        """Raise ``SpecError(key, 'must be ...')`` unless ``value`` lies in the interval."""
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         ok = ok and (isinstance(value, int) or not self.integer)
         ok = ok and (value > self.low if self.low_open else value >= self.low)
         ok = ok and (value < self.high if self.high_open else value <= self.high)
         if not ok:
-            raise ValueError(f"{key}: must be {self.describe()}, got {value!r}")
+            raise SpecError(key, f"must be {self.describe()}, got {value!r}")
 
 
 POSITIVE = Interval(low_open=True)

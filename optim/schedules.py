@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from optim.errors import SpecError, UnknownEntry
 from optim.ranges import NON_NEGATIVE, NON_NEGATIVE_INT, OPEN_UNIT, POSITIVE_INT, Interval
 from optim.space import Distribution, IntRange, Uniform
 
@@ -110,7 +111,7 @@ def get_schedule(name: str) -> ScheduleSpec:
     try:
         return SCHEDULES[name]
     except KeyError:
-        raise KeyError(f"unknown schedule {name!r}; choose from: {', '.join(sorted(SCHEDULES))}") from None
+        raise UnknownEntry("schedule", f"unknown schedule {name!r}; choose from: {', '.join(sorted(SCHEDULES))}") from None
 
 
 def resolve_schedule_params(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -119,18 +120,18 @@ def resolve_schedule_params(name: str, given: Mapping[str, Any]) -> dict[str, An
     allowed = {**WARMUP_DEFAULTS, **spec.defaults}
     unknown = sorted(set(given) - set(allowed))
     if unknown:
-        raise KeyError(f"schedule.{unknown[0]}: {name} takes {', '.join(sorted(allowed))}")
+        raise UnknownEntry(f"schedule.{unknown[0]}", f"{name} takes {', '.join(sorted(allowed))}")
     params = {**allowed, **given}
     for key, value in given.items():
         if key == "milestones":
             ok = isinstance(value, (list, tuple)) and value and all(
                 isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in value)
             if not ok:
-                raise ValueError(f"schedule.milestones: must be a list of fractions of the run in (0, 1), got {value!r}")
+                raise SpecError("schedule.milestones", f"must be a list of fractions of the run in (0, 1), got {value!r}")
         else:
             PARAM_RANGES[key].check(f"schedule.{key}", value)
     if params.get("restart_epochs") and params.get("restart_mult", 1) < 1:
-        raise ValueError(f"schedule.restart_mult: must be an integer >= 1 with restarts, got {params['restart_mult']!r}")
+        raise SpecError("schedule.restart_mult", f"must be an integer >= 1 with restarts, got {params['restart_mult']!r}")
     return params
 
 

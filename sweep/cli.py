@@ -7,13 +7,14 @@ Help, `ls` and bad input import neither torch, Ray nor MLflow, so they answer at
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import signal
 import sys
 
-from sweep.core.config import SWEEP, TRAIN, ConfigError, config_names, key_table, load_config, saved_values
+from sweep.core.config import SWEEP, TRAIN, config_names, key_table, load_config, saved_values
 from sweep.core.credentials import redact, redacted
-from sweep.core.errors import StoreUnavailable
+from sweep.core.errors import ConfigError, StoreUnavailable
 
 USAGE_ERROR, FAILED = 2, 1
 DEFAULT_OUTPUT_DIR = "./sweeps"
@@ -39,7 +40,8 @@ def cmd_train(args) -> int:
         return _fail(str(exc))
     if args.print_config:
         return _print_config(cfg)
-    from sweep.core.datasets import DatasetUnavailable, load_data
+    from sweep.core.datasets import load_data
+    from sweep.core.errors import DatasetUnavailable
     from sweep.train.solo import run_trial
 
     tc = cfg.trial_config()
@@ -327,37 +329,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The program (``argv`` None: the command line) ends through ``_exit``; a caller's list returns."""
-    code = _main(sys.argv[1:] if argv is None else argv)
-    if argv is None:
-        _exit(code)
-    return code
+    """The program (``argv`` None: the command line) ends without the interpreter's teardown
+    (``_end_without_teardown``); a caller's list just returns the exit code."""
+    if argv is not None:
+        return _main(argv)
+    code = [1]  # an unexpected exception leaves 1, as Python's own exit would
+    atexit.register(_end_without_teardown, code)  # registered first, so it runs after every other exit handler
+    code[0] = _main(sys.argv[1:])
+    return code[0]
 
 
 HEAVY = ("torch", "ray", "mlflow")
 
 
-def _exit(code: int) -> None:
-    """End the program without the interpreter's teardown once a command has loaded torch, Ray or
-    MLflow: freeing those modules' objects one by one takes seconds (about 2 s on 2 cores, more
-    under load) after the command is done. Exit handlers still run (Ray shuts its processes down,
-    logging flushes), then the output is flushed; with another non-daemon thread still running,
-    the normal exit waits for it as always."""
-    import threading
-
+def _end_without_teardown(code: list[int]) -> None:
+    """The last exit handler: once a command has loaded torch, Ray or MLflow, freeing those
+    modules' objects one by one takes seconds (about 2 s on 2 cores, more under load) after the
+    command is done. By now the other exit handlers have run (Ray shuts its processes down,
+    logging flushes) and non-daemon threads have ended, so the output is flushed and the process
+    ends here with the command's code."""
     if not any(name in sys.modules for name in HEAVY):
         return
-    if any(t is not threading.main_thread() and t.is_alive() and not t.daemon for t in threading.enumerate()):
-        return
-    import atexit
-
-    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more can be said
             pass
-    os._exit(code)
+    os._exit(code[0])
 
 
 def _main(argv: list[str]) -> int:

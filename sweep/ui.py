@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Iterator
 
-from sweep.core.config import ConfigError
+from sweep.core.errors import ConfigError, SweepError
 from sweep.core.credentials import is_server
 
 POLL_S = 0.5  # between two /health requests, and between two checks of the stop flag
@@ -38,7 +38,7 @@ _NOISE = re.compile(r"\b(INFO|DEBUG)\b")  # log lines that never explain why a s
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(SweepError, RuntimeError):
     """The MLflow server exited, or never answered ``/health``, before it could serve the UI."""
 
 

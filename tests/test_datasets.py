@@ -11,8 +11,10 @@ import optuna
 import pytest
 
 from sweep.core import datasets
-from sweep.core.config import ConfigError, TrialConfig, load_config
-from sweep.core.datasets import FASHION_MNIST_FILES, DatasetUnavailable, load_data, load_dataset
+from sweep.core.config import TrialConfig, load_config
+from sweep.core.errors import ConfigError
+from sweep.core.datasets import FASHION_MNIST_FILES, load_data, load_dataset
+from sweep.core.errors import DatasetUnavailable
 from sweep.execution.search import chosen_hyperparameters, run_params, sample_trial
 from sweep.train.solo import run_trial
 

@@ -21,7 +21,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep.core.config import ConfigError, load_config
+from sweep.core.config import load_config
+from sweep.core.errors import ConfigError
 from sweep.execution.driver import prepare, run_sweep, start
 from sweep.stores.studies import counts_against_budget, open_storage, study_name
 from sweep.stores.sweepdir import SweepDir

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.core.datasets import DATASETS, DataSplits, DatasetUnavailable, load_dataset
+from sweep.core.datasets import DATASETS, DataSplits, load_dataset
+from sweep.core.errors import DatasetUnavailable
 from sweep.train.solo import EpochMetrics, PruneTrial, TrialConfig, random_crop_flip, run_trial
 
 

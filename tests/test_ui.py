@@ -23,7 +23,7 @@ from sweep.ui import Server, ServerStartError, base_url, is_healthy, runs_table_
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "ui-test"
 URL_TIMEOUT_S = 240  # a cold server start on 2 loaded cores takes up to ~50 s
-SERVE = ("import sys; from sweep.core.config import ConfigError; from sweep.ui import serve\n"
+SERVE = ("import sys; from sweep.core.errors import ConfigError; from sweep.ui import serve\n"
          "try:\n    sys.exit(serve(sys.argv[1], sys.argv[2], '127.0.0.1', int(sys.argv[3])))\n"
          "except ConfigError as exc:\n    print(exc, file=sys.stderr); sys.exit(2)\n")
 

@@ -25,13 +25,14 @@ import yaml
 
 from models import MODELS
 from optim import OPTIMIZERS, SCHEDULES, resolve_hyperparameters, resolve_schedule_params
+from optim.errors import SpecError
 from optim.schedules import WARMUP_DEFAULTS
 from sweep.core import credentials
 from sweep.core.datasets import DATASETS
 from sweep.core.errors import ConfigError
 from sweep.core.registries import PRUNER_NAMES, SAMPLER_NAMES
 
-__all__ = ["ConfigError", "SweepConfig", "TrialConfig", "GroupChoice", "load_config", "FROZEN_KEYS"]
+__all__ = ["SweepConfig", "TrialConfig", "GroupChoice", "load_config", "FROZEN_KEYS"]
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 TRAIN, SWEEP = "train", "sweep"  # load modes: `sweep train` / `sweep run`
@@ -396,18 +397,36 @@ TEXT_KEYS = tuple(name for name, f in KEYS.items() if f.metadata["text"])
 GROUPS = {"optimizer": ("momentum", OPTIMIZERS, "optimizers"), "schedule": ("constant", SCHEDULES, "schedules")}
 TRIAL_FIELDS = tuple(f for f in fields(SweepConfig) if f.metadata["trial"])
 
-# What one trial runs: the trial keys (same types and defaults), plus the optimizer and schedule.
-TrialConfig = dataclasses.make_dataclass(
-    "TrialConfig",
-    [(f.name, f.type, field(default=f.default)) for f in TRIAL_FIELDS] + [
-        ("optimizer", "str", field(default=GROUPS["optimizer"][0])),
-        ("optimizer_params", "dict[str, Any]", field(default_factory=dict)),
-        ("schedule", "str", field(default=GROUPS["schedule"][0])),
-        ("schedule_params", "dict[str, Any]", field(default_factory=dict)),
-    ],
-    frozen=True)
-TrialConfig.__module__ = __name__  # pickled by reference (Ray ships it to workers)
-TrialConfig.__doc__ = "One trial's settings (derived from SweepConfig's trial keys); frozen."
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One trial's settings: ``SweepConfig``'s trial keys (same names, types and defaults; a test
+    checks they agree), plus the optimizer and schedule it trains with. Shipped to Ray workers."""
+
+    dataset: str = "digits"
+    data_dir: str = "./data"
+    download: bool = False
+    model: str = "simple_cnn"
+    epochs: int = 10
+    batch_size: int = 32
+    val_fraction: float = 0.2
+    train_subset: int | None = None
+    seed: int = 0
+    l1: float = 0.0
+    device: str = "auto"
+    bf16: bool | str = AUTO
+    channels_last: bool | str = AUTO
+    pack_update: str = EXACT
+    pack_memory_mb: float | None = None
+    compile: bool = False
+    divergence_check_steps: int = 0
+    divergence_factor: float = 10.0
+    checkpoint_every: int = 1
+    tracking_retry_s: float = 300.0
+    optimizer: str = GROUPS["optimizer"][0]
+    optimizer_params: dict[str, Any] = field(default_factory=dict)
+    schedule: str = GROUPS["schedule"][0]
+    schedule_params: dict[str, Any] = field(default_factory=dict)
 
 
 def default_text(name: str) -> str:
@@ -559,9 +578,8 @@ def _validate_group(group_name: str, given: Any, mode: str, values: Mapping[str,
         for taker in takers:
             try:
                 resolve(taker, {fixed_key: value})
-            except (KeyError, ValueError) as exc:
-                message = (exc.args[0] if exc.args else str(exc)).partition(": ")[2]
-                raise ConfigError(f"{group_name}.{fixed_key}", message) from None
+            except SpecError as exc:
+                raise ConfigError(exc.key, exc.message) from None
     return GroupChoice(chosen if mode != SWEEP else None, given)
 
 

@@ -20,6 +20,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from sweep.core.errors import BadSplit, DatasetUnavailable
+
 # Where Debian's dataset-fashion-mnist package installs the four gzipped IDX files (read at each
 # load, so tests can point it elsewhere).
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -27,18 +29,6 @@ FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 # split -> IDX file stem; each file may be gzipped (.gz) or plain
 FASHION_MNIST_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
                        "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
-
-
-class DatasetUnavailable(RuntimeError):
-    """The files are missing and could not be fetched; the message says where and how to fix it."""
-
-    key = "dataset"  # the config key to change
-
-
-class BadSplit(DatasetUnavailable):
-    """The split leaves a part empty."""
-
-    key = "val_fraction"
 
 
 @dataclass

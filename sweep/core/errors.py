@@ -1,21 +1,53 @@
-"""The errors the engine raises and the CLI turns into exit codes (kept free of heavy imports)."""
+"""Every error the product raises on purpose, in one hierarchy (kept free of heavy imports).
+
+``SweepError`` is the base: the CLI maps each kind to an exit code (``ConfigError`` and
+``DatasetUnavailable`` 2: bad input, nothing written; ``StoreUnavailable`` 1: a store went away,
+finished work kept). Each is rebuilt from its own arguments when pickled, so one raised on a Ray
+worker reaches the driver as itself, not as Ray's ``UnserializableException``. ``Stopped`` is
+the one kind outside it, on purpose: it is a ``KeyboardInterrupt``, so no ``except Exception``
+on the way up can swallow a stop.
+"""
 from __future__ import annotations
+
+import signal
 
 from sweep.core.credentials import redact
 
 
-class ConfigError(ValueError):
-    """A bad configuration value or location; ``str()`` is the one line shown to the user (exit 2)."""
+class SweepError(Exception):
+    """The base: ``str()`` is the one line shown to the user."""
+
+    def __init__(self, message: str, *init_args):
+        super().__init__(message)
+        self._init_args = init_args or (message,)
+
+    def __reduce__(self):
+        """Pickled by the arguments it was built from: by default an exception is rebuilt from
+        ``args`` (the one message string), which fails for a subclass taking other arguments."""
+        return type(self), self._init_args
+
+
+class ConfigError(SweepError, ValueError):
+    """A bad configuration value or location (exit 2)."""
 
     def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
+        super().__init__(f"{key}: {message}", key, message)
         self.key, self.message = key, message
 
-    def __reduce__(self):  # pickled by its own arguments, not by ``args`` (one string)
-        return type(self), (self.key, self.message)
+
+class DatasetUnavailable(SweepError, RuntimeError):
+    """The dataset's files are missing and could not be fetched; the message says where and how to fix it."""
+
+    key = "dataset"  # the config key to change
 
 
-class StoreUnavailable(RuntimeError):
+class BadSplit(DatasetUnavailable):
+    """The split leaves a part empty."""
+
+    key = "val_fraction"
+
+
+class StoreUnavailable(SweepError, RuntimeError):
     """A store (Optuna storage, MLflow tracking, the disk) failed during the sweep.
 
     Not a trial outcome: the trial did nothing wrong, so it must not use up its optimizer's budget.
@@ -23,15 +55,20 @@ class StoreUnavailable(RuntimeError):
     """
 
     def __init__(self, store: str, detail: str):
-        super().__init__(f"{store} unavailable: {detail}")
+        super().__init__(f"{store} unavailable: {detail}", store, detail)
         self.store = store
         self.detail = detail
 
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM (batch schedulers, `docker stop`, Kubernetes): stop like Ctrl-C."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
     def __reduce__(self):
-        """Raised on a Ray worker, it must unpickle on the driver: by default an exception is
-        rebuilt from ``args`` (one string here), which fails, and Ray hands the driver an
-        ``UnserializableException`` that reads as the trial's own failure."""
-        return type(self), (self.store, self.detail)
+        return type(self), (self.signum,)
 
 
 # lines that say nothing about the error itself: SQLAlchemy puts this one before the database's

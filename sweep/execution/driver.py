@@ -29,8 +29,8 @@ from sweep.report import build as report
 from sweep.stores import checkpoints, reeval, tracking
 from sweep.report.collect import TRAIN_IMAGES
 from sweep.core.config import AUTO, FROZEN_KEYS, STORE_URL_KEYS, SweepConfig, saved_values
-from sweep.core.datasets import DataSplits, DatasetUnavailable, load_data
-from sweep.core.errors import ConfigError, StoreUnavailable, first_line, store_calls
+from sweep.core.datasets import DataSplits, load_data
+from sweep.core.errors import ConfigError, DatasetUnavailable, Stopped, StoreUnavailable, first_line, store_calls
 from sweep.stores.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
 from sweep.core.outcome import Status, Tally, TrialOutcome
 from sweep.execution.progress import Progress
@@ -44,18 +44,6 @@ from sweep.execution.worker import TrialTask, execute
 AUTO_PACK = 16  # pack=auto asks this many trials per task; the worker splits what its device cannot hold
 
 INTERRUPTED_REASON = "interrupted: the driver stopped before the trial finished; queued again"
-# MLflow's SQL store logs every database error with its whole traceback before raising it; the
-# sweep turns that error into one line (StoreUnavailable), so the log would only add a library
-# traceback to the terminal.
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-
-
-class Stopped(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM (batch schedulers, `docker stop`, Kubernetes): stop like Ctrl-C."""
-
-    def __init__(self, signum: int = signal.SIGINT):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 @dataclass(frozen=True)

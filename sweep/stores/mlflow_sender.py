@@ -33,7 +33,7 @@ from typing import Callable, Mapping, TypeVar
 from sweep.core import credentials
 
 from sweep.stores import tracking
-from sweep.core.errors import StoreUnavailable, first_line
+from sweep.core.errors import StoreUnavailable, SweepError, first_line
 from sweep.stores.finish import MLFLOW
 from sweep.core.outcome import TrialOutcome
 
@@ -63,7 +63,7 @@ class Write:
     epoch: int | None = None
 
 
-class GaveUp(Exception):
+class GaveUp(SweepError):
     """The tracking server stayed away past the budget: the trial fails, naming what was not logged."""
 
 

@@ -35,7 +35,10 @@ NOTE, MAX_TAG_LENGTH = "mlflow.note.content", 8000  # a run's description in the
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial tables..."
+# MLflow's SQL store logs "Creating initial tables..." at INFO, and every database error with its
+# whole traceback before raising it; the sweep turns that error into one line (StoreUnavailable),
+# so the log would only add a library traceback to the terminal. Set here only, for every process.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # MLflow's client prints "View run ... at: <tracking URI>" on every run it ends against a server:
 # the URI with its user:password, twice per trial, into the terminal and the workers' logs.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
