@@ -143,7 +143,7 @@ def measure_sweep(k: int, result: BenchResult) -> dict[int, float]:
     """Trials/hour of whole sweeps, pack 1 against pack 8, one worker slot."""
     import ray
 
-    from sweep.execution.driver import run_sweep
+    from sweep.execution.launch import run_sweep
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     rates = {}

@@ -133,7 +133,7 @@ def _median_in_worker() -> str:
 
 @contextlib.contextmanager
 def ray_session(variant: str | None):
-    """A local Ray as sweep/execution/driver.py starts it; with a variant, every worker swaps the entry in."""
+    """A local Ray as sweep/execution/launch.py starts it; with a variant, every worker swaps the entry in."""
     import ray
 
     kwargs = {"runtime_env": {"worker_process_setup_hook": make_variant_hook(variant)}} if variant else {}
@@ -162,7 +162,7 @@ def run_one(label: str, pruner: str, opts: tuple[str, ...], trials: int, epochs:
     import ray
 
     from sweep.core.config import load_config
-    from sweep.execution.driver import run_sweep
+    from sweep.execution.launch import run_sweep
 
     out = tmp / label.replace("=", "-")
     cfg = load_config("quickstart", overrides(opts, trials, epochs, reeval_seeds, pruner, label, out), mode="sweep")
@@ -173,7 +173,7 @@ def run_one(label: str, pruner: str, opts: tuple[str, ...], trials: int, epochs:
     t0 = time.perf_counter()
     try:
         with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            if variant is None:  # the registry's sweeps share one Ray, started as sweep/execution/driver.py does
+            if variant is None:  # the registry's sweeps share one Ray, started as sweep/execution/launch.py does
                 if not ray.is_initialized():
                     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
                     t0 = time.perf_counter()  # Ray's start-up is left out of every sweep's wall time

@@ -1,7 +1,7 @@
 """Start-up cost: how long a user waits before a sweep trains, against what no sweep can beat.
 
 The floor is a fresh interpreter that imports torch, Ray, Optuna and MLflow and starts a local
-Ray the way ``sweep.execution.driver.init_ray`` does (then shuts it down): every sweep pays at least that.
+Ray the way ``sweep.execution.launch.init_ray`` does (then shuts it down): every sweep pays at least that.
 Against it, a 1-trial, 1-epoch sweep through the real ``sweep`` command: its total wall time and
 the time from launch to its first trial running (the trial's ``datetime_start`` in the Optuna
 study, read after the run, against a wall-clock stamp taken just before the launch). Target: both
@@ -31,7 +31,7 @@ RATIO_TARGET = 1.3
 COMMAND_TARGET_S = 0.5
 SWEEP_ARGS = ["run", "quickstart", "optimizers=[sgd]", "trials=1", "epochs=1", "reeval_seeds=0",
               "report_figures=false"]
-# what init_ray does for a local run (sweep/execution/driver.py); kept in step with it by hand
+# what init_ray does for a local run (sweep/execution/launch.py); kept in step with it by hand
 FLOOR_CODE = ("import os, torch, ray, optuna, mlflow\n"
               "ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)\n"
               "ray.shutdown()\n")

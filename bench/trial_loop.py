@@ -57,7 +57,8 @@ from sweep.core.datasets import DataSplits  # noqa: E402
 from sweep.stores.mlflow_sender import TrackingSender, use_short_requests  # noqa: E402
 from sweep.core.outcome import Status  # noqa: E402
 from sweep.stores.studies import DIRECTION, make_pruner, open_storage  # noqa: E402
-from sweep.train.solo import EpochMetrics, run_trial  # noqa: E402
+from sweep.core.records import EpochMetrics  # noqa: E402
+from sweep.train.solo import run_trial  # noqa: E402
 
 TARGET = 0.97
 SHAPES = {"cifar": (3, 32, 32), "fashion_mnist": (1, 28, 28)}  # synthetic, shaped like the real ones

@@ -26,7 +26,7 @@
               epoch (the last epoch's report also carries the test metrics).
 
 Both sides start Ray the same way (`ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-log_to_driver=False)`, as sweep/execution/driver.py does) and the clock runs from just before `ray.init`
+log_to_driver=False)`, as sweep/execution/launch.py does) and the clock runs from just before `ray.init`
 until every trial has finished (the product's time includes its end-of-sweep report). Ray is shut
 down between sides; the order of the two sides alternates between repeats.
 
@@ -173,7 +173,7 @@ def read_calls(calls_dir: Path) -> collections.Counter:
 
 
 def start_ray(calls_dir: Path | None) -> None:
-    """As sweep.execution.driver.init_ray does for a local Ray, plus the counting hook."""
+    """As sweep.execution.launch.init_ray does for a local Ray, plus the counting hook."""
     import ray
 
     kwargs = {}
@@ -193,7 +193,7 @@ def overrides(args, output_dir: Path, name: str) -> list[str]:
 def run_product(args, tmp: Path, rep: int) -> dict:
     import ray
 
-    from sweep.execution.driver import run_sweep
+    from sweep.execution.launch import run_sweep
 
     name = f"product-{rep}"
     calls_dir = tmp / f"calls-{name}"

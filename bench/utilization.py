@@ -3,7 +3,7 @@
 K trials of fixed, known work (SGD with a fixed lr, constant schedule, no pruning, random
 sampler: nothing searched changes the work; synthetic 3x32x32 / simple_cnn, epochs calibrated so a trial
 trains about ``--trial-seconds``) run through the real product in this process:
-``sweep.execution.driver.run_sweep(load_config(...))``, re-evaluation and figures off, a temporary
+``sweep.execution.launch.run_sweep(load_config(...))``, re-evaluation and figures off, a temporary
 output directory. Utilization = sum of the trials' training and validation seconds (``final_train_seconds`` +
 ``final_eval_seconds``: what a hand-written loop does too) / (W x wall), wall running from the first trial's start to the last
 trial's end as Optuna records them (``datetime_start``, ``datetime_complete``), so start-up is
@@ -95,7 +95,7 @@ def measure(workers: int, trials: int, epochs: int) -> tuple[list[dict[str, Any]
     import ray
 
     from sweep.core.config import SWEEP, load_config
-    from sweep.execution.driver import run_sweep
+    from sweep.execution.launch import run_sweep
     from sweep.stores.studies import MLFLOW_RUN, SweepStudy, study_name
 
     with tempfile.TemporaryDirectory(prefix="bench-util-") as out:

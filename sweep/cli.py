@@ -136,7 +136,7 @@ def cmd_run(args) -> int:
         return _fail(str(exc))
     if args.print_config:
         return _print_config(cfg)
-    from sweep.execution.driver import run_sweep
+    from sweep.execution.launch import run_sweep
 
     return _drive(cfg, lambda: run_sweep(cfg))
 
@@ -189,7 +189,7 @@ def cmd_resume(args) -> int:
     _, cfg = _saved_sweep(args, args.overrides)
     if args.print_config:
         return _print_config(cfg)
-    from sweep.execution.driver import run_sweep
+    from sweep.execution.launch import run_sweep
 
     return _drive(cfg, lambda: run_sweep(cfg))
 

@@ -51,7 +51,7 @@ def sweep_with_a_killed_worker(cfg, find_victim, what: str):
     import threading
     import time
 
-    from sweep.execution.driver import run_sweep
+    from sweep.execution.launch import run_sweep
 
     outcome: dict[str, int] = {}
     driver = threading.Thread(target=lambda: outcome.setdefault("code", 0 if run_sweep(cfg).rows else 1))

@@ -26,7 +26,7 @@ import pytest
 from sweep.core import credentials
 from sweep.cli import main
 from sweep.core.config import SWEEP, load_config
-from sweep.execution.driver import check_resumable
+from sweep.execution.launch import check_resumable
 from sweep.core.errors import ConfigError
 from sweep.stores.sweepdir import Stores, SweepDir
 from tests import services

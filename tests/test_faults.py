@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from sweep.core.config import load_config
 from sweep.core.errors import ConfigError
-from sweep.execution.driver import prepare, run_sweep, start
+from sweep.execution.launch import prepare, run_sweep, start
 from sweep.stores.studies import counts_against_budget, open_storage, study_name
 from sweep.stores.sweepdir import SweepDir
 from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial

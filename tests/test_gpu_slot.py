@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sweep.core.config import load_config
-from sweep.execution.driver import run_sweep
+from sweep.execution.launch import run_sweep
 from tests.sweep_helpers import default_storage, studies, sweep_dir_of
 
 pytestmark = pytest.mark.slow

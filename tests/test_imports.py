@@ -99,7 +99,7 @@ def test_builders_still_work_from_the_same_import_paths():
             assert driver.lr >= 0
 
 
-DRIVER_MODULES = ("sweep.cli", "sweep.execution.driver", "sweep.report.build", "sweep.report.files", "sweep.execution.best_model",
+DRIVER_MODULES = ("sweep.cli", "sweep.execution.launch", "sweep.execution.driver", "sweep.report.build", "sweep.report.files", "sweep.execution.best_model",
                   "sweep.stores.checkpoints", "sweep.execution.worker", "mlflow.store.tracking.sqlalchemy_store")
 
 

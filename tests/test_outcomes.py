@@ -6,7 +6,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.core.config import load_config
-from sweep.execution.driver import run_sweep
+from sweep.execution.launch import run_sweep
 from sweep.core.outcome import RECORDS, Status
 from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, studies, sweep_dir_of
 

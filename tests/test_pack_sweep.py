@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from sweep.train import memory as pack_memory
 from sweep.core.config import load_config
 from sweep.core.datasets import load_data
-from sweep.execution.driver import run_sweep
+from sweep.execution.launch import run_sweep
 from sweep.stores.studies import study_name
 from tests.sweep_helpers import (default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies,
                                  sweep_dir_of, sweep_with_a_killed_worker)

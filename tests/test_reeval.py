@@ -85,7 +85,7 @@ def test_sweep_reevaluates_reports_and_logs_a_model_that_reproduces_its_test_acc
     from sweep.cli import main
     from sweep.core.config import load_config
     from sweep.core.datasets import load_dataset
-    from sweep.execution.driver import run_sweep
+    from sweep.execution.launch import run_sweep
     from sweep.stores.sweepdir import SweepDir
     from tests.sweep_helpers import default_storage, default_tracking_uri, sweep_dir_of
 

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from sweep.cli import main
 from sweep.core.config import load_config
-from sweep.execution.driver import run_sweep
+from sweep.execution.launch import run_sweep
 from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies, sweep_dir_of
 
 pytestmark = pytest.mark.slow  # every test runs a sweep on the session's Ray

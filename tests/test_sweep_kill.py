@@ -104,7 +104,7 @@ def cfg_tracking(cfg):
 def test_rerun_repairs_a_driver_that_died_between_two_writes(ray_address, sweep_overrides):
     """The driver died after failing a trial in Optuna but before closing its run and queueing its
     retry: the next run closes the run from the study's record and queues the retry once."""
-    from sweep.execution.driver import run_sweep
+    from sweep.execution.launch import run_sweep
     from sweep.execution.search import sample_trial
     from sweep.stores.tracking import SweepTracker
 

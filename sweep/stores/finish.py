@@ -61,3 +61,8 @@ def close_from_record(study: SweepStudy, tracking_uri: str, run_id: str, number:
     if outcome is not None:
         _close(tracking_uri, run_id, outcome, close_run)
     return outcome
+
+
+def optuna_calls() -> store_calls:
+    """Around a call to the Optuna storage: its failure stops the sweep as ``StoreUnavailable``."""
+    return store_calls(OPTUNA)
