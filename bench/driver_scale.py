@@ -98,8 +98,8 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
     from sweep.core.config import load_config
     from sweep.core.outcome import Status, Tally
     from sweep.execution.search import chosen_hyperparameters, sample_trial
-    from sweep.stores.studies import ATTEMPT, HYPERPARAMETERS, MLFLOW_RUN, NODE_ADDRESS, NODE_ID, SweepStudy, \
-        make_pruner, open_storage, outcome_of
+    from sweep.core.keys import Attr
+    from sweep.stores.studies import SweepStudy, make_pruner, open_storage, outcome_of
 
     name = f"bench-driver-scale-{uuid.uuid4().hex[:8]}"
     cfg = load_config("quickstart", [f"optimizers=[{OPTIMIZER}]", f"trials={n}", f"epochs={epochs}",
@@ -122,8 +122,8 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
             trial = driver.ask()
             tc = sample_trial(trial, OPTIMIZER, cfg)
             t1 = time.perf_counter()
-            trial.set_user_attr(MLFLOW_RUN, uuid.uuid4().hex)
-            trial.set_user_attr(HYPERPARAMETERS, chosen_hyperparameters(tc, cfg))
+            trial.set_user_attr(Attr.MLFLOW_RUN, uuid.uuid4().hex)
+            trial.set_user_attr(Attr.HYPERPARAMETERS, chosen_hyperparameters(tc, cfg))
             t2 = time.perf_counter()
             number = trial.number
             curve = synthetic_curve(tc.optimizer_params, epochs, rng)
@@ -133,10 +133,10 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
                                                  pruner=make_pruner(cfg.pruner, cfg.epochs)))  # SweepStudy.load
             earlier = study.record(number)
             live = study.live_trial(number)
-            live.set_user_attr(ATTEMPT, int(earlier.user_attrs.get(ATTEMPT, 0)) + 1)
-            live.set_user_attr("worker", f"bench:{os.getpid()}")
-            live.set_user_attr(NODE_ID, "bench-node")
-            live.set_user_attr(NODE_ADDRESS, "127.0.0.1")
+            live.set_user_attr(Attr.ATTEMPT, int(earlier.user_attrs.get(Attr.ATTEMPT, 0)) + 1)
+            live.set_user_attr(Attr.WORKER, f"bench:{os.getpid()}")
+            live.set_user_attr(Attr.NODE_ID, "bench-node")
+            live.set_user_attr(Attr.NODE_ADDRESS, "127.0.0.1")
             w1 = time.perf_counter()
             ran, pruned = report_until_pruned(live, curve)
             w2 = time.perf_counter()
@@ -149,7 +149,7 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
             w3 = time.perf_counter()
             # -- driver: after collecting it (Driver.tidy_checkpoints, without the deletes)
             a0 = time.perf_counter()
-            finished = [(r, o) for r in driver.trials() if (o := outcome_of(r)) is not None and MLFLOW_RUN in r.user_attrs]
+            finished = [(r, o) for r in driver.trials() if (o := outcome_of(r)) is not None and Attr.MLFLOW_RUN in r.user_attrs]
             Tally.of(0, (o for _, o in finished)).best_number
             a1 = time.perf_counter()
             for part, seconds in zip(DRIVER_PARTS + WORKER_PARTS, (t1 - t0, t2 - t1, a1 - a0, w1 - w0, w2 - w1, w3 - w2)):

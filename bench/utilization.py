@@ -96,7 +96,8 @@ def measure(workers: int, trials: int, epochs: int) -> tuple[list[dict[str, Any]
 
     from sweep.core.config import SWEEP, load_config
     from sweep.execution.launch import run_sweep
-    from sweep.stores.studies import MLFLOW_RUN, SweepStudy, study_name
+    from sweep.core.keys import Attr
+    from sweep.stores.studies import SweepStudy, study_name
 
     with tempfile.TemporaryDirectory(prefix="bench-util-") as out:
         # start-up first: a W-trial sweep in the same Ray warms the worker processes (imports, the
@@ -123,7 +124,7 @@ def measure(workers: int, trials: int, epochs: int) -> tuple[list[dict[str, Any]
                    "in_run_trial_other_s": seconds - train - evaluation - report,  # tensors, model, checkpoints
                    "worker_setup_s": a.get("final_setup_seconds", 0.0),  # study load, attempt attributes
                    "outside_run_trial_s": (end - start) - seconds}
-            m = mlflow_times(stores.tracking_uri, a[MLFLOW_RUN]) if MLFLOW_RUN in a else {}
+            m = mlflow_times(stores.tracking_uri, a[Attr.MLFLOW_RUN]) if Attr.MLFLOW_RUN in a else {}
             if "first_epoch_logged" in m:
                 # validation of epoch 1 runs between its training loop and its log stamp: counted
                 # as "before" here, so "before" is an upper bound of set-up + dispatch

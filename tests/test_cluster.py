@@ -18,7 +18,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep.stores.studies import ATTEMPT, MLFLOW_RUN, NODE_ADDRESS, NODE_ID, RESUMED_FROM, study_name
+from sweep.core.keys import Attr
+from sweep.stores.studies import study_name
 from tests import services
 from tests.cluster import ROOT, Cluster, wait_for
 from tests.sweep_helpers import mlflow_runs, runs_per_trial
@@ -76,10 +77,10 @@ def check_exact(cluster: Cluster, name: str, studies: dict[str, optuna.Study], t
         for t in study.trials:
             assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), (opt, t.number, t.state, t.user_attrs)
             run = runs[(opt, t.number)]
-            assert run.info.run_id == t.user_attrs[MLFLOW_RUN]
+            assert run.info.run_id == t.user_attrs[Attr.MLFLOW_RUN]
             assert run.info.status == "FINISHED"
-            assert run.data.tags["sweep.node_id"] == t.user_attrs[NODE_ID]
-            assert run.data.tags["sweep.node_address"] == t.user_attrs[NODE_ADDRESS]
+            assert run.data.tags["sweep.node_id"] == t.user_attrs[Attr.NODE_ID]
+            assert run.data.tags["sweep.node_address"] == t.user_attrs[Attr.NODE_ADDRESS]
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
             assert sorted(steps) == sorted(t.intermediate_values) == list(range(1, len(steps) + 1))
     assert not [r for r in parents + children if r.info.status == "RUNNING"]
@@ -94,16 +95,16 @@ def test_sweep_spreads_over_both_nodes(cluster, tmp_path):
         finish(driver, log_path)
     studies = load_studies("spread", database, ["sgd", "adam"])
     check_exact(cluster, "spread", studies, trials=2)
-    per_node = Counter(t.user_attrs[NODE_ADDRESS] for s in studies.values() for t in s.trials)
+    per_node = Counter(t.user_attrs[Attr.NODE_ADDRESS] for s in studies.values() for t in s.trials)
     print(f"trials per node: {dict(per_node)}")
     assert set(per_node) == {cluster.head_ip, cluster.host.address}, per_node
-    node_ids = {t.user_attrs[NODE_ID] for s in studies.values() for t in s.trials}
+    node_ids = {t.user_attrs[Attr.NODE_ID] for s in studies.values() for t in s.trials}
     assert len(node_ids) == 2 and set(cluster.node_states()) == node_ids
     # checkpoints went through the tracking server's artifact proxy, and the finished trials' ones
     # were deleted through it too, but each optimizer's best trial's last one
     client, _, _ = mlflow_runs(cluster.mlflow_uri, "spread")
     for opt, study in studies.items():
-        kept = [t for t in study.trials if client.list_artifacts(t.user_attrs[MLFLOW_RUN], "checkpoints")]
+        kept = [t for t in study.trials if client.list_artifacts(t.user_attrs[Attr.MLFLOW_RUN], "checkpoints")]
         assert len(kept) == 1 and kept[0].value == max(t.value for t in study.trials), (opt, kept)
 
 
@@ -115,7 +116,7 @@ def running_on(studies_of, address: str, epochs: int = 1):
         return None
     for study in studies.values():
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get(NODE_ADDRESS) == address and len(t.intermediate_values) >= epochs:
+            if t.user_attrs.get(Attr.NODE_ADDRESS) == address and len(t.intermediate_values) >= epochs:
                 return t
     return None
 
@@ -144,7 +145,7 @@ def test_worker_host_lost_mid_trial(cluster, tmp_path, loss):
                               or (driver.poll() is not None and "exited"),
                               timeout_s=SWEEP_TIMEOUT_S, every_s=0.3)
             assert victim != "exited", log_path.read_text()[-3000:]
-            worker_id = victim.user_attrs[NODE_ID]
+            worker_id = victim.user_attrs[Attr.NODE_ID]
             lost_at = time.monotonic()
             if loss == "killed":
                 cluster.host.kill_all()
@@ -160,15 +161,15 @@ def test_worker_host_lost_mid_trial(cluster, tmp_path, loss):
     studies = load_studies(name, database, ["momentum"])
     runs = check_exact(cluster, name, studies, trials=trials)
     lost = studies["momentum"].trials[victim.number]
-    assert lost.state == TrialState.COMPLETE and lost.user_attrs[ATTEMPT] == 2
-    assert lost.user_attrs[NODE_ADDRESS] == cluster.head_ip
+    assert lost.state == TrialState.COMPLETE and lost.user_attrs[Attr.ATTEMPT] == 2
+    assert lost.user_attrs[Attr.NODE_ADDRESS] == cluster.head_ip
     assert sorted(lost.intermediate_values) == list(range(1, epochs + 1))
     assert runs[("momentum", victim.number)].data.tags["sweep.attempts"] == "2"
     # epoch 1's checkpoint was stored (through the tracking server's artifact proxy) before epoch 2
     # was reported: the retry on the head goes on from it, not from epoch 1
-    resumed_from = lost.user_attrs[RESUMED_FROM]
+    resumed_from = lost.user_attrs[Attr.RESUMED_FROM]
     assert 1 <= resumed_from < epochs
-    assert runs[("momentum", victim.number)].data.tags[f"sweep.{RESUMED_FROM}"] == str(resumed_from)
+    assert runs[("momentum", victim.number)].data.tags[f"sweep.{Attr.RESUMED_FROM}"] == str(resumed_from)
     duplicated = sum(n - 1 for n in runs_per_trial(mlflow_runs(cluster.mlflow_uri, name)[2]).values())
     print(f"worker host {loss}: node declared dead after {detection_s:.1f} s; trial {victim.number} lost at epoch "
           f"{max(victim.intermediate_values)} and re-run on the head from its epoch-{resumed_from} checkpoint; "

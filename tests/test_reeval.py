@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from optuna.trial import TrialState
 
+from sweep.core.keys import Attr
 from sweep.stores import reeval
 from sweep.core.outcome import Status
-from sweep.stores.studies import MLFLOW_RUN, REEVAL_SEED, SOURCE_TRIAL, SweepStudy
+from sweep.stores.studies import SweepStudy
 
 
 def _finish(study: SweepStudy, value: float, status: Status = Status.OK) -> int:
@@ -44,7 +45,7 @@ def test_plan_queues_the_top_configurations_with_further_seeds_once(tmp_path):
 
     first = again.ask()  # a re-evaluation hands out the search trial's parameters
     assert first.suggest_float("lr", 1e-4, 1.0, log=True) == search.record(3).params["lr"]
-    assert (first.user_attrs[SOURCE_TRIAL], first.user_attrs[REEVAL_SEED]) == (3, 8)
+    assert (first.user_attrs[Attr.SOURCE_TRIAL], first.user_attrs[Attr.REEVAL_SEED]) == (3, 8)
     again.finish(first.number, Status.INTERRUPTED, "driver died")
     replanned = reeval.plan(search, again, 7, 2, 2)
     assert [(p.source.number, p.seed, p.retry_of) for p in replanned] == [(3, 8, first.number)]
@@ -62,7 +63,7 @@ def test_reported_configuration_is_chosen_by_mean_validation_never_by_test(tmp_p
     numbers = {}
     for _ in scores:
         trial = again.ask()
-        key = (trial.user_attrs[SOURCE_TRIAL], trial.user_attrs[REEVAL_SEED])
+        key = (trial.user_attrs[Attr.SOURCE_TRIAL], trial.user_attrs[Attr.REEVAL_SEED])
         val, test = scores[key]
         again.finish(trial.number, Status.OK, "", {"val_accuracy": val, "test_accuracy": test}, val)
         numbers[key] = trial.number
@@ -116,17 +117,17 @@ def test_sweep_reevaluates_reports_and_logs_a_model_that_reproduces_its_test_acc
         assert row["test_accuracy_mean"] == pytest.approx(np.mean(tests))
         assert row["test_accuracy_std"] == pytest.approx(np.std(tests, ddof=1))
         runs_of = {r.info.run_id: r for r in by_role["reeval"] if r.data.tags["sweep.optimizer"] == opt}
-        assert sorted(runs_of) == sorted(t.user_attrs[MLFLOW_RUN] for t in trials)
+        assert sorted(runs_of) == sorted(t.user_attrs[Attr.MLFLOW_RUN] for t in trials)
         parent = next(r for r in by_role["parent"] if r.data.tags["sweep.optimizer"] == opt)
         for t in trials:
-            run = runs_of[t.user_attrs[MLFLOW_RUN]]
+            run = runs_of[t.user_attrs[Attr.MLFLOW_RUN]]
             assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-            assert run.data.params["seed"] == str(t.user_attrs[REEVAL_SEED])
+            assert run.data.params["seed"] == str(t.user_attrs[Attr.REEVAL_SEED])
             assert run.data.tags["sweep.source_trial"] == str(best.number)
         parent = client.get_run(parent.info.run_id)
         assert parent.info.status == "FINISHED"
         assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(row["test_accuracy_mean"])
-        assert parent.data.tags["sweep.best_run_id"] == best.user_attrs[MLFLOW_RUN]
+        assert parent.data.tags["sweep.best_run_id"] == best.user_attrs[Attr.MLFLOW_RUN]
 
         # the model: loadable by URI, and it scores exactly its run's reported test accuracy
         model_trial = max(trials, key=lambda t: (t.value, -t.number))

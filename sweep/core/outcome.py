@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterable, Mapping
 
+from sweep.core.keys import Attr
+
 
 class Status(str, Enum):
     OK = "ok"                    # trained every epoch
@@ -38,9 +40,6 @@ RECORDS: dict[Status, StatusRecord] = {
     Status.INTERRUPTED: StatusRecord("FAIL", "KILLED", uses_budget=False, scored=False),
 }
 
-# Names used for the same facts in both stores (Optuna user attributes, MLflow tags).
-STATUS_KEY, REASON_KEY = "status", "reason"
-MLFLOW_STATUS_TAG, MLFLOW_REASON_TAG = "sweep.status", "sweep.reason"
 FINAL_PREFIX = "final_"
 
 
@@ -63,7 +62,7 @@ class TrialOutcome:
 def status_from_optuna(state: str, attrs: Mapping[str, object]) -> Status | None:
     """The status of a trial from its Optuna state and attributes; None while it runs or waits.
     Trials written before the status attribute existed are classified by their state alone."""
-    written = attrs.get(STATUS_KEY)
+    written = attrs.get(Attr.STATUS)
     if written in Status._value2member_map_ and RECORDS[Status(written)].optuna_state == state:
         return Status(written)
     if state == "COMPLETE":

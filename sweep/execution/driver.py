@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from sweep.core.keys import Attr, Tag
 from sweep.core import credentials
 from sweep.core.config import AUTO, SweepConfig
 from sweep.core.datasets import DataSplits
@@ -26,10 +27,9 @@ from sweep.execution.recovery import Recovery
 from sweep.execution.search import chosen_hyperparameters, run_params, sample_trial
 from sweep.execution.worker import TrialTask, execute
 from sweep.report import build as report
-from sweep.report.collect import TRAIN_IMAGES
 from sweep.stores import checkpoints, reeval, tracking
 from sweep.stores.finish import MLFLOW, finish_trial, optuna_calls
-from sweep.stores.studies import HYPERPARAMETERS, MLFLOW_RUN, RETRY_OF, SweepStudy, outcome_of
+from sweep.stores.studies import SweepStudy, outcome_of
 from sweep.stores.sweepdir import FINISHED, Stores, SweepDir
 from sweep.stores.waiting import TrackingWatch, announce_if_slow
 
@@ -102,8 +102,8 @@ class Driver:
         with self._tracking_calls():
             self.parents[opt] = self.tracker.parent_run(opt, self._fixed_params())
         with optuna_calls():
-            study.set_attr(MLFLOW_RUN, self.parents[opt])
-            study.set_attr(TRAIN_IMAGES, len(self.data.train_x))  # the report's steps per epoch
+            study.set_attr(Attr.MLFLOW_RUN, self.parents[opt])
+            study.set_attr(Attr.TRAIN_IMAGES, len(self.data.train_x))  # the report's steps per epoch
         self.studies[opt] = study
 
     def _fixed_params(self) -> dict[str, Any]:
@@ -290,11 +290,11 @@ class Driver:
             trials = lane.study.trials()
             if lane.is_reeval:
                 keep = reeval.reported(self.studies[lane.optimizer], lane.study, self.cfg.reeval_top).model_trial
-        finished = [(t, o) for t in trials if (o := outcome_of(t)) is not None and MLFLOW_RUN in t.user_attrs]
+        finished = [(t, o) for t in trials if (o := outcome_of(t)) is not None and Attr.MLFLOW_RUN in t.user_attrs]
         if not lane.is_reeval:
             keep = Tally.of(0, (o for _, o in finished)).best_number
         with self.watch.call():  # deletes are best effort, but a slow server is said, not silent
-            self.retention.tidy({t.number: t.user_attrs[MLFLOW_RUN] for t, _ in finished}, keep)
+            self.retention.tidy({t.number: t.user_attrs[Attr.MLFLOW_RUN] for t, _ in finished}, keep)
 
     def pack_size(self, tally: Tally) -> int:
         """How many of the optimizer's trials the next task trains together: ``pack`` (or
@@ -319,15 +319,15 @@ class Driver:
             # a different seed (init, batch order) on the sweep's split; its last epoch always
             # checkpointed: the model logged is rebuilt from it
             tc = dataclasses.replace(tc, seed=seed, checkpoint_every=cfg.checkpoint_every or cfg.epochs)
-            extra = {tracking.SOURCE_TRIAL: str(source), tracking.REEVAL_SEED: str(seed)}
+            extra = {Tag.SOURCE_TRIAL: str(source), Tag.REEVAL_SEED: str(seed)}
         with self._tracking_calls():
             run_id = self.tracker.trial_run(
                 self.parents[opt], opt, trial.number, run_params(tc, trial.params), role=lane.role,
-                retry_of=trial.user_attrs.get(RETRY_OF), extra_tags=extra,
-                run_name=f"{opt}-reeval-{extra[tracking.SOURCE_TRIAL]}-seed{seed}" if lane.is_reeval else None)
+                retry_of=trial.user_attrs.get(Attr.RETRY_OF), extra_tags=extra,
+                run_name=f"{opt}-reeval-{extra[Tag.SOURCE_TRIAL]}-seed{seed}" if lane.is_reeval else None)
         with optuna_calls():
-            trial.set_user_attr(MLFLOW_RUN, run_id)
-            trial.set_user_attr(HYPERPARAMETERS, chosen_hyperparameters(tc, cfg))
+            trial.set_user_attr(Attr.MLFLOW_RUN, run_id)
+            trial.set_user_attr(Attr.HYPERPARAMETERS, chosen_hyperparameters(tc, cfg))
         return TrialTask(self.stores, study.name, trial.number, run_id, "none" if lane.is_reeval else cfg.pruner,
                          tc, threads=max(1, int(cfg.num_cpus)), credentials=self.credentials)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, ContextManager
 
+from sweep.core.keys import Attr
 from sweep.core.config import SweepConfig
 from sweep.core.outcome import Status, Tally, TrialOutcome
 from sweep.execution.lanes import Lane, say
@@ -16,7 +17,7 @@ from sweep.execution.pack_worker import PackTask
 from sweep.execution.worker import TrialTask
 from sweep.stores import tracking
 from sweep.stores.finish import close_from_record, finish_trial, optuna_calls
-from sweep.stores.studies import MLFLOW_RUN, RETRY_OF, SweepStudy, outcome_of
+from sweep.stores.studies import SweepStudy, outcome_of
 from sweep.stores.sweepdir import Stores
 
 INTERRUPTED_REASON = "interrupted: the driver stopped before the trial finished; queued again"
@@ -55,7 +56,7 @@ class Recovery:
     def finish_interrupted(self, lane: Lane, trial, run_id: str | None) -> None:
         opt = lane.optimizer
         with self.tracking_calls():
-            run_id = (trial.user_attrs.get(MLFLOW_RUN) or run_id
+            run_id = (trial.user_attrs.get(Attr.MLFLOW_RUN) or run_id
                       or self.tracker.trial_run(self.parents[opt], opt, trial.number, trial.params, role=lane.role))
         # rewrite_run: a run already closed means the trial's tell was lost (torn journal)
         finish_trial(lane.study, self.stores.tracking_uri, run_id, trial.number, Status.INTERRUPTED,
@@ -67,7 +68,7 @@ class Recovery:
         study = lane.study
         with optuna_calls():
             outcomes = study.outcomes()
-            retried = {t.user_attrs.get(RETRY_OF) for t in study.trials()}
+            retried = {t.user_attrs.get(Attr.RETRY_OF) for t in study.trials()}
             room = self.cfg.trials - Tally.of(self.cfg.trials, outcomes).done - study.waiting()
             by_number = {t.number: t for t in study.trials()}
         for outcome in outcomes:

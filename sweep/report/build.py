@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweep.core.keys import Tag
 from sweep.report.comparison import Comparison, OptimizerResult
 from sweep.stores.sweepdir import FINISHED
 
@@ -110,7 +111,7 @@ def publish(tracker, comparison: Comparison, folder: Path, markdown: str, final:
         parent = tracker.find_parent(r.optimizer)
         if parent is None:
             continue
-        tags = {tracking.BEST_RUN: r.best_run_id or "", tracking.MODEL_URI: r.model_uri or "",
+        tags = {Tag.BEST_RUN: r.best_run_id or "", Tag.MODEL_URI: r.model_uri or "",
                 "sweep.tied": "-" if r.tied is None else str(r.tied).lower()}
         best = f"[trial {r.best_trial}](#/experiments/{exp}/runs/{r.best_run_id})" if r.best_run_id else "none yet"
         model = f"\n\nBest re-evaluated model: `{r.model_uri}`" if r.model_uri else ""

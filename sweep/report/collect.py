@@ -12,16 +12,16 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
+from sweep.core.keys import Attr
 from sweep.report import stats
 
 from sweep.stores import reeval, tracking
 from sweep.report.comparison import Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
 from sweep.core.config import SweepConfig
 from sweep.core.outcome import Status, Tally
-from sweep.stores.studies import HYPERPARAMETERS, MLFLOW_RUN, SweepStudy, outcome_of, study_name
+from sweep.stores.studies import SweepStudy, outcome_of, study_name
 from sweep.stores.sweepdir import Stores
 
-TRAIN_IMAGES = "train_images"  # search study attribute: the size of the training split (steps per epoch)
 
 
 def comparison(cfg: SweepConfig, stores: Stores, state: str, figures: bool = True) -> Comparison:
@@ -57,7 +57,7 @@ def curve(trial) -> tuple[float, ...]:
 
 
 def searched_trial(cfg: SweepConfig, trial, outcome) -> SearchedTrial:
-    hp = dict(trial.user_attrs.get(HYPERPARAMETERS, {}))
+    hp = dict(trial.user_attrs.get(Attr.HYPERPARAMETERS, {}))
     values = curve(trial)
     last = values[-1] if values else outcome.metrics.get("val_accuracy")
     return SearchedTrial(
@@ -79,10 +79,10 @@ def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
     source = search.record(chosen.source) if chosen.source is not None else None
     seed_runs = tuple(SeedRun(source_trial=chosen.source, seed=reeval.key_of(t)[1], status=o.status,
                               val_accuracy=o.value, test_accuracy=o.metrics.get("test_accuracy"),
-                              val_curve=curve(t), run_id=t.user_attrs.get(MLFLOW_RUN))
+                              val_curve=curve(t), run_id=t.user_attrs.get(Attr.MLFLOW_RUN))
                       for t, o in chosen.reevals if o.metrics.get("test_accuracy") is not None)
     reeval_seconds = sum(o.metrics.get("train_seconds", 0.0) for o in (again.outcomes() if again else ()))
-    best_hp = dict(source.user_attrs.get(HYPERPARAMETERS, source.params)) if source is not None else {}
+    best_hp = dict(source.user_attrs.get(Attr.HYPERPARAMETERS, source.params)) if source is not None else {}
     steps = _steps_per_epoch(search, best_hp, cfg)
     return OptimizerResult(
         optimizer=opt, counts={s.value: n for s, n in tally.counts.items()}, best_trial=chosen.source,
@@ -95,7 +95,7 @@ def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
         lr_per_step=_lr_per_step(uri, source, best_hp, cfg, steps) if figures else (),
         steps_per_epoch=steps,
         train_seconds=round(sum(o.metrics.get("train_seconds", 0.0) for _, o in outcomes) + reeval_seconds, 2),
-        best_run_id=source.user_attrs.get(MLFLOW_RUN) if source is not None else None,
+        best_run_id=source.user_attrs.get(Attr.MLFLOW_RUN) if source is not None else None,
         best_optuna_params=dict(source.params) if source is not None else {},
         model_uri=tracking.model_uri(uri, chosen.model_run) if chosen.model_run else None)
 
@@ -124,7 +124,7 @@ def importances(search: SweepStudy) -> dict[str, float]:
 
 
 def _steps_per_epoch(search: SweepStudy, hp: dict[str, Any], cfg: SweepConfig) -> int:
-    images = search.study.user_attrs.get(TRAIN_IMAGES)
+    images = search.study.user_attrs.get(Attr.TRAIN_IMAGES)
     batch = int(hp.get("batch_size", cfg.batch_size))
     return max(1, math.ceil(images / batch)) if images else 1
 
@@ -137,8 +137,8 @@ def _lr_per_step(uri: str, source, hp: dict[str, Any], cfg: SweepConfig, steps: 
     schedule = str(hp.get("schedule", cfg.schedules[0]))
     params = {k.split(".", 1)[1]: v for k, v in hp.items() if k.startswith(f"{schedule}.")}
     losses: tuple[float, ...] = ()
-    if schedule == "plateau" and source.user_attrs.get(MLFLOW_RUN):
-        history = tracking.client(uri).get_metric_history(source.user_attrs[MLFLOW_RUN], "val_loss")
+    if schedule == "plateau" and source.user_attrs.get(Attr.MLFLOW_RUN):
+        history = tracking.client(uri).get_metric_history(source.user_attrs[Attr.MLFLOW_RUN], "val_loss")
         losses = tuple(m.value for m in sorted(history, key=lambda m: m.step))
     return tuple(lr_trace(float(hp["lr"]), schedule, params, cfg.epochs, steps, losses))
 

@@ -18,8 +18,9 @@ from statistics import fmean
 
 from optuna.trial import FrozenTrial
 
+from sweep.core.keys import Attr
 from sweep.core.outcome import Status, TrialOutcome
-from sweep.stores.studies import MLFLOW_RUN, REEVAL_SEED, RETRY_OF, SOURCE_TRIAL, SweepStudy, outcome_of
+from sweep.stores.studies import SweepStudy, outcome_of
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,9 @@ def top_trials(search: SweepStudy, n: int) -> list[FrozenTrial]:
 
 def key_of(trial: FrozenTrial) -> tuple[int, int] | None:
     attrs = trial.user_attrs
-    if SOURCE_TRIAL not in attrs or REEVAL_SEED not in attrs:
+    if Attr.SOURCE_TRIAL not in attrs or Attr.REEVAL_SEED not in attrs:
         return None
-    return int(attrs[SOURCE_TRIAL]), int(attrs[REEVAL_SEED])
+    return int(attrs[Attr.SOURCE_TRIAL]), int(attrs[Attr.REEVAL_SEED])
 
 
 def plan(search: SweepStudy, reeval: SweepStudy, sweep_seed: int, reeval_seeds: int,
@@ -82,9 +83,9 @@ def plan(search: SweepStudy, reeval: SweepStudy, sweep_seed: int, reeval_seeds: 
 
 
 def enqueue(reeval: SweepStudy, planned: Planned) -> None:
-    attrs = {SOURCE_TRIAL: planned.source.number, REEVAL_SEED: planned.seed}
+    attrs = {Attr.SOURCE_TRIAL: planned.source.number, Attr.REEVAL_SEED: planned.seed}
     if planned.retry_of is not None:
-        attrs[RETRY_OF] = planned.retry_of
+        attrs[Attr.RETRY_OF] = planned.retry_of
     reeval.enqueue(planned.source.params, attrs)
 
 
@@ -106,4 +107,4 @@ def reported(search: SweepStudy, reeval: SweepStudy | None, reeval_top: int) -> 
     source = max(candidates, key=lambda rn: (fmean(o.value for _, o in finished[rn[1]]), -rn[0]))[1]
     runs = tuple(sorted(finished[source], key=lambda to: key_of(to[0])[1]))
     model = max(runs, key=lambda to: (to[1].value, -to[0].number))[0]
-    return Reported(source, runs, model.number, model.user_attrs.get(MLFLOW_RUN))
+    return Reported(source, runs, model.number, model.user_attrs.get(Attr.MLFLOW_RUN))

@@ -18,14 +18,11 @@ from typing import Any, Iterable, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.core.outcome import FINAL_PREFIX, REASON_KEY, RECORDS, STATUS_KEY, Status, TrialOutcome, status_from_optuna
+from sweep.core.keys import Attr
+from sweep.core.outcome import FINAL_PREFIX, RECORDS, Status, TrialOutcome, status_from_optuna
 from sweep.core.registries import PRUNERS, SAMPLERS
 
 DIRECTION = "maximize"  # validation accuracy
-RETRY_OF, MLFLOW_RUN, ATTEMPT, HYPERPARAMETERS = "retry_of", "mlflow_run_id", "attempt", "hyperparameters"
-NODE_ID, NODE_ADDRESS = "node_id", "node_address"  # the Ray node of the latest attempt
-RESUMED_FROM = "resumed_from_epoch"  # the checkpoint's epoch a retried attempt went on from
-SOURCE_TRIAL, REEVAL_SEED = "source_trial", "reeval_seed"  # a re-evaluation: whose configuration, which seed
 REEVAL = "reeval"  # the re-evaluation study's name suffix: <sweep>/<optimizer>/reeval
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -93,9 +90,9 @@ def outcome_of(trial: FrozenTrial) -> TrialOutcome | None:
     attrs = trial.user_attrs
     return TrialOutcome(
         number=trial.number, status=status, value=trial.value if trial.state == TrialState.COMPLETE else None,
-        reason=str(attrs.get(REASON_KEY) or attrs.get("fail_reason") or ""),
+        reason=str(attrs.get(Attr.REASON) or attrs.get("fail_reason") or ""),
         metrics={k[len(FINAL_PREFIX):]: v for k, v in attrs.items() if k.startswith(FINAL_PREFIX)},
-        attempts=int(attrs.get(ATTEMPT, 1)))
+        attempts=int(attrs.get(Attr.ATTEMPT, 1)))
 
 
 class SweepStudy:
@@ -186,7 +183,7 @@ class SweepStudy:
 
     def enqueue_retry(self, trial: FrozenTrial) -> None:
         """Queue an interrupted trial's parameters again, once (``retry_of`` names the original)."""
-        self.enqueue(trial.params, {RETRY_OF: trial.number})
+        self.enqueue(trial.params, {Attr.RETRY_OF: trial.number})
 
     def enqueue(self, params: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         """Queue a trial with fixed parameters (a re-evaluation); ``ask`` hands it out."""
@@ -200,10 +197,10 @@ class SweepStudy:
         record = RECORDS[status]
         current = self.record(number)
         if not current.state.is_finished():
-            attrs = {STATUS_KEY: status.value, **{f"{FINAL_PREFIX}{k}": float(v) for k, v in dict(metrics).items()
+            attrs = {Attr.STATUS: status.value, **{f"{FINAL_PREFIX}{k}": float(v) for k, v in dict(metrics).items()
                                                   if math.isfinite(v)}}
             if reason:
-                attrs[REASON_KEY] = reason
+                attrs[Attr.REASON] = reason
             self.set_trial_attrs(number, attrs)
             if record.optuna_state == "COMPLETE":
                 told = self.study.tell(number, value if value is not None and math.isfinite(value) else 0.0,

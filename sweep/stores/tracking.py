@@ -6,10 +6,12 @@ killed between two writes never leaves a trial with two runs. Everything is logg
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,22 +19,14 @@ from typing import Any, Mapping
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from sweep.core.outcome import FINAL_PREFIX, MLFLOW_REASON_TAG, MLFLOW_STATUS_TAG, TrialOutcome
+from sweep.core.keys import Tag
+from sweep.core.outcome import FINAL_PREFIX, TrialOutcome
 
-ROLE, OPTIMIZER, TRIAL = "sweep.role", "sweep.optimizer", "optuna.trial_number"
 # Run roles: a parent per optimizer, its search trials and re-evaluations, and one run for the sweep.
 PARENT_ROLE, TRIAL_ROLE, REEVAL_ROLE, SWEEP_ROLE = "parent", "trial", "reeval", "sweep"
-SOURCE_TRIAL, REEVAL_SEED = "sweep.source_trial", "sweep.reeval_seed"
-BEST_RUN, MODEL_URI = "sweep.best_run_id", "sweep.model_uri"
-STATE, RETRY_OF = "optuna.state", "sweep.retry_of"
-# A run whose trial a torn Optuna journal lost: kept for the record, never reused for a new trial.
-ORPHANED = "sweep.orphaned"
-SWEEP_ID = "sweep.id"  # tells sweeps of the same name in a shared store apart
-ATTEMPTS = "sweep.attempts"  # > 1 when Ray re-ran the trial after its worker process died
-PARENT = "mlflow.parentRunId"
-NOTE, MAX_TAG_LENGTH = "mlflow.note.content", 8000  # a run's description in the MLflow UI
+MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag's value (a run's description is one)
 # Makes the MLflow UI open a sweep on its runs table rather than the GenAI tracing overview.
-EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+MODEL_TRAINING = "custom_model_development"
 
 
 # MLflow's SQL store logs "Creating initial tables..." at INFO, and every database error with its
@@ -58,7 +52,12 @@ def seed_sqlite(uri: str) -> None:
     machine and MLflow version (under ~/.cache/optimizer-sweep): MLflow builds a new database by
     running its whole chain of schema migrations, 1.6 s on 2 idle cores and 3 s busy, on every new
     sweep; the copy takes milliseconds. Best effort: without the cache, MLflow builds it as before.
-    The copy never replaces a file (a hard link, refused if the file exists)."""
+    The copy never replaces a file (a hard link, refused if the file exists).
+
+    The template holds no place and no time of its own: the copy's Default experiment (which
+    nothing of a sweep logs to) gets its artifact location beside the new store,
+    ``<folder>/artifacts/0`` (inside the sweep directory for a sweep's default store, so it moves
+    with it), and the time of the copy."""
     if not uri.startswith("sqlite:///"):
         return
     target = Path(uri[len("sqlite:///"):])
@@ -69,29 +68,42 @@ def seed_sqlite(uri: str) -> None:
         part = target.with_name(f".{target.name}.{os.getpid()}.part")
         shutil.copyfile(template, part)
         try:
+            _place_default_experiment(part, (target.parent.resolve() / "artifacts" / "0").as_uri(), _now_ms())
             os.link(part, target)
         except FileExistsError:  # another process created it meanwhile: theirs stands
             pass
         finally:
             part.unlink(missing_ok=True)
-    except OSError:
+    except (OSError, sqlite3.Error):
         return
 
 
 def _empty_store_template() -> Path:
-    """The empty store for this MLflow version, built by MLflow itself the first time."""
+    """The empty store for this MLflow version, built by MLflow itself the first time, then
+    stripped of what MLflow wrote about where and when it was built: the Default experiment's
+    artifact location (``./mlruns/0`` under the folder of whichever process built it) and its
+    times. (Templates named ``...-empty.db`` without ``portable`` kept that location.)"""
     from importlib.metadata import version
 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optimizer-sweep"
-    template = cache / f"mlflow-{version('mlflow')}-empty.db"
+    template = cache / f"mlflow-{version('mlflow')}-portable-empty.db"
     if template.exists():
         return template
     cache.mkdir(parents=True, exist_ok=True)
     building = cache / f".building-{os.getpid()}.db"
     building.unlink(missing_ok=True)
     MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments(max_results=1)  # creates it
+    _place_default_experiment(building, None, None)
     os.replace(building, template)
     return template
+
+
+def _place_default_experiment(path: Path, location: str | None, when: int | None) -> None:
+    """Set the Default experiment's artifact location and its creation and update times (ms) in
+    the SQLite file ``path`` (None: none)."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("update experiments set artifact_location = ?, creation_time = ?, last_update_time = ? "
+                   "where experiment_id = 0", (location, when, when))
 
 
 def _now_ms() -> int:
@@ -112,24 +124,26 @@ class SweepTracker:
         if found is None:
             location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
             self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING, SWEEP_ID: sweep_id})
+                experiment, artifact_location=location, tags={Tag.EXPERIMENT_KIND: MODEL_TRAINING, Tag.SWEEP_ID: sweep_id})
         else:
             self.experiment_id = found.experiment_id
-            if SWEEP_ID not in found.tags:
-                self.client.set_experiment_tag(self.experiment_id, SWEEP_ID, sweep_id)
+            if Tag.SWEEP_ID not in found.tags:
+                self.client.set_experiment_tag(self.experiment_id, Tag.SWEEP_ID, sweep_id)
+            if artifact_dir is not None:
+                relocate(uri, found.artifact_location, artifact_dir)
 
     def _find(self, filter_string: str):
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=2)
         return runs[0] if runs else None
 
     def parent_run(self, optimizer: str, fixed_params: Mapping[str, Any]) -> str:
-        run = self._find(f"tags.`{ROLE}` = '{PARENT_ROLE}' and tags.`{OPTIMIZER}` = '{optimizer}'")
+        run = self._find(f"tags.`{Tag.ROLE}` = '{PARENT_ROLE}' and tags.`{Tag.OPTIMIZER}` = '{optimizer}'")
         if run is not None:
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
         run = self.client.create_run(self.experiment_id, run_name=optimizer,
-                                     tags={ROLE: PARENT_ROLE, OPTIMIZER: optimizer})
+                                     tags={Tag.ROLE: PARENT_ROLE, Tag.OPTIMIZER: optimizer})
         self.client.log_batch(run.info.run_id, params=_params({**fixed_params, "optimizer": optimizer}))
         return run.info.run_id
 
@@ -141,28 +155,28 @@ class SweepTracker:
         existing = self.find_trial_run(optimizer, number, role)
         if existing is not None:
             return existing
-        tags = {ROLE: role, OPTIMIZER: optimizer, TRIAL: str(number), PARENT: parent_id, **dict(extra_tags)}
+        tags = {Tag.ROLE: role, Tag.OPTIMIZER: optimizer, Tag.TRIAL: str(number), Tag.PARENT: parent_id, **dict(extra_tags)}
         if retry_of is not None:
-            tags[RETRY_OF] = str(retry_of)
+            tags[Tag.RETRY_OF] = str(retry_of)
         run = self.client.create_run(self.experiment_id, run_name=run_name or f"{optimizer}-{number}", tags=tags)
         self.client.log_batch(run.info.run_id, params=_params(params))
         return run.info.run_id
 
     def find_trial_run(self, optimizer: str, number: int, role: str = TRIAL_ROLE) -> str | None:
         runs = self.client.search_runs([self.experiment_id], max_results=10, filter_string=(
-            f"tags.`{ROLE}` = '{role}' and tags.`{OPTIMIZER}` = '{optimizer}' and tags.`{TRIAL}` = '{number}'"))
-        runs = [r for r in runs if ORPHANED not in r.data.tags]
+            f"tags.`{Tag.ROLE}` = '{role}' and tags.`{Tag.OPTIMIZER}` = '{optimizer}' and tags.`{Tag.TRIAL}` = '{number}'"))
+        runs = [r for r in runs if Tag.ORPHANED not in r.data.tags]
         return runs[0].info.run_id if runs else None
 
     def trial_runs(self, optimizer: str, role: str = TRIAL_ROLE) -> dict[int, str]:
         """Trial number -> run id of this optimizer's trial (or re-evaluation) runs, orphans left out."""
         runs = self.client.search_runs([self.experiment_id], max_results=50_000, filter_string=(
-            f"tags.`{ROLE}` = '{role}' and tags.`{OPTIMIZER}` = '{optimizer}'"))
-        return {int(r.data.tags[TRIAL]): r.info.run_id for r in runs if ORPHANED not in r.data.tags}
+            f"tags.`{Tag.ROLE}` = '{role}' and tags.`{Tag.OPTIMIZER}` = '{optimizer}'"))
+        return {int(r.data.tags[Tag.TRIAL]): r.info.run_id for r in runs if Tag.ORPHANED not in r.data.tags}
 
     def orphan(self, run_id: str, why: str) -> None:
         """Set a run aside whose trial Optuna no longer has; its trial number will be reused."""
-        self.client.log_batch(run_id, tags=[RunTag(ORPHANED, "true"), RunTag(MLFLOW_REASON_TAG, why[:5000])])
+        self.client.log_batch(run_id, tags=[RunTag(Tag.ORPHANED, "true"), RunTag(Tag.REASON, why[:5000])])
         if self.client.get_run(run_id).info.status == "RUNNING":
             self.client.set_terminated(run_id, status="KILLED")
 
@@ -170,19 +184,19 @@ class SweepTracker:
         """(role, optimizer, trial number) -> run id of every trial and re-evaluation run still RUNNING."""
         runs = self.client.search_runs([self.experiment_id], max_results=50_000,
                                        filter_string="attributes.status = 'RUNNING'")
-        return {(r.data.tags[ROLE], r.data.tags[OPTIMIZER], int(r.data.tags[TRIAL])): r.info.run_id for r in runs
-                if r.data.tags.get(ROLE) in (TRIAL_ROLE, REEVAL_ROLE) and ORPHANED not in r.data.tags}
+        return {(r.data.tags[Tag.ROLE], r.data.tags[Tag.OPTIMIZER], int(r.data.tags[Tag.TRIAL])): r.info.run_id for r in runs
+                if r.data.tags.get(Tag.ROLE) in (TRIAL_ROLE, REEVAL_ROLE) and Tag.ORPHANED not in r.data.tags}
 
     def find_parent(self, optimizer: str) -> str | None:
-        run = self._find(f"tags.`{ROLE}` = '{PARENT_ROLE}' and tags.`{OPTIMIZER}` = '{optimizer}'")
+        run = self._find(f"tags.`{Tag.ROLE}` = '{PARENT_ROLE}' and tags.`{Tag.OPTIMIZER}` = '{optimizer}'")
         return run.info.run_id if run is not None else None
 
     def sweep_run(self) -> str:
         """The sweep-level run that holds the report: created once, found again by its tag."""
-        run = self._find(f"tags.`{ROLE}` = '{SWEEP_ROLE}'")
+        run = self._find(f"tags.`{Tag.ROLE}` = '{SWEEP_ROLE}'")
         if run is not None:
             return run.info.run_id
-        return self.client.create_run(self.experiment_id, run_name="report", tags={ROLE: SWEEP_ROLE}).info.run_id
+        return self.client.create_run(self.experiment_id, run_name="report", tags={Tag.ROLE: SWEEP_ROLE}).info.run_id
 
     def describe(self, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str], description: str,
                  final: bool) -> None:
@@ -190,7 +204,7 @@ class SweepTracker:
         so it needs no artifact store). ``final``: the sweep is finished, so the run is closed."""
         now = _now_ms()
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                              tags=[RunTag(NOTE, description[:MAX_TAG_LENGTH]),
+                              tags=[RunTag(Tag.NOTE, description[:MAX_TAG_LENGTH]),
                                     *(RunTag(k, str(v)) for k, v in tags.items())])
         if final:
             self.client.set_terminated(run_id, status="FINISHED")
@@ -198,7 +212,7 @@ class SweepTracker:
 
 def model_uri(uri: str, run_id: str) -> str | None:
     """The URI of the model logged on a run (``best_model``), if any."""
-    return client(uri).get_run(run_id).data.tags.get(MODEL_URI)
+    return client(uri).get_run(run_id).data.tags.get(Tag.MODEL_URI)
 
 
 def artifact_uri(uri: str, run_id: str, root: str | None = None) -> str:
@@ -211,10 +225,58 @@ def artifact_uri(uri: str, run_id: str, root: str | None = None) -> str:
     return client(uri).get_run(run_id).info.artifact_uri
 
 
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQL stores, with or without a +driver
+# Every artifact location an MLflow SQL store records, by table: (table, key column, location column).
+LOCATIONS = (("experiments", "experiment_id", "artifact_location"), ("runs", "run_uuid", "artifact_uri"),
+             ("logged_models", "model_id", "artifact_location"))
+
+
+def relocate(uri: str, recorded: str | None, artifact_dir: Path) -> int:
+    """Point a store's artifact locations at a sweep directory's ``artifacts/`` where it is now.
+
+    MLflow keeps absolute locations (the experiment's, each run's, each logged model's), written
+    when the sweep ran where it was then. Checkpoints and the report are read and written through
+    ``artifact_uri(..., root)`` from the sweep directory anyway, but MLflow itself (its UI's
+    artifact viewer, ``mlflow.pytorch.load_model("models:/m-...")``) follows the recorded ones.
+    So once a moved or copied sweep is opened by a sweep command (``run``, ``resume``, ``report``,
+    ``ui``), every location under ``recorded`` (the experiment's, e.g. ``file:///old/artifacts``)
+    is rewritten to the same place under ``artifact_dir``. Returns how many were; 0 when nothing
+    moved, for a store that is not a SQL database, or a location that is not a local path."""
+    here = artifact_dir.resolve()
+    if not recorded:
+        return 0
+    if recorded.startswith("file:"):
+        new = here.as_uri()
+    elif recorded.startswith("/"):
+        new = str(here)
+    else:  # an object store or a server's proxy: nothing of it lives in the sweep directory
+        return 0
+    old = recorded.rstrip("/")
+    if old == new or uri.split(":", 1)[0].split("+", 1)[0] not in SQL_SCHEMES:
+        return 0
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(uri)
+    moved = 0
+    try:
+        with engine.begin() as db:
+            for table, key, column in LOCATIONS:
+                rows = db.execute(text(f"select {key}, {column} from {table} where {column} = :old or "
+                                       f"substr({column}, 1, :n) = :prefix"),
+                                  {"old": old, "n": len(old) + 1, "prefix": old + "/"}).all()
+                for row_key, location in rows:
+                    db.execute(text(f"update {table} set {column} = :new where {key} = :key"),
+                               {"new": new + location[len(old):], "key": row_key})
+                moved += len(rows)
+    finally:
+        engine.dispose()
+    return moved
+
+
 def foreign_experiment(uri: str, name: str, sweep_id: str) -> bool:
     """Whether the tracking store's experiment of this sweep's name belongs to another sweep."""
     found = client(uri).get_experiment_by_name(name)
-    return found is not None and found.tags.get(SWEEP_ID, sweep_id) != sweep_id
+    return found is not None and found.tags.get(Tag.SWEEP_ID, sweep_id) != sweep_id
 
 
 EPOCH_MARKER = "val_accuracy"  # every epoch logs it
@@ -251,10 +313,10 @@ def close_run(uri: str, run_id: str, outcome: TrialOutcome, timestamp_ms: int | 
     final metrics are stored once."""
     if client(uri).get_run(run_id).info.status != "RUNNING":
         return
-    tags = {MLFLOW_STATUS_TAG: outcome.status.value, STATE: outcome.record.optuna_state,
-            ATTEMPTS: str(outcome.attempts)}
+    tags = {Tag.STATUS: outcome.status.value, Tag.STATE: outcome.record.optuna_state,
+            Tag.ATTEMPTS: str(outcome.attempts)}
     if outcome.reason:
-        tags[MLFLOW_REASON_TAG] = outcome.reason[:5000]
+        tags[Tag.REASON] = outcome.reason[:5000]
     now = _now_ms() if timestamp_ms is None else timestamp_ms
     client(uri).log_batch(run_id, metrics=[Metric(f"{FINAL_PREFIX}{k}", float(v), now, 0)
                                            for k, v in outcome.metrics.items()],
