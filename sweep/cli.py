@@ -263,6 +263,8 @@ class _VersionAction(argparse._VersionAction):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The commands and their options. Long because it is one declaration per command, read top to
+    bottom like the help it prints; split, the commands' options would be scattered."""
     parser = argparse.ArgumentParser(
         prog="sweep", description="Compare optimizers on CNNs: Optuna searches, Ray trains, MLflow records.",
         epilog="`sweep COMMAND --help` lists a command's keys, registries and examples.")

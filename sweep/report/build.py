@@ -112,7 +112,7 @@ def publish(tracker, comparison: Comparison, folder: Path, markdown: str, final:
         if parent is None:
             continue
         tags = {Tag.BEST_RUN: r.best_run_id or "", Tag.MODEL_URI: r.model_uri or "",
-                "sweep.tied": "-" if r.tied is None else str(r.tied).lower()}
+                Tag.TIED: "-" if r.tied is None else str(r.tied).lower()}
         best = f"[trial {r.best_trial}](#/experiments/{exp}/runs/{r.best_run_id})" if r.best_run_id else "none yet"
         model = f"\n\nBest re-evaluated model: `{r.model_uri}`" if r.model_uri else ""
         tracker.describe(parent, parent_metrics(r), {k: v for k, v in tags.items() if v},

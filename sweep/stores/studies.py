@@ -73,7 +73,7 @@ def foreign_studies(storage_url: str, sweep_name: str, sweep_id: str) -> list[st
     prefix = study_name(sweep_name, "")
     return [summary.study_name for summary in optuna.get_all_study_summaries(open_storage(storage_url),
                                                                            include_best_trial=False)
-            if summary.study_name.startswith(prefix) and summary.user_attrs.get("sweep_id", sweep_id) != sweep_id]
+            if summary.study_name.startswith(prefix) and summary.user_attrs.get(Attr.SWEEP_ID, sweep_id) != sweep_id]
 
 
 def _trial_id(trial: FrozenTrial) -> int:
@@ -112,11 +112,11 @@ class SweepStudy:
         """
         study = optuna.create_study(study_name=study_name(sweep_name, optimizer), storage=open_storage(storage_url),
                                     direction=DIRECTION, load_if_exists=True, pruner=make_pruner(pruner, epochs))
-        for key, value in (("sweep_id", sweep_id), ("sampler_budget", trials)):
+        for key, value in ((Attr.SWEEP_ID, sweep_id), (Attr.SAMPLER_BUDGET, trials)):
             if key not in study.user_attrs:
                 study.set_user_attr(key, value)
         study.sampler = make_sampler(sampler, seed + len(study.get_trials(deepcopy=False)),
-                                     study.user_attrs["sampler_budget"])
+                                     study.user_attrs[Attr.SAMPLER_BUDGET])
         return cls(study)
 
     @classmethod
@@ -126,8 +126,8 @@ class SweepStudy:
         study = optuna.create_study(study_name=study_name(sweep_name, optimizer, reeval=True),
                                     storage=open_storage(storage_url), direction=DIRECTION, load_if_exists=True,
                                     pruner=make_pruner("none", 1), sampler=make_sampler("random", 0, 1))
-        if "sweep_id" not in study.user_attrs:
-            study.set_user_attr("sweep_id", sweep_id)
+        if Attr.SWEEP_ID not in study.user_attrs:
+            study.set_user_attr(Attr.SWEEP_ID, sweep_id)
         return cls(study)
 
     @classmethod
