@@ -127,7 +127,7 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
             t2 = time.perf_counter()
             number = trial.number
             curve = synthetic_curve(tc.optimizer_params, epochs, rng)
-            # -- worker: sweep/execution/worker.py _execute
+            # -- worker: sweep/execution/worker.py run_attempt
             w0 = time.perf_counter()
             study = SweepStudy(optuna.load_study(study_name=driver.name, storage=worker_storage,
                                                  pruner=make_pruner(cfg.pruner, cfg.epochs)))  # SweepStudy.load

@@ -51,13 +51,13 @@ import torch.nn.functional as F  # noqa: E402
 from bench.suite import BenchResult, Headline, Size, finish, median, parser  # noqa: E402
 from models import build_model  # noqa: E402
 from optim import build_optimizer  # noqa: E402
-from sweep.stores import checkpoints  # noqa: E402
 from sweep.core.config import TrialConfig, load_config  # noqa: E402
 from sweep.core.datasets import DataSplits  # noqa: E402
-from sweep.stores.mlflow_sender import TrackingSender, use_short_requests  # noqa: E402
 from sweep.core.outcome import Status  # noqa: E402
-from sweep.stores.studies import DIRECTION, make_pruner, open_storage  # noqa: E402
 from sweep.core.records import EpochMetrics  # noqa: E402
+from sweep.stores import checkpoints  # noqa: E402
+from sweep.stores.mlflow_sender import TrackingSender, use_short_requests  # noqa: E402
+from sweep.stores.studies import DIRECTION, make_pruner, open_storage  # noqa: E402
 from sweep.train.solo import run_trial  # noqa: E402
 
 TARGET = 0.97

@@ -12,16 +12,22 @@ import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from sweep.stores import checkpoints
 from sweep.core.config import load_config
+from sweep.core.outcome import Tally
+from sweep.core.records import PruneTrial
 from sweep.execution.launch import run_sweep
 from sweep.execution.search import sample_trial
-from sweep.core.outcome import Tally
+from sweep.stores import checkpoints
 from sweep.stores.studies import open_storage, outcome_of, study_name
-from sweep.core.records import PruneTrial
 from sweep.train.solo import TrialConfig, run_trial
-from tests.sweep_helpers import (default_storage, default_tracking_uri, mlflow_runs, studies, sweep_dir_of,
-                                 sweep_with_a_killed_worker)
+from tests.sweep_helpers import (
+    default_storage,
+    default_tracking_uri,
+    mlflow_runs,
+    studies,
+    sweep_dir_of,
+    sweep_with_a_killed_worker,
+)
 
 TIMING = ("seconds", "train_seconds", "eval_seconds", "epoch_seconds", "images_per_second")  # wall clock: differs run to run
 

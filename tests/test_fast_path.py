@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sweep.core.datasets import device_tensors
-from sweep.train.solo import COMPILE_BACKEND, GPU_CHECK_STEPS, TrialConfig, divergence_check_steps, resolve_auto, run_trial
+from sweep.train.solo import COMPILE_BACKEND, TrialConfig, run_trial
+from sweep.train.steps import GPU_CHECK_STEPS, divergence_check_steps, resolve_auto
 
 DIVERGING = [("sgd", 100.0), ("adam", 0.5), ("rmsprop", 0.1)]
 

@@ -20,13 +20,13 @@ import torch
 
 from models import MODELS, build_model
 from models.packed import PackedModel, fusable
-from optim import OPTIMIZERS, SCHEDULES
-from optim import build_optimizer, resolve_hyperparameters
+from optim import OPTIMIZERS, SCHEDULES, build_optimizer, resolve_hyperparameters
 from optim.fused import RULES, FusedOptimizer
-from sweep.train import memory as pack_memory
 from sweep.core.outcome import Status
+from sweep.core.records import PruneTrial
+from sweep.train import memory as pack_memory
 from sweep.train.packed import run_pack, unpackable
-from sweep.train.solo import PruneTrial, TrialConfig, run_trial
+from sweep.train.solo import TrialConfig, run_trial
 
 TOLERANCE = 1e-5
 BASE = TrialConfig(epochs=2, batch_size=32)

@@ -23,10 +23,10 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from sweep.core.config import load_config
+from sweep.core.records import EpochMetrics
 from sweep.execution.launch import run_sweep
 from sweep.stores.studies import open_storage, study_name
 from sweep.stores.sweepdir import SweepDir
-from sweep.core.records import EpochMetrics
 from sweep.ui import Server, base_url, server_command, server_env
 from tests.sweep_helpers import default_storage, mlflow_runs, runs_per_trial
 from tests.test_ui import free_port

@@ -12,7 +12,9 @@ import torch
 
 from sweep.core.datasets import DATASETS, DataSplits, load_dataset
 from sweep.core.errors import DatasetUnavailable
-from sweep.train.solo import EpochMetrics, PruneTrial, TrialConfig, random_crop_flip, run_trial
+from sweep.core.records import EpochMetrics, PruneTrial
+from sweep.train.solo import TrialConfig, run_trial
+from sweep.train.steps import random_crop_flip
 
 
 def _losses(result):

@@ -27,13 +27,11 @@ from dataclasses import dataclass
 
 from sweep.core import credentials
 from sweep.core.errors import StoreUnavailable, store_calls
+from sweep.core.keys import Attr
+from sweep.core.outcome import Status, TrialOutcome
+from sweep.execution.worker import Attempt, TrialTask, device_memory, load_study, run_attempt, this_node
 from sweep.stores.finish import OPTUNA
 from sweep.stores.mlflow_sender import TrackingSender, use_short_requests
-from sweep.core.outcome import Status, TrialOutcome
-from sweep.execution.worker import Attempt, TrialTask, _execute, _load, device_memory, this_node
-
-PACK = "pack"              # Optuna user attribute and MLflow tag (sweep.pack): the trial numbers packed together
-PACK_ERROR = "pack_error"  # why a member went on solo
 
 
 @dataclass(frozen=True)
@@ -60,20 +58,19 @@ def execute_pack(task: PackTask, data) -> list[TrialOutcome]:
 
 def _solo(member: TrialTask, data, tags: dict[str, str]) -> TrialOutcome:
     with TrackingSender(member.stores.tracking_uri, member.run_id, member.config.tracking_retry_s) as sender:
-        return _execute(member, data, sender, tags)
+        return run_attempt(member, data, sender, tags)
 
 
 def _execute_pack(task: PackTask, data) -> list[TrialOutcome]:
     import torch
 
-    from sweep.train import memory as pack_memory
     from sweep.core.datasets import device_tensors
-    from sweep.train.packed import run_pack
-    from sweep.train.solo import pick_device
+    from sweep.train import memory as pack_memory
+    from sweep.train.steps import pick_device
 
     first = task.members[0]
     torch.set_num_threads(max(1, first.threads))
-    study = _load(first)
+    study = load_study(first)
     with store_calls(OPTUNA):
         earlier = [study.record(m.number) for m in task.members]
     device = pick_device(first.config.device)
@@ -82,7 +79,7 @@ def _execute_pack(task: PackTask, data) -> list[TrialOutcome]:
         fit = pack_memory.fit(first.config, data, device, task.device_share)
     except Exception as exc:  # noqa: BLE001 - even one member's step failed: each member alone says why
         error = f"{type(exc).__name__}: {exc}"
-        return [_solo(member, data, {PACK: task.label, PACK_ERROR: error[:500]}) for member in task.members]
+        return [_solo(member, data, {Attr.PACK: task.label, Attr.PACK_ERROR: error[:500]}) for member in task.members]
     members = list(range(len(task.members)))
     sub_packs = pack_memory.split(members, fit.members)
     if len(sub_packs) > 1:
@@ -93,35 +90,44 @@ def _execute_pack(task: PackTask, data) -> list[TrialOutcome]:
     left: dict[int, str] = {}  # members the pack could not finish -> the pack's error
     node = this_node()
     for sub_pack in sub_packs:
-        tags = {PACK: ",".join(str(task.members[i].number) for i in sub_pack)}
-        with contextlib.ExitStack() as stack:
-            started = time.perf_counter()
-            senders = [stack.enter_context(TrackingSender(task.members[i].stores.tracking_uri, task.members[i].run_id,
-                                                          task.members[i].config.tracking_retry_s)) for i in sub_pack]
-            attempts = [Attempt(task.members[i], study, earlier[i], sender, node, tags)
-                        for i, sender in zip(sub_pack, senders)]
-            savers = [stack.enter_context(a.saver()) for a in attempts]
-            for a in attempts:  # the pack's set-up is shared: each member counts all of it
-                a.spent["setup_seconds"] = time.perf_counter() - started
-
-            def finish(position: int, result, memory: dict[str, float]) -> None:
-                savers[position].wait()  # its last checkpoint is stored before the trial is told
-                outcomes[sub_pack[position]] = attempts[position].finish(result, memory)
-
-            def left_early(position: int, result) -> None:  # recorded now, as solo (a pack may die later)
-                if result.status != Status.OK:  # the members that finish training: with the device's memory
-                    finish(position, result, {})
-
-            with device_memory() as memory:
-                packed = run_pack([task.members[i].config for i in sub_pack], data, [a.report for a in attempts],
-                                  savers, left_early)
-            for position, result in enumerate(packed.results):
-                if result is None:
-                    left[sub_pack[position]] = packed.error
-                elif sub_pack[position] not in outcomes:
-                    finish(position, result, memory)
+        _run_sub_pack(task, sub_pack, data, study, earlier, node, outcomes, left)
     for i, error in left.items():
         member = task.members[i]
         print(f"pack {task.label}: trial {member.number} goes on solo ({error})", file=sys.stderr, flush=True)
-        outcomes[i] = _solo(member, data, {PACK: task.label, PACK_ERROR: error[:500]})
+        outcomes[i] = _solo(member, data, {Attr.PACK: task.label, Attr.PACK_ERROR: error[:500]})
     return [outcomes[i] for i in range(len(task.members))]
+
+
+def _run_sub_pack(task: PackTask, sub_pack: list[int], data, study, earlier, node: dict[str, str],
+                  outcomes: dict[int, TrialOutcome], left: dict[int, str]) -> None:
+    """Train the members at ``sub_pack`` (positions in the task) as one pack: each finished member's
+    outcome goes into ``outcomes``, each one the pack could not finish into ``left`` with its error."""
+    from sweep.train.packed import run_pack
+
+    tags = {Attr.PACK: ",".join(str(task.members[i].number) for i in sub_pack)}
+    with contextlib.ExitStack() as stack:
+        started = time.perf_counter()
+        senders = [stack.enter_context(TrackingSender(task.members[i].stores.tracking_uri, task.members[i].run_id,
+                                                      task.members[i].config.tracking_retry_s)) for i in sub_pack]
+        attempts = [Attempt(task.members[i], study, earlier[i], sender, node, tags)
+                    for i, sender in zip(sub_pack, senders)]
+        savers = [stack.enter_context(a.saver()) for a in attempts]
+        for a in attempts:  # the pack's set-up is shared: each member counts all of it
+            a.spent["setup_seconds"] = time.perf_counter() - started
+
+        def finish(position: int, result, memory: dict[str, float]) -> None:
+            savers[position].wait()  # its last checkpoint is stored before the trial is told
+            outcomes[sub_pack[position]] = attempts[position].finish(result, memory)
+
+        def left_early(position: int, result) -> None:  # recorded now, as solo (a pack may die later)
+            if result.status != Status.OK:  # the members that finish training: with the device's memory
+                finish(position, result, {})
+
+        with device_memory() as memory:
+            packed = run_pack([task.members[i].config for i in sub_pack], data, [a.report for a in attempts],
+                              savers, left_early)
+        for position, result in enumerate(packed.results):
+            if result is None:
+                left[sub_pack[position]] = packed.error
+            elif sub_pack[position] not in outcomes:
+                finish(position, result, memory)

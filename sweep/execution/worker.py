@@ -24,21 +24,18 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from sweep.core import credentials
-
-from sweep.stores import checkpoints, tracking
 from sweep.core.config import TrialConfig
 from sweep.core.errors import StoreUnavailable, store_calls
+from sweep.core.keys import MIRRORED, Attr
+from sweep.core.outcome import Status, TrialOutcome
+from sweep.core.records import EpochMetrics, PruneTrial
+from sweep.stores import checkpoints, tracking
 from sweep.stores.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
 from sweep.stores.mlflow_sender import TrackingSender, use_short_requests
-from sweep.core.outcome import Status, TrialOutcome
-from sweep.stores.studies import ATTEMPT, NODE_ADDRESS, NODE_ID, RESUMED_FROM, SweepStudy
+from sweep.stores.studies import SweepStudy
 from sweep.stores.sweepdir import Stores
-
-if TYPE_CHECKING:
-    from sweep.train.solo import EpochMetrics
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ def this_node() -> dict[str, str]:
     import ray
 
     context = ray.get_runtime_context()
-    return {NODE_ID: context.get_node_id(), NODE_ADDRESS: ray.util.get_node_ip_address()}
+    return {Attr.NODE_ID: context.get_node_id(), Attr.NODE_ADDRESS: ray.util.get_node_ip_address()}
 
 
 def execute(task: TrialTask, data) -> TrialOutcome:
@@ -74,7 +71,7 @@ def execute(task: TrialTask, data) -> TrialOutcome:
     with credentials.environment(task.credentials):
         try:
             with TrackingSender(task.stores.tracking_uri, task.run_id, task.config.tracking_retry_s) as sender:
-                return _execute(task, data, sender)
+                return run_attempt(task, data, sender)
         except StoreUnavailable as exc:
             raise StoreUnavailable(exc.store, exc.detail) from None
 
@@ -90,12 +87,12 @@ class Attempt:
         self.entered = time.perf_counter() if entered is None else entered  # setup_seconds count from here
         with store_calls(OPTUNA):
             self.trial = study.live_trial(task.number)
-            self.number = int(earlier.user_attrs.get(ATTEMPT, 0)) + 1
-            self.trial.set_user_attr(ATTEMPT, self.number)
-            self.trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+            self.number = int(earlier.user_attrs.get(Attr.ATTEMPT, 0)) + 1
+            self.trial.set_user_attr(Attr.ATTEMPT, self.number)
+            self.trial.set_user_attr(Attr.WORKER, f"{socket.gethostname()}:{os.getpid()}")
             for name, value in {**node, **(tags or {})}.items():
                 self.trial.set_user_attr(name, value)
-        sender.tag({f"sweep.{name}": value for name, value in {**node, **(tags or {})}.items()})
+        sender.tag({MIRRORED[name]: value for name, value in {**node, **(tags or {})}.items()})
         # epochs an attempt whose worker died already recorded, in each store (it may have died between)
         self.reported = set(earlier.intermediate_values)
         with store_calls(MLFLOW):
@@ -111,8 +108,6 @@ class Attempt:
             self.spent["report_seconds"] += time.perf_counter() - reporting
 
     def _report(self, m: EpochMetrics) -> None:
-        from sweep.train.solo import PruneTrial
-
         if m.epoch not in self.logged:
             self.sender.log_epoch(m.epoch, m.logged())
         self.sender.catch_up()  # MLflow before Optuna while MLflow answers; no wait during an outage
@@ -134,8 +129,8 @@ class Attempt:
         resume = checkpoints.load_latest(task.stores.tracking_uri, task.run_id, task.stores.artifacts)
         resumed_from = resume.epoch if resume is not None else 0  # 0: none stored, trains from the start
         with store_calls(OPTUNA):
-            self.trial.set_user_attr(RESUMED_FROM, resumed_from)
-        sender.tag({f"sweep.{RESUMED_FROM}": resumed_from})
+            self.trial.set_user_attr(Attr.RESUMED_FROM, resumed_from)
+        sender.tag({MIRRORED[Attr.RESUMED_FROM]: resumed_from})
         for m in resume.history if resume is not None else ():
             if m.epoch not in self.logged:
                 sender.log_epoch(m.epoch, m.logged())
@@ -159,19 +154,22 @@ class Attempt:
                             reason, result.metrics, result.value, close_run=self.sender.close_run)
 
 
-def _load(task: TrialTask) -> SweepStudy:
+def load_study(task: TrialTask) -> SweepStudy:
+    """The task's study; shared with ``pack_worker``, which loads it once for all of a pack's members."""
     with store_calls(OPTUNA):
         return SweepStudy.load(task.stores.storage, task.study_name, task.pruner, task.config.epochs)
 
 
-def _execute(task: TrialTask, data, sender: TrackingSender, tags: dict[str, str] | None = None) -> TrialOutcome:
+def run_attempt(task: TrialTask, data, sender: TrackingSender, tags: dict[str, str] | None = None) -> TrialOutcome:
+    """One attempt at a solo trial, its MLflow writes through ``sender``; shared with ``pack_worker``,
+    which runs a member solo through it when its pack could not train it (``tags`` say why)."""
     import torch
 
     from sweep.train.solo import run_trial  # torch: imported here, so the driver never does
 
     entered = time.perf_counter()
     torch.set_num_threads(max(1, task.threads))
-    study = _load(task)
+    study = load_study(task)
     with store_calls(OPTUNA):
         earlier = study.record(task.number)
     if earlier.state.is_finished():  # told by an attempt whose worker died right after

@@ -1,10 +1,10 @@
 """Per-epoch checkpoints of a trial, kept with its MLflow run, so a retried trial resumes exactly.
 
-A ``Checkpoint`` holds everything the next epoch depends on: the model's and optimizer's state,
-the LR schedule's, the generator that orders batches and draws augmentations, the global torch
-RNG, the first batch loss (the divergence check's yardstick) and the epochs run so far (the final
-metrics are computed from them). On the CPU a trial resumed from it ends bit-identical to one
-that never stopped.
+A ``Checkpoint`` (``sweep.core.records``) holds everything the next epoch depends on: the model's
+and optimizer's state, the LR schedule's, the generator that orders batches and draws
+augmentations, the global torch RNG, the first batch loss (the divergence check's yardstick) and
+the epochs run so far (the final metrics are computed from them). On the CPU a trial resumed from
+it ends bit-identical to one that never stopped.
 
 Checkpoints live in the run's artifacts (``checkpoints/epoch-0003.pt``), through MLflow's
 artifact repository of the run: the sweep directory's ``artifacts/`` locally, the tracking
@@ -23,72 +23,16 @@ import os
 import re
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from sweep.core.errors import first_line
-
-if TYPE_CHECKING:
-    import torch
-
-    from sweep.train.solo import EpochMetrics
+from sweep.core.records import Checkpoint, EpochMetrics
 
 FOLDER = "checkpoints"
 FORMAT = 1  # bumped when the file's layout changes; another layout is not read
 _NAME = re.compile(r"^epoch-(\d+)\.pt$")
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A trial's state at the end of epoch ``epoch`` (its schedule already stepped). Its tensors
-    are the live ones: store it before training goes on."""
-
-    epoch: int
-    model: dict[str, Any]                # model.state_dict()
-    optimizer: dict[str, Any]            # optimizer.state_dict()
-    schedule: dict[str, Any]             # ScheduleDriver.state_dict()
-    generator: torch.Tensor              # batch order and augmentation draws
-    rng: torch.Tensor                    # the global CPU RNG (dropout, init of anything built later)
-    device_rng: torch.Tensor | None      # the CUDA RNG, when training there
-    first_loss: float | None             # the divergence check compares against it
-    history: tuple[EpochMetrics, ...]    # the epochs so far: final metrics come out as without a stop
-
-    @classmethod
-    def capture(cls, epoch: int, model, optimizer, schedule, generator: torch.Generator,
-                first_loss: float | None, history) -> "Checkpoint":
-        import torch
-
-        device = generator.device
-        return cls(epoch, model.state_dict(), optimizer.state_dict(), schedule.state_dict(), generator.get_state(),
-                   torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                   first_loss, tuple(history))
-
-    def detached(self) -> "Checkpoint":
-        """A copy whose tensors are on the CPU and no longer shared with training."""
-        import copy
-
-        import torch
-        from torch.utils._pytree import tree_map
-
-        def own(value):
-            return value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else copy.deepcopy(value)
-
-        return Checkpoint(self.epoch, tree_map(own, self.model), tree_map(own, self.optimizer),
-                          copy.deepcopy(self.schedule), own(self.generator), own(self.rng),
-                          None if self.device_rng is None else own(self.device_rng), self.first_loss, self.history)
-
-    def restore(self, model, optimizer, schedule, generator: torch.Generator) -> None:
-        """Put freshly built training objects where this checkpoint left them."""
-        import torch
-
-        model.load_state_dict(self.model)
-        schedule.load_state_dict(self.schedule)
-        optimizer.load_state_dict(self.optimizer)  # after the schedule: building a scheduler moves the LR
-        generator.set_state(self.generator)
-        torch.set_rng_state(self.rng)
-        if self.device_rng is not None and generator.device.type == "cuda":
-            torch.cuda.set_rng_state(self.device_rng, generator.device)
 
 
 # ---- the file ----
@@ -107,8 +51,6 @@ def read(path: Path) -> Checkpoint:
     """Raises on a file that is not a whole checkpoint of this format. Tensors and plain data only
     (``weights_only``): a file in a shared store is data, never code."""
     import torch
-
-    from sweep.train.solo import EpochMetrics
 
     fields = torch.load(path, map_location="cpu", weights_only=True)
     if fields.pop("format", None) != FORMAT:
@@ -176,7 +118,7 @@ class saver:
         self._writer = None
         self._pending = None
 
-    def __enter__(self) -> "saver":
+    def __enter__(self) -> saver:
         from concurrent.futures import ThreadPoolExecutor
 
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-checkpoint")

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from models import build_model
 from models.packed import PackedModel
-from optim.fused import rule_for
 from optim import resolve_hyperparameters
+from optim.fused import rule_for
 
 HEADROOM = 0.8  # of the free memory: the allocator's fragmentation, evaluation batches, the data's copy
 

@@ -21,8 +21,8 @@ import dataclasses
 import math
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,13 +32,20 @@ from models.packed import PackedModel
 from optim import ScheduleDriver, resolve_hyperparameters
 from optim.fused import FusedOptimizer, MemberOptimizers
 from optim.optimizers import build_optimizer
-from sweep.stores.checkpoints import Checkpoint
 from sweep.core.config import FUSED, TrialConfig
 from sweep.core.datasets import DataSplits, device_tensors, load_data
 from sweep.core.errors import StoreUnavailable
 from sweep.core.outcome import Status
-from sweep.train.solo import (EpochMetrics, PruneTrial, Reporter, Saver, TrialResult, _final, divergence_check_steps,
-                         draw_batch, pick_device, resolve_auto)
+from sweep.core.records import Checkpoint, EpochMetrics, PruneTrial, Reporter, Saver, TrialResult
+from sweep.train.steps import (
+    divergence_check_steps,
+    draw_batch,
+    evaluate,
+    final_metrics,
+    pick_device,
+    read_losses,
+    resolve_auto,
+)
 
 # What members of one pack may differ in; everything else (data, model, seed, epochs, batch size,
 # device) they share, since they share the batches and the forward pass.
@@ -110,7 +117,7 @@ def run_pack(configs: Sequence[TrialConfig], data: DataSplits | None = None,
     try:
         with warnings.catch_warnings():  # the members' schedulers step LRs of optimizers they do not see step
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-            _train(configs, data, reporters, saves, members, timings, started, on_finish)
+            _Pack(configs, data, reporters, saves, members, timings, started, on_finish).train()
     except StoreUnavailable:
         raise
     except Exception as exc:  # the shared computation failed: no member can be blamed alone
@@ -119,178 +126,201 @@ def run_pack(configs: Sequence[TrialConfig], data: DataSplits | None = None,
     return PackResult([m.result for m in members])
 
 
-def _train(configs, data, reporters, saves, members: list[_Member], timings, started, on_finish) -> None:
-    cfg = configs[0]
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    if data is None:
-        data = load_data(cfg)
-    t = device_tensors(data, device)
-    memory_format = torch.channels_last if resolve_auto(cfg.channels_last, device) else torch.contiguous_format
-    model = build_model(cfg.model, data.in_shape, data.num_classes).to(device, memory_format=memory_format)
-    n_train = len(t["train_x"])
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    hps = [resolve_hyperparameters(c.optimizer, c.optimizer_params) for c in configs]
-    pack = PackedModel(model, len(configs))
-    fused = cfg.pack_update == FUSED
-    optimizer = (FusedOptimizer if fused else MemberOptimizers)(cfg.optimizer, hps, pack.params)
-    for i, (c, hp) in enumerate(zip(configs, hps)):
-        holder = _lr_holder(hp["lr"]) if fused else optimizer.holder(i)
-        members.append(_Member(i, c, reporters[i], saves[i], hp,
-                               ScheduleDriver(holder, c.schedule, c.schedule_params, c.epochs, steps_per_epoch), holder))
-    active = list(members)  # in the pack's current order
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    bf16 = resolve_auto(cfg.bf16, device)
-    check_every = divergence_check_steps(cfg, device)
+class _Pack:
+    """A pack's training objects and running state, so that each part of the loop (a step, a check,
+    an epoch's end) is a method of its own. ``members`` (the caller's list) gets each member as it
+    is set up, so a pack that fails still has the results of those that finished."""
 
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    def __init__(self, configs: Sequence[TrialConfig], data: DataSplits | None, reporters, saves,
+                 members: list[_Member], timings: dict[str, float], started: float,
+                 on_finish: Callable[[int, TrialResult], None] | None):
+        self.cfg = cfg = configs[0]
+        self.timings, self.started, self.on_finish = timings, started, on_finish
+        self.device = device = pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.data = data if data is not None else load_data(cfg)
+        self.t = device_tensors(self.data, device)
+        self.memory_format = (torch.channels_last if resolve_auto(cfg.channels_last, device)
+                              else torch.contiguous_format)
+        model = build_model(cfg.model, self.data.in_shape, self.data.num_classes).to(
+            device, memory_format=self.memory_format)
+        self.n_train = len(self.t["train_x"])
+        self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
+        hps = [resolve_hyperparameters(c.optimizer, c.optimizer_params) for c in configs]
+        self.model, self.pack = model, PackedModel(model, len(configs))
+        self.fused = cfg.pack_update == FUSED
+        self.optimizer = (FusedOptimizer if self.fused else MemberOptimizers)(cfg.optimizer, hps, self.pack.params)
+        for i, (c, hp) in enumerate(zip(configs, hps)):
+            holder = _lr_holder(hp["lr"]) if self.fused else self.optimizer.holder(i)
+            schedule = ScheduleDriver(holder, c.schedule, c.schedule_params, c.epochs, self.steps_per_epoch)
+            members.append(_Member(i, c, reporters[i], saves[i], hp, schedule, holder))
+        self.active = list(members)  # in the pack's current order
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.bf16 = resolve_auto(cfg.bf16, device)
+        self.check_every = divergence_check_steps(cfg, device)
+        self.l1 = self.l1s()
+        self.correct = torch.zeros(0)  # the epoch's correct predictions per active member, on the device
+        self.evaluating = 0.0  # the epoch's evaluations of diverged members: not training time for the others
 
-    def evaluated(x, y) -> tuple[list[float], list[float]]:
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def evaluated(self, split: str) -> tuple[list[float], list[float]]:
+        """Each member's mean loss and accuracy on ``split`` (val, test), its time counted as eval_seconds."""
         eval_started = time.perf_counter()
         try:
-            return _evaluate(pack, x, y, autocast)
+            return evaluate(self.pack, self.t[f"{split}_x"], self.t[f"{split}_y"], self.autocast)
         finally:
-            timings["eval_seconds"] += time.perf_counter() - eval_started
+            self.timings["eval_seconds"] += time.perf_counter() - eval_started
 
-    def finish(member: _Member, status: Status, reason: str, **last: float) -> None:
-        metrics = {**_final(member.history, time.perf_counter() - started, **last), **timings}
+    def finish(self, member: _Member, status: Status, reason: str, **last: float) -> None:
+        metrics = {**final_metrics(member.history, time.perf_counter() - self.started, **last), **self.timings}
         member.result = TrialResult(status, reason, len(member.history), metrics, list(member.history))
-        if on_finish is not None:
-            on_finish(member.index, member.result)
+        if self.on_finish is not None:
+            self.on_finish(member.index, member.result)
 
-    def leave(gone: set[int]) -> list[_Member]:
+    def leave(self, gone: set[int]) -> None:
         """Compact the pack to the members not in ``gone`` (positions in ``active``)."""
         if not gone:
-            return active
-        keep = [i for i in range(len(active)) if i not in gone]
+            return
+        keep = [i for i in range(len(self.active)) if i not in gone]
         if keep:
-            index = torch.tensor(keep, device=device)
-            pack.select(index)
-            optimizer.select(index, pack.params)
-        return [active[i] for i in keep]
+            index = torch.tensor(keep, device=self.device)
+            self.pack.select(index)
+            self.optimizer.select(index, self.pack.params)
+        self.active = [self.active[i] for i in keep]
+        self.l1 = self.l1s()
 
-    def lrs() -> torch.Tensor | None:
+    def lrs(self) -> torch.Tensor | None:
         """The fused update's per-member LRs (each member optimizer has its own)."""
-        return torch.tensor([m.schedule.lr for m in active], device=device, dtype=torch.float64) if fused else None
+        if not self.fused:
+            return None
+        return torch.tensor([m.schedule.lr for m in self.active], device=self.device, dtype=torch.float64)
 
-    model.train()
-    pack.train()
-    l1 = torch.tensor([m.cfg.l1 for m in members], device=device)
-    for epoch in range(1, cfg.epochs + 1):
-        for m in active:
+    def l1s(self) -> torch.Tensor:
+        return torch.tensor([m.cfg.l1 for m in self.active], device=self.device)
+
+    def train(self) -> None:
+        self.model.train()
+        self.pack.train()
+        for epoch in range(1, self.cfg.epochs + 1):
+            seconds = self.run_epoch(epoch)
+            if not self.active:
+                return
+            self.end_epoch(epoch, seconds)
+            if not self.active:
+                return
+        test_losses, test_accs = self.evaluated("test")
+        for position, m in enumerate(self.active):
+            self.finish(m, Status.OK, "", test_loss=test_losses[position], test_accuracy=test_accs[position])
+
+    def run_epoch(self, epoch: int) -> float:
+        """Train one epoch (until every member has left, if they all diverge); its training seconds."""
+        cfg = self.cfg
+        for m in self.active:
             m.epoch_lr = m.schedule.lr
         epoch_started = time.perf_counter()
-        evaluating = 0.0  # a diverged member's evaluation mid-epoch: not training time for the others
-        order = torch.randperm(n_train, device=device, generator=generator)
-        correct = torch.zeros(len(active), device=device, dtype=torch.long)
+        self.evaluating = 0.0
+        order = torch.randperm(self.n_train, device=self.device, generator=self.generator)
+        self.correct = torch.zeros(len(self.active), device=self.device, dtype=torch.long)
         unchecked: list[tuple[int, int, torch.Tensor]] = []
-        lr = lrs()
-        for step in range(steps_per_epoch):
-            x, y = draw_batch(t, order, step, cfg.batch_size, data.augment, generator, memory_format)
-            with autocast():
-                logits = pack(x)
-                losses = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(len(active)),
-                                         reduction="none").view(len(active), -1).mean(1)
-            objective = losses.sum()
-            if l1.any():
-                objective = objective + (l1 * pack.l1()).sum()
-            optimizer.zero_grad()
-            objective.backward()
-            optimizer.step(lr)
-            for m in active:
-                m.schedule.after_batch()
-            lr = lrs()  # per step: warm-ups and one-cycle move it every batch
-            correct += (logits.argmax(2) == y).sum(1)
+        lr = self.lrs()
+        for step in range(self.steps_per_epoch):
+            x, y = draw_batch(self.t, order, step, cfg.batch_size, self.data.augment, self.generator,
+                              self.memory_format)
+            logits, losses = self.step(x, y, lr)
+            lr = self.lrs()  # per step: warm-ups and one-cycle move it every batch
+            self.correct += (logits.argmax(2) == y).sum(1)
             unchecked.append((step, len(y), losses.detach()))
-            if len(unchecked) < check_every and step + 1 < steps_per_epoch:
+            if len(unchecked) < self.check_every and step + 1 < self.steps_per_epoch:
                 continue
-            values = torch.stack([u[2] for u in unchecked]).tolist()  # one host sync per check
-            diverged: dict[int, str] = {}
-            for (at, size, _), batch_losses in zip(unchecked, values):
-                for position, (m, batch_loss) in enumerate(zip(active, batch_losses)):
-                    if position in diverged:
-                        continue
-                    if m.first_loss is None:
-                        m.first_loss = batch_loss
-                    if not math.isfinite(batch_loss) or batch_loss > cfg.divergence_factor * max(m.first_loss, 1e-3):
-                        diverged[position] = (f"loss {batch_loss:.4g} at epoch {epoch} step {at + 1} "
-                                              f"(started at {m.first_loss:.4g})")
-                    else:
-                        m.loss_sum += batch_loss * size
+            if self.check(unchecked, epoch):
+                lr = self.lrs()
+                if not self.active:
+                    return 0.0
             unchecked.clear()
-            if diverged:  # measured where it stopped, as a solo trial is; then out of the pack
-                eval_started = time.perf_counter()
-                val_losses, val_accs = evaluated(t["val_x"], t["val_y"])
-                evaluating += time.perf_counter() - eval_started
-                for position, reason in diverged.items():
-                    finish(active[position], Status.DIVERGED, reason,
-                           val_loss=val_losses[position], val_accuracy=val_accs[position])
-                keep_correct = [i for i in range(len(active)) if i not in diverged]
-                active = leave(set(diverged))
-                correct = correct[torch.tensor(keep_correct, device=device, dtype=torch.long)]
-                lr, l1 = lrs(), torch.tensor([m.cfg.l1 for m in active], device=device)
-                if not active:
-                    return
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - epoch_started - evaluating
-        val_losses, val_accs = evaluated(t["val_x"], t["val_y"])
-        accuracies = correct.tolist()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - epoch_started - self.evaluating
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step of every member on the batch; the logits and each member's loss."""
+        n = len(self.active)
+        with self.autocast():
+            logits = self.pack(x)
+            losses = F.cross_entropy(logits.float().flatten(0, 1), y.repeat(n), reduction="none").view(n, -1).mean(1)
+        objective = losses.sum()
+        if self.l1.any():
+            objective = objective + (self.l1 * self.pack.l1()).sum()
+        self.optimizer.zero_grad()
+        objective.backward()
+        self.optimizer.step(lr)
+        for m in self.active:
+            m.schedule.after_batch()
+        return logits, losses
+
+    def check(self, unchecked: list[tuple[int, int, torch.Tensor]], epoch: int) -> bool:
+        """The divergence check (one host sync). A member that diverged is evaluated where it
+        stopped, as a solo trial is, then leaves the pack. Returns whether any left."""
+        first_losses = [m.first_loss for m in self.active]
+        loss_sums = [m.loss_sum for m in self.active]
+        diverged = read_losses(unchecked, first_losses, loss_sums, self.cfg.divergence_factor, epoch)
+        for m, first_loss, loss_sum in zip(self.active, first_losses, loss_sums):
+            m.first_loss, m.loss_sum = first_loss, loss_sum
+        if not diverged:
+            return False
+        eval_started = time.perf_counter()
+        val_losses, val_accs = self.evaluated("val")
+        self.evaluating += time.perf_counter() - eval_started
+        for position, reason in diverged.items():
+            self.finish(self.active[position], Status.DIVERGED, reason,
+                        val_loss=val_losses[position], val_accuracy=val_accs[position])
+        keep = [i for i in range(len(self.active)) if i not in diverged]
+        self.leave(set(diverged))
+        self.correct = self.correct[torch.tensor(keep, device=self.device, dtype=torch.long)]
+        return True
+
+    def end_epoch(self, epoch: int, seconds: float) -> None:
+        """Validate, record and report each member's epoch, step its schedule, checkpoint it when
+        due; the members that stop here leave the pack."""
+        val_losses, val_accs = self.evaluated("val")
+        accuracies = self.correct.tolist()
         gone: set[int] = set()
-        for position, m in enumerate(active):
-            metrics = EpochMetrics(epoch, m.loss_sum / n_train, accuracies[position] / n_train, val_losses[position],
-                                   val_accs[position], m.epoch_lr, seconds, n_train / seconds)
+        for position, m in enumerate(self.active):
+            metrics = EpochMetrics(epoch, m.loss_sum / self.n_train, accuracies[position] / self.n_train,
+                                   val_losses[position], val_accs[position], m.epoch_lr, seconds,
+                                   self.n_train / seconds)
             m.loss_sum = 0.0
             m.history.append(metrics)
-            if not math.isfinite(metrics.val_loss):
-                finish(m, Status.DIVERGED, f"validation loss {metrics.val_loss} at epoch {epoch}",
-                       val_loss=metrics.val_loss, val_accuracy=metrics.val_accuracy)
-                gone.add(position)
-                continue
-            try:
-                if m.reporter is not None:
-                    m.reporter(metrics)
-            except PruneTrial as exc:
-                finish(m, Status.PRUNED, str(exc) or "pruned")
-                gone.add(position)
-                continue
-            except StoreUnavailable:
-                raise
-            except Exception as exc:  # this member's own reporting failed: it fails alone
-                finish(m, Status.FAILED, f"{type(exc).__name__}: {exc}")
+            if not self.reported(m, metrics):
                 gone.add(position)
                 continue
             m.schedule.after_epoch(metrics.val_loss)
             if m.save is not None and m.cfg.checkpoint_every and (
                     epoch % m.cfg.checkpoint_every == 0 or epoch == m.cfg.epochs):
-                m.save(_member_checkpoint(epoch, m, position, pack, optimizer, generator, data, device, memory_format))
-        active = leave(gone)
-        if not active:
-            return
-        l1 = torch.tensor([m.cfg.l1 for m in active], device=device)
-    test_losses, test_accs = evaluated(t["test_x"], t["test_y"])
-    for position, m in enumerate(active):
-        finish(m, Status.OK, "", test_loss=test_losses[position], test_accuracy=test_accs[position])
+                m.save(_member_checkpoint(epoch, m, position, self.pack, self.optimizer, self.generator, self.data,
+                                          self.device, self.memory_format))
+        self.leave(gone)
 
-
-def _evaluate(pack: PackedModel, x, y, autocast, images: int = 1024) -> tuple[list[float], list[float]]:
-    """Each member's mean loss and accuracy, summed on the device: one host sync for the pack.
-    Batches hold ``images`` member-images (1,024 / members images each), as a solo trial's do: a
-    pack of 8 evaluating 1,024 images at once was memory-bound (0.7x solo on 28x28 images)."""
-    pack.eval()
-    batch_size = max(1, images // pack.members)
-    loss_sum = torch.zeros(pack.members, device=x.device)
-    correct = torch.zeros(pack.members, device=x.device, dtype=torch.long)
-    with torch.no_grad(), autocast():
-        for start in range(0, len(x), batch_size):
-            logits = pack(x[start:start + batch_size]).float()
-            target = y[start:start + batch_size]
-            loss_sum += F.cross_entropy(logits.flatten(0, 1), target.repeat(pack.members),
-                                        reduction="none").view(pack.members, -1).sum(1)
-            correct += (logits.argmax(2) == target).sum(1)
-    pack.train()
-    return [v / len(x) for v in loss_sum.tolist()], [c / len(x) for c in correct.tolist()]
+    def reported(self, m: _Member, metrics: EpochMetrics) -> bool:
+        """Report the member's epoch; False (its result recorded) when it stops here: its validation
+        loss diverged, its reporter pruned it, or its own reporting failed."""
+        if not math.isfinite(metrics.val_loss):
+            self.finish(m, Status.DIVERGED, f"validation loss {metrics.val_loss} at epoch {metrics.epoch}",
+                        val_loss=metrics.val_loss, val_accuracy=metrics.val_accuracy)
+            return False
+        try:
+            if m.reporter is not None:
+                m.reporter(metrics)
+        except PruneTrial as exc:
+            self.finish(m, Status.PRUNED, str(exc) or "pruned")
+            return False
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # this member's own reporting failed: it fails alone
+            self.finish(m, Status.FAILED, f"{type(exc).__name__}: {exc}")
+            return False
+        return True
 
 
 def _member_checkpoint(epoch: int, m: _Member, position: int, pack: PackedModel,

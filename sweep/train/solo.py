@@ -17,132 +17,37 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from models import build_model
 from optim import ScheduleDriver, build_optimizer
-from sweep.stores.checkpoints import Checkpoint
-from sweep.core.config import AUTO, TrialConfig
+from sweep.core.config import TrialConfig
 from sweep.core.datasets import DataSplits, device_tensors, load_data
 from sweep.core.errors import StoreUnavailable
 from sweep.core.outcome import Status
+from sweep.core.records import Checkpoint, EpochMetrics, PruneTrial, Reporter, Saver, TrialResult
+from sweep.train.steps import (
+    divergence_check_steps,
+    draw_batch,
+    evaluate,
+    final_metrics,
+    pick_device,
+    read_losses,
+    resolve_auto,
+)
 
-__all__ = ["TrialConfig", "EpochMetrics", "TrialResult", "PruneTrial", "run_trial", "random_crop_flip"]
+__all__ = ["TrialConfig", "run_trial"]
 
-
-class PruneTrial(Exception):
-    """Raised by a reporter to stop the trial early (the pruner decided it is not promising)."""
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int              # from 1
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    scheduled_lr: float     # the schedule's LR at the epoch's start (not the searched `lr`)
-    epoch_seconds: float
-    images_per_second: float
-
-    def logged(self) -> dict[str, float]:
-        """The per-epoch metrics as logged (the epoch is the step)."""
-        return {k: v for k, v in asdict(self).items() if k != "epoch"}
-
-
-@dataclass
-class TrialResult:
-    status: Status
-    reason: str = ""
-    epochs_run: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)  # final metrics, whatever the outcome
-    history: list[EpochMetrics] = field(default_factory=list)
-
-    @property
-    def value(self) -> float:
-        """The objective: the final validation accuracy (0 when none was measured)."""
-        value = self.metrics.get("val_accuracy", 0.0)
-        return value if math.isfinite(value) else 0.0
-
-
-Reporter = Callable[[EpochMetrics], None]
-Saver = Callable[[Checkpoint], None]
+COMPILE_BACKEND = "SWEEP_COMPILE_BACKEND"  # torch.compile's backend (default inductor; the tests use eager)
 
 
 class _Diverged(Exception):
     def __init__(self, message: str, val_loss: float, val_accuracy: float):
         super().__init__(message)
         self.val_loss, self.val_accuracy = val_loss, val_accuracy
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """CIFAR augmentation on a whole batch at once: reflect-pad, random crop, random h-flip."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
-    rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]
-    cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :]
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    cropped = padded[batch, channels, rows, cols]
-    flip = torch.rand(n, device=x.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], cropped.flip(-1), cropped)
-
-
-def draw_batch(t: dict[str, torch.Tensor], order: torch.Tensor, step: int, batch_size: int, augment: bool,
-               generator: torch.Generator, memory_format) -> tuple[torch.Tensor, torch.Tensor]:
-    """The epoch's ``step``-th batch (augmented where the data is): a solo trial and a pack draw
-    theirs here, so a pack's members see exactly the batches their solo trials would."""
-    idx = order[step * batch_size:(step + 1) * batch_size]
-    x, y = t["train_x"][idx], t["train_y"][idx]
-    if augment:
-        x = random_crop_flip(x, generator)
-    return x.contiguous(memory_format=memory_format), y
-
-
-def evaluate(model, x, y, autocast, batch_size: int = 1024) -> tuple[float, float]:
-    """Mean loss and accuracy, summed on the device: one host sync for the whole set."""
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
-    with torch.no_grad(), autocast():
-        for start in range(0, len(x), batch_size):
-            logits = model(x[start:start + batch_size]).float()
-            loss_sum += F.cross_entropy(logits, y[start:start + batch_size], reduction="sum")
-            correct += (logits.argmax(1) == y[start:start + batch_size]).sum()
-    model.train()
-    return loss_sum.item() / len(x), correct.item() / len(x)
-
-
-GPU_CHECK_STEPS = 32
-COMPILE_BACKEND = "SWEEP_COMPILE_BACKEND"  # torch.compile's backend (default inductor; the tests use eager)
-
-
-def resolve_auto(value: bool | str, device: torch.device) -> bool:
-    """``auto`` settings (bf16, channels_last) are on where they pay: a CUDA device."""
-    return device.type == "cuda" if value == AUTO else bool(value)
-
-
-def divergence_check_steps(cfg: TrialConfig, device: torch.device) -> int:
-    """How many batches run between two reads of the loss on the host. On a GPU each read stalls
-    the launch queue, so it is read every 32 batches there (the steps in between still train; the
-    divergent step is named exactly). On a CPU a read costs nothing: every batch."""
-    if cfg.divergence_check_steps:
-        return cfg.divergence_check_steps
-    return GPU_CHECK_STEPS if device.type == "cuda" else 1
-
-
 
 
 def run_trial(cfg: TrialConfig, data: DataSplits | None = None, reporter: Reporter | None = None,
@@ -154,10 +59,10 @@ def run_trial(cfg: TrialConfig, data: DataSplits | None = None, reporter: Report
     started = time.perf_counter()
 
     def final(**last: float) -> dict[str, float]:
-        return {**_final(history, time.perf_counter() - started, **last), **timings}
+        return {**final_metrics(history, time.perf_counter() - started, **last), **timings}
 
     try:
-        return _train(cfg, data, reporter, history, timings, resume, save, final)
+        return _Trial(cfg, data, reporter, save, history, timings).train(resume, final)
     except PruneTrial as exc:
         return TrialResult(Status.PRUNED, str(exc) or "pruned", len(history), final(), history)
     except _Diverged as exc:  # measured where it stopped: even a first-epoch divergence has metrics
@@ -169,122 +74,131 @@ def run_trial(cfg: TrialConfig, data: DataSplits | None = None, reporter: Report
         return TrialResult(Status.FAILED, f"{type(exc).__name__}: {exc}", len(history), final(), history)
 
 
-def _final(history: list[EpochMetrics], seconds: float, **last: float) -> dict[str, float]:
-    """Final metrics: the last epoch's (or ``last`` where the trial stopped mid-epoch)."""
-    metrics = {"epochs": float(len(history)), "seconds": seconds,
-               "train_seconds": sum(h.epoch_seconds for h in history)}
-    if history:
-        metrics.update(val_accuracy=history[-1].val_accuracy, val_loss=history[-1].val_loss)
-    metrics.update(last)
-    accuracies = [h.val_accuracy for h in history] + ([last["val_accuracy"]] if "val_accuracy" in last else [])
-    if accuracies:
-        metrics["best_val_accuracy"] = max(a for a in accuracies)
-    return metrics
+class _Trial:
+    """One trial's training objects and running state, so that each part of the loop (a step, an
+    epoch, its end) is a method of its own. Built in the order that draws the RNGs as before."""
 
+    def __init__(self, cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None, save: Saver | None,
+                 history: list[EpochMetrics], timings: dict[str, float]):
+        self.cfg, self.reporter, self.save, self.history, self.timings = cfg, reporter, save, history, timings
+        self.device = device = pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.data = data if data is not None else load_data(cfg)
+        self.t = device_tensors(self.data, device)  # kept on the device across this worker's trials
+        channels_last = resolve_auto(cfg.channels_last, device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = build_model(cfg.model, self.data.in_shape, self.data.num_classes).to(
+            device, memory_format=self.memory_format)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters(), cfg.optimizer_params)
+        # the compiled module shares the model's parameters; checkpoints and the optimizer use the model
+        self.forward = (torch.compile(self.model, backend=os.environ.get(COMPILE_BACKEND, "inductor"))
+                        if cfg.compile else self.model)
+        self.n_train = len(self.t["train_x"])
+        self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
+        self.schedule = ScheduleDriver(self.optimizer, cfg.schedule, cfg.schedule_params, cfg.epochs,
+                                       self.steps_per_epoch)
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.bf16 = resolve_auto(cfg.bf16, device)
+        self.check_every = divergence_check_steps(cfg, device)
+        self.compile_seconds = 0.0
+        self.first_losses: list[float | None] = [None]  # read_losses' per-member list, of one member
+        timings["eval_seconds"] = 0.0
 
-def _train(cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None, history: list[EpochMetrics],
-           timings: dict[str, float], resume: Checkpoint | None, save: Saver | None,
-           final: Callable[..., dict[str, float]]) -> TrialResult:
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    if data is None:
-        data = load_data(cfg)
-    t = device_tensors(data, device)  # kept on the device across this worker's trials
-    channels_last = resolve_auto(cfg.channels_last, device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(cfg.model, data.in_shape, data.num_classes).to(device, memory_format=memory_format)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.optimizer_params)
-    # the compiled module shares the model's parameters; checkpoints and the optimizer use the model
-    forward = torch.compile(model, backend=os.environ.get(COMPILE_BACKEND, "inductor")) if cfg.compile else model
-    n_train = len(t["train_x"])
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
-    schedule = ScheduleDriver(optimizer, cfg.schedule, cfg.schedule_params, cfg.epochs, steps_per_epoch)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    bf16 = resolve_auto(cfg.bf16, device)
-    check_every = divergence_check_steps(cfg, device)
-    compile_seconds = 0.0
-    timings["eval_seconds"] = 0.0
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def evaluated(x, y) -> tuple[float, float]:
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def evaluated(self, split: str) -> tuple[float, float]:
+        """Mean loss and accuracy on ``split`` (val, test), its time counted as eval_seconds."""
         eval_started = time.perf_counter()
         try:
-            return evaluate(forward, x, y, autocast)
+            losses, accuracies = evaluate(self.forward, self.t[f"{split}_x"], self.t[f"{split}_y"], self.autocast)
+            return losses[0], accuracies[0]
         finally:
-            timings["eval_seconds"] += time.perf_counter() - eval_started
+            self.timings["eval_seconds"] += time.perf_counter() - eval_started
 
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    def train(self, resume: Checkpoint | None, final: Callable[..., dict[str, float]]) -> TrialResult:
+        done = 0
+        if resume is not None:
+            resume.restore(self.model, self.optimizer, self.schedule, self.generator)
+            self.first_losses[0], done = resume.first_loss, resume.epoch
+            self.history.extend(resume.history)
+        self.model.train()
+        for epoch in range(done + 1, self.cfg.epochs + 1):
+            lr = self.schedule.lr
+            loss_sum, correct, seconds = self.run_epoch(epoch)
+            self.end_epoch(epoch, epoch == done + 1, lr, loss_sum, correct, seconds)
+        test_loss, test_acc = self.evaluated("test")
+        return TrialResult(Status.OK, "", len(self.history),
+                           {**final(), "test_loss": test_loss, "test_accuracy": test_acc}, self.history)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    def diverged(message: str) -> _Diverged:
-        val_loss, val_acc = evaluated(t["val_x"], t["val_y"])
-        return _Diverged(message, val_loss, val_acc)
-
-    first_loss, done = None, 0
-    if resume is not None:
-        resume.restore(model, optimizer, schedule, generator)
-        first_loss, done = resume.first_loss, resume.epoch
-        history.extend(resume.history)
-    model.train()
-    for epoch in range(done + 1, cfg.epochs + 1):
-        lr = schedule.lr
+    def run_epoch(self, epoch: int) -> tuple[float, torch.Tensor, float]:
+        """Train one epoch: its loss sum (read on the host), its correct predictions (on the device)
+        and its training seconds (the compile step left out)."""
+        cfg = self.cfg
         started = time.perf_counter()
-        order = torch.randperm(n_train, device=device, generator=generator)
-        loss_sum = 0.0
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        order = torch.randperm(self.n_train, device=self.device, generator=self.generator)
+        loss_sums = [0.0]
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
         unchecked: list[tuple[int, int, torch.Tensor]] = []  # (step, batch size, loss) not yet read on the host
-        for step in range(steps_per_epoch):
-            warming_up = cfg.compile and compile_seconds == 0.0
+        for step in range(self.steps_per_epoch):
+            warming_up = cfg.compile and self.compile_seconds == 0.0
             step_started = time.perf_counter()
-            x, y = draw_batch(t, order, step, cfg.batch_size, data.augment, generator, memory_format)
-            with autocast():
-                logits = forward(x)
-                loss = F.cross_entropy(logits.float(), y)
-            objective = loss
-            if cfg.l1:
-                objective = loss + cfg.l1 * sum(p.abs().sum() for p in model.parameters())
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()
-            schedule.after_batch()
+            x, y = draw_batch(self.t, order, step, cfg.batch_size, self.data.augment, self.generator,
+                              self.memory_format)
+            logits, loss = self.step(x, y)
             correct += (logits.argmax(1) == y).sum()
             unchecked.append((step, len(y), loss.detach()))
             if warming_up:  # the first step compiles forward and backward: timed apart from training
-                sync()
-                compile_seconds = timings["compile_seconds"] = time.perf_counter() - step_started
-                started += compile_seconds
-            if len(unchecked) < check_every and step + 1 < steps_per_epoch:
+                self.sync()
+                self.compile_seconds = self.timings["compile_seconds"] = time.perf_counter() - step_started
+                started += self.compile_seconds
+            if len(unchecked) < self.check_every and step + 1 < self.steps_per_epoch:
                 continue
             # one host sync for the batches since the last check; the first divergent one is named
-            values = [unchecked[0][2].item()] if len(unchecked) == 1 else torch.stack([u[2] for u in unchecked]).tolist()
-            for (at, size, _), batch_loss in zip(unchecked, values):
-                if first_loss is None:
-                    first_loss = batch_loss
-                if not math.isfinite(batch_loss) or batch_loss > cfg.divergence_factor * max(first_loss, 1e-3):
-                    raise diverged(f"loss {batch_loss:.4g} at epoch {epoch} step {at + 1} "
-                                   f"(started at {first_loss:.4g})")
-                loss_sum += batch_loss * size
+            diverged = read_losses(unchecked, self.first_losses, loss_sums, cfg.divergence_factor, epoch)
+            if diverged:
+                val_loss, val_acc = self.evaluated("val")
+                raise _Diverged(diverged[0], val_loss, val_acc)
             unchecked.clear()
-        sync()
-        seconds = time.perf_counter() - started
+        self.sync()
+        return loss_sums[0], correct, time.perf_counter() - started
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the batch; its logits and (unregularized) loss."""
+        with self.autocast():
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y)
+        objective = loss
+        if self.cfg.l1:
+            objective = loss + self.cfg.l1 * sum(p.abs().sum() for p in self.model.parameters())
+        self.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        self.optimizer.step()
+        self.schedule.after_batch()
+        return logits, loss
+
+    def end_epoch(self, epoch: int, first: bool, lr: float, loss_sum: float, correct: torch.Tensor,
+                  seconds: float) -> None:
+        """Validate, record and report the epoch, step the schedule, and checkpoint when due."""
+        cfg, n_train = self.cfg, self.n_train
         eval_started = time.perf_counter()
-        val_loss, val_acc = evaluated(t["val_x"], t["val_y"])
-        if cfg.compile and epoch == done + 1:  # the evaluation graph compiled on this first call
-            compile_seconds += time.perf_counter() - eval_started
-            timings["compile_seconds"] = compile_seconds
+        val_loss, val_acc = self.evaluated("val")
+        if cfg.compile and first:  # the evaluation graph compiled on this first call
+            self.compile_seconds += time.perf_counter() - eval_started
+            self.timings["compile_seconds"] = self.compile_seconds
         metrics = EpochMetrics(epoch, loss_sum / n_train, correct.item() / n_train, val_loss, val_acc,
                                lr, seconds, n_train / seconds)
-        history.append(metrics)
+        self.history.append(metrics)
         if not math.isfinite(val_loss):
             raise _Diverged(f"validation loss {val_loss} at epoch {epoch}", val_loss, val_acc)
-        if reporter is not None:
-            reporter(metrics)
-        schedule.after_epoch(val_loss)
-        if save is not None and cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
-            save(Checkpoint.capture(epoch, model, optimizer, schedule, generator, first_loss, history))
-    test_loss, test_acc = evaluated(t["test_x"], t["test_y"])
-    return TrialResult(Status.OK, "", len(history), {**final(), "test_loss": test_loss, "test_accuracy": test_acc},
-                       history)
+        if self.reporter is not None:
+            self.reporter(metrics)
+        self.schedule.after_epoch(val_loss)
+        if self.save is not None and cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0
+                                                               or epoch == cfg.epochs):
+            self.save(Checkpoint.capture(epoch, self.model, self.optimizer, self.schedule, self.generator,
+                                         self.first_losses[0], self.history))

@@ -1,0 +1,128 @@
+"""The steps a solo trial (``solo.run_trial``) and a pack (``packed.run_pack``) share, in one place:
+a pack's member must follow exactly the trajectory of its solo trial (tests/test_pack.py), so the
+device, the batches, the evaluation, the divergence check and the final metrics are the same code.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from models.packed import PackedModel
+from sweep.core.config import AUTO, TrialConfig
+from sweep.core.records import EpochMetrics
+
+GPU_CHECK_STEPS = 32
+EVAL_IMAGES = 1024  # images per evaluation batch (a pack's members share them)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_auto(value: bool | str, device: torch.device) -> bool:
+    """``auto`` settings (bf16, channels_last) are on where they pay: a CUDA device."""
+    return device.type == "cuda" if value == AUTO else bool(value)
+
+
+def divergence_check_steps(cfg: TrialConfig, device: torch.device) -> int:
+    """How many batches run between two reads of the loss on the host. On a GPU each read stalls
+    the launch queue, so it is read every 32 batches there (the steps in between still train; the
+    divergent step is named exactly). On a CPU a read costs nothing: every batch."""
+    if cfg.divergence_check_steps:
+        return cfg.divergence_check_steps
+    return GPU_CHECK_STEPS if device.type == "cuda" else 1
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """CIFAR augmentation on a whole batch at once: reflect-pad, random crop, random h-flip."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
+    rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]
+    cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    cropped = padded[batch, channels, rows, cols]
+    flip = torch.rand(n, device=x.device, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(-1), cropped)
+
+
+def draw_batch(t: dict[str, torch.Tensor], order: torch.Tensor, step: int, batch_size: int, augment: bool,
+               generator: torch.Generator, memory_format) -> tuple[torch.Tensor, torch.Tensor]:
+    """The epoch's ``step``-th batch (augmented where the data is): a solo trial and a pack draw
+    theirs here, so a pack's members see exactly the batches their solo trials would."""
+    idx = order[step * batch_size:(step + 1) * batch_size]
+    x, y = t["train_x"][idx], t["train_y"][idx]
+    if augment:
+        x = random_crop_flip(x, generator)
+    return x.contiguous(memory_format=memory_format), y
+
+
+def evaluate(model, x, y, autocast, images: int = EVAL_IMAGES) -> tuple[list[float], list[float]]:
+    """Each member's mean loss and accuracy (one member for a plain model), summed on the device:
+    one host sync for the whole set. A pack's batches hold ``images`` member-images (``images`` /
+    members images each), as a solo trial's do: a pack of 8 evaluating 1,024 images at once was
+    memory-bound (0.7x solo on 28x28 images)."""
+    packed = isinstance(model, PackedModel)
+    members = model.members if packed else 1
+    batch_size = max(1, images // members)
+    model.eval()
+    loss_sum = torch.zeros(members, device=x.device)
+    correct = torch.zeros(members, device=x.device, dtype=torch.long)
+    with torch.no_grad(), autocast():
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start:start + batch_size]).float()
+            target = y[start:start + batch_size]
+            if packed:
+                loss_sum += F.cross_entropy(logits.flatten(0, 1), target.repeat(members),
+                                            reduction="none").view(members, -1).sum(1)
+                correct += (logits.argmax(2) == target).sum(1)
+            else:  # the solo trial's own reduction: its sums must not change with packing
+                loss_sum += F.cross_entropy(logits, target, reduction="sum")
+                correct += (logits.argmax(1) == target).sum()
+    model.train()
+    return [v / len(x) for v in loss_sum.tolist()], [c / len(x) for c in correct.tolist()]
+
+
+def read_losses(unchecked: list[tuple[int, int, torch.Tensor]], first_losses: list[float | None],
+                loss_sums: list[float], factor: float, epoch: int) -> dict[int, str]:
+    """The divergence check: read the losses of the batches since the last check on the host (one
+    sync), as (step, batch size, loss) entries whose loss holds one value per member (a scalar for a
+    solo trial). Each member's ``first_losses`` (set at its first batch) and ``loss_sums`` (the
+    epoch's running sum, added batch by batch) are updated in place. Returns, per member that
+    diverged, its first divergent step's message; its later batches are not counted."""
+    if len(unchecked) == 1:  # no stack: one less kernel per check
+        values = [unchecked[0][2].reshape(-1).tolist()]
+    else:
+        values = torch.stack([u[2].reshape(-1) for u in unchecked]).tolist()
+    diverged: dict[int, str] = {}
+    for (at, size, _), batch_losses in zip(unchecked, values):
+        for member, batch_loss in enumerate(batch_losses):
+            if member in diverged:
+                continue
+            if first_losses[member] is None:
+                first_losses[member] = batch_loss
+            first = first_losses[member]
+            if not math.isfinite(batch_loss) or batch_loss > factor * max(first, 1e-3):
+                diverged[member] = f"loss {batch_loss:.4g} at epoch {epoch} step {at + 1} (started at {first:.4g})"
+            else:
+                loss_sums[member] += batch_loss * size
+    return diverged
+
+
+def final_metrics(history: list[EpochMetrics], seconds: float, **last: float) -> dict[str, float]:
+    """Final metrics: the last epoch's (or ``last`` where the trial stopped mid-epoch)."""
+    metrics = {"epochs": float(len(history)), "seconds": seconds,
+               "train_seconds": sum(h.epoch_seconds for h in history)}
+    if history:
+        metrics.update(val_accuracy=history[-1].val_accuracy, val_loss=history[-1].val_loss)
+    metrics.update(last)
+    accuracies = [h.val_accuracy for h in history] + ([last["val_accuracy"]] if "val_accuracy" in last else [])
+    if accuracies:
+        metrics["best_val_accuracy"] = max(a for a in accuracies)
+    return metrics
