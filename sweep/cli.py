@@ -104,9 +104,13 @@ def _drive(cfg, start) -> int:
 
 
 def _print_report(built, name: str, output_dir) -> None:
-    print(built.markdown)
-    print(f"\nreport:  {built.html}  (PNGs, comparison.csv, comparison.md beside it; summary.json in "
-          f"{built.folder.parent})\nMLflow:  sweep ui {name} --output-dir {output_dir}  (the 'report' run holds it)")
+    """The ranking within 100 columns (the full table is the report's comparison.md), and where
+    the report is."""
+    from sweep.report.files import terminal_table
+
+    print(terminal_table(built.comparison))
+    print(f"\nreport:  {built.html}\n         PNGs, comparison.csv and comparison.md beside it; summary.json in "
+          f"{built.folder.parent}\nMLflow:  sweep ui {name} --output-dir {output_dir}  (the 'report' run holds it)")
 
 
 def cmd_report(args) -> int:
@@ -213,7 +217,8 @@ def cmd_ui(args) -> int:
     from sweep.ui import ServerStartError, serve
 
     try:
-        return serve(stores.tracking_uri, saved.get("name", sweep_dir.name), args.host, args.port)
+        return serve(stores.tracking_uri, saved.get("name", sweep_dir.name), args.host, args.port, args.verbose,
+                     sweep_dir.artifacts if stores.local_tracking else None)
     except ConfigError as exc:
         return _fail(str(exc))
     except ServerStartError as exc:
@@ -326,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--verbose", action="store_true",
+                   help="pass the MLflow server's own output through (start-up, access log); else only its errors")
     p.set_defaults(func=cmd_ui)
     return parser
 

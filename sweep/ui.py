@@ -4,7 +4,8 @@ The URL is printed only once the server answers ``/health`` (it takes 5-50 s to 
 machine); the server runs in its own session so that SIGINT or SIGTERM to ``sweep ui`` stops the
 whole process group (``mlflow server`` and its uvicorn worker) and frees the port; a port that is
 already taken is refused up front instead of the server logging "Address already in use" and
-exiting 0.
+exiting 0. The server's own output (its start-up notices, a deprecation warning, one access-log
+line per HTTP request) is kept back unless ``verbose``: only its errors are passed on.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import urllib.request
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Iterator
 
 from sweep.core.errors import ConfigError, SweepError
@@ -33,6 +35,10 @@ START_DEADLINE_S = 180.0  # a cold start takes up to ~50 s on 2 busy cores; give
 STOP_GRACE_S = 10.0  # SIGTERM to the group, then SIGKILL after this long
 TAIL_LINES = 50  # server output kept to explain a failed start
 _NOISE = re.compile(r"\b(INFO|DEBUG)\b")  # log lines that never explain why a server died
+# What a quiet server still shows: an error record, a traceback, and the lines that follow either
+# until the next log record that is not an error.
+_ERROR = re.compile(r"\b(ERROR|CRITICAL)\b|^Traceback \(most recent call last\)")
+_RECORD = re.compile(r"^(\d{4}[/-]\d\d[/-]\d\d[ T][\d:,.]+\s+)?\[?(INFO|DEBUG|WARNING|ERROR|CRITICAL)\b")
 
 # No proxy for /health: an http_proxy in the environment must not answer for 127.0.0.1.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -134,28 +140,42 @@ class Server:
     process: subprocess.Popen
     tail: deque = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     pump: threading.Thread | None = None
+    quiet: bool = False  # forward only errors (``_ERROR``), not every line
+    _in_error: bool = False
 
     @classmethod
-    def launch(cls, command: list[str], env: dict[str, str] | None = None) -> Server:
+    def launch(cls, command: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> Server:
         """Its own session: Ctrl-C in the terminal reaches only us, and we stop the whole group."""
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-        server = cls(process)
+        server = cls(process, quiet=quiet)
         server.pump = threading.Thread(target=server._forward, args=(process.stdout,), daemon=True)
         server.pump.start()
         return server
 
     def _forward(self, stream: IO[bytes]) -> None:
-        """Drain the pipe to the end (a full pipe would block the server), echoing each line."""
+        """Drain the pipe to the end (a full pipe would block the server), echoing each line (each
+        error, when quiet) to stderr. Every line is kept in the tail, to explain a failed start."""
         for raw in iter(stream.readline, b""):
             line = raw.decode(errors="replace")
             self.tail.append(line.rstrip())
+            if not self._shown(line):
+                continue
             try:
                 sys.stderr.write(line)
                 sys.stderr.flush()
             except (OSError, ValueError):  # our stderr is gone; keep draining all the same
                 pass
         stream.close()
+
+    def _shown(self, line: str) -> bool:
+        if not self.quiet:
+            return True
+        if _ERROR.search(line):
+            self._in_error = True
+        elif _RECORD.match(line.lstrip()):
+            self._in_error = False
+        return self._in_error
 
     def last_line(self) -> str:
         """The last output line that can explain a failure (an error, not an INFO line)."""
@@ -235,8 +255,12 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
-def serve(tracking_uri: str, experiment: str, host: str = "127.0.0.1", port: int = 5000) -> int:
-    """Serve the MLflow UI on a sweep's tracking store until SIGINT/SIGTERM; return the exit code."""
+def serve(tracking_uri: str, experiment: str, host: str = "127.0.0.1", port: int = 5000, verbose: bool = False,
+          artifacts: Path | None = None) -> int:
+    """Serve the MLflow UI on a sweep's tracking store until SIGINT/SIGTERM; return the exit code.
+    ``verbose``: pass all the server's output through (else only its errors). ``artifacts``: the
+    sweep directory's ``artifacts/``, where the store's artifact locations are pointed first if
+    the sweep was moved (``tracking.follow``), so the UI shows its files and models."""
     if is_server(tracking_uri):
         print(remote_hint(tracking_uri, experiment), flush=True)
         return 0
@@ -246,10 +270,14 @@ def serve(tracking_uri: str, experiment: str, host: str = "127.0.0.1", port: int
     with stop_on_signals(stop):
         # Read the store before the server starts: a broken store fails here, and the two never
         # race to create the tables of a new database.
+        if artifacts is not None:
+            from sweep.stores import tracking
+
+            tracking.follow(tracking_uri, experiment, artifacts)
         url = ui_url(tracking_uri, experiment, base_url(host, port))
         if stop.is_set():
             return 0
-        server = Server.launch(server_command(tracking_uri, host, port), env=server_env())
+        server = Server.launch(server_command(tracking_uri, host, port), env=server_env(), quiet=not verbose)
         try:
             if not server.wait_healthy(f"{base_url(host, port)}/health", START_DEADLINE_S, stop):
                 return 0

@@ -49,3 +49,21 @@ def test_interrupted_trials_do_not_use_the_budget():
     tally = Tally.of(4, [TrialOutcome(0, Status.INTERRUPTED), TrialOutcome(1, Status.DIVERGED, 0.3),
                          TrialOutcome(2, Status.OK, 0.2)])
     assert tally.done == 2 and tally.best == 0.2 and tally.best_number == 2  # diverged is no result
+
+
+def test_a_long_log_line_goes_on_over_indented_lines_within_100_columns(capsys):
+    """A diverged or failed trial's reason can be long (an exception's message): the line goes on
+    below, indented, rather than past 100 columns, and loses nothing."""
+    reason = "ValueError: " + " ".join(f"word{i}" for i in range(40)) + " " + "x" * 130
+    progress = Progress({"adam": Tally(budget=2)}, live=False)
+    with progress:
+        progress.started("adam")
+        progress.finished("adam", TrialOutcome(1, Status.FAILED, None, reason))
+        progress.note("adam", f"re-evaluation of trial 1 seed 1: failed ({reason})")
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) > 2 and max(map(len, lines)) <= 100, lines
+    assert lines[0].startswith("[     adam] trial   1 failed") and all(line.startswith(" " * 12) for line in lines[1:]
+                                                                         if not line.startswith("["))
+    assert "".join(out.split()).count("".join(reason.split())) == 2  # every character still there
+    assert "(1/2 done, best -)" in out

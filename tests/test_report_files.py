@@ -325,3 +325,24 @@ def test_without_figures_the_page_says_how_to_draw_them_and_old_pngs_go(tmp_path
     page = files.html.read_text()
     assert "<img" not in page and f"sweep report {comparison.name}" in page
     assert files.csv.read_text() == drawn.csv.read_text()  # the table is the same either way
+
+
+def test_the_terminal_table_fits_100_columns_and_the_markdown_keeps_everything(report):
+    """`sweep run` / `sweep report` print a compact ranking; comparison.md keeps all 12 columns."""
+    from sweep.report.files import TABLE_COLUMNS, terminal_table
+
+    comparison, files = report
+    lines = terminal_table(comparison).splitlines()
+    assert max(map(len, lines)) <= 100, lines
+    assert lines[0].split()[:5] == ["rank", "optimizer", "test", "accuracy", "tied"]
+    by_name = {line.split()[1]: line for line in lines[1:]}
+    assert set(by_name) == {"adam", "momentum", "sgd"}
+    assert by_name["adam"].split()[:5] == ["1", "adam", "0.9600", "±", "0.0016"] and " best " in by_name["adam"]
+    assert "tied p=0.410" in by_name["momentum"] and by_name["sgd"].split()[:3] == ["-", "sgd", "-"]
+    assert all(line.endswith("…") for line in lines[1:])  # the long hyperparameters are cut, visibly
+    md = files.markdown.read_text(encoding="utf-8")
+    assert "| " + " | ".join(TABLE_COLUMNS) + " |" in md and "cosine.min_lr_factor=0.031" in md
+    wide = comparison.results[0]
+    narrow = type(comparison)(**{**comparison.__dict__, "results": (
+        type(wide)(**{**wide.__dict__, "best_hyperparameters": {"lr": 0.01}}),)})
+    assert terminal_table(narrow).splitlines()[1].endswith("lr=0.01")  # what fits is not cut

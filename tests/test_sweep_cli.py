@@ -142,6 +142,7 @@ def test_ls_ui_and_report_in_a_browser(ray_address, tmp_path, capsys):
     printed = capsys.readouterr().out
     html = out_dir / "uitest" / "report" / "report.html"
     assert f"report:  {html}" in printed and html.is_file()
+    assert max(len(line.replace(str(out_dir), "DIR")) for line in printed.splitlines()) <= 100, printed  # no wrap
     assert main(["ls", "--output-dir", str(out_dir)]) == 0
     listing = capsys.readouterr().out
     assert "uitest" in listing and "finished" in listing

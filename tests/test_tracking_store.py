@@ -46,3 +46,58 @@ def test_without_a_writable_cache_mlflow_builds_the_store_as_before(tmp_path, mo
     assert not target.exists()  # left to MLflow
     MlflowClient(tracking_uri=f"sqlite:///{target}").search_experiments()
     assert target.exists()
+
+
+def _text_cells(path) -> list[str]:
+    """Every text value in every table of a SQLite file."""
+    with sqlite3.connect(path) as db:
+        tables = [name for (name,) in db.execute("select name from sqlite_master where type = 'table'")]
+        return [cell for table in tables for row in db.execute(f'select * from "{table}"')
+                for cell in row if isinstance(cell, str)]
+
+
+def test_the_template_holds_no_place_and_a_new_store_s_default_experiment_lives_beside_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # where MLflow puts ./mlruns when it builds the template
+    store = tmp_path / "sweep" / "mlflow.db"
+    store.parent.mkdir()
+    tracking.seed_sqlite(f"sqlite:///{store}")
+    [template] = (tmp_path / "cache" / "optimizer-sweep").glob("mlflow-*-empty.db")
+    cells = _text_cells(template)
+    assert cells and not [c for c in cells if "/" in c or "mlruns" in c], cells  # no path of any kind
+    with sqlite3.connect(template) as db:
+        assert db.execute("select artifact_location, creation_time from experiments").fetchall() == [(None, None)]
+
+    default = MlflowClient(tracking_uri=f"sqlite:///{store}").get_experiment("0")
+    assert default.artifact_location == (store.parent / "artifacts" / "0").as_uri()
+    assert default.creation_time is not None and not (tmp_path / "mlruns").exists()
+
+
+def test_a_moved_store_s_artifact_locations_follow_the_sweep_directory(tmp_path, monkeypatch):
+    """Every location the store records under the old artifacts/ (the experiment's, its runs', its
+    logged models', the Default experiment's) moves; others' stay."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    old = tmp_path / "old" / "sweep"
+    old.mkdir(parents=True)
+    uri = f"sqlite:///{old / 'mlflow.db'}"
+    client = tracking.client(uri)
+    exp = client.create_experiment("s", artifact_location=(old / "artifacts").resolve().as_uri())
+    other = client.create_experiment("other", artifact_location=(tmp_path / "old" / "sweep-2").as_uri())
+    run = client.create_run(exp).info.run_id
+    model = client.create_logged_model(exp, name="sgd", source_run_id=run).model_id
+    recorded = client.get_experiment(exp).artifact_location
+    assert tracking.relocate(uri, recorded, old / "artifacts") == 0  # not moved: nothing to do
+
+    new = tmp_path / "new" / "sweep"
+    new.parent.mkdir()
+    old.rename(new)
+    new_uri = f"sqlite:///{new / 'mlflow.db'}"
+    assert tracking.relocate(new_uri, recorded, new / "artifacts") == 4  # experiment, Default, run, model
+    moved = MlflowClient(tracking_uri=new_uri)
+    here = (new / "artifacts").as_uri()
+    assert moved.get_experiment(exp).artifact_location == here
+    assert moved.get_experiment("0").artifact_location == f"{here}/0"
+    assert moved.get_run(run).info.artifact_uri == f"{here}/{run}/artifacts"
+    assert moved.get_logged_model(model).artifact_location == f"{here}/models/{model}/artifacts"
+    assert moved.get_experiment(other).artifact_location == (tmp_path / "old" / "sweep-2").as_uri()
+    assert not [c for c in _text_cells(new / "mlflow.db") if str(old) + "/" in c or c.endswith(str(old))]

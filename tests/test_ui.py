@@ -334,3 +334,74 @@ def test_exit_before_health_names_the_last_error_line():
 def test_importing_the_module_does_not_import_mlflow():
     code = "import sys, sweep.ui; sys.exit('mlflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def _browse(base: str) -> None:
+    """What a browser does first: the page, an API call, a health check."""
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for path in ("/", "/ajax-api/2.0/mlflow/experiments/search?max_results=5", "/health"):
+        with opener.open(f"{base}{path}", timeout=30) as response:
+            assert response.status == 200, path
+
+
+ACCESS_LINE = '"GET /ajax-api/2.0/mlflow/experiments/search?max_results=5 HTTP/1.1" 200'
+
+
+@pytest.mark.slow
+def test_server_output_is_kept_back_by_default(running):
+    """Only the URL line on stdout, and nothing of the server's own on stderr: no start-up notices,
+    no deprecation warning, no access-log line per request."""
+    _browse(base_url("127.0.0.1", running.serving.port))
+    time.sleep(3)  # the server has written its access-log lines by now (the verbose test waits for one)
+    err = running.serving.stderr()
+    assert '"GET /' not in err and "INFO" not in err and "Warning" not in err and "Uvicorn" not in err, err
+    assert err.strip() == "", err
+
+
+@pytest.mark.slow
+def test_verbose_passes_the_server_output_through(tmp_path):
+    """`sweep ui NAME --verbose` on a real sweep directory: the access log reaches stderr."""
+    from sweep.core.config import SWEEP, load_config
+    from sweep.stores.sweepdir import SweepDir
+
+    cfg = load_config("quickstart", [f"output_dir={tmp_path}", "name=loud"], mode=SWEEP)
+    SweepDir.of(cfg.output_dir, cfg.name).path.mkdir(parents=True)
+    SweepDir.of(cfg.output_dir, cfg.name).write_config(cfg.to_dict())
+    port = free_port()
+    err_path = tmp_path / "ui.stderr"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "ui", "loud", "--output-dir", str(tmp_path),
+                                 "--port", str(port), "--verbose"], cwd=ROOT, stdout=subprocess.PIPE, stderr=err,
+                                text=True, start_new_session=True)
+    try:
+        ready = next((line for line in proc.stdout if "MLflow UI ready" in line), None)
+        assert ready is not None, err_path.read_text(errors="replace")[-2000:]
+        _browse(base_url("127.0.0.1", port))
+        deadline = time.monotonic() + 30
+        while ACCESS_LINE not in err_path.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = err_path.read_text(errors="replace")
+        assert ACCESS_LINE in text and "Uvicorn running" in text, text[-2000:]
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)  # `sweep ui` stops its whole server group on SIGTERM
+        assert proc.wait(timeout=30) == 0
+
+
+def test_quiet_server_passes_on_its_errors_and_their_tracebacks_only(capfd):
+    lines = ["Registry store URI not provided. Using backend store URI.",
+             "/x/fastapi_app.py:23: StarletteDeprecationWarning: starlette.middleware.wsgi is deprecated",
+             "2026/12/06 01:17:37 INFO:     Uvicorn running on http://127.0.0.1:5077 (Press CTRL+C to quit)",
+             '2026/12/06 01:17:38 INFO:     127.0.0.1:58278 - "GET /health HTTP/1.1" 200 OK',
+             "2026/12/06 01:17:39 ERROR:    Exception in ASGI application",
+             "Traceback (most recent call last):",
+             '  File "/x/app.py", line 3, in handler',
+             "sqlite3.OperationalError: disk I/O error",
+             '2026/12/06 01:17:40 INFO:     127.0.0.1:58280 - "GET / HTTP/1.1" 200 OK']
+    script = f"import sys; sys.stdout.write({chr(10).join(lines) + chr(10)!r}); sys.stdout.flush()"
+    server = Server.launch([sys.executable, "-c", script], quiet=True)
+    server.process.wait(timeout=30)
+    server.pump.join(timeout=10)
+    assert capfd.readouterr().err.splitlines() == lines[4:8]
+    assert list(server.tail) == lines  # all kept, to explain a failed start

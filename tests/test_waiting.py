@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from sweep.stores.waiting import TrackingWatch, announce_if_slow
+from sweep.stores.waiting import TrackingWatch, announce_if_slow, announce_slow_store
 
 
 def _free_port() -> int:
@@ -56,3 +56,59 @@ def test_a_slow_call_is_announced_and_its_end_too(capsys):
     with announce_if_slow("the Optuna storage X", after_s=5):
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_a_slow_local_store_is_said_slow_never_not_answering(tmp_path, capsys):
+    """A real SQLite MLflow store kept busy by another writer's lock: the call is slow, and says so
+    once it passes the watch's threshold; a short one says nothing. The server wording stays."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    from sweep.stores import tracking
+
+    path = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    tracking.seed_sqlite(uri)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("busy")
+    watch = TrackingWatch(uri)
+    assert watch.what == f"the MLflow store {path}"
+
+    with watch.call():  # a short wait: quiet
+        client.create_run(experiment)
+    assert capsys.readouterr().err == ""
+
+    watch.local_slow_s = 0.3
+    holder = sqlite3.connect(path, check_same_thread=False)
+    holder.execute("begin immediate")  # as a busy writer holds it: others read, and wait to write
+    release = threading.Timer(1.5, holder.rollback)
+    release.start()
+    try:
+        with watch.call():
+            client.create_run(experiment)  # waits for the lock (SQLite's busy timeout), then succeeds
+    finally:
+        release.join()
+        holder.close()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"the MLflow store {path} is slow (busy disk or CPU); still waiting", err
+    assert err[1].startswith(f"the MLflow store {path} caught up after ") and len(err) == 2, err
+    assert "not answering" not in "\n".join(err)
+
+    server = TrackingWatch("http://127.0.0.1:1")
+    server.slow_s = 0.2
+    with server.call():
+        time.sleep(0.5)
+    err = capsys.readouterr().err
+    assert err.startswith("waiting for the MLflow tracking server at http://127.0.0.1:1: not answering"), err
+
+
+def test_the_optuna_storage_is_said_slow_when_it_is_a_local_file_and_not_answering_when_a_server(tmp_path, capsys):
+    for url in (f"journal:///{tmp_path}/optuna.journal", f"sqlite:///{tmp_path}/optuna.db"):
+        with announce_slow_store("the Optuna storage", url, after_s=0.1):
+            time.sleep(0.4)
+        err = capsys.readouterr().err
+        assert "the Optuna storage is slow (busy disk or CPU); still waiting" in err and "not answering" not in err
+    with announce_slow_store("the Optuna storage", "postgresql://me@db/optuna", after_s=0.1):
+        time.sleep(0.4)
+    assert "waiting for the Optuna storage: not answering" in capsys.readouterr().err

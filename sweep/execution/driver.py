@@ -31,7 +31,7 @@ from sweep.stores import checkpoints, reeval, tracking
 from sweep.stores.finish import MLFLOW, finish_trial, optuna_calls
 from sweep.stores.studies import SweepStudy, outcome_of
 from sweep.stores.sweepdir import FINISHED, Stores, SweepDir
-from sweep.stores.waiting import TrackingWatch, announce_if_slow
+from sweep.stores.waiting import TrackingWatch, announce_slow_store
 
 AUTO_PACK = 16  # pack=auto asks this many trials per task; the worker splits what its device cannot hold
 
@@ -94,7 +94,7 @@ class Driver:
     def _open(self, opt: str, sweep_id: str) -> None:
         """The optimizer's studies (search and re-evaluation) and its parent run, linked both ways."""
         cfg, stores = self.cfg, self.stores
-        with announce_if_slow(self.storage_name), optuna_calls():
+        with announce_slow_store(self.storage_name, self.stores.storage), optuna_calls():
             study = SweepStudy.open(stores.storage, cfg.name, opt, sweep_id, sampler=cfg.sampler,
                                     pruner=cfg.pruner, seed=cfg.seed, trials=cfg.trials, epochs=cfg.epochs)
             if cfg.reeval_seeds:
@@ -310,7 +310,7 @@ class Driver:
     def prepare_trial(self, lane: Lane) -> TrialTask:
         """Ask the lane's study for a trial and open its run: the task a worker runs."""
         opt, study, cfg = lane.optimizer, lane.study, self.cfg
-        with announce_if_slow(self.storage_name), optuna_calls():
+        with announce_slow_store(self.storage_name, self.stores.storage), optuna_calls():
             trial = study.ask()
             tc = sample_trial(trial, opt, cfg)  # a re-evaluation's parameters were enqueued: nothing is drawn
         extra: dict[str, str] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sweep.execution.pack_worker import PackTask
+from sweep.execution.progress import fitted
 from sweep.stores import tracking
 from sweep.stores.studies import SweepStudy
 
@@ -41,4 +42,4 @@ class InFlight:
 
 def say(opt: str, text: str) -> None:
     """One line of the sweep's story on the terminal, under the optimizer it concerns."""
-    print(f"[{opt:>9}] {text}", flush=True)
+    print(fitted(f"[{opt:>9}] {text}"), flush=True)

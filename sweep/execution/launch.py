@@ -184,6 +184,9 @@ def _ray_init(cfg: SweepConfig) -> None:
 
     import ray
 
+    from sweep.execution import ray_logs
+
+    ray_logs.quiet()  # Ray's start-up INFO lines and token notice off the terminal; its errors stay
     address = cfg.ray_address
     if address and address != "local":
         # gRPC keepalive: without it a trial pushed to a node whose link was cut is retried only

@@ -7,8 +7,20 @@ same tally as the final table.
 from __future__ import annotations
 
 import sys
+import textwrap
 
 from sweep.core.outcome import Status, Tally, TrialOutcome
+
+WIDTH = 100  # a log line longer than this goes on over indented lines (a long reason), never wraps raw
+INDENT = " " * 12  # under the text, past "[optimizer] "
+
+
+def fitted(line: str, width: int = WIDTH) -> str:
+    """``line`` as it is when it fits ``width``, else broken at spaces (inside long words if need
+    be) into lines of at most ``width``, the ones after the first indented."""
+    if len(line) <= width:
+        return line
+    return textwrap.fill(line, width, subsequent_indent=INDENT, break_on_hyphens=False)
 
 
 class Progress:
@@ -42,17 +54,17 @@ class Progress:
         if self._live is None:
             shown = f" val_acc={outcome.metrics['val_accuracy']:.4f}" if "val_accuracy" in outcome.metrics else ""
             note = f" ({outcome.reason})" if outcome.status in (Status.DIVERGED, Status.FAILED) and outcome.reason else ""
-            print(f"[{optimizer:>9}] trial {outcome.number:3d} {outcome.status.value:<11}{shown}{note}  "
-                  f"({row.done}/{row.budget} done, best {self._best(row)})", flush=True)
+            print(fitted(f"[{optimizer:>9}] trial {outcome.number:3d} {outcome.status.value:<11}{shown}{note}  "
+                         f"({row.done}/{row.budget} done, best {self._best(row)})"), flush=True)
         self._refresh()
 
     def note(self, optimizer: str, text: str) -> None:
         """A line about the optimizer outside the table (a re-evaluation finished)."""
         line = f"[{optimizer:>9}] {text}"
         if self._live is not None:
-            self._live.console.print(line)
+            self._live.console.print(line)  # rich folds it to the terminal's width
         else:
-            print(line, flush=True)
+            print(fitted(line), flush=True)
 
     @staticmethod
     def _best(row: Tally) -> str:

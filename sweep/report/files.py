@@ -14,6 +14,7 @@ import html
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -214,6 +215,74 @@ def markdown_table(comparison: Comparison) -> str:
     """The ranking as a Markdown table (what `sweep run` prints at the end)."""
     rows = ranking_rows(comparison)
     return "\n".join(_table_lines(rows)) if rows else NO_RESULTS
+
+
+TERMINAL_WIDTH = 100  # `sweep run` and `sweep report` print the ranking within this many columns
+
+
+@dataclass(frozen=True)
+class _Column:
+    """A column of the terminal's ranking: its header, its cell from a row and its ``display()``,
+    right-aligned or not."""
+
+    header: str
+    cell: Callable[[RankingRow, dict[str, str]], str]
+    right: bool = False
+
+
+def _compact_tie(row: RankingRow, shown: dict[str, str]) -> str:
+    return row.tie_label().replace(" (p = ", " p=").rstrip(")")
+
+
+_SHORT_STATUS = {Status.DIVERGED: "div", Status.INTERRUPTED: "intr"}
+
+
+def _compact_counts(row: RankingRow, shown: dict[str, str]) -> str:
+    return ", ".join(f"{row.counts[s.value]} {_SHORT_STATUS.get(s, s.value)}" for s in Status
+                     if row.counts.get(s.value)) or "none"
+
+
+_TERMINAL_COLUMNS = (
+    _Column("rank", lambda r, d: d["rank"], right=True),
+    _Column("optimizer", lambda r, d: d["optimizer"]),
+    _Column("test accuracy", lambda r, d: d["test accuracy"]),
+    _Column("tied", _compact_tie),
+    _Column("best val", lambda r, d: d["best val (search)"], right=True),
+    _Column("trials", _compact_counts),
+    _Column("hyperparams", lambda r, d: d["best hyperparameters"]))
+# When a table is too wide, columns are cut down to these widths, in this order, until it fits.
+_GIVES_WAY = (("hyperparams", 16), ("optimizer", 10), ("trials", 14), ("hyperparams", 10), ("tied", 4),
+              ("optimizer", 6), ("trials", 8))
+_GAP = "  "
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
+
+
+def terminal_table(comparison: Comparison, width: int = TERMINAL_WIDTH) -> str:
+    """The ranking as the terminal shows it: plain text, no line longer than ``width`` (rank,
+    optimizer, test accuracy ± std, tie, best validation accuracy of the search, trials by status,
+    best hyperparameters, cut with an ellipsis where they do not fit). The report's files keep the
+    full table (comparison.md: the interval, seeds, budget figures, training time, every value)."""
+    rows = ranking_rows(comparison)
+    if not rows:
+        return NO_RESULTS
+    columns = {c.header: c for c in _TERMINAL_COLUMNS}
+    table = [[c.cell(row, row.display()) for c in _TERMINAL_COLUMNS] for row in rows]
+    widths = {h: max(len(h), *(len(cells[i]) for cells in table)) for i, h in enumerate(columns)}
+    for header, narrowest in _GIVES_WAY:
+        over = sum(widths.values()) + len(_GAP) * (len(widths) - 1) - width
+        if over <= 0:
+            break
+        widths[header] = max(min(narrowest, widths[header]), widths[header] - over)
+
+    def line(cells: list[str]) -> str:
+        fitted = ((columns[h], _fit(cell, widths[h])) for h, cell in zip(columns, cells))
+        return _GAP.join(cell.rjust(widths[c.header]) if c.right else cell.ljust(widths[c.header])
+                         for c, cell in fitted).rstrip()
+
+    return "\n".join([line(list(columns)), *(line(cells) for cells in table)])
 
 
 def markdown_text(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str, Path]) -> str:

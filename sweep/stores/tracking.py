@@ -273,6 +273,12 @@ def relocate(uri: str, recorded: str | None, artifact_dir: Path) -> int:
     return moved
 
 
+def follow(uri: str, experiment: str, artifact_dir: Path) -> int:
+    """``relocate`` the store's locations of a sweep's experiment (by name) to ``artifact_dir``."""
+    found = client(uri).get_experiment_by_name(experiment)
+    return 0 if found is None else relocate(uri, found.artifact_location, artifact_dir)
+
+
 def foreign_experiment(uri: str, name: str, sweep_id: str) -> bool:
     """Whether the tracking store's experiment of this sweep's name belongs to another sweep."""
     found = client(uri).get_experiment_by_name(name)
