@@ -5,6 +5,7 @@ shared machine they would measure each other), each writing ``bench/results/<nam
 prints every headline with its target. ``--size ci`` (the default) takes a few minutes on 2 CPU
 cores; ``--size full`` gives the README's figures (a GPU machine, or a long CPU run).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from bench.suite import RESULTS_DIR, ROOT, Size, headline_line, parser
 
 
 @dataclass(frozen=True)
 class Bench:
-    name: str      # bench/<name>.py
-    what: str      # one line for --list
+    name: str  # bench/<name>.py
+    what: str  # one line for --list
     in_ci: bool = True  # part of `--size ci` unless --only names it
 
 
@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         path.unlink(missing_ok=True)  # a bench that writes nothing must not be read from an earlier run
         print(f"\n=== {b.name}: {b.what}", flush=True)
         started = time.perf_counter()
-        rc = subprocess.call([sys.executable, str(ROOT / "bench" / f"{b.name}.py"), "--size", args.size.value,
-                              "--json", str(path)], cwd=ROOT)
+        rc = subprocess.call(
+            [sys.executable, str(ROOT / "bench" / f"{b.name}.py"), "--size", args.size.value, "--json", str(path)],
+            cwd=ROOT,
+        )
         seconds = time.perf_counter() - started
         if rc != 0 or not path.exists():
             failed.append(b.name)

@@ -35,6 +35,7 @@ Usage: .venv/bin/python bench/driver_scale.py [--size ci|full] [--json PATH] [--
            [--storages journal postgresql] [--pg-url URL] [--epochs 6] [--no-mlflow]
            [--cached-worker-storage]
 """
+
 from __future__ import annotations
 
 import math
@@ -96,14 +97,17 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
     import optuna
 
     from sweep.core.config import load_config
+    from sweep.core.keys import Attr
     from sweep.core.outcome import Status, Tally
     from sweep.execution.search import chosen_hyperparameters, sample_trial
-    from sweep.core.keys import Attr
     from sweep.stores.studies import SweepStudy, make_pruner, open_storage, outcome_of
 
     name = f"bench-driver-scale-{uuid.uuid4().hex[:8]}"
-    cfg = load_config("quickstart", [f"optimizers=[{OPTIMIZER}]", f"trials={n}", f"epochs={epochs}",
-                                     "pruner=median", "name=" + name], mode="sweep")
+    cfg = load_config(
+        "quickstart",
+        [f"optimizers=[{OPTIMIZER}]", f"trials={n}", f"epochs={epochs}", "pruner=median", "name=" + name],
+        mode="sweep",
+    )
     rng = random.Random(seed)
     t = Timings()
     # the worker's own storage object, as in its own process: the driver's then reads the workers'
@@ -113,8 +117,17 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
         # what Optuna does for a URL string: one trial cache kept across the worker's trials.
         # Without it every load_study wraps the RDBStorage in a fresh cache that reads every trial.
         worker_storage = optuna.storages.get_storage(worker_storage)
-    driver = SweepStudy.open(url, cfg.name, OPTIMIZER, "bench", sampler=cfg.sampler, pruner=cfg.pruner,
-                             seed=cfg.seed, trials=cfg.trials, epochs=cfg.epochs)
+    driver = SweepStudy.open(
+        url,
+        cfg.name,
+        OPTIMIZER,
+        "bench",
+        sampler=cfg.sampler,
+        pruner=cfg.pruner,
+        seed=cfg.seed,
+        trials=cfg.trials,
+        epochs=cfg.epochs,
+    )
     try:
         for i in range(n):
             # -- driver: Driver.submit
@@ -129,8 +142,11 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
             curve = synthetic_curve(tc.optimizer_params, epochs, rng)
             # -- worker: sweep/execution/worker.py run_attempt
             w0 = time.perf_counter()
-            study = SweepStudy(optuna.load_study(study_name=driver.name, storage=worker_storage,
-                                                 pruner=make_pruner(cfg.pruner, cfg.epochs)))  # SweepStudy.load
+            study = SweepStudy(
+                optuna.load_study(
+                    study_name=driver.name, storage=worker_storage, pruner=make_pruner(cfg.pruner, cfg.epochs)
+                )
+            )  # SweepStudy.load
             earlier = study.record(number)
             live = study.live_trial(number)
             live.set_user_attr(Attr.ATTEMPT, int(earlier.user_attrs.get(Attr.ATTEMPT, 0)) + 1)
@@ -140,8 +156,14 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
             w1 = time.perf_counter()
             ran, pruned = report_until_pruned(live, curve)
             w2 = time.perf_counter()
-            metrics = {"epochs": float(ran), "seconds": 1.0, "train_seconds": 1.0, "val_accuracy": curve[ran - 1],
-                       "best_val_accuracy": max(curve[:ran]), "test_accuracy": curve[ran - 1]}
+            metrics = {
+                "epochs": float(ran),
+                "seconds": 1.0,
+                "train_seconds": 1.0,
+                "val_accuracy": curve[ran - 1],
+                "best_val_accuracy": max(curve[:ran]),
+                "test_accuracy": curve[ran - 1],
+            }
             if pruned:
                 study.finish(number, Status.PRUNED, f"pruned after epoch {ran}", metrics)
             else:
@@ -149,15 +171,21 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
             w3 = time.perf_counter()
             # -- driver: after collecting it (Driver.tidy_checkpoints, without the deletes)
             a0 = time.perf_counter()
-            finished = [(r, o) for r in driver.trials() if (o := outcome_of(r)) is not None and Attr.MLFLOW_RUN in r.user_attrs]
-            Tally.of(0, (o for _, o in finished)).best_number
+            finished = [
+                (r, o) for r in driver.trials() if (o := outcome_of(r)) is not None and Attr.MLFLOW_RUN in r.user_attrs
+            ]
+            _ = Tally.of(0, (o for _, o in finished)).best_number  # what the driver computes to keep one
             a1 = time.perf_counter()
-            for part, seconds in zip(DRIVER_PARTS + WORKER_PARTS, (t1 - t0, t2 - t1, a1 - a0, w1 - w0, w2 - w1, w3 - w2)):
+            for part, seconds in zip(
+                DRIVER_PARTS + WORKER_PARTS, (t1 - t0, t2 - t1, a1 - a0, w1 - w0, w2 - w1, w3 - w2)
+            ):
                 t.parts[part].append(seconds)
             t.epochs.append(ran)
             if (i + 1) % max(1, n // 10) == 0:
-                print(f"    {i + 1}/{n}: driver {1000 * t.driver(i):.1f} ms, worker {1000 * t.worker(i):.1f} ms",
-                      flush=True)
+                print(
+                    f"    {i + 1}/{n}: driver {1000 * t.driver(i):.1f} ms, worker {1000 * t.worker(i):.1f} ms",
+                    flush=True,
+                )
     finally:
         try:
             optuna.delete_study(study_name=driver.name, storage=open_storage(url))
@@ -168,15 +196,18 @@ def run_storage(url: str, n: int, epochs: int, seed: int = 0, cached_worker: boo
 
 def run_mlflow(n: int, tmp: Path) -> list[float]:
     """Seconds per ``SweepTracker.trial_run`` (the driver's MLflow call per trial) for n trials."""
+    import optuna
+
     from sweep.core.config import load_config
     from sweep.execution.search import run_params, sample_trial
     from sweep.stores.tracking import SweepTracker
 
-    import optuna
-
     cfg = load_config("quickstart", [f"optimizers=[{OPTIMIZER}]"], mode="sweep")
-    tc = sample_trial(optuna.trial.FixedTrial({"lr": 0.01, "one_minus_momentum": 0.1, "schedule": "constant"}),
-                      OPTIMIZER, cfg.replace(schedules=("constant",)))
+    tc = sample_trial(
+        optuna.trial.FixedTrial({"lr": 0.01, "one_minus_momentum": 0.1, "schedule": "constant"}),
+        OPTIMIZER,
+        cfg.replace(schedules=("constant",)),
+    )
     params = run_params(tc, {"lr": 0.01, "one_minus_momentum": 0.1, "schedule": "constant"})
     tracker = SweepTracker(f"sqlite:///{tmp / 'mlflow.db'}", "bench-driver-scale", tmp / "artifacts", "bench")
     parent = tracker.parent_run(OPTIMIZER, {"epochs": cfg.epochs})
@@ -215,9 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storages", nargs="+", choices=["journal", "postgresql"], default=["journal", "postgresql"])
     ap.add_argument("--pg-url", default=PG_URL)
     ap.add_argument("--no-mlflow", action="store_true", help="leave out the MLflow trial_run timing")
-    ap.add_argument("--cached-worker-storage", action="store_true",
-                    help="the worker's RDB storage wrapped once in Optuna's trial cache (a possible product change), "
-                         "not per load_study as sweep.stores.studies.open_storage leaves it")
+    ap.add_argument(
+        "--cached-worker-storage",
+        action="store_true",
+        help="the worker's RDB storage wrapped once in Optuna's trial cache (a possible product change), "
+        "not per load_study as sweep.stores.studies.open_storage leaves it",
+    )
     args = ap.parse_args(argv)
     n = args.trials or SIZES[args.size]
 
@@ -246,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             results[storage] = run_storage(url, n, args.epochs, cached_worker=args.cached_worker_storage)
             print(f"  {time.perf_counter() - started:.1f} s", flush=True)
-        mlflow_times = [] if args.no_mlflow else (print(f"mlflow trial_run: {n} runs ...", flush=True)
-                                                  or run_mlflow(n, tmp))
+        mlflow_times = (
+            [] if args.no_mlflow else (print(f"mlflow trial_run: {n} runs ...", flush=True) or run_mlflow(n, tmp))
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -270,33 +305,69 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"workers busy @{s:g}s"] = int(s / statistics.fmean(driver))
             rows.append(row)
         driver_last = statistics.fmean(t.driver(i) for i in range(last[0] - 1, last[1]))
-        headlines.append(Headline(f"{storage}: driver ms/trial at trials {last[0]}-{last[1]}",
-                                  round(1000 * driver_last, 2), "ms",
-                                  note="ask+sample, 2 set_user_attr, reading the trials after each; no MLflow"))
-        headlines.append(Headline(f"{storage}: workers one driver keeps busy with 2-s trials (at n={n})",
-                                  int(2.0 / driver_last), "workers",
-                                  note="= 2 s / driver s per trial; the driver saturates past this"))
+        headlines.append(
+            Headline(
+                f"{storage}: driver ms/trial at trials {last[0]}-{last[1]}",
+                round(1000 * driver_last, 2),
+                "ms",
+                note="ask+sample, 2 set_user_attr, reading the trials after each; no MLflow",
+            )
+        )
+        headlines.append(
+            Headline(
+                f"{storage}: workers one driver keeps busy with 2-s trials (at n={n})",
+                int(2.0 / driver_last),
+                "workers",
+                note="= 2 s / driver s per trial; the driver saturates past this",
+            )
+        )
     if mlflow_times:
         for lo, hi in windows(n):
-            rows.append({"storage": "mlflow sqlite (SweepTracker.trial_run)", "trials": f"{lo}-{hi}",
-                         "driver ms": ms(mlflow_times[lo - 1:hi])})
-        mlflow_last = statistics.fmean(mlflow_times[last[0] - 1:last[1]])
+            rows.append(
+                {
+                    "storage": "mlflow sqlite (SweepTracker.trial_run)",
+                    "trials": f"{lo}-{hi}",
+                    "driver ms": ms(mlflow_times[lo - 1 : hi]),
+                }
+            )
+        mlflow_last = statistics.fmean(mlflow_times[last[0] - 1 : last[1]])
         for storage, t in results.items():
             total = statistics.fmean(t.driver(i) for i in range(last[0] - 1, last[1])) + mlflow_last
-            headlines.append(Headline(f"{storage} + MLflow sqlite: workers busy with 2-s trials (at n={n})",
-                                      int(2.0 / total), "workers",
-                                      note=f"driver {1000 * total:.1f} ms/trial with its MLflow trial_run"))
+            headlines.append(
+                Headline(
+                    f"{storage} + MLflow sqlite: workers busy with 2-s trials (at n={n})",
+                    int(2.0 / total),
+                    "workers",
+                    note=f"driver {1000 * total:.1f} ms/trial with its MLflow trial_run",
+                )
+            )
     load_after = [round(x, 2) for x in os.getloadavg()]
-    notes += [f"load average before {load_before}, after {load_after} (1/5/15 min)",
-              "one process, one trial at a time: no contention between the driver and the workers; with W "
-              "workers on the same storage the driver's calls wait behind theirs (storage_contention.py)",
-              f"workers busy @Ts = T / driver s per trial (mean over the window): the most trials of T seconds "
-              "one driver can keep running"]
-    result = BenchResult(bench="driver_scale", size=args.size, rows=rows, headlines=headlines, notes=notes,
-                         params={"trials": n, "epochs": args.epochs, "optimizer": OPTIMIZER, "sampler": "tpe",
-                                 "pruner": "median", "storages": list(results), "windows": windows(n),
-                                 "cached_worker_storage": args.cached_worker_storage,
-                                 "load_average_before": load_before, "load_average_after": load_after})
+    notes += [
+        f"load average before {load_before}, after {load_after} (1/5/15 min)",
+        "one process, one trial at a time: no contention between the driver and the workers; with W "
+        "workers on the same storage the driver's calls wait behind theirs (storage_contention.py)",
+        "workers busy @Ts = T / driver s per trial (mean over the window): the most trials of T seconds "
+        "one driver can keep running",
+    ]
+    result = BenchResult(
+        bench="driver_scale",
+        size=args.size,
+        rows=rows,
+        headlines=headlines,
+        notes=notes,
+        params={
+            "trials": n,
+            "epochs": args.epochs,
+            "optimizer": OPTIMIZER,
+            "sampler": "tpe",
+            "pruner": "median",
+            "storages": list(results),
+            "windows": windows(n),
+            "cached_worker_storage": args.cached_worker_storage,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        },
+    )
     finish(result, args.json)
     return 0
 

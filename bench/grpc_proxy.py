@@ -24,6 +24,7 @@ Sizes: ci = P in (4, 8), T=8, E=6, 1 repeat; full = P in (4, 8, 16), T=20, E=10,
 Usage: .venv/bin/python bench/grpc_proxy.py [--size ci|full] [--json PATH] [--procs 4 8] [--trials T]
            [--epochs E] [--repeats R] [--pg-url URL]
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -89,8 +90,9 @@ def one_worker(mode: str, url: str, port: int, name: str, trials: int, epochs: i
     latencies: list[float] = []
     study = None
     try:
-        study = optuna.load_study(study_name=name, storage=storage_for(mode, url, port),
-                                  pruner=make_pruner("median", epochs))
+        study = optuna.load_study(
+            study_name=name, storage=storage_for(mode, url, port), pruner=make_pruner("median", epochs)
+        )
     except Exception as exc:  # still wait on the barrier so the others are not stuck
         errors.append(f"{type(exc).__name__}: {exc}"[:200])
     barrier.wait(timeout=300)
@@ -102,7 +104,7 @@ def one_worker(mode: str, url: str, port: int, name: str, trials: int, epochs: i
             final = rng.uniform(0.5, 0.99)
             for step in range(1, epochs + 1):
                 t0 = time.perf_counter()
-                trial.report(final * (1 - 0.5 ** step), step)
+                trial.report(final * (1 - 0.5**step), step)
                 trial.should_prune()
                 latencies.append(time.perf_counter() - t0)
             study.tell(trial, final)
@@ -127,8 +129,10 @@ def run_cell(ctx, mode: str, url: str, port: int, procs: int, trials: int, epoch
     optuna.create_study(study_name=name, storage=open_storage(url), direction=DIRECTION)
     try:
         barrier, out = ctx.Barrier(procs), ctx.Queue()
-        workers = [ctx.Process(target=one_worker, args=(mode, url, port, name, trials, epochs, i, barrier, out))
-                   for i in range(procs)]
+        workers = [
+            ctx.Process(target=one_worker, args=(mode, url, port, name, trials, epochs, i, barrier, out))
+            for i in range(procs)
+        ]
         for w in workers:
             w.start()
         results = [out.get(timeout=900) for _ in workers]
@@ -137,11 +141,19 @@ def run_cell(ctx, mode: str, url: str, port: int, procs: int, trials: int, epoch
         wall = max(r[1] for r in results) - min(r[0] for r in results)
         lat = sorted(x for r in results for x in r[2])
         errors = [e for r in results for e in r[3]]
-        told = len(optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        return {"wall": wall, "trials_per_s": told / wall if wall > 0 else float("nan"), "told": told,
-                "p50_ms": 1000 * lat[len(lat) // 2] if lat else float("nan"),
-                "p95_ms": 1000 * lat[int(0.95 * (len(lat) - 1))] if lat else float("nan"), "errors": errors}
+        told = len(
+            optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+            )
+        )
+        return {
+            "wall": wall,
+            "trials_per_s": told / wall if wall > 0 else float("nan"),
+            "told": told,
+            "p50_ms": 1000 * lat[len(lat) // 2] if lat else float("nan"),
+            "p95_ms": 1000 * lat[int(0.95 * (len(lat) - 1))] if lat else float("nan"),
+            "errors": errors,
+        }
     finally:
         optuna.delete_study(study_name=name, storage=open_storage(url))
 
@@ -173,12 +185,15 @@ def main(argv: list[str] | None = None) -> int:
         probe.wait_server_ready(timeout=60)
         for rep in range(repeats):
             for p in procs:
-                for mode in (MODES if rep % 2 == 0 else MODES[::-1]):
+                for mode in MODES if rep % 2 == 0 else MODES[::-1]:
                     r = run_cell(ctx, mode, args.pg_url, port, p, trials, epochs)
                     cells.setdefault((p, mode), []).append(r)
-                    print(f"  repeat {rep + 1} P={p} {mode:6} {r['wall']:6.2f} s {r['trials_per_s']:6.1f} trials/s "
-                          f"p50 {r['p50_ms']:.1f} ms p95 {r['p95_ms']:.1f} ms told {r['told']}/{p * trials} "
-                          f"errors {len(r['errors'])}", flush=True)
+                    print(
+                        f"  repeat {rep + 1} P={p} {mode:6} {r['wall']:6.2f} s {r['trials_per_s']:6.1f} trials/s "
+                        f"p50 {r['p50_ms']:.1f} ms p95 {r['p95_ms']:.1f} ms told {r['told']}/{p * trials} "
+                        f"errors {len(r['errors'])}",
+                        flush=True,
+                    )
     finally:
         server.terminate()  # the process started above, by its handle
         server.join(timeout=30)
@@ -190,27 +205,52 @@ def main(argv: list[str] | None = None) -> int:
         for mode in MODES:
             rs = cells[(p, mode)]
             med[mode] = {k: statistics.median(r[k] for r in rs) for k in ("wall", "trials_per_s", "p50_ms", "p95_ms")}
-            rows.append({"P": p, "mode": mode, "wall s": round(med[mode]["wall"], 2),
-                         "trials/s": round(med[mode]["trials_per_s"], 1),
-                         "report+prune p50 ms": round(med[mode]["p50_ms"], 1),
-                         "report+prune p95 ms": round(med[mode]["p95_ms"], 1),
-                         "told": f"{min(r['told'] for r in rs)}/{p * trials}",
-                         "errors": sum(len(r["errors"]) for r in rs),
-                         "walls": ", ".join(f"{r['wall']:.2f}" for r in rs)})
+            rows.append(
+                {
+                    "P": p,
+                    "mode": mode,
+                    "wall s": round(med[mode]["wall"], 2),
+                    "trials/s": round(med[mode]["trials_per_s"], 1),
+                    "report+prune p50 ms": round(med[mode]["p50_ms"], 1),
+                    "report+prune p95 ms": round(med[mode]["p95_ms"], 1),
+                    "told": f"{min(r['told'] for r in rs)}/{p * trials}",
+                    "errors": sum(len(r["errors"]) for r in rs),
+                    "walls": ", ".join(f"{r['wall']:.2f}" for r in rs),
+                }
+            )
         speedups[p] = round(med["proxy"]["trials_per_s"] / med["direct"]["trials_per_s"], 2)
         rows[-1]["proxy / direct trials/s"] = speedups[p]
-    headlines = [Headline(f"P={p}: proxy / direct trials/s on PostgreSQL", s, "x", note="> 1: the proxy is faster")
-                 for p, s in speedups.items()]
+    headlines = [
+        Headline(f"P={p}: proxy / direct trials/s on PostgreSQL", s, "x", note="> 1: the proxy is faster")
+        for p, s in speedups.items()
+    ]
     errors = sorted({e for rs in cells.values() for r in rs for e in r["errors"]})
     load_after = [round(x, 2) for x in os.getloadavg()]
-    notes = [f"load average before {load_before}, after {load_after} (1/5/15 min)",
-             "the proxy is experimental in Optuna (since 4.2) and does not serve the journal storage"]
+    notes = [
+        f"load average before {load_before}, after {load_after} (1/5/15 min)",
+        "the proxy is experimental in Optuna (since 4.2) and does not serve the journal storage",
+    ]
     if errors:
         notes.append("errors: " + "; ".join(errors[:5]))
-    finish(BenchResult(bench="grpc_proxy", size=args.size, rows=rows, headlines=headlines, notes=notes,
-                       params={"procs": list(procs), "trials": trials, "epochs": epochs, "repeats": repeats,
-                               "pg_url": args.pg_url, "load_average_before": load_before,
-                               "load_average_after": load_after}), args.json)
+    finish(
+        BenchResult(
+            bench="grpc_proxy",
+            size=args.size,
+            rows=rows,
+            headlines=headlines,
+            notes=notes,
+            params={
+                "procs": list(procs),
+                "trials": trials,
+                "epochs": epochs,
+                "repeats": repeats,
+                "pg_url": args.pg_url,
+                "load_average_before": load_before,
+                "load_average_after": load_after,
+            },
+        ),
+        args.json,
+    )
     return 0
 
 

@@ -23,6 +23,7 @@ warm-up call of each kind first (imports, the first optimizer step's lazy import
 
 Usage:  .venv/bin/python bench/packing.py [--size ci|full] [--json PATH] [--packs 1 2 4 8]
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,17 +53,29 @@ logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 def configs(k: int, dataset: str, model: str, update: str, batch: int, device: str) -> list[TrialConfig]:
     """K trials of one momentum study, learning rates spread log-uniformly over 1e-3..1e-1."""
-    base = TrialConfig(dataset=dataset, model=model, epochs=EPOCHS, batch_size=batch, optimizer="momentum",
-                       checkpoint_every=0, pack_update=update, device=device, bf16=False, channels_last=False)
-    return [dataclasses.replace(base, optimizer_params={"lr": 10 ** (-3 + 2 * i / max(1, k - 1)), "momentum": 0.9})
-            for i in range(k)]
+    base = TrialConfig(
+        dataset=dataset,
+        model=model,
+        epochs=EPOCHS,
+        batch_size=batch,
+        optimizer="momentum",
+        checkpoint_every=0,
+        pack_update=update,
+        device=device,
+        bf16=False,
+        channels_last=False,
+    )
+    return [
+        dataclasses.replace(base, optimizer_params={"lr": 10 ** (-3 + 2 * i / max(1, k - 1)), "momentum": 0.9})
+        for i in range(k)
+    ]
 
 
 def train(cfgs: list[TrialConfig], data, pack: int) -> float:
     """Wall seconds to train ``cfgs`` ``pack`` at a time (1: ``run_trial`` one after another)."""
     started = time.perf_counter()
     for start in range(0, len(cfgs), pack):
-        group = cfgs[start:start + pack]
+        group = cfgs[start : start + pack]
         if pack == 1:
             assert run_trial(group[0], data).status is not None
         else:
@@ -86,13 +99,16 @@ def shared(cfgs: list[TrialConfig], data, n: int) -> float:
 
 def datasets(size: Size, device: str):
     """(name, model, dataset key for TrialConfig, DataSplits, batch) per cell."""
-    cells = [("digits", "simple_cnn", "digits", load_dataset("digits"), 32),
-             ("fashion_mnist-shaped", "simple_cnn", "synthetic",
-              synthetic((1, 28, 28), 1024, 512), 32)]
+    cells = [
+        ("digits", "simple_cnn", "digits", load_dataset("digits"), 32),
+        ("fashion_mnist-shaped", "simple_cnn", "synthetic", synthetic((1, 28, 28), 1024, 512), 32),
+    ]
     if device == "cuda":
         cifar = synthetic((3, 32, 32), 10000 if size is Size.FULL else 2048, 1000)
-        cells += [("cifar-shaped", "simple_cnn", "synthetic", cifar, 128),
-                  ("cifar-shaped", "resnet18", "synthetic", cifar, 128)]
+        cells += [
+            ("cifar-shaped", "simple_cnn", "synthetic", cifar, 128),
+            ("cifar-shaped", "resnet18", "synthetic", cifar, 128),
+        ]
     return cells
 
 
@@ -111,13 +127,23 @@ def measure_training(size: Size, packs, k: int, device: str, result: BenchResult
                 if pack > k:
                     continue
                 seconds = train(configs(k, dataset, model, update, batch, device), data, pack)
-                row = {"data": name, "model": model, "device": device, "update": update, "pack": pack, "trials": k,
-                       "seconds": seconds, "trials_per_hour": k / seconds * 3600,
-                       "images_per_s": k * train_images * EPOCHS / seconds}
+                row = {
+                    "data": name,
+                    "model": model,
+                    "device": device,
+                    "update": update,
+                    "pack": pack,
+                    "trials": k,
+                    "seconds": seconds,
+                    "trials_per_hour": k / seconds * 3600,
+                    "images_per_s": k * train_images * EPOCHS / seconds,
+                }
                 cell[(update, pack)] = row
                 result.rows.append(row)
-                print(f"  {name} {model} {update} pack {pack}: {seconds:.2f} s, {row['trials_per_hour']:.0f} trials/h",
-                      flush=True)
+                print(
+                    f"  {name} {model} {update} pack {pack}: {seconds:.2f} s, {row['trials_per_hour']:.0f} trials/h",
+                    flush=True,
+                )
         solo_rate = cell[("exact", 1)]["trials_per_hour"]
         for row in cell.values():
             row["vs_pack_1"] = row["trials_per_hour"] / solo_rate
@@ -128,10 +154,18 @@ def measure_training(size: Size, packs, k: int, device: str, result: BenchResult
             for pack in packs:
                 if 1 < pack <= k:
                     seconds = shared(solo, data, pack)
-                    row = {"data": name, "model": model, "device": device, "update": f"shared 1/{pack} GPU",
-                           "pack": 1, "trials": k, "seconds": seconds, "trials_per_hour": k / seconds * 3600,
-                           "images_per_s": k * train_images * EPOCHS / seconds,
-                           "vs_pack_1": k / seconds * 3600 / solo_rate}
+                    row = {
+                        "data": name,
+                        "model": model,
+                        "device": device,
+                        "update": f"shared 1/{pack} GPU",
+                        "pack": 1,
+                        "trials": k,
+                        "seconds": seconds,
+                        "trials_per_hour": k / seconds * 3600,
+                        "images_per_s": k * train_images * EPOCHS / seconds,
+                        "vs_pack_1": k / seconds * 3600 / solo_rate,
+                    }
                     cell[("shared", pack)] = row
                     result.rows.append(row)
             ray.shutdown()
@@ -149,17 +183,40 @@ def measure_sweep(k: int, result: BenchResult) -> dict[int, float]:
     rates = {}
     with tempfile.TemporaryDirectory(prefix="bench-pack-") as tmp:
         for label, pack in (("warm-up", 8), ("pack 1", 1), ("pack 8", 8)):  # warm-up: worker imports, not recorded
-            cfg = load_config("quickstart", [
-                f"output_dir={tmp}", f"name={label.replace(' ', '')}", "optimizers=[momentum]", f"trials={k}",
-                f"epochs={EPOCHS}", "workers=1", f"pack={pack}", "pruner=none", "sampler=random", "reeval_seeds=0",
-                "report_figures=false"], mode="sweep")
+            cfg = load_config(
+                "quickstart",
+                [
+                    f"output_dir={tmp}",
+                    f"name={label.replace(' ', '')}",
+                    "optimizers=[momentum]",
+                    f"trials={k}",
+                    f"epochs={EPOCHS}",
+                    "workers=1",
+                    f"pack={pack}",
+                    "pruner=none",
+                    "sampler=random",
+                    "reeval_seeds=0",
+                    "report_figures=false",
+                ],
+                mode="sweep",
+            )
             started = time.perf_counter()
             run_sweep(cfg)
             seconds = time.perf_counter() - started
             if label != "warm-up":
                 rates[pack] = k / seconds * 3600
-                result.rows.append({"data": "digits", "model": "simple_cnn", "device": "cpu", "update": "sweep",
-                                    "pack": pack, "trials": k, "seconds": seconds, "trials_per_hour": rates[pack]})
+                result.rows.append(
+                    {
+                        "data": "digits",
+                        "model": "simple_cnn",
+                        "device": "cpu",
+                        "update": "sweep",
+                        "pack": pack,
+                        "trials": k,
+                        "seconds": seconds,
+                        "trials_per_hour": rates[pack],
+                    }
+                )
     ray.shutdown()
     for row in result.rows:
         if row["update"] == "sweep":
@@ -177,34 +234,67 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1 if device == "cpu" else torch.get_num_threads())
     packs = tuple(args.packs or PACKS[args.size])
     k = args.trials or TRIALS[args.size]
-    result = BenchResult("packing", args.size, params={"packs": packs, "trials": k, "epochs": EPOCHS,
-                                                        "threads": torch.get_num_threads(), "device": device})
+    result = BenchResult(
+        "packing",
+        args.size,
+        params={"packs": packs, "trials": k, "epochs": EPOCHS, "threads": torch.get_num_threads(), "device": device},
+    )
     cells = measure_training(args.size, packs, k, device, result)
     digits = cells[("digits", "simple_cnn")]
     eight = digits.get(("exact", 8))
-    result.headlines.append(Headline(
-        "CPU: trials/hour, pack 8 over pack 1, simple_cnn / digits (training)",
-        eight["vs_pack_1"] if eight and device == "cpu" else None, "x", f">= {CPU_TARGET:g}",
-        (eight["vs_pack_1"] >= CPU_TARGET) if eight and device == "cpu" else None))
+    result.headlines.append(
+        Headline(
+            "CPU: trials/hour, pack 8 over pack 1, simple_cnn / digits (training)",
+            eight["vs_pack_1"] if eight and device == "cpu" else None,
+            "x",
+            f">= {CPU_TARGET:g}",
+            (eight["vs_pack_1"] >= CPU_TARGET) if eight and device == "cpu" else None,
+        )
+    )
     if not args.no_sweep and device == "cpu" and 8 <= k:
         rates = measure_sweep(k, result)
         ratio = rates[8] / rates[1]
-        result.headlines.append(Headline("CPU: trials/hour, pack 8 over pack 1, whole sweeps (simple_cnn / digits)",
-                                         ratio, "x", f">= {CPU_TARGET:g}", ratio >= CPU_TARGET))
+        result.headlines.append(
+            Headline(
+                "CPU: trials/hour, pack 8 over pack 1, whole sweeps (simple_cnn / digits)",
+                ratio,
+                "x",
+                f">= {CPU_TARGET:g}",
+                ratio >= CPU_TARGET,
+            )
+        )
     if device == "cuda":
         cell = cells[("cifar-shaped", "simple_cnn")]
-        best = max((row for (update, pack), row in cell.items() if update != "shared" and pack >= 16),
-                   key=lambda row: row["images_per_s"], default=None)
-        shared_best = max((row["images_per_s"] for (update, _), row in cell.items() if update == "shared"), default=None)
+        best = max(
+            (row for (update, pack), row in cell.items() if update != "shared" and pack >= 16),
+            key=lambda row: row["images_per_s"],
+            default=None,
+        )
+        shared_best = max(
+            (row["images_per_s"] for (update, _), row in cell.items() if update == "shared"), default=None
+        )
         if best:
             solo_rate = cell[("exact", 1)]["images_per_s"]
-            result.headlines.append(Headline("GPU: images/s, best pack >= 16 over one trial per GPU (simple_cnn)",
-                                             best["images_per_s"] / solo_rate, "x", f">= {GPU_SOLO_TARGET:g}",
-                                             best["images_per_s"] / solo_rate >= GPU_SOLO_TARGET))
+            result.headlines.append(
+                Headline(
+                    "GPU: images/s, best pack >= 16 over one trial per GPU (simple_cnn)",
+                    best["images_per_s"] / solo_rate,
+                    "x",
+                    f">= {GPU_SOLO_TARGET:g}",
+                    best["images_per_s"] / solo_rate >= GPU_SOLO_TARGET,
+                )
+            )
             if shared_best:
                 ratio = best["images_per_s"] / shared_best
-                result.headlines.append(Headline("GPU: images/s, best pack >= 16 over fractional sharing (simple_cnn)",
-                                                 ratio, "x", f">= {GPU_SHARED_TARGET:g}", ratio >= GPU_SHARED_TARGET))
+                result.headlines.append(
+                    Headline(
+                        "GPU: images/s, best pack >= 16 over fractional sharing (simple_cnn)",
+                        ratio,
+                        "x",
+                        f">= {GPU_SHARED_TARGET:g}",
+                        ratio >= GPU_SHARED_TARGET,
+                    )
+                )
     else:
         result.notes.append("no GPU here: the GPU targets and fractional sharing were not measured")
     finish(result, args.json)

@@ -33,6 +33,7 @@ full = the issue's setting, 7 optimizers x 30 trials x 6 epochs, 2 re-evaluation
 Usage: .venv/bin/python bench/pruning.py [--size ci|full] [--json PATH] [--trials T] [--epochs E]
            [--optimizers ...] [--pruners ...] [--variants ...] [--keep] [--reuse DIR]
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,9 +47,10 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -72,8 +74,8 @@ class SweepFigures:
     epochs: int = 0
     train_s: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
-    best_val: dict[str, float | None] = field(default_factory=dict)   # per optimizer, status ok trials
-    test: dict[str, float | None] = field(default_factory=dict)       # re-evaluated test accuracy (mean of seeds)
+    best_val: dict[str, float | None] = field(default_factory=dict)  # per optimizer, status ok trials
+    test: dict[str, float | None] = field(default_factory=dict)  # re-evaluated test accuracy (mean of seeds)
     curves: dict[str, list[tuple[list[float], str, float]]] = field(default_factory=dict)  # (curve, status, s/epoch)
 
     @property
@@ -82,11 +84,19 @@ class SweepFigures:
         return max(found) if found else None
 
 
-def overrides(opts: tuple[str, ...], trials: int, epochs: int, reeval_seeds: int, pruner: str, label: str,
-              out: Path) -> list[str]:
-    return [f"optimizers=[{','.join(opts)}]", f"trials={trials}", f"epochs={epochs}", f"pruner={pruner}",
-            f"reeval_seeds={reeval_seeds}", "report_figures=false", f"output_dir={out}",
-            f"name=pruning-{label.replace('=', '-')}"]
+def overrides(
+    opts: tuple[str, ...], trials: int, epochs: int, reeval_seeds: int, pruner: str, label: str, out: Path
+) -> list[str]:
+    return [
+        f"optimizers=[{','.join(opts)}]",
+        f"trials={trials}",
+        f"epochs={epochs}",
+        f"pruner={pruner}",
+        f"reeval_seeds={reeval_seeds}",
+        "report_figures=false",
+        f"output_dir={out}",
+        f"name=pruning-{label.replace('=', '-')}",
+    ]
 
 
 # Settings outside the registry, run live with --variants: Ray is started again with a
@@ -108,6 +118,7 @@ def variant_entry(variant: str) -> Callable[[int], Any]:
         import optuna
 
         return getattr(optuna.pruners, cls_name)(**kwargs)
+
     return build
 
 
@@ -118,6 +129,7 @@ def make_variant_hook(variant: str) -> Callable[[], None]:
         from sweep.core import registries
 
         registries.PRUNERS["median"] = entry
+
     return swap_median
 
 
@@ -155,8 +167,9 @@ def ray_session(variant: str | None):
         ray.shutdown()
 
 
-def run_one(label: str, pruner: str, opts: tuple[str, ...], trials: int, epochs: int, reeval_seeds: int,
-            tmp: Path) -> SweepFigures:
+def run_one(
+    label: str, pruner: str, opts: tuple[str, ...], trials: int, epochs: int, reeval_seeds: int, tmp: Path
+) -> SweepFigures:
     """One real sweep (its terminal output goes to a log beside it), then its figures. A sweep a
     --keep run already finished in ``tmp`` is read back, not run again."""
     import ray
@@ -224,16 +237,23 @@ def read_back(cfg, sweep_dir: Path, pruner: str, wall: float) -> SweepFigures:
 
 # ---- replay: the none sweep's curves through other pruner settings ------------------------------
 
-def replay(curves: dict[str, list[tuple[list[float], str, float]]], make: Callable[[], Any]) -> tuple[float, float, dict[str, float | None]]:
+
+def replay(
+    curves: dict[str, list[tuple[list[float], str, float]]], make: Callable[[], Any]
+) -> tuple[float, float, dict[str, float | None]]:
     """Feed each optimizer's trials, in order, to a fresh in-memory study with ``make()``'s pruner.
     Returns (epochs, seconds, best final val accuracy per optimizer among trials not pruned)."""
     import optuna
 
     epochs, seconds, best = 0, 0.0, {}
     for opt, trials in curves.items():
-        study = optuna.create_study(study_name=f"replay/{opt}", direction="maximize", pruner=make(),  # a fixed
-                                    # name: Hyperband picks each trial's bracket from a hash of it
-                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        study = optuna.create_study(
+            study_name=f"replay/{opt}",
+            direction="maximize",
+            pruner=make(),  # a fixed
+            # name: Hyperband picks each trial's bracket from a hash of it
+            sampler=optuna.samplers.RandomSampler(seed=0),
+        )
         top: float | None = None
         for curve, status, per_epoch in trials:
             trial = study.ask()
@@ -275,6 +295,7 @@ def replay_variants(epochs: int) -> dict[str, Callable[[], Any]]:
 
 # ---- the bench ----------------------------------------------------------------------------------
 
+
 def points(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(100.0 * (a - b), 2)
 
@@ -295,12 +316,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: by --size)")
     ap.add_argument("--reeval-seeds", type=int, default=None, help="re-evaluation seeds (default: by --size)")
     ap.add_argument("--pruners", nargs="+", choices=PRUNERS, default=list(PRUNERS), help="none is always run")
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=[],
-                    help="also run these settings live in place of the registry's median entry")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=[],
+        help="also run these settings live in place of the registry's median entry",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the sweeps' temporary directory")
-    ap.add_argument("--reuse", type=Path, default=None,
-                    help="a directory a --keep run left (same sizes): its finished sweeps are read back, "
-                         "the others run")
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="a directory a --keep run left (same sizes): its finished sweeps are read back, the others run",
+    )
     args = ap.parse_args(argv)
     size = SIZES[args.size]
     opts = tuple(args.optimizers or size["optimizers"])
@@ -337,28 +366,54 @@ def main(argv: list[str] | None = None) -> int:
     for p, f in figures.items():
         r_ep, r_s = ratio(ref.epochs, f.epochs), ratio(ref.train_s, f.train_s)
         drop, drop_mean = points(ref.best_overall, f.best_overall), mean_drop(ref.best_val, f.best_val)
-        rows.append({
-            "pruner": p, "how": "live sweep" + (" (not a registry setting)" if "=" in p else ""), "wall s": round(f.wall_s, 1), "epochs": f.epochs,
-            "train s": round(f.train_s, 1), "ratio (epochs)": r_ep, "ratio (train s)": r_s,
-            "best val": f.best_overall, "drop pts": drop, "drop pts (mean per opt)": drop_mean,
-            "test (mean per opt)": _mean(f.test.values()), "test drop pts (mean per opt)": mean_drop(ref.test, f.test),
-            "trials": ", ".join(f"{n} {s}" for s, n in sorted(f.counts.items())),
-            "best val per opt": " ".join(f"{o}={_fmt(v)}" for o, v in f.best_val.items()),
-        })
+        rows.append(
+            {
+                "pruner": p,
+                "how": "live sweep" + (" (not a registry setting)" if "=" in p else ""),
+                "wall s": round(f.wall_s, 1),
+                "epochs": f.epochs,
+                "train s": round(f.train_s, 1),
+                "ratio (epochs)": r_ep,
+                "ratio (train s)": r_s,
+                "best val": f.best_overall,
+                "drop pts": drop,
+                "drop pts (mean per opt)": drop_mean,
+                "test (mean per opt)": _mean(f.test.values()),
+                "test drop pts (mean per opt)": mean_drop(ref.test, f.test),
+                "trials": ", ".join(f"{n} {s}" for s, n in sorted(f.counts.items())),
+                "best val per opt": " ".join(f"{o}={_fmt(v)}" for o, v in f.best_val.items()),
+            }
+        )
         if p == "none":
             continue
         # epochs, not seconds: every epoch is the same work, and the seconds move with the machine's load.
         # The drop is the mean over optimizers: the product compares optimizers, so a pruner that keeps
         # the overall best but costs one optimizer points distorts the comparison.
-        met = None if r_ep is None or drop_mean is None else bool(r_ep >= TARGET_RATIO and drop_mean <= TARGET_DROP_POINTS)
-        headlines.append(Headline(f"{p}: compute ratio none/{p} (epochs)", r_ep, "x", f">= {TARGET_RATIO:g}x",
-                                  None if r_ep is None else r_ep >= TARGET_RATIO,
-                                  note=f"training-seconds ratio {r_s}; both targets together: {_verdict(met)}"))
-        headlines.append(Headline(f"{p}: best val accuracy drop (mean per optimizer)", drop_mean, "points",
-                                  f"<= {TARGET_DROP_POINTS:g}",
-                                  None if drop_mean is None else drop_mean <= TARGET_DROP_POINTS,
-                                  note=f"overall best: {drop}; re-evaluated test drop (mean per optimizer) "
-                                       f"{mean_drop(ref.test, f.test)}"))
+        met = (
+            None
+            if r_ep is None or drop_mean is None
+            else bool(r_ep >= TARGET_RATIO and drop_mean <= TARGET_DROP_POINTS)
+        )
+        headlines.append(
+            Headline(
+                f"{p}: compute ratio none/{p} (epochs)",
+                r_ep,
+                "x",
+                f">= {TARGET_RATIO:g}x",
+                None if r_ep is None else r_ep >= TARGET_RATIO,
+                note=f"training-seconds ratio {r_s}; both targets together: {_verdict(met)}",
+            )
+        )
+        headlines.append(
+            Headline(
+                f"{p}: best val accuracy drop (mean per optimizer)",
+                drop_mean,
+                "points",
+                f"<= {TARGET_DROP_POINTS:g}",
+                None if drop_mean is None else drop_mean <= TARGET_DROP_POINTS,
+                note=f"overall best: {drop}; re-evaluated test drop (mean per optimizer) {mean_drop(ref.test, f.test)}",
+            )
+        )
 
     # replay the none sweep's full curves through the registry's settings and variants
     r_epochs, r_seconds, r_best = replay(ref.curves, lambda: optuna.pruners.NopPruner())
@@ -366,24 +421,49 @@ def main(argv: list[str] | None = None) -> int:
     for label, make in replay_variants(epochs).items():
         e, s, best = replay(ref.curves, make)
         overall = max((v for v in best.values() if v is not None), default=None)
-        rows.append({"pruner": label, "how": "replay of none's curves", "epochs": e, "train s": round(s, 1),
-                     "ratio (epochs)": ratio(r_epochs, e), "ratio (train s)": ratio(r_seconds, s),
-                     "best val": overall, "drop pts": points(r_overall, overall),
-                     "drop pts (mean per opt)": mean_drop(r_best, best)})
+        rows.append(
+            {
+                "pruner": label,
+                "how": "replay of none's curves",
+                "epochs": e,
+                "train s": round(s, 1),
+                "ratio (epochs)": ratio(r_epochs, e),
+                "ratio (train s)": ratio(r_seconds, s),
+                "best val": overall,
+                "drop pts": points(r_overall, overall),
+                "drop pts (mean per opt)": mean_drop(r_best, best),
+            }
+        )
 
     load_after = [round(x, 2) for x in os.getloadavg()]
     result = BenchResult(
-        bench="pruning", size=args.size, rows=rows, headlines=headlines,
-        params={"optimizers": list(opts), "trials": trials, "epochs": epochs, "reeval_seeds": reeval_seeds,
-                "config": "quickstart", "workers": 2, "sampler": "tpe", "seed": 0,
-                "sweeps": [label for label, _ in sweeps], "variants": {v: VARIANTS[v] for v in args.variants},
-                "load_average_before": load_before, "load_average_after": load_after},
-        notes=[f"load average before {load_before}, after {load_after} (1/5/15 min)",
-               "compute = the search's trials only (re-evaluations are the same work under every pruner); "
-               "ratio = none / pruner; drop = 100 x (best(none) - best(pruner)), best = best final val accuracy "
-               "of status-ok trials",
-               "replay rows: none's trials replayed in order through each pruner in an in-memory study "
-               "(same configurations, no sampler feedback): a cheap guide to settings, not a live sweep"])
+        bench="pruning",
+        size=args.size,
+        rows=rows,
+        headlines=headlines,
+        params={
+            "optimizers": list(opts),
+            "trials": trials,
+            "epochs": epochs,
+            "reeval_seeds": reeval_seeds,
+            "config": "quickstart",
+            "workers": 2,
+            "sampler": "tpe",
+            "seed": 0,
+            "sweeps": [label for label, _ in sweeps],
+            "variants": {v: VARIANTS[v] for v in args.variants},
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        },
+        notes=[
+            f"load average before {load_before}, after {load_after} (1/5/15 min)",
+            "compute = the search's trials only (re-evaluations are the same work under every pruner); "
+            "ratio = none / pruner; drop = 100 x (best(none) - best(pruner)), best = best final val accuracy "
+            "of status-ok trials",
+            "replay rows: none's trials replayed in order through each pruner in an in-memory study "
+            "(same configurations, no sampler feedback): a cheap guide to settings, not a live sweep",
+        ],
+    )
     finish(result, args.json)
     return 0
 

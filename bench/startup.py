@@ -11,6 +11,7 @@ target under 0.5 s each.
 Repeats interleave floor, sweep and commands, so a burst of load from other jobs on a shared
 machine falls on all of them rather than on one; each row keeps the 1-minute load average.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,18 +24,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.suite import ROOT, BenchResult, Headline, Size, finish, median, parser  # noqa: E402
+from bench.suite import BenchResult, Headline, Size, finish, median, parser  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent  # the venv that runs the bench runs the product
 REPEATS = {Size.CI: 3, Size.FULL: 5}
 RATIO_TARGET = 1.3
 COMMAND_TARGET_S = 0.5
-SWEEP_ARGS = ["run", "quickstart", "optimizers=[sgd]", "trials=1", "epochs=1", "reeval_seeds=0",
-              "report_figures=false"]
+SWEEP_ARGS = ["run", "quickstart", "optimizers=[sgd]", "trials=1", "epochs=1", "reeval_seeds=0", "report_figures=false"]
 # what init_ray does for a local run (sweep/execution/launch.py); kept in step with it by hand
-FLOOR_CODE = ("import os, torch, ray, optuna, mlflow\n"
-              "ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)\n"
-              "ray.shutdown()\n")
+FLOOR_CODE = (
+    "import os, torch, ray, optuna, mlflow\n"
+    "ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)\n"
+    "ray.shutdown()\n"
+)
 
 
 @dataclass(frozen=True)
@@ -73,14 +75,21 @@ def sweep_once(workdir: Path) -> dict[str, float | int | str]:
     load = os.getloadavg()[0]
     launched = time.time()
     t0 = time.perf_counter()
-    proc = subprocess.run([str(VENV_BIN / "sweep"), *SWEEP_ARGS, "--output-dir", str(out)], cwd=workdir,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(VENV_BIN / "sweep"), *SWEEP_ARGS, "--output-dir", str(out)], cwd=workdir, capture_output=True, text=True
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"sweep exited {proc.returncode}: {proc.stderr[-1500:]}")
     start, end = first_trial(out)
-    return {"seconds": wall, "to_first_trial_s": start - launched, "trial_span_s": end - start,
-            "trial_end_to_exit_s": launched + wall - end, "rc": proc.returncode, "load_1m": load}
+    return {
+        "seconds": wall,
+        "to_first_trial_s": start - launched,
+        "trial_span_s": end - start,
+        "trial_end_to_exit_s": launched + wall - end,
+        "rc": proc.returncode,
+        "load_1m": load,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     repeats = args.repeats or REPEATS[args.size]
     python, sweep = str(VENV_BIN / "python"), str(VENV_BIN / "sweep")
-    result = BenchResult("startup", args.size, params={"repeats": repeats, "sweep": " ".join(["sweep", *SWEEP_ARGS]),
-                                                       "floor": FLOOR_CODE})
+    result = BenchResult(
+        "startup",
+        args.size,
+        params={"repeats": repeats, "sweep": " ".join(["sweep", *SWEEP_ARGS]), "floor": FLOOR_CODE},
+    )
     floors: list[float] = []
     sweeps: list[dict] = []
     commands: dict[str, list[float]] = {"sweep --help": [], "sweep ls": [], "sweep run trials=0 (bad input)": []}
@@ -103,14 +115,22 @@ def main(argv: list[str] | None = None) -> int:
             if t.rc != 0:
                 raise RuntimeError(f"floor process exited {t.rc}: {t.tail}")
             floors.append(t.seconds)
-            result.rows.append({"what": "floor: import torch+ray+optuna+mlflow, ray.init, shutdown", "repeat": i,
-                                "seconds": t.seconds, "load_1m": t.load_1m})
+            result.rows.append(
+                {
+                    "what": "floor: import torch+ray+optuna+mlflow, ray.init, shutdown",
+                    "repeat": i,
+                    "seconds": t.seconds,
+                    "load_1m": t.load_1m,
+                }
+            )
             s = sweep_once(work)
             sweeps.append(s)
             result.rows.append({"what": "sweep run, 1 trial x 1 epoch", "repeat": i, **s})
-            for name, cmd, want in [("sweep --help", [sweep, "--help"], 0),
-                                    ("sweep ls", [sweep, "ls", "--output-dir", str(work / "sweeps")], 0),
-                                    ("sweep run trials=0 (bad input)", [sweep, "run", "trials=0"], 2)]:
+            for name, cmd, want in [
+                ("sweep --help", [sweep, "--help"], 0),
+                ("sweep ls", [sweep, "ls", "--output-dir", str(work / "sweeps")], 0),
+                ("sweep run trials=0 (bad input)", [sweep, "run", "trials=0"], 2),
+            ]:
                 c = timed(cmd, work)
                 if c.rc != want:
                     raise RuntimeError(f"{name} exited {c.rc}, expected {want}: {c.tail}")
@@ -120,15 +140,33 @@ def main(argv: list[str] | None = None) -> int:
     total = median(s["seconds"] for s in sweeps)
     first = median(s["to_first_trial_s"] for s in sweeps)
     result.rows.append({"what": "median floor", "seconds": floor})
-    result.rows.append({"what": "median sweep", "seconds": total, "to_first_trial_s": first,
-                        "trial_span_s": median(s["trial_span_s"] for s in sweeps),
-                        "trial_end_to_exit_s": median(s["trial_end_to_exit_s"] for s in sweeps)})
+    result.rows.append(
+        {
+            "what": "median sweep",
+            "seconds": total,
+            "to_first_trial_s": first,
+            "trial_span_s": median(s["trial_span_s"] for s in sweeps),
+            "trial_end_to_exit_s": median(s["trial_end_to_exit_s"] for s in sweeps),
+        }
+    )
     result.headlines += [
         Headline("floor (imports + ray.init)", floor, "s", note=f"median of {repeats}"),
-        Headline("sweep launch to first trial running / floor", first / floor, "x", f"<= {RATIO_TARGET}",
-                 first / floor <= RATIO_TARGET, f"{first:.2f} s vs {floor:.2f} s"),
-        Headline("1-trial sweep total / floor", total / floor, "x", f"<= {RATIO_TARGET}",
-                 total / floor <= RATIO_TARGET, f"{total:.2f} s vs {floor:.2f} s"),
+        Headline(
+            "sweep launch to first trial running / floor",
+            first / floor,
+            "x",
+            f"<= {RATIO_TARGET}",
+            first / floor <= RATIO_TARGET,
+            f"{first:.2f} s vs {floor:.2f} s",
+        ),
+        Headline(
+            "1-trial sweep total / floor",
+            total / floor,
+            "x",
+            f"<= {RATIO_TARGET}",
+            total / floor <= RATIO_TARGET,
+            f"{total:.2f} s vs {floor:.2f} s",
+        ),
     ]
     for name, values in commands.items():
         m = median(values)

@@ -25,6 +25,7 @@ leave unset; the headline per P is the journal's trials/s over the best other ba
 Usage:  .venv/bin/python bench/storage_contention.py [--size ci|full] [--json PATH]
             [--procs 8 16] [--trials 10] [--epochs 10] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -49,8 +50,10 @@ from sweep.stores.studies import DIRECTION, make_pruner, open_storage  # noqa: E
 
 BACKENDS = ["journal", "sqlite-wal", "sqlite-plain", "postgres"]
 # What --size sets when the option is not given: procs, trials, epochs, repeats.
-SIZES = {Size.CI: {"procs": [4], "trials": 5, "epochs": 10, "repeats": 1},
-         Size.FULL: {"procs": [8, 16], "trials": 10, "epochs": 10, "repeats": 3}}
+SIZES = {
+    Size.CI: {"procs": [4], "trials": 5, "epochs": 10, "repeats": 1},
+    Size.FULL: {"procs": [8, 16], "trials": 10, "epochs": 10, "repeats": 3},
+}
 LOCKED = "database is locked"
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -79,8 +82,9 @@ def one_worker(backend, location, study_name, trials, epochs, seed, barrier):
 
     study = None
     try:
-        study = optuna.load_study(study_name=study_name, storage=make_storage(backend, location),
-                                  pruner=make_pruner("median", epochs))
+        study = optuna.load_study(
+            study_name=study_name, storage=make_storage(backend, location), pruner=make_pruner("median", epochs)
+        )
     except Exception as exc:  # still wait on the barrier so the others are not stuck
         record(exc)
     barrier.wait(timeout=300)
@@ -127,8 +131,9 @@ class WorkerPool:
         self.procs = procs
         self.tasks, self.results = ctx.Queue(), ctx.Queue()
         self.barrier = ctx.Barrier(procs + 1)
-        self.processes = [ctx.Process(target=worker_loop, args=(self.tasks, self.barrier, self.results))
-                          for _ in range(procs)]
+        self.processes = [
+            ctx.Process(target=worker_loop, args=(self.tasks, self.barrier, self.results)) for _ in range(procs)
+        ]
         for p in self.processes:
             p.start()
 
@@ -171,11 +176,18 @@ def run_backend(pool: WorkerPool, backend: str, location: str, trials: int, epoc
     latencies = [x for o in outs for x in o[1]]
     errors = [e for o in outs for e in o[2]]
     told = sum(o[0] for o in outs)
-    return {"told": told, "wall": wall, "rate": told / wall, "errors": errors,
-            "locked": sum(LOCKED in e for e in errors),
-            "p50": float(np.percentile(latencies, 50)) * 1000 if latencies else float("nan"),
-            "p95": float(np.percentile(latencies, 95)) * 1000 if latencies else float("nan"),
-            "states": states, "expected": pool.procs * trials, "mode": mode}
+    return {
+        "told": told,
+        "wall": wall,
+        "rate": told / wall,
+        "errors": errors,
+        "locked": sum(LOCKED in e for e in errors),
+        "p50": float(np.percentile(latencies, 50)) * 1000 if latencies else float("nan"),
+        "p95": float(np.percentile(latencies, 95)) * 1000 if latencies else float("nan"),
+        "states": states,
+        "expected": pool.procs * trials,
+        "mode": mode,
+    }
 
 
 def postgres_available(url: str) -> str | None:
@@ -201,22 +213,33 @@ def measure(pool: WorkerPool, backend: str, args) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
     if not runs:
         return {"procs": pool.procs, "backend": backend, "failed": True}
-    return {"procs": pool.procs, "backend": backend, "failed": False,
-            "wall": statistics.median(x["wall"] for x in runs),
-            "rate": statistics.median(x["rate"] for x in runs),
-            "p50": statistics.median(x["p50"] for x in runs),
-            "p95": statistics.median(x["p95"] for x in runs),
-            "errors": sum(len(x["errors"]) for x in runs),
-            "locked": sum(x["locked"] for x in runs),
-            "told": sum(x["told"] for x in runs), "expected": sum(x["expected"] for x in runs),
-            "states": runs[-1]["states"], "mode": runs[-1]["mode"],
-            "samples": sorted({e for x in runs for e in x["errors"]})}
+    return {
+        "procs": pool.procs,
+        "backend": backend,
+        "failed": False,
+        "wall": statistics.median(x["wall"] for x in runs),
+        "rate": statistics.median(x["rate"] for x in runs),
+        "p50": statistics.median(x["p50"] for x in runs),
+        "p95": statistics.median(x["p95"] for x in runs),
+        "errors": sum(len(x["errors"]) for x in runs),
+        "locked": sum(x["locked"] for x in runs),
+        "told": sum(x["told"] for x in runs),
+        "expected": sum(x["expected"] for x in runs),
+        "states": runs[-1]["states"],
+        "mode": runs[-1]["mode"],
+        "samples": sorted({e for x in runs for e in x["errors"]}),
+    }
 
 
 def main() -> None:
     ap = parser(__doc__.split("\n\n")[0])
-    ap.add_argument("--procs", type=int, nargs="+", default=None,
-                    help="worker processes (P); several values run one after the other, e.g. 8 16")
+    ap.add_argument(
+        "--procs",
+        type=int,
+        nargs="+",
+        default=None,
+        help="worker processes (P); several values run one after the other, e.g. 8 16",
+    )
     ap.add_argument("--trials", type=int, default=None, help="trials per worker (T)")
     ap.add_argument("--epochs", type=int, default=None, help="report+should_prune per trial (E)")
     ap.add_argument("--repeats", type=int, default=None, help="repeat each cell, report medians")
@@ -233,8 +256,10 @@ def main() -> None:
         print(f"PostgreSQL unavailable at {args.pg_url} ({pg_down}); skipping it.")
         backends.remove("postgres")
 
-    print(f"optuna {optuna.__version__}, {args.trials} trials x {args.epochs} report+should_prune "
-          f"per worker, repeats={args.repeats}\n")
+    print(
+        f"optuna {optuna.__version__}, {args.trials} trials x {args.epochs} report+should_prune "
+        f"per worker, repeats={args.repeats}\n"
+    )
     rows = []
     for procs in args.procs:
         pool = WorkerPool(procs)
@@ -243,13 +268,18 @@ def main() -> None:
                 rows.append(measure(pool, backend, args))
                 r = rows[-1]
                 if not r["failed"]:
-                    print(f"  P={procs:<3} {backend:<12} wall {r['wall']:.2f}s  errors {r['errors']}  "
-                          f"states {r['states']} {r['mode']}", flush=True)
+                    print(
+                        f"  P={procs:<3} {backend:<12} wall {r['wall']:.2f}s  errors {r['errors']}  "
+                        f"states {r['states']} {r['mode']}",
+                        flush=True,
+                    )
         finally:
             pool.close()
 
-    print("\n| P | backend | errors (locked) | trials told | wall s | trials/s | x slower than best "
-          "| report+prune p50 ms | p95 ms |")
+    print(
+        "\n| P | backend | errors (locked) | trials told | wall s | trials/s | x slower than best "
+        "| report+prune p50 ms | p95 ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for procs in args.procs:
         cells = [r for r in rows if r["procs"] == procs and not r["failed"]]
@@ -258,9 +288,11 @@ def main() -> None:
             if r["failed"]:
                 print(f"| {procs} | {r['backend']} | failed to run | | | | | | |")
                 continue
-            print(f"| {procs} | {r['backend']} | {r['errors']} ({r['locked']}) | {r['told']}/{r['expected']} "
-                  f"| {r['wall']:.2f} | {r['rate']:.1f} | {best / r['rate']:.2f}x | {r['p50']:.1f} "
-                  f"| {r['p95']:.1f} |")
+            print(
+                f"| {procs} | {r['backend']} | {r['errors']} ({r['locked']}) | {r['told']}/{r['expected']} "
+                f"| {r['wall']:.2f} | {r['rate']:.1f} | {best / r['rate']:.2f}x | {r['p50']:.1f} "
+                f"| {r['p95']:.1f} |"
+            )
     if pg_down:
         print(f"| - | postgres | unavailable: {pg_down} | | | | | | |")
 
@@ -276,10 +308,17 @@ def main() -> None:
         clean = [r for r in ok if r["procs"] == top and r["errors"] == 0]
         winner = max(clean, key=lambda r: r["rate"]) if clean else None
         locked = sorted({r["backend"] for r in ok if r["locked"]})
-        print("\nConclusion: " + (f"at P={top} the fastest error-free backend is {winner['backend']} "
-                                  f"({winner['rate']:.1f} trials/s)" if winner else
-                                  f"no backend was error-free at P={top}")
-              + "; 'database is locked' from: " + (", ".join(locked) if locked else "none") + ".")
+        print(
+            "\nConclusion: "
+            + (
+                f"at P={top} the fastest error-free backend is {winner['backend']} ({winner['rate']:.1f} trials/s)"
+                if winner
+                else f"no backend was error-free at P={top}"
+            )
+            + "; 'database is locked' from: "
+            + (", ".join(locked) if locked else "none")
+            + "."
+        )
     finish(suite_result(args, rows, pg_down), args.json)
 
 
@@ -293,25 +332,51 @@ def suite_result(args, rows: list[dict], pg_down: str | None) -> BenchResult:
             if r["failed"]:
                 table.append({"P": procs, "backend": r["backend"], "failed": True})
                 continue
-            table.append({"P": procs, "backend": r["backend"], "errors": r["errors"], "locked": r["locked"],
-                          "trials told": r["told"], "expected": r["expected"], "wall s": r["wall"],
-                          "trials/s": r["rate"], "x slower than best": best / r["rate"],
-                          "report+prune p50 ms": r["p50"], "p95 ms": r["p95"], "journal_mode": r["mode"]})
+            table.append(
+                {
+                    "P": procs,
+                    "backend": r["backend"],
+                    "errors": r["errors"],
+                    "locked": r["locked"],
+                    "trials told": r["told"],
+                    "expected": r["expected"],
+                    "wall s": r["wall"],
+                    "trials/s": r["rate"],
+                    "x slower than best": best / r["rate"],
+                    "report+prune p50 ms": r["p50"],
+                    "p95 ms": r["p95"],
+                    "journal_mode": r["mode"],
+                }
+            )
         journal = next((r["rate"] for r in cells if r["backend"] == "journal"), None)
         others = [r["rate"] for r in cells if r["backend"] != "journal"]
         value = journal / max(others) if journal is not None and others else None
-        headlines.append(Headline(f"journal trials/s / best other backend's, P={procs}", value, "x", ">= 1",
-                                  None if value is None else value >= 1,
-                                  "journal not measured" if journal is None else
-                                  "" if others else "no other backend measured"))
+        headlines.append(
+            Headline(
+                f"journal trials/s / best other backend's, P={procs}",
+                value,
+                "x",
+                ">= 1",
+                None if value is None else value >= 1,
+                "journal not measured" if journal is None else "" if others else "no other backend measured",
+            )
+        )
     errors = sum(r.get("errors", 0) for r in rows)
-    notes = [f"T={args.trials} trials x E={args.epochs} report+should_prune per worker, medians of "
-             f"{args.repeats} repeat(s); {errors} error(s) in all, "
-             f"{sum(r.get('locked', 0) for r in rows)} 'database is locked'"]
+    notes = [
+        f"T={args.trials} trials x E={args.epochs} report+should_prune per worker, medians of "
+        f"{args.repeats} repeat(s); {errors} error(s) in all, "
+        f"{sum(r.get('locked', 0) for r in rows)} 'database is locked'"
+    ]
     if pg_down:
         notes.append(f"PostgreSQL unavailable at {args.pg_url}: not measured ({pg_down})")
-    params = {"procs": args.procs, "trials": args.trials, "epochs": args.epochs, "repeats": args.repeats,
-              "backends": args.backends, "optuna": optuna.__version__}
+    params = {
+        "procs": args.procs,
+        "trials": args.trials,
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "backends": args.backends,
+        "optuna": optuna.__version__,
+    }
     return BenchResult("storage_contention", args.size, table, headlines, notes, params)
 
 

@@ -8,6 +8,7 @@ was met. The JSON records when and where it was measured (date, host, CPU, GPU, 
 versions, load average) because these machines are shared and noisy: figures without that are
 not comparable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,11 @@ import os
 import platform
 import statistics
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from anywhere: import `sweep`, `models`, `optim`
@@ -76,6 +78,7 @@ def machine() -> dict[str, Any]:
     for name in ("torch", "torchvision", "ray", "optuna", "mlflow", "numpy", "sqlalchemy"):
         try:
             from importlib.metadata import version
+
             versions[name] = version(name)
         except Exception:  # not installed: say so rather than fail the bench
             versions[name] = None
@@ -112,8 +115,9 @@ def _gpu() -> str | None:
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20).stdout.strip()
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return out.splitlines()[0] if out else None
@@ -122,10 +126,16 @@ def _gpu() -> str | None:
 def parser(description: str) -> argparse.ArgumentParser:
     """The arguments every bench takes; a bench adds its own."""
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--size", type=Size, choices=list(Size), default=Size.CI,
-                    help="ci: a couple of minutes on 2 CPU cores; full: the README's figures")
-    ap.add_argument("--json", type=Path, default=None,
-                    help="where to write the result (default bench/results/<bench>.json)")
+    ap.add_argument(
+        "--size",
+        type=Size,
+        choices=list(Size),
+        default=Size.CI,
+        help="ci: a couple of minutes on 2 CPU cores; full: the README's figures",
+    )
+    ap.add_argument(
+        "--json", type=Path, default=None, help="where to write the result (default bench/results/<bench>.json)"
+    )
     return ap
 
 
@@ -148,9 +158,15 @@ def finish(result: BenchResult, json_path: Path | None = None) -> Path:
     """Write the result with the machine's description and print its table and headlines."""
     path = json_path or RESULTS_DIR / f"{result.bench}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"bench": result.bench, "size": result.size.value, "machine": machine(), "params": result.params,
-               "headlines": [dataclasses.asdict(h) for h in result.headlines], "rows": result.rows,
-               "notes": result.notes}
+    payload = {
+        "bench": result.bench,
+        "size": result.size.value,
+        "machine": machine(),
+        "params": result.params,
+        "headlines": [dataclasses.asdict(h) for h in result.headlines],
+        "rows": result.rows,
+        "notes": result.notes,
+    }
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(f"\n## {result.bench} ({result.size.value})")
     print(table(result.rows))
@@ -171,8 +187,9 @@ def headline_line(h: Headline | dict[str, Any]) -> str:
     return f"{h['name']}: {value}{(' ' + h['unit']) if h['unit'] else ''}{target}: {verdict}{note}"
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
-          fmt: Callable[[Any], str] | None = None) -> str:
+def table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, fmt: Callable[[Any], str] | None = None
+) -> str:
     """A Markdown table of the rows (the README pastes it as is)."""
     if not rows:
         return "(no rows)"

@@ -30,6 +30,7 @@ noisier; with CUDA torch's default).
 Usage:  .venv/bin/python bench/trial_loop.py [--size ci|full] [--json PATH] [--models ...]
             [--data cifar fashion_mnist] [--batch 64 512] [--epochs E] [--repeats R] [--threads N]
 """
+
 from __future__ import annotations
 
 import logging
@@ -82,17 +83,34 @@ class Plan:
 # Per size and device: a GPU trains 50-500x faster, so it needs far more images for the training
 # to outweigh the per-call costs (building the model, a checkpoint per epoch).
 PLANS = {
-    (Size.CI, "cpu"): Plan(train={"simple_cnn": 1024, "resnet18": 128}, held_out={"simple_cnn": 256, "resnet18": 64},
-                           epochs={"simple_cnn": 2, "resnet18": 1}, batches=(64,), repeats=3),
-    (Size.CI, "cuda"): Plan(train={"simple_cnn": 16384, "resnet18": 4096},
-                            held_out={"simple_cnn": 2048, "resnet18": 1024},
-                            epochs={"simple_cnn": 2, "resnet18": 1}, batches=(64,), repeats=3),
-    (Size.FULL, "cpu"): Plan(train={"simple_cnn": 8192, "resnet18": 1024},
-                             held_out={"simple_cnn": 1024, "resnet18": 256},
-                             epochs={"simple_cnn": 2, "resnet18": 1}, batches=(64, 512), repeats=5),
-    (Size.FULL, "cuda"): Plan(train={"simple_cnn": 50000, "resnet18": 50000},
-                              held_out={"simple_cnn": 10000, "resnet18": 10000},
-                              epochs={"simple_cnn": 2, "resnet18": 2}, batches=(64, 512), repeats=5),
+    (Size.CI, "cpu"): Plan(
+        train={"simple_cnn": 1024, "resnet18": 128},
+        held_out={"simple_cnn": 256, "resnet18": 64},
+        epochs={"simple_cnn": 2, "resnet18": 1},
+        batches=(64,),
+        repeats=3,
+    ),
+    (Size.CI, "cuda"): Plan(
+        train={"simple_cnn": 16384, "resnet18": 4096},
+        held_out={"simple_cnn": 2048, "resnet18": 1024},
+        epochs={"simple_cnn": 2, "resnet18": 1},
+        batches=(64,),
+        repeats=3,
+    ),
+    (Size.FULL, "cpu"): Plan(
+        train={"simple_cnn": 8192, "resnet18": 1024},
+        held_out={"simple_cnn": 1024, "resnet18": 256},
+        epochs={"simple_cnn": 2, "resnet18": 1},
+        batches=(64, 512),
+        repeats=5,
+    ),
+    (Size.FULL, "cuda"): Plan(
+        train={"simple_cnn": 50000, "resnet18": 50000},
+        held_out={"simple_cnn": 10000, "resnet18": 10000},
+        epochs={"simple_cnn": 2, "resnet18": 2},
+        batches=(64, 512),
+        repeats=5,
+    ),
 }
 
 
@@ -115,10 +133,10 @@ def since(start: tuple[float, float]) -> Timing:
 
 @dataclass(frozen=True)
 class ProductRun:
-    time: Timing            # the whole run_trial call
-    report_seconds: float   # inside the reporter (MLflow queue + catch_up, Optuna report + should_prune)
-    save_seconds: float     # inside the checkpoint saver
-    would_prune: int        # should_prune said yes (ignored)
+    time: Timing  # the whole run_trial call
+    report_seconds: float  # inside the reporter (MLflow queue + catch_up, Optuna report + should_prune)
+    save_seconds: float  # inside the checkpoint saver
+    would_prune: int  # should_prune said yes (ignored)
 
 
 def device_name() -> str:
@@ -147,12 +165,20 @@ def trial_config(model: str, batch: int, epochs: int) -> TrialConfig:
     """The trial a ``sweep train`` of this model would run (default optimizer, schedule and
     checkpointing), in fp32 and the default memory format as the bare loop: the loops are compared,
     not bf16 against fp32 (the product may turn both on by default on a GPU)."""
-    overrides = [f"model={model}", "dataset=synthetic", f"epochs={epochs}", f"batch_size={batch}", "device=auto",
-                 "bf16=false", "channels_last=false"]
+    overrides = [
+        f"model={model}",
+        "dataset=synthetic",
+        f"epochs={epochs}",
+        f"batch_size={batch}",
+        "device=auto",
+        "bf16=false",
+        "channels_last=false",
+    ]
     return load_config("train", overrides).trial_config()
 
 
 # ---- (b) the bare loop ----------------------------------------------------------------------------
+
 
 def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     model.eval()
@@ -160,9 +186,9 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     with torch.no_grad():
         for start in range(0, len(x), EVAL_BATCH):
-            logits = model(x[start:start + EVAL_BATCH])
-            loss_sum += F.cross_entropy(logits, y[start:start + EVAL_BATCH], reduction="sum")
-            correct += (logits.argmax(1) == y[start:start + EVAL_BATCH]).sum()
+            logits = model(x[start : start + EVAL_BATCH])
+            loss_sum += F.cross_entropy(logits, y[start : start + EVAL_BATCH], reduction="sum")
+            correct += (logits.argmax(1) == y[start : start + EVAL_BATCH]).sum()
     model.train()
     return loss_sum.item() / len(x), correct.item() / len(x)
 
@@ -172,8 +198,10 @@ def run_bare(cfg: TrialConfig, data: DataSplits) -> Timing:
     device = torch.device(device_name())
     started = clock()
     torch.manual_seed(cfg.seed)
-    t = {name: torch.from_numpy(getattr(data, name)).to(device)
-         for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+    t = {
+        name: torch.from_numpy(getattr(data, name)).to(device)
+        for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+    }
     model = build_model(cfg.model, data.in_shape, data.num_classes).to(device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.optimizer_params)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -182,7 +210,7 @@ def run_bare(cfg: TrialConfig, data: DataSplits) -> Timing:
     for _ in range(cfg.epochs):
         order = torch.randperm(n, device=device, generator=generator)
         for start in range(0, n, cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+            idx = order[start : start + cfg.batch_size]
             loss = F.cross_entropy(model(t["train_x"][idx]), t["train_y"][idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -194,6 +222,7 @@ def run_bare(cfg: TrialConfig, data: DataSplits) -> Timing:
 
 
 # ---- (a) the product --------------------------------------------------------------------------------
+
 
 class Product:
     """Real local stores, as a sweep without a tracking server has them: MLflow on SQLite with the
@@ -207,15 +236,15 @@ class Product:
         self.uri = f"sqlite:///{folder / 'mlflow.db'}"
         self.artifacts = folder / "artifacts"
         self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment = self.client.create_experiment("bench-trial-loop",
-                                                        artifact_location=self.artifacts.as_uri())
+        self.experiment = self.client.create_experiment("bench-trial-loop", artifact_location=self.artifacts.as_uri())
         self.storage = open_storage(f"journal:///{folder / 'optuna.journal'}")
         self.studies: dict[str, optuna.Study] = {}
 
     def study(self, name: str, epochs: int) -> optuna.Study:
         if name not in self.studies:
-            self.studies[name] = optuna.create_study(study_name=name, storage=self.storage, direction=DIRECTION,
-                                                     pruner=make_pruner("median", epochs))
+            self.studies[name] = optuna.create_study(
+                study_name=name, storage=self.storage, direction=DIRECTION, pruner=make_pruner("median", epochs)
+            )
         return self.studies[name]
 
     def run(self, cfg: TrialConfig, data: DataSplits, study_name: str) -> ProductRun:
@@ -223,8 +252,10 @@ class Product:
         trial = study.ask()
         run_id = self.client.create_run(self.experiment).info.run_id
         spent = {"report": 0.0, "save": 0.0, "prune": 0}
-        with checkpoints.saver(self.uri, run_id, str(self.artifacts)) as store, \
-                TrackingSender(self.uri, run_id, cfg.tracking_retry_s) as sender:
+        with (
+            checkpoints.saver(self.uri, run_id, str(self.artifacts)) as store,
+            TrackingSender(self.uri, run_id, cfg.tracking_retry_s) as sender,
+        ):
 
             def report(m: EpochMetrics) -> None:  # sweep/execution/worker.py's reporter, less resuming
                 t0 = time.perf_counter()
@@ -245,8 +276,9 @@ class Product:
             timing = since(started)
             sender.flush()
         if result.status is not Status.OK or result.epochs_run != cfg.epochs:
-            raise RuntimeError(f"product trial ended {result.status.value} after {result.epochs_run} epochs: "
-                               f"{result.reason}")
+            raise RuntimeError(
+                f"product trial ended {result.status.value} after {result.epochs_run} epochs: {result.reason}"
+            )
         study.tell(trial, result.value)
         self.client.set_terminated(run_id)
         stored = checkpoints.stored_epochs(self.uri, run_id, str(self.artifacts))
@@ -258,8 +290,10 @@ class Product:
 
 # ---- one cell ---------------------------------------------------------------------------------------
 
-def measure_cell(product: Product, model: str, data_name: str, batch: int, plan: Plan, epochs: int,
-                 repeats: int) -> tuple[dict, Headline]:
+
+def measure_cell(
+    product: Product, model: str, data_name: str, batch: int, plan: Plan, epochs: int, repeats: int
+) -> tuple[dict, Headline]:
     data = synthetic(SHAPES[data_name], plan.train[model], plan.held_out[model])
     cfg = trial_config(model, batch, epochs)
     images = len(data.train_x) * cfg.epochs
@@ -279,22 +313,36 @@ def measure_cell(product: Product, model: str, data_name: str, batch: int, plan:
         ratios.append(bare[-1].seconds / runs[-1].time.seconds)  # (images/product s) / (images/bare s)
         cpu_ratios.append(bare[-1].cpu_seconds / runs[-1].time.cpu_seconds)
         loop_ratios.append(bare[-1].seconds / (runs[-1].time.seconds - runs[-1].report_seconds - runs[-1].save_seconds))
-        print(f"  {model} {data_name} batch {batch} repeat {rep + 1}: bare {bare[-1].seconds:.2f}s "
-              f"product {runs[-1].time.seconds:.2f}s ratio {ratios[-1]:.3f} (CPU time ratio {cpu_ratios[-1]:.3f})",
-              flush=True)
+        print(
+            f"  {model} {data_name} batch {batch} repeat {rep + 1}: bare {bare[-1].seconds:.2f}s "
+            f"product {runs[-1].time.seconds:.2f}s ratio {ratios[-1]:.3f} (CPU time ratio {cpu_ratios[-1]:.3f})",
+            flush=True,
+        )
     ratio = median(ratios)
     bare_s, product_s = median(t.seconds for t in bare), median(r.time.seconds for r in runs)
-    row = {"model": model, "data": data_name, "batch": batch, "device": device_name(),
-           "bare images/s": images / bare_s, "product images/s": images / product_s,
-           "ratio": ratio, "repeats": repeats,
-           "CPU-time ratio": median(cpu_ratios), "ratio less report+checkpoint": median(loop_ratios),
-           "train images": len(data.train_x), "epochs": cfg.epochs, "bare s": bare_s, "product s": product_s,
-           "report s/epoch": median(r.report_seconds for r in runs) / cfg.epochs,
-           "checkpoint s/epoch": median(r.save_seconds for r in runs) / cfg.epochs,
-           "should_prune said yes": sum(r.would_prune for r in runs),
-           "ratios": [round(x, 3) for x in ratios]}
-    headline = Headline(f"images/s ratio, {model}, {data_name}, batch {batch}", ratio, "x", f">= {TARGET}",
-                        ratio >= TARGET)
+    row = {
+        "model": model,
+        "data": data_name,
+        "batch": batch,
+        "device": device_name(),
+        "bare images/s": images / bare_s,
+        "product images/s": images / product_s,
+        "ratio": ratio,
+        "repeats": repeats,
+        "CPU-time ratio": median(cpu_ratios),
+        "ratio less report+checkpoint": median(loop_ratios),
+        "train images": len(data.train_x),
+        "epochs": cfg.epochs,
+        "bare s": bare_s,
+        "product s": product_s,
+        "report s/epoch": median(r.report_seconds for r in runs) / cfg.epochs,
+        "checkpoint s/epoch": median(r.save_seconds for r in runs) / cfg.epochs,
+        "should_prune said yes": sum(r.would_prune for r in runs),
+        "ratios": [round(x, 3) for x in ratios],
+    }
+    headline = Headline(
+        f"images/s ratio, {model}, {data_name}, batch {batch}", ratio, "x", f">= {TARGET}", ratio >= TARGET
+    )
     return row, headline
 
 
@@ -305,8 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (ci: 64; full: 64 512)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default: per model and size)")
     ap.add_argument("--repeats", type=int, default=None, help="ci: 3, full: 5")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch.set_num_threads for both sides (default: 1 on a CPU, torch's default with CUDA; 0: torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for both sides "
+        "(default: 1 on a CPU, torch's default with CUDA; 0: torch's default)",
+    )
     args = ap.parse_args(argv)
     plan = PLANS[(args.size, device_name())]
     batches = tuple(args.batch or plan.batches)
@@ -316,8 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads if args.threads is not None else (0 if torch.cuda.is_available() else 1)
     if threads > 0:
         torch.set_num_threads(threads)
-    print(f"torch {torch.__version__} on {device_name()}, {torch.get_num_threads()} threads; "
-          f"repeats={repeats} batches={list(batches)}", flush=True)
+    print(
+        f"torch {torch.__version__} on {device_name()}, {torch.get_num_threads()} threads; "
+        f"repeats={repeats} batches={list(batches)}",
+        flush=True,
+    )
 
     rows, headlines = [], []
     folder = Path(tempfile.mkdtemp(prefix="bench-trial-loop-"))
@@ -348,9 +404,15 @@ def main(argv: list[str] | None = None) -> int:
         "report s/epoch and checkpoint s/epoch: time inside the product's reporter and saver (included in "
         "product s); synthetic data, no augmentation on either side",
     ]
-    params = {"threads": torch.get_num_threads(), "repeats": repeats, "batches": list(batches),
-              "models": args.models, "data": args.data, "torch": torch.__version__,
-              "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    params = {
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "batches": list(batches),
+        "models": args.models,
+        "data": args.data,
+        "torch": torch.__version__,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
     finish(BenchResult("trial_loop", args.size, rows, headlines, notes, params), args.json)
     return 0
 

@@ -48,6 +48,7 @@ Usage:  .venv/bin/python bench/tune_baseline.py [--size ci|full] [--json PATH]
             [--optimizers sgd momentum adam] [--trials 8] [--epochs 4] [--workers 2] [--repeats 1]
             [--scheduler median|asha] [--product inprocess|subprocess] [--reuse-actors] [--keep]
 """
+
 from __future__ import annotations
 
 import collections
@@ -84,13 +85,15 @@ warnings.filterwarnings("ignore")
 
 STORE_MODULE = "mlflow.store.tracking.sqlalchemy_store"
 # What --size sets when the option is not given.
-SIZES = {Size.CI: {"optimizers": ["sgd", "adam"], "trials": 4, "epochs": 3, "workers": 2, "repeats": 1},
-         Size.FULL: {"optimizers": ["sgd", "momentum", "adam"], "trials": 8, "epochs": 4, "workers": 2, "repeats": 3}}
-PER_EPOCH = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds",
-             "images_per_second"]
+SIZES = {
+    Size.CI: {"optimizers": ["sgd", "adam"], "trials": 4, "epochs": 3, "workers": 2, "repeats": 1},
+    Size.FULL: {"optimizers": ["sgd", "momentum", "adam"], "trials": 8, "epochs": 4, "workers": 2, "repeats": 3},
+}
+PER_EPOCH = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "images_per_second"]
 
 
 # ---- counting MLflow store calls in every process ---------------------------------------------
+
 
 def install_store_counter(state: dict) -> None:
     """Count each outermost public SqlAlchemyStore call: one line in <state['dir']>/<pid>.calls.
@@ -122,6 +125,7 @@ def install_store_counter(state: dict) -> None:
                     return fn(*args, **kwargs)
                 finally:
                     depth.n = level
+
             return counted
 
         for name in dir(cls):
@@ -159,6 +163,7 @@ def install_store_counter(state: dict) -> None:
 def make_worker_hook(calls_dir: str):
     def count_store_calls():  # Ray's worker_process_setup_hook: runs in every worker process
         install_store_counter({"dir": calls_dir})
+
     return count_store_calls
 
 
@@ -184,10 +189,18 @@ def start_ray(calls_dir: Path | None) -> None:
 
 # ---- (a) the product ----------------------------------------------------------------------------
 
+
 def overrides(args, output_dir: Path, name: str) -> list[str]:
-    return [f"optimizers=[{','.join(args.optimizers)}]", f"trials={args.trials}", f"epochs={args.epochs}",
-            f"workers={args.workers}", "schedules=[constant]", f"pruner={args.scheduler}",
-            f"output_dir={output_dir}", f"name={name}"]
+    return [
+        f"optimizers=[{','.join(args.optimizers)}]",
+        f"trials={args.trials}",
+        f"epochs={args.epochs}",
+        f"workers={args.workers}",
+        "schedules=[constant]",
+        f"pruner={args.scheduler}",
+        f"output_dir={output_dir}",
+        f"name={name}",
+    ]
 
 
 def run_product(args, tmp: Path, rep: int) -> dict:
@@ -232,13 +245,14 @@ def check_product(sweep_dir: Path, cfg) -> dict:
     storage = open_storage(stores.storage)
     client = MlflowClient(stores.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.name)
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`sweep.role` = 'trial'",
-                              max_results=10000)
-    by_trial = collections.Counter((r.data.tags["sweep.optimizer"], int(r.data.tags["optuna.trial_number"]))
-                                   for r in runs)
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`sweep.role` = 'trial'", max_results=10000
+    )
+    by_trial = collections.Counter(
+        (r.data.tags["sweep.optimizer"], int(r.data.tags["optuna.trial_number"])) for r in runs
+    )
     run_ids = {r.info.run_id for r in runs}
-    out = {"trials": 0, "finished": 0, "stopped": 0, "own_end": 0, "one_run_each": True, "best": {},
-           "failed": 0}
+    out = {"trials": 0, "finished": 0, "stopped": 0, "own_end": 0, "one_run_each": True, "best": {}, "failed": 0}
     for opt in cfg.optimizers:
         study = optuna.load_study(study_name=study_name(cfg.name, opt), storage=storage)
         trials = study.get_trials(deepcopy=False)
@@ -260,6 +274,7 @@ def check_product(sweep_dir: Path, cfg) -> dict:
 
 
 # ---- (b) the baseline: Ray Tune + OptunaSearch + MLflowLoggerCallback ---------------------------
+
 
 class _CountStops:
     """Records the scheduler's STOP decisions, and its PAUSE decisions (MedianStoppingRule yields a
@@ -339,25 +354,41 @@ def run_baseline(args, tmp: Path, rep: int) -> dict:
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, seed=cfg.seed)
     for opt in cfg.optimizers:
         if args.scheduler == "median":
-            scheduler = CountingMedianStoppingRule(time_attr="training_iteration", grace_period=2,
-                                                   min_samples_required=2)
+            scheduler = CountingMedianStoppingRule(
+                time_attr="training_iteration", grace_period=2, min_samples_required=2
+            )
         else:
-            scheduler = CountingASHA(time_attr="training_iteration", max_t=cfg.epochs, grace_period=1,
-                                     reduction_factor=3)
-        searcher = OptunaSearch(space=functools.partial(define_space, optimizer=opt, cfg=cfg),
-                                metric="val_accuracy", mode="max",  # a define-by-run space needs them here
-                                sampler=make_sampler(cfg.sampler, cfg.seed, cfg.trials))
+            scheduler = CountingASHA(
+                time_attr="training_iteration", max_t=cfg.epochs, grace_period=1, reduction_factor=3
+            )
+        searcher = OptunaSearch(
+            space=functools.partial(define_space, optimizer=opt, cfg=cfg),
+            metric="val_accuracy",
+            mode="max",  # a define-by-run space needs them here
+            sampler=make_sampler(cfg.sampler, cfg.seed, cfg.trials),
+        )
         trainable = tune.with_resources(
             tune.with_parameters(train_fn, data=data, cfg=cfg, optimizer=opt, threads=max(1, int(cfg.num_cpus))),
-            {"cpu": cfg.num_cpus})
+            {"cpu": cfg.num_cpus},
+        )
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", search_alg=searcher,
-                                        scheduler=scheduler, num_samples=cfg.trials,
-                                        max_concurrent_trials=cfg.workers, reuse_actors=args.reuse_actors),
-            run_config=tune.RunConfig(name=opt, storage_path=str(tmp / name / "ray_results"), verbose=0,
-                                      callbacks=[MLflowLoggerCallback(tracking_uri=uri, experiment_name=name,
-                                                                      tags={"optimizer": opt})]))
+            tune_config=tune.TuneConfig(
+                metric="val_accuracy",
+                mode="max",
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=cfg.trials,
+                max_concurrent_trials=cfg.workers,
+                reuse_actors=args.reuse_actors,
+            ),
+            run_config=tune.RunConfig(
+                name=opt,
+                storage_path=str(tmp / name / "ray_results"),
+                verbose=0,
+                callbacks=[MLflowLoggerCallback(tracking_uri=uri, experiment_name=name, tags={"optimizer": opt})],
+            ),
+        )
         with open(tmp / f"{name}.log", "a") as out, contextlib.redirect_stdout(out):
             grids[opt] = tuner.fit()
         schedulers[opt], searchers[opt] = scheduler, searcher
@@ -375,8 +406,17 @@ def check_baseline(grids, schedulers, searchers, uri: str, name: str, cfg) -> di
     experiment = client.get_experiment_by_name(name)
     runs = client.search_runs([experiment.experiment_id], max_results=10000)
     names = [r.data.tags.get("trial_name", "") for r in runs]
-    out = {"trials": 0, "finished": 0, "stopped": 0, "own_end": 0, "one_run_each": True, "best": {},
-           "failed": 0, "optuna_states": collections.Counter(), "paused": 0}
+    out = {
+        "trials": 0,
+        "finished": 0,
+        "stopped": 0,
+        "own_end": 0,
+        "one_run_each": True,
+        "best": {},
+        "failed": 0,
+        "optuna_states": collections.Counter(),
+        "paused": 0,
+    }
     for opt, grid in grids.items():
         stopped = getattr(schedulers[opt], "stopped", set())
         out["paused"] += getattr(schedulers[opt], "paused", 0)
@@ -409,6 +449,7 @@ def check_baseline(grids, schedulers, searchers, uri: str, name: str, cfg) -> di
 
 # ---- shared read-back -----------------------------------------------------------------------------
 
+
 def mlflow_points(client, runs) -> dict:
     """Metric points stored per trial run, read back with get_metric_history (not timed, not counted)."""
     points, keys, params, epochs, epoch_seconds, repeated = [], [], [], 0, 0.0, 0
@@ -425,12 +466,19 @@ def mlflow_points(client, runs) -> dict:
         points.append(n)
         keys.append(len(run.data.metrics))
         params.append(len(run.data.params))
-    return {"points_mean": statistics.mean(points) if points else 0, "points_total": sum(points),
-            "keys_mean": statistics.mean(keys) if keys else 0, "params_mean": statistics.mean(params) if params else 0,
-            "epochs_run": epochs, "train_seconds": epoch_seconds, "repeated_steps": repeated}
+    return {
+        "points_mean": statistics.mean(points) if points else 0,
+        "points_total": sum(points),
+        "keys_mean": statistics.mean(keys) if keys else 0,
+        "params_mean": statistics.mean(params) if params else 0,
+        "epochs_run": epochs,
+        "train_seconds": epoch_seconds,
+        "repeated_steps": repeated,
+    }
 
 
 # ---- main -------------------------------------------------------------------------------------------
+
 
 def fmt_calls(calls: collections.Counter | None) -> str:
     if calls is None:
@@ -445,10 +493,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (E)")
     ap.add_argument("--workers", type=int, default=None, help="concurrent trials (W)")
     ap.add_argument("--repeats", type=int, default=None, help="repeat both sides, report medians")
-    ap.add_argument("--scheduler", choices=["median", "asha"], default="median",
-                    help="early stopping: product pruner=median vs MedianStoppingRule, or asha vs ASHAScheduler")
-    ap.add_argument("--product", choices=["inprocess", "subprocess"], default="inprocess",
-                    help="run the product with run_sweep() here, or as `.venv/bin/sweep run` (calls not counted)")
+    ap.add_argument(
+        "--scheduler",
+        choices=["median", "asha"],
+        default="median",
+        help="early stopping: product pruner=median vs MedianStoppingRule, or asha vs ASHAScheduler",
+    )
+    ap.add_argument(
+        "--product",
+        choices=["inprocess", "subprocess"],
+        default="inprocess",
+        help="run the product with run_sweep() here, or as `.venv/bin/sweep run` (calls not counted)",
+    )
     ap.add_argument("--reuse-actors", action="store_true", help="baseline: TuneConfig(reuse_actors=True)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
@@ -460,10 +516,13 @@ def main() -> None:
     import ray
     import torch
 
-    print(f"ray {ray.__version__}, optuna {optuna.__version__}, mlflow {mlflow.__version__}, "
-          f"torch {torch.__version__}; {os.cpu_count()} CPUs; optimizers={args.optimizers} trials={args.trials} "
-          f"epochs={args.epochs} workers={args.workers} scheduler={args.scheduler} product={args.product} "
-          f"reuse_actors={args.reuse_actors} repeats={args.repeats}\n", flush=True)
+    print(
+        f"ray {ray.__version__}, optuna {optuna.__version__}, mlflow {mlflow.__version__}, "
+        f"torch {torch.__version__}; {os.cpu_count()} CPUs; optimizers={args.optimizers} trials={args.trials} "
+        f"epochs={args.epochs} workers={args.workers} scheduler={args.scheduler} product={args.product} "
+        f"reuse_actors={args.reuse_actors} repeats={args.repeats}\n",
+        flush=True,
+    )
     install_store_counter(DRIVER_COUNTING)
     tmp = Path(tempfile.mkdtemp(prefix="bench-tune-"))
     results: dict[str, list[dict]] = {"product": [], "baseline": []}
@@ -474,10 +533,13 @@ def main() -> None:
             for side in order:
                 r = sides[side](args, tmp, rep)
                 results[side].append(r)
-                print(f"  repeat {rep + 1}: {side:<8} {r['wall']:7.1f}s  trials {r['finished']}/{r['trials']}  "
-                      f"stopped {r['stopped']}  diverged {r['own_end']}  runs {r['runs']}  "
-                      f"store calls {fmt_calls(r['calls'])}  points at a repeated step {r['repeated_steps']}"
-                      + (f"  scheduler PAUSEs {r['paused']}" if "paused" in r else ""), flush=True)
+                print(
+                    f"  repeat {rep + 1}: {side:<8} {r['wall']:7.1f}s  trials {r['finished']}/{r['trials']}  "
+                    f"stopped {r['stopped']}  diverged {r['own_end']}  runs {r['runs']}  "
+                    f"store calls {fmt_calls(r['calls'])}  points at a repeated step {r['repeated_steps']}"
+                    + (f"  scheduler PAUSEs {r['paused']}" if "paused" in r else ""),
+                    flush=True,
+                )
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -489,65 +551,102 @@ def main() -> None:
     walls = {side: statistics.median(r["wall"] for r in rs) for side, rs in results.items()}
     # the counts below come from one repeat per side: the one with the median wall time
     shown = {side: sorted(rs, key=lambda r: r["wall"])[(len(rs) - 1) // 2] for side, rs in results.items()}
-    labels = {"product": f"product (`run_sweep`{', subprocess' if args.product == 'subprocess' else ''})",
-              "baseline": "baseline (Tuner + OptunaSearch + MLflowLoggerCallback)"}
-    print("\n| side | wall s | baseline / product | trials finished | stopped early | diverged "
-          "| MLflow trial runs | one run per trial | metric points per run | points at a repeated step "
-          "| epochs trained | train s | MLflow store calls | calls per epoch |")
+    labels = {
+        "product": f"product (`run_sweep`{', subprocess' if args.product == 'subprocess' else ''})",
+        "baseline": "baseline (Tuner + OptunaSearch + MLflowLoggerCallback)",
+    }
+    print(
+        "\n| side | wall s | baseline / product | trials finished | stopped early | diverged "
+        "| MLflow trial runs | one run per trial | metric points per run | points at a repeated step "
+        "| epochs trained | train s | MLflow store calls | calls per epoch |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for side, rs in results.items():
+    for side in results:
         r = shown[side]
         calls = r["calls"]
         per_epoch = f"{sum(calls.values()) / max(1, r['epochs_run']):.1f}" if calls is not None else "n/a"
-        print(f"| {labels[side]} | {walls[side]:.1f} | {walls[side] / walls['product']:.2f}x "
-              f"| {r['finished']}/{r['trials']} | {r['stopped']} | {r['own_end']} | {r['runs']} "
-              f"| {'yes' if r['one_run_each'] else 'NO'} | {r['points_mean']:.1f} ({r['keys_mean']:.0f} keys) "
-              f"| {r['repeated_steps']} | {r['epochs_run']} | {r['train_seconds']:.1f} | {fmt_calls(calls)} | {per_epoch} |")
-    print("\nWall seconds per repeat: " + "; ".join(
-        f"{side} " + ", ".join(f"{r['wall']:.1f}" for r in rs) for side, rs in results.items()))
+        print(
+            f"| {labels[side]} | {walls[side]:.1f} | {walls[side] / walls['product']:.2f}x "
+            f"| {r['finished']}/{r['trials']} | {r['stopped']} | {r['own_end']} | {r['runs']} "
+            f"| {'yes' if r['one_run_each'] else 'NO'} | {r['points_mean']:.1f} ({r['keys_mean']:.0f} keys) "
+            f"| {r['repeated_steps']} | {r['epochs_run']} | {r['train_seconds']:.1f} | {fmt_calls(calls)} "
+            f"| {per_epoch} |"
+        )
+    print(
+        "\nWall seconds per repeat: "
+        + "; ".join(f"{side} " + ", ".join(f"{r['wall']:.1f}" for r in rs) for side, rs in results.items())
+    )
     print("\nCounts above, and below, are from the median-wall repeat of each side.")
     print("\nBest final val accuracy per optimizer (completed trials, not stopped early):")
-    for side, rs in results.items():
-        print(f"  {side:<8} " + "  ".join(f"{opt}={v:.4f}" if v is not None else f"{opt}=-"
-                                          for opt, v in shown[side]["best"].items()))
-    for side, rs in results.items():
+    for side in results:
+        print(
+            f"  {side:<8} "
+            + "  ".join(f"{opt}={v:.4f}" if v is not None else f"{opt}=-" for opt, v in shown[side]["best"].items())
+        )
+    for side in results:
         if shown[side]["calls"] is not None:
-            print(f"\nMLflow store calls, {side}: "
-                  + ", ".join(f"{k} {v}" for k, v in shown[side]["calls"].most_common()))
+            print(
+                f"\nMLflow store calls, {side}: " + ", ".join(f"{k} {v}" for k, v in shown[side]["calls"].most_common())
+            )
     base = shown["baseline"]
-    print(f"\nBaseline: Optuna states inside OptunaSearch: {dict(base['optuna_states'])}; "
-          f"params per MLflow run: {base['params_mean']:.1f} (product: {shown['product']['params_mean']:.1f}); "
-          f"scheduler PAUSE decisions (trial restarted from epoch 0 on resume): {base['paused']}")
+    print(
+        f"\nBaseline: Optuna states inside OptunaSearch: {dict(base['optuna_states'])}; "
+        f"params per MLflow run: {base['params_mean']:.1f} (product: {shown['product']['params_mean']:.1f}); "
+        f"scheduler PAUSE decisions (trial restarted from epoch 0 on resume): {base['paused']}"
+    )
     finish(suite_result(args, results, walls, shown, labels), args.json)
 
 
-def suite_result(args, results: dict[str, list[dict]], walls: dict[str, float], shown: dict[str, dict],
-                 labels: dict[str, str]) -> BenchResult:
+def suite_result(
+    args, results: dict[str, list[dict]], walls: dict[str, float], shown: dict[str, dict], labels: dict[str, str]
+) -> BenchResult:
     """One row per side (counts from its median-wall repeat); the headline: baseline wall / product wall."""
     rows = []
     for side in results:
         r = shown[side]
         calls = r["calls"]
-        rows.append({"side": labels[side], "wall s": walls[side], "baseline / product": walls[side] / walls["product"],
-                     "trials finished": r["finished"], "trials": r["trials"], "stopped early": r["stopped"],
-                     "diverged": r["own_end"], "MLflow trial runs": r["runs"], "one run per trial": r["one_run_each"],
-                     "metric points per run": r["points_mean"], "metric keys per run": r["keys_mean"],
-                     "points at a repeated step": r["repeated_steps"], "epochs trained": r["epochs_run"],
-                     "train s": r["train_seconds"],
-                     "MLflow store calls": sum(calls.values()) if calls is not None else None,
-                     "calls per epoch": sum(calls.values()) / max(1, r["epochs_run"]) if calls is not None else None,
-                     "best val accuracy": r["best"],
-                     "walls": [round(x["wall"], 2) for x in results[side]]})
+        rows.append(
+            {
+                "side": labels[side],
+                "wall s": walls[side],
+                "baseline / product": walls[side] / walls["product"],
+                "trials finished": r["finished"],
+                "trials": r["trials"],
+                "stopped early": r["stopped"],
+                "diverged": r["own_end"],
+                "MLflow trial runs": r["runs"],
+                "one run per trial": r["one_run_each"],
+                "metric points per run": r["points_mean"],
+                "metric keys per run": r["keys_mean"],
+                "points at a repeated step": r["repeated_steps"],
+                "epochs trained": r["epochs_run"],
+                "train s": r["train_seconds"],
+                "MLflow store calls": sum(calls.values()) if calls is not None else None,
+                "calls per epoch": sum(calls.values()) / max(1, r["epochs_run"]) if calls is not None else None,
+                "best val accuracy": r["best"],
+                "walls": [round(x["wall"], 2) for x in results[side]],
+            }
+        )
     ratio = walls["baseline"] / walls["product"]
-    headline = Headline("baseline (Ray Tune) wall / product wall", ratio, "x", "> 1", ratio > 1,
-                        "reuse_actors=True" if args.reuse_actors else "Tune's defaults")
-    notes = [f"optimizers={args.optimizers} trials={args.trials} epochs={args.epochs} workers={args.workers} "
-             f"scheduler={args.scheduler} product={args.product} reuse_actors={args.reuse_actors}; wall: median of "
-             f"{args.repeats} repeat(s), counts from each side's median-wall repeat",
-             f"baseline: Optuna states inside OptunaSearch {dict(shown['baseline']['optuna_states'])}, scheduler "
-             f"PAUSE decisions {shown['baseline']['paused']}"]
-    params = {k: getattr(args, k) for k in ("optimizers", "trials", "epochs", "workers", "repeats", "scheduler",
-                                             "product", "reuse_actors")}
+    headline = Headline(
+        "baseline (Ray Tune) wall / product wall",
+        ratio,
+        "x",
+        "> 1",
+        ratio > 1,
+        "reuse_actors=True" if args.reuse_actors else "Tune's defaults",
+    )
+    notes = [
+        f"optimizers={args.optimizers} trials={args.trials} epochs={args.epochs} workers={args.workers} "
+        f"scheduler={args.scheduler} product={args.product} reuse_actors={args.reuse_actors}; wall: median of "
+        f"{args.repeats} repeat(s), counts from each side's median-wall repeat",
+        f"baseline: Optuna states inside OptunaSearch {dict(shown['baseline']['optuna_states'])}, scheduler "
+        f"PAUSE decisions {shown['baseline']['paused']}",
+    ]
+    params = {
+        k: getattr(args, k)
+        for k in ("optimizers", "trials", "epochs", "workers", "repeats", "scheduler", "product", "reuse_actors")
+    }
     return BenchResult("tune_baseline", args.size, rows, [headline], notes, params)
 
 

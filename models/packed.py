@@ -14,6 +14,7 @@ Two ways to run the members together, chosen by measurement (bench/packing.py):
 * **torch.func.vmap over functional_call** for any other model (``resnet18``, ``fastnet``): the
   same model code, each member's parameters and BatchNorm buffers mapped over.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,7 +32,8 @@ def fusable(model: nn.Module) -> bool:
     """Whether the fused layers can run ``model``: a flat Sequential of layers they know."""
     return isinstance(model, nn.Sequential) and all(
         isinstance(m, FUSABLE) and not (isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) != (1, -1))
-        for m in model)
+        for m in model
+    )
 
 
 class _PackedLinear(torch.autograd.Function):
@@ -88,10 +90,13 @@ class PackedModel:
     def __init__(self, model: nn.Module, members: int):
         self.template = model
         self.members = members
-        self.params = {n: p.detach().unsqueeze(0).repeat((members,) + (1,) * p.dim()).requires_grad_()
-                       for n, p in model.named_parameters()}
-        self.buffers = {n: b.detach().unsqueeze(0).repeat((members,) + (1,) * b.dim())
-                        for n, b in model.named_buffers()}
+        self.params = {
+            n: p.detach().unsqueeze(0).repeat((members,) + (1,) * p.dim()).requires_grad_()
+            for n, p in model.named_parameters()
+        }
+        self.buffers = {
+            n: b.detach().unsqueeze(0).repeat((members,) + (1,) * b.dim()) for n, b in model.named_buffers()
+        }
         self.fused = fusable(model)
         self.training = True
         if not self.fused:
@@ -102,12 +107,12 @@ class PackedModel:
 
             self._mapped = vmap(one, in_dims=(0, 0, None))
 
-    def train(self, mode: bool = True) -> "PackedModel":
+    def train(self, mode: bool = True) -> PackedModel:
         self.training = mode
         self.template.train(mode)
         return self
 
-    def eval(self) -> "PackedModel":
+    def eval(self) -> PackedModel:
         return self.train(False)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -152,10 +157,16 @@ class PackedModel:
                     x, layout = x.repeat(1, m, 1, 1), "conv"
                 if self.training and layer.track_running_stats:
                     b["num_batches_tracked"].add_(1)
-                x = F.batch_norm(x, b["running_mean"].view(-1), b["running_var"].view(-1),
-                                 p["weight"].reshape(-1) if "weight" in p else None,
-                                 p["bias"].reshape(-1) if "bias" in p else None,
-                                 self.training, layer.momentum, layer.eps)
+                x = F.batch_norm(
+                    x,
+                    b["running_mean"].view(-1),
+                    b["running_var"].view(-1),
+                    p["weight"].reshape(-1) if "weight" in p else None,
+                    p["bias"].reshape(-1) if "bias" in p else None,
+                    self.training,
+                    layer.momentum,
+                    layer.eps,
+                )
             elif layout == "dense" and isinstance(layer, _POOLS):
                 raise ValueError("a pooling layer after Flatten")
             else:  # activations and pools act per channel or per element: the layout is unchanged

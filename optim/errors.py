@@ -3,6 +3,7 @@
 The sweep's config turns it into its own ``ConfigError`` from these two fields, never by parsing
 the message text. Kept free of imports, like the registries.
 """
+
 from __future__ import annotations
 
 

@@ -13,10 +13,11 @@ The state keeps torch.optim's names (``momentum_buffer``, ``exp_avg`` ...), so o
 becomes a solo optimizer's ``state_dict`` (``member_state``): a member's checkpoint is a solo
 trial's checkpoint, and a pack that has to be re-run goes on solo from it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -62,6 +63,7 @@ def _pytorch_momentum(nesterov: bool):
         buf = state["momentum_buffer"]
         buf.mul_(hp["momentum"]).add_(g)  # torch seeds the buffer with the first gradient: 0*mu + g
         p.sub_(_f32(lr, p) * (g + hp["momentum"] * buf if nesterov else buf))
+
     return update
 
 
@@ -71,6 +73,7 @@ def _heavy_ball(nesterov: bool):
         v = state["velocity"]
         v.mul_(hp["momentum"]).add_(_f32(lr, p) * g)
         p.sub_(hp["momentum"] * v + _f32(lr, p) * g if nesterov else v)
+
     return update
 
 
@@ -80,6 +83,7 @@ def _ema(nesterov: bool):
         v = state["velocity"]
         v.mul_(hp["momentum"]).add_(hp["one_minus_momentum"] * g)
         p.sub_(_f32(lr, p) * (hp["momentum"] * v + hp["one_minus_momentum"] * g if nesterov else v))
+
     return update
 
 
@@ -108,6 +112,7 @@ def _adam(decoupled: bool):
         step_size = _f32(lr / (1 - hp["beta1_f64"] ** step), p)
         correction2_sqrt = _f32((1 - hp["beta2_f64"] ** step).sqrt(), p)
         p.sub_(step_size * exp_avg / (exp_avg_sq.sqrt() / correction2_sqrt).add_(ADAM_EPS))
+
     return update
 
 

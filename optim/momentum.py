@@ -4,6 +4,7 @@
 (``MomentumSGD``). That module imports torch, so it is imported on first access to
 ``optim.momentum.MomentumSGD``; importing this module stays torch-free for config validation.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

@@ -21,6 +21,7 @@ heavy_ball p <- p - (mu*v_new + lr*g); ema p <- p - lr*(beta*v_new + (1-beta)*g)
 This module imports torch; ``optim.momentum`` holds the torch-free names (``FORMULATIONS``) and
 re-exports ``MomentumSGD`` on first access.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,14 +30,20 @@ import torch
 class MomentumSGD(torch.optim.Optimizer):
     """SGD with heavy-ball or EMA momentum, optional Nesterov look-ahead and L2 weight decay."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, formulation: str = "heavy_ball",
-                 nesterov: bool = False, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        formulation: str = "heavy_ball",
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ):
         if formulation not in ("heavy_ball", "ema"):
             raise ValueError(f"formulation must be heavy_ball or ema, got {formulation!r}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        defaults = dict(lr=lr, momentum=momentum, formulation=formulation, nesterov=nesterov,
-                        weight_decay=weight_decay)
+        defaults = dict(lr=lr, momentum=momentum, formulation=formulation, nesterov=nesterov, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
     @torch.no_grad()

@@ -8,10 +8,12 @@ The registry is data and importing this module does not import torch: each ``bui
 torch through ``_torch_optim()`` when it is called, so listing and validating optimizers stays
 fast. Only building an optimizer pays for importing torch.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from optim.errors import SpecError, UnknownEntry
 from optim.momentum import FORMULATIONS
@@ -46,12 +48,20 @@ def _torch_optim():
 def _momentum_sgd(nesterov: bool):
     def build(params, hp):
         if hp["formulation"] == "pytorch":
-            return _torch_optim().SGD(params, lr=hp["lr"], momentum=hp["momentum"], nesterov=nesterov,
-                                      weight_decay=hp["weight_decay"])
+            return _torch_optim().SGD(
+                params, lr=hp["lr"], momentum=hp["momentum"], nesterov=nesterov, weight_decay=hp["weight_decay"]
+            )
         from optim.momentum_sgd import MomentumSGD
 
-        return MomentumSGD(params, lr=hp["lr"], momentum=hp["momentum"], nesterov=nesterov,
-                           formulation=hp["formulation"], weight_decay=hp["weight_decay"])
+        return MomentumSGD(
+            params,
+            lr=hp["lr"],
+            momentum=hp["momentum"],
+            nesterov=nesterov,
+            formulation=hp["formulation"],
+            weight_decay=hp["weight_decay"],
+        )
+
     return build
 
 
@@ -62,63 +72,77 @@ _LR_ADAGRAD = LogUniform(1e-4, 0.3)
 _LR_ADAPTIVE = LogUniform(1e-5, 0.1)
 _MOMENTUM = OneMinusLogUniform(0.5, 0.999)
 
-OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in [
-    OptimizerSpec(
-        "sgd",
-        lambda params, hp: _torch_optim().SGD(params, lr=hp["lr"], weight_decay=hp["weight_decay"]),
-        {"lr": 0.1, "weight_decay": 0.0},
-        {"lr": _LR_SGD},
-        "plain mini-batch SGD",
-    ),
-    OptimizerSpec(
-        "momentum", _momentum_sgd(nesterov=False),
-        {"lr": 0.01, "momentum": 0.9, "formulation": "pytorch", "weight_decay": 0.0},
-        {"lr": _LR_SGD, "momentum": _MOMENTUM},
-        "SGD with classical (heavy-ball) momentum; formulation selects pytorch/heavy_ball/ema",
-    ),
-    OptimizerSpec(
-        "nesterov", _momentum_sgd(nesterov=True),
-        {"lr": 0.01, "momentum": 0.9, "formulation": "pytorch", "weight_decay": 0.0},
-        {"lr": _LR_SGD, "momentum": _MOMENTUM},
-        "SGD with Nesterov look-ahead momentum",
-        ranges={"momentum": OPEN_UNIT},  # torch refuses Nesterov without momentum
-    ),
-    OptimizerSpec(
-        "adagrad",
-        lambda params, hp: _torch_optim().Adagrad(params, lr=hp["lr"], weight_decay=hp["weight_decay"]),
-        {"lr": 0.01, "weight_decay": 0.0},
-        {"lr": _LR_ADAGRAD},
-        "per-parameter step sizes from the sum of squared gradients",
-    ),
-    OptimizerSpec(
-        "rmsprop",
-        lambda params, hp: _torch_optim().RMSprop(params, lr=hp["lr"], alpha=hp["alpha"],
-                                                  weight_decay=hp["weight_decay"]),
-        {"lr": 0.001, "alpha": 0.99, "weight_decay": 0.0},
-        {"lr": _LR_ADAPTIVE, "alpha": OneMinusLogUniform(0.8, 0.999)},
-        "step sizes from a moving average of squared gradients",
-    ),
-    OptimizerSpec(
-        "adam",
-        lambda params, hp: _torch_optim().Adam(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
-                                               weight_decay=hp["weight_decay"]),
-        {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0},
-        {"lr": _LR_ADAPTIVE, "beta1": OneMinusLogUniform(0.5, 0.99)},
-        "Adam with coupled L2 weight decay",
-    ),
-    OptimizerSpec(
-        "adamw",
-        lambda params, hp: _torch_optim().AdamW(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
-                                                weight_decay=hp["weight_decay"]),
-        {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01},
-        {"lr": _LR_ADAPTIVE, "beta1": OneMinusLogUniform(0.5, 0.99), "weight_decay": LogUniform(1e-5, 0.1)},
-        "Adam with decoupled weight decay",
-    ),
-]}
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    spec.name: spec
+    for spec in [
+        OptimizerSpec(
+            "sgd",
+            lambda params, hp: _torch_optim().SGD(params, lr=hp["lr"], weight_decay=hp["weight_decay"]),
+            {"lr": 0.1, "weight_decay": 0.0},
+            {"lr": _LR_SGD},
+            "plain mini-batch SGD",
+        ),
+        OptimizerSpec(
+            "momentum",
+            _momentum_sgd(nesterov=False),
+            {"lr": 0.01, "momentum": 0.9, "formulation": "pytorch", "weight_decay": 0.0},
+            {"lr": _LR_SGD, "momentum": _MOMENTUM},
+            "SGD with classical (heavy-ball) momentum; formulation selects pytorch/heavy_ball/ema",
+        ),
+        OptimizerSpec(
+            "nesterov",
+            _momentum_sgd(nesterov=True),
+            {"lr": 0.01, "momentum": 0.9, "formulation": "pytorch", "weight_decay": 0.0},
+            {"lr": _LR_SGD, "momentum": _MOMENTUM},
+            "SGD with Nesterov look-ahead momentum",
+            ranges={"momentum": OPEN_UNIT},  # torch refuses Nesterov without momentum
+        ),
+        OptimizerSpec(
+            "adagrad",
+            lambda params, hp: _torch_optim().Adagrad(params, lr=hp["lr"], weight_decay=hp["weight_decay"]),
+            {"lr": 0.01, "weight_decay": 0.0},
+            {"lr": _LR_ADAGRAD},
+            "per-parameter step sizes from the sum of squared gradients",
+        ),
+        OptimizerSpec(
+            "rmsprop",
+            lambda params, hp: _torch_optim().RMSprop(
+                params, lr=hp["lr"], alpha=hp["alpha"], weight_decay=hp["weight_decay"]
+            ),
+            {"lr": 0.001, "alpha": 0.99, "weight_decay": 0.0},
+            {"lr": _LR_ADAPTIVE, "alpha": OneMinusLogUniform(0.8, 0.999)},
+            "step sizes from a moving average of squared gradients",
+        ),
+        OptimizerSpec(
+            "adam",
+            lambda params, hp: _torch_optim().Adam(
+                params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), weight_decay=hp["weight_decay"]
+            ),
+            {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0},
+            {"lr": _LR_ADAPTIVE, "beta1": OneMinusLogUniform(0.5, 0.99)},
+            "Adam with coupled L2 weight decay",
+        ),
+        OptimizerSpec(
+            "adamw",
+            lambda params, hp: _torch_optim().AdamW(
+                params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), weight_decay=hp["weight_decay"]
+            ),
+            {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01},
+            {"lr": _LR_ADAPTIVE, "beta1": OneMinusLogUniform(0.5, 0.99), "weight_decay": LogUniform(1e-5, 0.1)},
+            "Adam with decoupled weight decay",
+        ),
+    ]
+}
 
 CATEGORICAL_HYPERPARAMETERS = {"formulation": FORMULATIONS}
-NUMERIC_RANGES = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE, "momentum": UNIT, "alpha": UNIT,
-                  "beta1": UNIT, "beta2": UNIT}
+NUMERIC_RANGES = {
+    "lr": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "momentum": UNIT,
+    "alpha": UNIT,
+    "beta1": UNIT,
+    "beta2": UNIT,
+}
 
 
 def resolve_hyperparameters(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,7 +167,9 @@ def get_optimizer(name: str) -> OptimizerSpec:
     try:
         return OPTIMIZERS[name]
     except KeyError:
-        raise UnknownEntry("optimizer", f"unknown optimizer {name!r}; choose from: {', '.join(sorted(OPTIMIZERS))}") from None
+        raise UnknownEntry(
+            "optimizer", f"unknown optimizer {name!r}; choose from: {', '.join(sorted(OPTIMIZERS))}"
+        ) from None
 
 
 def build_optimizer(name: str, params: Iterable, hp: Mapping[str, Any]) -> torch.optim.Optimizer:

@@ -1,4 +1,5 @@
 """Allowed ranges of hyperparameters as data, so bad values fail at config time, not mid-trial."""
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ class Interval:
 
 POSITIVE = Interval(low_open=True)
 NON_NEGATIVE = Interval()
-UNIT = Interval(0.0, 1.0)                       # [0, 1): momentum-like averaging factors
-OPEN_UNIT = Interval(0.0, 1.0, low_open=True)   # (0, 1)
+UNIT = Interval(0.0, 1.0)  # [0, 1): momentum-like averaging factors
+OPEN_UNIT = Interval(0.0, 1.0, low_open=True)  # (0, 1)
 NON_NEGATIVE_INT = Interval(integer=True)
 POSITIVE_INT = Interval(1, integer=True)

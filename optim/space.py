@@ -4,10 +4,12 @@ Each distribution knows how to ask an Optuna trial for a value under a given nam
 prefixed by the caller (e.g. ``cosine.min_lr_factor``) so conditional parameters of different
 choices never collide in one study.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ Exit codes are decided here: 0 done, 1 a failed trial (train) or a sweep stopped
 went away or an unexpected error, 2 bad input (nothing written), 130/143 stopped by Ctrl-C/SIGTERM.
 Help, `ls` and bad input import neither torch, Ray nor MLflow, so they answer at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,14 +55,20 @@ def cmd_train(args) -> int:
         data = load_data(tc)
     except DatasetUnavailable as exc:
         return _fail(f"{exc.key}: {exc}")
-    print(f"train {tc.model} on {tc.dataset} ({len(data.train_x)} train / {len(data.val_x)} val / "
-          f"{len(data.test_x)} test) with {tc.optimizer} {tc.optimizer_params or ''} "
-          f"schedule {tc.schedule} {tc.schedule_params or ''}", flush=True)
+    print(
+        f"train {tc.model} on {tc.dataset} ({len(data.train_x)} train / {len(data.val_x)} val / "
+        f"{len(data.test_x)} test) with {tc.optimizer} {tc.optimizer_params or ''} "
+        f"schedule {tc.schedule} {tc.schedule_params or ''}",
+        flush=True,
+    )
 
     def report(m):
-        print(f"epoch {m.epoch:3d}/{tc.epochs}  train loss {m.train_loss:.4f} acc {m.train_accuracy:.4f}  "
-              f"val loss {m.val_loss:.4f} acc {m.val_accuracy:.4f}  lr {m.scheduled_lr:.3g}  "
-              f"{m.epoch_seconds:.2f}s {m.images_per_second:,.0f} img/s", flush=True)
+        print(
+            f"epoch {m.epoch:3d}/{tc.epochs}  train loss {m.train_loss:.4f} acc {m.train_accuracy:.4f}  "
+            f"val loss {m.val_loss:.4f} acc {m.val_accuracy:.4f}  lr {m.scheduled_lr:.3g}  "
+            f"{m.epoch_seconds:.2f}s {m.images_per_second:,.0f} img/s",
+            flush=True,
+        )
 
     result = run_trial(tc, data, report)
     summary = f"status {result.status.value}"
@@ -89,8 +96,9 @@ def _drive(cfg, start) -> int:
         print(f"\nstopped by {signal.Signals(signum).name}; finished trials are kept; {hint}", file=sys.stderr)
         return 128 + signum
     except StoreUnavailable as exc:
-        return _fail(f"{exc}\nthe sweep stopped; finished trials are kept, the interrupted ones run again; {hint}",
-                     FAILED, urls)
+        return _fail(
+            f"{exc}\nthe sweep stopped; finished trials are kept, the interrupted ones run again; {hint}", FAILED, urls
+        )
     except Exception as exc:  # unexpected: the whole traceback goes to a file, one line to the terminal
         try:
             log = sweep_dir.write_driver_log(exc, *urls) if sweep_dir.path.is_dir() else None
@@ -109,8 +117,10 @@ def _print_report(built, name: str, output_dir) -> None:
     from sweep.report.files import terminal_table
 
     print(terminal_table(built.comparison))
-    print(f"\nreport:  {built.html}\n         PNGs, comparison.csv and comparison.md beside it; summary.json in "
-          f"{built.folder.parent}\nMLflow:  sweep ui {name} --output-dir {output_dir}  (the 'report' run holds it)")
+    print(
+        f"\nreport:  {built.html}\n         PNGs, comparison.csv and comparison.md beside it; summary.json in "
+        f"{built.folder.parent}\nMLflow:  sweep ui {name} --output-dir {output_dir}  (the 'report' run holds it)"
+    )
 
 
 def cmd_report(args) -> int:
@@ -160,8 +170,10 @@ def cmd_submit(args) -> int:
     try:
         return submit.follow(job)
     except KeyboardInterrupt:
-        print(f"\nstopped following; the job keeps running (ray job stop {job.job_id} --address {job.address})",
-              file=sys.stderr)
+        print(
+            f"\nstopped following; the job keeps running (ray job stop {job.job_id} --address {job.address})",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -181,8 +193,9 @@ def _saved_sweep(args, overrides: list[str]):
     sweep_dir = SweepDir.of(args.output_dir, args.name)
     saved = sweep_dir.saved_config()
     if saved is None:
-        raise _Refused(_fail(f"name: no sweep {args.name!r} under {sweep_dir.path.parent} "
-                             "(see `sweep ls --output-dir DIR`)"))
+        raise _Refused(
+            _fail(f"name: no sweep {args.name!r} under {sweep_dir.path.parent} (see `sweep ls --output-dir DIR`)")
+        )
     try:
         return sweep_dir, from_saved(saved, [*overrides, f"output_dir={sweep_dir.path.parent}"])
     except ConfigError as exc:
@@ -217,8 +230,14 @@ def cmd_ui(args) -> int:
     from sweep.ui import ServerStartError, serve
 
     try:
-        return serve(stores.tracking_uri, saved.get("name", sweep_dir.name), args.host, args.port, args.verbose,
-                     sweep_dir.artifacts if stores.local_tracking else None)
+        return serve(
+            stores.tracking_uri,
+            saved.get("name", sweep_dir.name),
+            args.host,
+            args.port,
+            args.verbose,
+            sweep_dir.artifacts if stores.local_tracking else None,
+        )
     except ConfigError as exc:
         return _fail(str(exc))
     except ServerStartError as exc:
@@ -231,23 +250,38 @@ def _registries() -> str:
     from sweep.core.datasets import DATASETS
     from sweep.core.registries import PRUNER_NAMES, SAMPLER_NAMES
 
-    return "\n".join(f"  {title:<11} {', '.join(names)}" for title, names in [
-        ("optimizers", sorted(OPTIMIZERS)), ("schedules", sorted(SCHEDULES)), ("models", sorted(MODELS)),
-        ("datasets", sorted(DATASETS)), ("samplers", SAMPLER_NAMES), ("pruners", PRUNER_NAMES)])
+    return "\n".join(
+        f"  {title:<11} {', '.join(names)}"
+        for title, names in [
+            ("optimizers", sorted(OPTIMIZERS)),
+            ("schedules", sorted(SCHEDULES)),
+            ("models", sorted(MODELS)),
+            ("datasets", sorted(DATASETS)),
+            ("samplers", SAMPLER_NAMES),
+            ("pruners", PRUNER_NAMES),
+        ]
+    )
 
 
 def _epilog(command: str) -> str:
     examples = {
-        "train": ["sweep train optimizer=adam optimizer.lr=0.003 epochs=3",
-                  "sweep train optimizer=momentum schedule=cosine schedule.warmup_epochs=1 device=cuda bf16=true",
-                  "sweep train optimizer=nesterov --print-config"],
-        "run": ["sweep run", "sweep run quickstart optimizers=[sgd,momentum,adam] trials=20 name=my-sweep",
-                "sweep run cifar10 download=true num_gpus=0.25 --output-dir /data/sweeps",
-                "sweep run storage=postgresql://me@db/optuna tracking_uri=http://mlflow:5000 --print-config"],
+        "train": [
+            "sweep train optimizer=adam optimizer.lr=0.003 epochs=3",
+            "sweep train optimizer=momentum schedule=cosine schedule.warmup_epochs=1 device=cuda bf16=true",
+            "sweep train optimizer=nesterov --print-config",
+        ],
+        "run": [
+            "sweep run",
+            "sweep run quickstart optimizers=[sgd,momentum,adam] trials=20 name=my-sweep",
+            "sweep run cifar10 download=true num_gpus=0.25 --output-dir /data/sweeps",
+            "sweep run storage=postgresql://me@db/optuna tracking_uri=http://mlflow:5000 --print-config",
+        ],
     }[command]
-    return (f"configs in conf/: {', '.join(config_names())} (or a path to a .yaml file)\n\n"
-            f"keys (key=value; lists as [a,b]; optimizer.KEY / schedule.KEY fix a group value):\n{key_table()}\n\n"
-            f"registries:\n{_registries()}\n\nexamples:\n" + "\n".join(f"  {e}" for e in examples))
+    return (
+        f"configs in conf/: {', '.join(config_names())} (or a path to a .yaml file)\n\n"
+        f"keys (key=value; lists as [a,b]; optimizer.KEY / schedule.KEY fix a group value):\n{key_table()}\n\n"
+        f"registries:\n{_registries()}\n\nexamples:\n" + "\n".join(f"  {e}" for e in examples)
+    )
 
 
 def _version() -> str:
@@ -271,8 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The commands and their options. Long because it is one declaration per command, read top to
     bottom like the help it prints; split, the commands' options would be scattered."""
     parser = argparse.ArgumentParser(
-        prog="sweep", description="Compare optimizers on CNNs: Optuna searches, Ray trains, MLflow records.",
-        epilog="`sweep COMMAND --help` lists a command's keys, registries and examples.")
+        prog="sweep",
+        description="Compare optimizers on CNNs: Optuna searches, Ray trains, MLflow records.",
+        epilog="`sweep COMMAND --help` lists a command's keys, registries and examples.",
+    )
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     formatter = argparse.RawDescriptionHelpFormatter
@@ -281,58 +317,89 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "quickstart", "run (or continue) a sweep: one Optuna study per optimizer"),
     ]:
         p = sub.add_parser(name, help=text, description=text, epilog=_epilog(name), formatter_class=formatter)
-        p.add_argument("config", nargs="?", default=None,
-                       help=f"config name in conf/ or a .yaml path (default: {default})")
+        p.add_argument(
+            "config", nargs="?", default=None, help=f"config name in conf/ or a .yaml path (default: {default})"
+        )
         p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. epochs=3 optimizer.lr=0.01")
         p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
         if name == "run":
-            p.add_argument("--output-dir", default=None, help="folder of sweeps (same as output_dir=; default ./sweeps)")
+            p.add_argument(
+                "--output-dir", default=None, help="folder of sweeps (same as output_dir=; default ./sweeps)"
+            )
         p.set_defaults(func=func)
     text = "run a sweep's driver as a Ray job on a cluster (it keeps running when this machine disconnects)"
-    p = sub.add_parser("submit", help=text, formatter_class=formatter,
-                       description=text + ". The config is checked like `sweep run`; the job runs `sweep run` "
-                                          "on the head node with the project shipped in its runtime_env.",
-                       epilog="examples:\n  sweep submit quickstart storage=postgresql://sweep@postgres/optuna "
-                              "tracking_uri=http://mlflow:5000 output_dir=/sweeps --address http://127.0.0.1:8265\n"
-                              "  sweep submit cifar10 num_gpus=0.25 workers=8 output_dir=/sweeps --follow")
-    p.add_argument("config", nargs="?", default=None, help="config name in conf/ or a .yaml path in the project "
-                                                           "(default: quickstart)")
+    p = sub.add_parser(
+        "submit",
+        help=text,
+        formatter_class=formatter,
+        description=text + ". The config is checked like `sweep run`; the job runs `sweep run` "
+        "on the head node with the project shipped in its runtime_env.",
+        epilog="examples:\n  sweep submit quickstart storage=postgresql://sweep@postgres/optuna "
+        "tracking_uri=http://mlflow:5000 output_dir=/sweeps --address http://127.0.0.1:8265\n"
+        "  sweep submit cifar10 num_gpus=0.25 workers=8 output_dir=/sweeps --follow",
+    )
+    p.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="config name in conf/ or a .yaml path in the project (default: quickstart)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, as for `sweep run`")
-    p.add_argument("--address", default=None, help="the Ray head's dashboard (job server) address "
-                                                    "(default: $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)")
-    p.add_argument("--output-dir", default=None, help="folder of sweeps on the head node (same as output_dir=; "
-                                                      "must be absolute)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="the Ray head's dashboard (job server) address "
+        "(default: $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)",
+    )
+    p.add_argument(
+        "--output-dir", default=None, help="folder of sweeps on the head node (same as output_dir=; must be absolute)"
+    )
     p.add_argument("--follow", action="store_true", help="print the job's logs until it ends; exit with its status")
     p.set_defaults(func=cmd_submit)
-    p = sub.add_parser("resume", help="continue a sweep from where it stopped (overrides: trials=, workers=, ...)",
-                       description="Continue a sweep: finished trials are kept, interrupted ones run again, each "
-                                   "optimizer is topped up to `trials`. Keys that define the experiment cannot change.")
+    p = sub.add_parser(
+        "resume",
+        help="continue a sweep from where it stopped (overrides: trials=, workers=, ...)",
+        description="Continue a sweep: finished trials are kept, interrupted ones run again, each "
+        "optimizer is topped up to `trials`. Keys that define the experiment cannot change.",
+    )
     p.add_argument("name")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. trials=10 to top up, workers=4")
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.set_defaults(func=cmd_resume)
-    p = sub.add_parser("report", help="build a sweep's report (HTML, PNGs, CSV, Markdown; logged to MLflow)",
-                       description="Build the report of a finished or still-running sweep from its Optuna studies "
-                                   "and MLflow runs: the ranking by mean test accuracy over the re-evaluation seeds "
-                                   "with ties marked, tuning-budget curves and plots, written to <sweep>/report/ "
-                                   "and logged on the sweep's 'report' run in MLflow. `sweep run` builds it at the end.")
+    p = sub.add_parser(
+        "report",
+        help="build a sweep's report (HTML, PNGs, CSV, Markdown; logged to MLflow)",
+        description="Build the report of a finished or still-running sweep from its Optuna studies "
+        "and MLflow runs: the ranking by mean test accuracy over the re-evaluation seeds "
+        "with ties marked, tuning-budget curves and plots, written to <sweep>/report/ "
+        "and logged on the sweep's 'report' run in MLflow. `sweep run` builds it at the end.",
+    )
     p.add_argument("name")
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("ls", help="list the sweeps in the output directory", description="List sweeps: name, "
-                       "state (running / finished / interrupted), optimizers, trials, best result.")
+    p = sub.add_parser(
+        "ls",
+        help="list the sweeps in the output directory",
+        description="List sweeps: name, state (running / finished / interrupted), optimizers, trials, best result.",
+    )
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")
     p.set_defaults(func=cmd_ls)
-    p = sub.add_parser("ui", help="serve the MLflow UI on a sweep's tracking store",
-                       description="Serve the MLflow UI for a sweep (the newest one without NAME); prints the "
-                                   "runs-table URL once the server answers; Ctrl-C or SIGTERM stops it.")
+    p = sub.add_parser(
+        "ui",
+        help="serve the MLflow UI on a sweep's tracking store",
+        description="Serve the MLflow UI for a sweep (the newest one without NAME); prints the "
+        "runs-table URL once the server answers; Ctrl-C or SIGTERM stops it.",
+    )
     p.add_argument("name", nargs="?", default=None)
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--verbose", action="store_true",
-                   help="pass the MLflow server's own output through (start-up, access log); else only its errors")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="pass the MLflow server's own output through (start-up, access log); else only its errors",
+    )
     p.set_defaults(func=cmd_ui)
     return parser
 

@@ -7,6 +7,7 @@ already taken is refused up front instead of the server logging "Address already
 exiting 0. The server's own output (its start-up notices, a deprecation warning, one access-log
 line per HTTP request) is kept back unless ``verbose``: only its errors are passed on.
 """
+
 from __future__ import annotations
 
 import errno
@@ -21,13 +22,14 @@ import threading
 import time
 import urllib.request
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
-from sweep.core.errors import ConfigError, SweepError
 from sweep.core.credentials import is_server
+from sweep.core.errors import ConfigError, SweepError
 
 POLL_S = 0.5  # between two /health requests, and between two checks of the stop flag
 HEALTH_TIMEOUT_S = 2.0  # one /health request
@@ -93,8 +95,10 @@ def remote_hint(tracking_uri: str, experiment: str) -> str:
             target = ui_url(tracking_uri, experiment, target)
         except Exception:  # noqa: BLE001 - auth, proxies, old servers: the base URL still helps
             pass
-    return (f"experiment {experiment!r} is logged to the MLflow server at {tracking_uri}, "
-            f"which serves the UI itself: open {target}")
+    return (
+        f"experiment {experiment!r} is logged to the MLflow server at {tracking_uri}, "
+        f"which serves the UI itself: open {target}"
+    )
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -106,7 +110,8 @@ def check_port_free(host: str, port: int) -> None:
         raise ConfigError("port", f"{port} is not a TCP port (1-65535)")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as exc:
         raise ConfigError("host", f"cannot resolve {host!r}: {exc.strerror}") from None
     with socket.socket(family, kind, proto) as sock:
@@ -115,22 +120,38 @@ def check_port_free(host: str, port: int) -> None:
             sock.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise ConfigError("port", f"{host}:{port} is already in use (another sweep ui or "
-                                          f"MLflow server?); pick another with --port") from None
+                raise ConfigError(
+                    "port",
+                    f"{host}:{port} is already in use (another sweep ui or MLflow server?); pick another with --port",
+                ) from None
             raise ConfigError("port", f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
     """One uvicorn worker: the UI serves one person, and 4 workers take 4x longer to start."""
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-            "--host", host, "--port", str(port), "--workers", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
 
 
 def server_env() -> dict[str, str]:
     """Without MLflow's job runner: it starts 8 more processes (GenAI job queues) and leaves a
     directory in /dev/shm behind on every start; browsing a sweep's runs needs none of it."""
-    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION":
-            os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+    return {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
+    }
 
 
 @dataclass
@@ -146,8 +167,14 @@ class Server:
     @classmethod
     def launch(cls, command: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> Server:
         """Its own session: Ctrl-C in the terminal reaches only us, and we stop the whole group."""
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         server = cls(process, quiet=quiet)
         server.pump = threading.Thread(target=server._forward, args=(process.stdout,), daemon=True)
         server.pump.start()
@@ -193,13 +220,17 @@ class Server:
         deadline = time.monotonic() + deadline_s
         while not stop.is_set():
             if self.process.poll() is not None:
-                raise ServerStartError(f"the MLflow server exited (code {self.process.returncode}) "
-                                       f"before answering {health_url}: {self.last_line()}")
+                raise ServerStartError(
+                    f"the MLflow server exited (code {self.process.returncode}) "
+                    f"before answering {health_url}: {self.last_line()}"
+                )
             if is_healthy(health_url):
                 return True
             if time.monotonic() > deadline:
-                raise ServerStartError(f"the MLflow server did not answer {health_url} within "
-                                       f"{deadline_s:g} s; stopped it. Last output: {self.last_line()}")
+                raise ServerStartError(
+                    f"the MLflow server did not answer {health_url} within "
+                    f"{deadline_s:g} s; stopped it. Last output: {self.last_line()}"
+                )
             time.sleep(POLL_S)
         return False
 
@@ -207,8 +238,9 @@ class Server:
         """Serve until ``stop`` is set (0), or until the server dies on its own (1)."""
         while not stop.is_set():
             if self.process.poll() is not None:
-                print(f"the MLflow server stopped (code {self.process.returncode}): {self.last_line()}",
-                      file=sys.stderr)
+                print(
+                    f"the MLflow server stopped (code {self.process.returncode}): {self.last_line()}", file=sys.stderr
+                )
                 return 1
             time.sleep(POLL_S)
         return 0
@@ -255,8 +287,14 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
-def serve(tracking_uri: str, experiment: str, host: str = "127.0.0.1", port: int = 5000, verbose: bool = False,
-          artifacts: Path | None = None) -> int:
+def serve(
+    tracking_uri: str,
+    experiment: str,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    verbose: bool = False,
+    artifacts: Path | None = None,
+) -> int:
     """Serve the MLflow UI on a sweep's tracking store until SIGINT/SIGTERM; return the exit code.
     ``verbose``: pass all the server's output through (else only its errors). ``artifacts``: the
     sweep directory's ``artifacts/``, where the store's artifact locations are pointed first if

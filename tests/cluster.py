@@ -12,6 +12,7 @@ node failure detection is shortened through its system config (``RAY_health_chec
 variables, read by the GCS) so a lost node is declared dead in seconds instead of ~30 s.
 Every namespace, link, process and database made here is removed in ``close()``, test failed or not.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,9 +38,14 @@ SUBNET = "10.213.{}"  # 10.213.<index>.0/24: one /24 per worker host, head side 
 # A node is declared dead after 3 missed checks 1 s apart (Ray's defaults: 3 x 3 s, plus timeouts).
 # gRPC keepalive pings (every 1 s, 1 s to answer) also end calls into a host whose link is cut; without
 # them a driver's call pushing a task to that host waits on TCP for minutes, and so does the task's retry.
-HEALTH_CHECK = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
-                "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3",
-                "RAY_grpc_client_keepalive_time_ms": "1000", "RAY_grpc_client_keepalive_timeout_ms": "1000"}
+HEALTH_CHECK = {
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+    "RAY_grpc_client_keepalive_time_ms": "1000",
+    "RAY_grpc_client_keepalive_timeout_ms": "1000",
+}
 START_TIMEOUT_S = 120
 
 
@@ -136,8 +142,9 @@ class Process:
     @classmethod
     def start(cls, args: list[str], log: Path, env: dict[str, str]) -> Process:
         with open(log, "wb") as out:
-            popen = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+            popen = subprocess.Popen(
+                args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return cls(popen, log)
 
     def alive(self) -> bool:
@@ -210,8 +217,15 @@ class Forwarder:
 def node_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """A Ray node's environment: this checkout's code, fast failure detection, no RAY_ADDRESS of ours."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(HEALTH_CHECK, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled",
-               RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0", **(extra or {}))
+    env.update(
+        HEALTH_CHECK,
+        PYTHONPATH=str(ROOT),
+        RAY_USAGE_STATS_ENABLED="0",
+        OMP_NUM_THREADS="1",
+        RAY_AUTH_MODE="disabled",
+        RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
+        **(extra or {}),
+    )
     return env
 
 
@@ -219,8 +233,18 @@ def ray_start(address_args: list[str], ip: str, temp_dir: Path) -> list[str]:
     """``ray start`` for one node with one CPU (the machine has two), in the foreground (--block) so
     its process group holds the node's processes."""
     temp_dir.mkdir(parents=True, exist_ok=True)
-    return [RAY, "start", "--block", *address_args, f"--node-ip-address={ip}", "--num-cpus=1", "--num-gpus=0",
-            f"--temp-dir={temp_dir}", "--object-store-memory=100000000", "--disable-usage-stats"]
+    return [
+        RAY,
+        "start",
+        "--block",
+        *address_args,
+        f"--node-ip-address={ip}",
+        "--num-cpus=1",
+        "--num-gpus=0",
+        f"--temp-dir={temp_dir}",
+        "--object-store-memory=100000000",
+        "--disable-usage-stats",
+    ]
 
 
 @dataclass
@@ -258,9 +282,11 @@ class Cluster:
 
     def _start_head(self) -> None:
         port = free_port(self.head_ip)
-        self.head = Process.start(ray_start(["--head", f"--port={port}", "--include-dashboard=false"],
-                                            self.head_ip, self.ray_dirs / "head"),
-                                  self.base / "ray-head.log", node_env())
+        self.head = Process.start(
+            ray_start(["--head", f"--port={port}", "--include-dashboard=false"], self.head_ip, self.ray_dirs / "head"),
+            self.base / "ray-head.log",
+            node_env(),
+        )
         self.gcs_address = f"{self.head_ip}:{port}"
         wait_for("the Ray head", lambda: self.alive_nodes() >= 1 or self._died(self.head, "the Ray head"))
 
@@ -274,12 +300,16 @@ class Cluster:
         host = host or self.host
         before = self.alive_nodes()
         name = f"ray-{host.namespace}-{len(self.workers)}"
-        process = Process.start(host.command(ray_start([f"--address={self.gcs_address}"], host.address,
-                                                      self.ray_dirs / name)),
-                                self.base / f"{name}.log", node_env())
+        process = Process.start(
+            host.command(ray_start([f"--address={self.gcs_address}"], host.address, self.ray_dirs / name)),
+            self.base / f"{name}.log",
+            node_env(),
+        )
         self.workers[name] = (host, process)
-        wait_for(f"the Ray node on {host.address}",
-                 lambda: self.alive_nodes() > before or self._died(process, f"the Ray node on {host.address}"))
+        wait_for(
+            f"the Ray node on {host.address}",
+            lambda: self.alive_nodes() > before or self._died(process, f"the Ray node on {host.address}"),
+        )
         return host
 
     def ensure_worker(self) -> None:
@@ -316,14 +346,34 @@ class Cluster:
         self.mlflow_uri = f"http://{self.head_ip}:{port}"
         env = {**node_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.mlflow = Process.start(
-            [PYTHON, "-m", "mlflow", "server", "--backend-store-uri", services.pg_url(backend),
-             "--artifacts-destination", str(self.base / "mlartifacts"), "--host", self.head_ip, "--port", str(port),
-             "--workers", "1", "--allowed-hosts", f"{self.head_ip}:{port},{self.head_ip},localhost:*"],
-            self.base / "mlflow.log", env)
+            [
+                PYTHON,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                services.pg_url(backend),
+                "--artifacts-destination",
+                str(self.base / "mlartifacts"),
+                "--host",
+                self.head_ip,
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--allowed-hosts",
+                f"{self.head_ip}:{port},{self.head_ip},localhost:*",
+            ],
+            self.base / "mlflow.log",
+            env,
+        )
         from sweep.ui import is_healthy
 
-        wait_for("the MLflow server's /health", lambda: is_healthy(f"{self.mlflow_uri}/health")
-                 or self._died(self.mlflow, "the MLflow server"), every_s=0.5)
+        wait_for(
+            "the MLflow server's /health",
+            lambda: is_healthy(f"{self.mlflow_uri}/health") or self._died(self.mlflow, "the MLflow server"),
+            every_s=0.5,
+        )
 
     def create_database(self, purpose: str) -> str:
         """A fresh database on the test PostgreSQL (dropped in close); its name."""
@@ -348,7 +398,7 @@ class Cluster:
         return env
 
     def close(self) -> None:
-        for host, process in self.workers.values():  # killed before a cut link is restored
+        for _host, process in self.workers.values():  # killed before a cut link is restored
             with contextlib.suppress(Exception):
                 process.kill()
         for process in (self.mlflow, self.head):

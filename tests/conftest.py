@@ -9,10 +9,11 @@ Markers (declared in pyproject.toml, ``--strict-markers``):
   browser   needs headless Chromium on PATH.
   cluster   starts Ray nodes in network namespaces (tests/cluster.py): needs root and ``ip netns``.
   fashion_mnist  reads Fashion-MNIST from Debian's dataset-fashion-mnist package (/usr/share/datasets).
-A ``postgres``, ``browser``, ``cluster`` or ``fashion_mnist`` test is skipped when what it needs is missing, except under
-CI (``CI`` set), where it fails instead: CI runs as root and .ci/run provides the services, so a
+A ``postgres``, ``browser``, ``cluster`` or ``fashion_mnist`` test is skipped when what it needs is missing,
+except under CI (``CI`` set), where it fails instead: CI runs as root and .ci/run provides the services, so a
 missing one is a broken CI setup.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,9 @@ def pytest_runtest_setup(item):
         if reason is None:
             continue
         if services.in_ci():
-            pytest.fail(f"{reason}, and CI is set: CI must run the {marker} tests (.ci/run provides the service)",
-                        pytrace=False)
+            pytest.fail(
+                f"{reason}, and CI is set: CI must run the {marker} tests (.ci/run provides the service)", pytrace=False
+            )
         pytest.skip(reason)
 
 

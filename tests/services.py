@@ -6,6 +6,7 @@ network namespaces); one marked ``fashion_mnist`` needs Debian's dataset-fashion
 files. Without them such a test is skipped with the reason, except under CI (``CI`` set), where a
 missing service fails it: CI (.ci/run) provides them, so a skip there would hide a broken setup.
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,8 +65,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium()
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--window-size=1400,1000"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=chromedriver()), options=options)
 
@@ -89,10 +95,14 @@ def fashion_mnist_missing() -> str | None:
     """Why the Debian package's Fashion-MNIST files are not here (None: they are)."""
     from sweep.core.datasets import FASHION_MNIST_FILES, FASHION_MNIST_PACKAGE, FASHION_MNIST_SYSTEM_DIR
 
-    absent = [f"{stem}.gz" for stem in FASHION_MNIST_FILES.values()
-              if not (FASHION_MNIST_SYSTEM_DIR / f"{stem}.gz").is_file()]
-    return (f"no {', '.join(absent)} in {FASHION_MNIST_SYSTEM_DIR} (apt-get install {FASHION_MNIST_PACKAGE})"
-            if absent else None)
+    absent = [
+        f"{stem}.gz" for stem in FASHION_MNIST_FILES.values() if not (FASHION_MNIST_SYSTEM_DIR / f"{stem}.gz").is_file()
+    ]
+    return (
+        f"no {', '.join(absent)} in {FASHION_MNIST_SYSTEM_DIR} (apt-get install {FASHION_MNIST_PACKAGE})"
+        if absent
+        else None
+    )
 
 
 def missing(marker: str) -> str | None:

@@ -1,4 +1,5 @@
 """Read a finished sweep back from its real Optuna storage and MLflow store, for assertions."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -25,8 +26,7 @@ def default_tracking_uri(sweep_dir: Path) -> str:
 
 def studies(cfg, storage_url):
     storage = open_storage(storage_url)
-    return {opt: optuna.load_study(study_name=study_name(cfg.name, opt), storage=storage)
-            for opt in cfg.optimizers}
+    return {opt: optuna.load_study(study_name=study_name(cfg.name, opt), storage=storage) for opt in cfg.optimizers}
 
 
 def mlflow_runs(tracking_uri, experiment):

@@ -1,5 +1,6 @@
 """The Optuna adapter (sweep/stores/studies.py) on the installed Optuna, with a real journal storage:
 every study and trial operation the engine uses, and the mapping of every status to Optuna."""
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,9 @@ def storage_url(tmp_path):
 
 
 def _open(url, sweep_id="id-1", trials=4):
-    return SweepStudy.open(url, "s", "adam", sweep_id, sampler="random", pruner="median", seed=0, trials=trials,
-                           epochs=3)
+    return SweepStudy.open(
+        url, "s", "adam", sweep_id, sampler="random", pruner="median", seed=0, trials=trials, epochs=3
+    )
 
 
 def test_open_is_idempotent_and_keeps_the_first_budget(storage_url):
@@ -39,8 +41,9 @@ def test_every_status_round_trips_through_optuna(storage_url, status):
     study = _open(storage_url)
     trial = study.ask()
     trial.suggest_float("lr", 1e-3, 1.0, log=True)
-    outcome = study.finish(trial.number, status, reason=f"because {status.value}",
-                           metrics={"val_accuracy": 0.5, "epochs": 2.0}, value=0.5)
+    outcome = study.finish(
+        trial.number, status, reason=f"because {status.value}", metrics={"val_accuracy": 0.5, "epochs": 2.0}, value=0.5
+    )
     record = study.record(trial.number)
     assert record.state == TrialState[RECORDS[status].optuna_state]
     assert outcome == outcome_of(record)

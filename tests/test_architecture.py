@@ -80,16 +80,25 @@ def layer_violations(found: dict[str, ast.Module]) -> list[str]:
                 elif other is not None and other not in MAY_IMPORT[layer]:
                     bad.append(f"{name}:{line} ({layer}) imports {target} ({other})")
         if layer == "core":
-            bad += [f"{name}:{line} imports {module} when imported" for module, _, line in imports(tree, True)
-                    if module.split(".")[0] in HEAVY]
+            bad += [
+                f"{name}:{line} imports {module} when imported"
+                for module, _, line in imports(tree, True)
+                if module.split(".")[0] in HEAVY
+            ]
     return bad
 
 
 def cycles(found: dict[str, ast.Module]) -> list[list[str]]:
     """Import cycles among the modules, counting the imports run when a module is imported."""
-    graph = {name: {t for module, names, _ in imports(tree, True)
-                    for t in imported_modules(module, names, found) if t in found and t != name}
-             for name, tree in found.items()}
+    graph = {
+        name: {
+            t
+            for module, names, _ in imports(tree, True)
+            for t in imported_modules(module, names, found)
+            if t in found and t != name
+        }
+        for name, tree in found.items()
+    }
     seen, stack, on_stack, loops = set(), [], set(), []
 
     def visit(node):
@@ -98,7 +107,7 @@ def cycles(found: dict[str, ast.Module]) -> list[list[str]]:
         on_stack.add(node)
         for nxt in sorted(graph[node]):
             if nxt in on_stack:
-                loops.append(stack[stack.index(nxt):] + [nxt])
+                loops.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in seen:
                 visit(nxt)
         stack.pop()
@@ -111,9 +120,14 @@ def cycles(found: dict[str, ast.Module]) -> list[list[str]]:
 
 
 def private_imports(found: dict[str, ast.Module]) -> list[str]:
-    return [f"{name}:{line} imports {module}.{n}" for name, tree in found.items()
-            for module, names, line in imports(tree) if module.startswith("sweep")
-            for n in names if n.startswith("_") and not n.startswith("__")]
+    return [
+        f"{name}:{line} imports {module}.{n}"
+        for name, tree in found.items()
+        for module, names, line in imports(tree)
+        if module.startswith("sweep")
+        for n in names
+        if n.startswith("_") and not n.startswith("__")
+    ]
 
 
 def key_values() -> set[str]:
@@ -126,22 +140,39 @@ def key_literals(found: dict[str, ast.Module]) -> list[str]:
     for name, tree in found.items():
         if name == "sweep.core.keys":
             continue
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-        bad += [f"{name}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
-                if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in values
-                and id(n) not in docstrings and (name, n.value) not in NOT_KEYS]
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
+        bad += [
+            f"{name}:{n.lineno} {n.value!r}"
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Constant)
+            and isinstance(n.value, str)
+            and n.value in values
+            and id(n) not in docstrings
+            and (name, n.value) not in NOT_KEYS
+        ]
     return bad
 
 
 def long_functions(found: dict[str, ast.Module]) -> list[str]:
-    return [f"{name}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)" for name, tree in found.items()
-            for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-            and n.end_lineno - n.lineno + 1 > LONG and "Long because" not in (ast.get_docstring(n) or "")]
+    return [
+        f"{name}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+        for name, tree in found.items()
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and n.end_lineno - n.lineno + 1 > LONG
+        and "Long because" not in (ast.get_docstring(n) or "")
+    ]
 
 
 # ---- the rules hold in sweep/ ----
+
 
 def test_layers_import_one_way():
     assert layer_violations(modules(SWEEP)) == []
@@ -177,6 +208,7 @@ def test_every_module_belongs_to_a_layer_or_is_a_known_top_level_one():
 
 
 # ---- each checker finds a broken rule ----
+
 
 @pytest.fixture
 def broken(tmp_path):

@@ -2,6 +2,7 @@
 through a real sweep whose worker is SIGKILLed; the run's store keeps only the latest checkpoint,
 reads past a torn one (the proxy on a cluster: tests/test_cluster.py); and a finished sweep
 keeps only each optimizer's best trial's checkpoint (every one with keep_checkpoints=true)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +30,13 @@ from tests.sweep_helpers import (
     sweep_with_a_killed_worker,
 )
 
-TIMING = ("seconds", "train_seconds", "eval_seconds", "epoch_seconds", "images_per_second")  # wall clock: differs run to run
+TIMING = (
+    "seconds",
+    "train_seconds",
+    "eval_seconds",
+    "epoch_seconds",
+    "images_per_second",
+)  # wall clock: differs run to run
 
 
 def _same_weights(a: dict, b: dict) -> None:
@@ -55,17 +62,28 @@ def _same_outcome(resumed, uninterrupted) -> None:
 
 # ---- in-process: stop after epoch 2, resume from its checkpoint file ---------------------------------
 
+
 @pytest.mark.slow  # four 4-epoch trainings and their resumes: about 1-3 s each
-@pytest.mark.parametrize("optimizer, optimizer_params, schedule, schedule_params", [
-    ("momentum", {"lr": 0.05, "momentum": 0.9}, "cosine", {}),
-    ("nesterov", {"lr": 0.05, "momentum": 0.9}, "step", {"step_epochs": 1, "gamma": 0.5}),
-    ("adam", {"lr": 0.003}, "onecycle", {"warmup_epochs": 1}),  # warm-up, then a per-batch schedule
-    ("rmsprop", {"lr": 0.001}, "plateau", {"patience": 0}),     # ReduceLROnPlateau
-], ids=["momentum-cosine", "nesterov-step", "adam-warmup-onecycle", "rmsprop-plateau"])
-def test_resumed_trial_equals_uninterrupted(digits, tmp_path, optimizer, optimizer_params, schedule,
-                                            schedule_params):
-    cfg = TrialConfig(optimizer=optimizer, optimizer_params=optimizer_params, schedule=schedule,
-                      schedule_params=schedule_params, epochs=4, batch_size=64, seed=0)
+@pytest.mark.parametrize(
+    "optimizer, optimizer_params, schedule, schedule_params",
+    [
+        ("momentum", {"lr": 0.05, "momentum": 0.9}, "cosine", {}),
+        ("nesterov", {"lr": 0.05, "momentum": 0.9}, "step", {"step_epochs": 1, "gamma": 0.5}),
+        ("adam", {"lr": 0.003}, "onecycle", {"warmup_epochs": 1}),  # warm-up, then a per-batch schedule
+        ("rmsprop", {"lr": 0.001}, "plateau", {"patience": 0}),  # ReduceLROnPlateau
+    ],
+    ids=["momentum-cosine", "nesterov-step", "adam-warmup-onecycle", "rmsprop-plateau"],
+)
+def test_resumed_trial_equals_uninterrupted(digits, tmp_path, optimizer, optimizer_params, schedule, schedule_params):
+    cfg = TrialConfig(
+        optimizer=optimizer,
+        optimizer_params=optimizer_params,
+        schedule=schedule,
+        schedule_params=schedule_params,
+        epochs=4,
+        batch_size=64,
+        seed=0,
+    )
     uninterrupted_saves: list[checkpoints.Checkpoint] = []
 
     def save(checkpoint):
@@ -75,8 +93,9 @@ def test_resumed_trial_equals_uninterrupted(digits, tmp_path, optimizer, optimiz
 
     uninterrupted = run_trial(cfg, digits, save=save)
     reported, resumed_saves = [], []
-    resumed = run_trial(cfg, digits, reported.append, resume=checkpoints.read(tmp_path / "epoch-2.pt"),
-                        save=resumed_saves.append)
+    resumed = run_trial(
+        cfg, digits, reported.append, resume=checkpoints.read(tmp_path / "epoch-2.pt"), save=resumed_saves.append
+    )
     assert [m.epoch for m in reported] == [3, 4]  # the checkpoint's epochs are not reported again
     assert [c.epoch for c in resumed_saves] == [3, 4]
     assert [h.scheduled_lr for h in resumed.history] == [h.scheduled_lr for h in uninterrupted.history]
@@ -91,8 +110,12 @@ def test_checkpoint_every_and_no_checkpoint_of_a_pruned_epoch(digits):
         if m.epoch == 3:
             raise PruneTrial("stop")
 
-    result = run_trial(TrialConfig(epochs=5, batch_size=64, checkpoint_every=2), digits, stop_at_3,
-                       save=lambda c: saved.append(c.epoch))
+    result = run_trial(
+        TrialConfig(epochs=5, batch_size=64, checkpoint_every=2),
+        digits,
+        stop_at_3,
+        save=lambda c: saved.append(c.epoch),
+    )
     assert result.status == "pruned" and saved == [2]
     saved.clear()
     run_trial(TrialConfig(epochs=2, batch_size=64, checkpoint_every=0), digits, save=lambda c: saved.append(c.epoch))
@@ -100,6 +123,7 @@ def test_checkpoint_every_and_no_checkpoint_of_a_pruned_epoch(digits):
 
 
 # ---- the run's store (through the tracking server's artifact proxy: tests/test_cluster.py) ----------
+
 
 @pytest.mark.slow
 def test_store_keeps_the_latest_reads_past_a_torn_one_and_deletes(tmp_path, digits, capsys):
@@ -109,8 +133,11 @@ def test_store_keeps_the_latest_reads_past_a_torn_one_and_deletes(tmp_path, digi
     run_id = client.create_run(client.create_experiment("ckpt", artifact_location=location)).info.run_id
     assert checkpoints.load_latest(tracking_uri, run_id) is None  # none yet: start over, nothing said
     saved = []
-    run_trial(TrialConfig(epochs=2, batch_size=64), digits,
-              save=lambda c: saved.append(checkpoints.save(tracking_uri, run_id, c)))
+    run_trial(
+        TrialConfig(epochs=2, batch_size=64),
+        digits,
+        save=lambda c: saved.append(checkpoints.save(tracking_uri, run_id, c)),
+    )
     assert saved == [True, True] and checkpoints.stored_epochs(tracking_uri, run_id) == [2]
     if tracking_uri.startswith("http"):
         assert client.get_run(run_id).info.artifact_uri.startswith("mlflow-artifacts:")
@@ -131,8 +158,9 @@ def test_store_keeps_the_latest_reads_past_a_torn_one_and_deletes(tmp_path, digi
     # an upload that fails (here: the run's artifact folder would be under a file) is said; the trial goes on
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    unwritable = client.create_run(client.create_experiment("ckpt-unwritable", artifact_location=(
-        blocker / "artifacts").as_uri())).info.run_id
+    unwritable = client.create_run(
+        client.create_experiment("ckpt-unwritable", artifact_location=(blocker / "artifacts").as_uri())
+    ).info.run_id
     with checkpoints.saver(tracking_uri, unwritable) as save:
         result = run_trial(TrialConfig(epochs=1, batch_size=64), digits, save=save)
     assert result.status == "ok", result.reason
@@ -141,9 +169,10 @@ def test_store_keeps_the_latest_reads_past_a_torn_one_and_deletes(tmp_path, digi
 
 # ---- through a real sweep: SIGKILL the worker after a checkpoint is stored -------------------------------
 
+
 def _victim(storage_url: str, name: str, tracking_uri: str):
     """The running trial, once its run holds a checkpoint and epochs remain."""
-    if not Path(storage_url[len("journal://"):]).exists():
+    if not Path(storage_url[len("journal://") :]).exists():
         return None
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(storage_url))
@@ -161,15 +190,31 @@ EPOCHS = 6
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_its_checkpoint(ray_address, sweep_overrides, digits):
-    cfg = load_config("quickstart", sweep_overrides + [
-        "name=resume-after-kill", "optimizers=[momentum]", "trials=1", f"epochs={EPOCHS}", "batch_size=16",
-        "workers=1", "pruner=none", "schedules=[step]", "schedule.step_epochs=2", "max_retries=1",
-        "keep_checkpoints=true"], mode="sweep")
+    cfg = load_config(
+        "quickstart",
+        sweep_overrides
+        + [
+            "name=resume-after-kill",
+            "optimizers=[momentum]",
+            "trials=1",
+            f"epochs={EPOCHS}",
+            "batch_size=16",
+            "workers=1",
+            "pruner=none",
+            "schedules=[step]",
+            "schedule.step_epochs=2",
+            "max_retries=1",
+            "keep_checkpoints=true",
+        ],
+        mode="sweep",
+    )
     sweep_dir = sweep_dir_of(cfg)
     storage_url, uri = default_storage(sweep_dir), default_tracking_uri(sweep_dir)
     victim, code = sweep_with_a_killed_worker(
-        cfg, lambda: _victim(storage_url, study_name(cfg.name, "momentum"), uri),
-        "a running trial with a stored checkpoint")
+        cfg,
+        lambda: _victim(storage_url, study_name(cfg.name, "momentum"), uri),
+        "a running trial with a stored checkpoint",
+    )
     assert code == 0
 
     trial = studies(cfg, storage_url)["momentum"].trials[victim.number]
@@ -187,8 +232,9 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_address, sweep_overrides,
 
     # the same trial, never stopped, in this process
     final: list[checkpoints.Checkpoint] = []
-    uninterrupted = run_trial(sample_trial(optuna.trial.FixedTrial(trial.params), "momentum", cfg), digits,
-                              save=final.append)
+    uninterrupted = run_trial(
+        sample_trial(optuna.trial.FixedTrial(trial.params), "momentum", cfg), digits, save=final.append
+    )
     for key, value in uninterrupted.metrics.items():
         if key not in TIMING:
             assert trial.user_attrs[f"final_{key}"] == pytest.approx(value, abs=1e-6), key
@@ -203,6 +249,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_address, sweep_overrides,
 
 # ---- cleanup ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_only_each_optimizers_best_keeps_its_checkpoint(ray_address, sweep_overrides):
     """keep_checkpoints=true keeps every finished trial's last one; resumed with false, the
@@ -214,8 +261,10 @@ def test_only_each_optimizers_best_keeps_its_checkpoint(ray_address, sweep_overr
     storage_url, uri = default_storage(sweep_dir), default_tracking_uri(sweep_dir)
 
     def kept() -> dict[str, dict[int, list[int]]]:
-        return {opt: {t.number: checkpoints.stored_epochs(uri, t.user_attrs["mlflow_run_id"]) for t in study.trials}
-                for opt, study in studies(cfg, storage_url).items()}
+        return {
+            opt: {t.number: checkpoints.stored_epochs(uri, t.user_attrs["mlflow_run_id"]) for t in study.trials}
+            for opt, study in studies(cfg, storage_url).items()
+        }
 
     every = kept()
     for opt, study in studies(cfg, storage_url).items():

@@ -1,6 +1,7 @@
 """The CLI explains itself: help lists configs, keys with defaults, registries and examples;
 --version; --print-config; one --output-dir convention; options after overrides; and help, ls,
 bad input and --print-config import neither torch, Ray nor MLflow (they answer at once)."""
+
 from __future__ import annotations
 
 import json
@@ -21,20 +22,39 @@ HEAVY = ("torch", "ray", "mlflow")
 
 def _imports_after(args: list[str], cwd: Path) -> tuple[int, str, list[str]]:
     """Run the CLI in a fresh interpreter; return its exit code, output and the heavy modules it loaded."""
-    code = ("import sys, json\nfrom sweep.cli import main\n"
-            f"try:\n    rc = main({args!r})\nexcept SystemExit as e:\n    rc = e.code\n"
-            f"print(json.dumps([rc, sorted(m for m in {HEAVY!r} if m in sys.modules)]), file=sys.stderr)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys, json\nfrom sweep.cli import main\n"
+        f"try:\n    rc = main({args!r})\nexcept SystemExit as e:\n    rc = e.code\n"
+        f"print(json.dumps([rc, sorted(m for m in {HEAVY!r} if m in sys.modules)]), file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     rc, heavy = json.loads(proc.stderr.strip().splitlines()[-1])
     return rc, proc.stdout + proc.stderr, heavy
 
 
-@pytest.mark.parametrize("args,code", [
-    (["--help"], 0), (["run", "--help"], 0), (["train", "--help"], 0), (["ls"], 0), (["--version"], 0),
-    (["run", "trials=0"], 2), (["run", "optimizer=adam"], 2), (["train", "epochs=0"], 2),
-    (["run", "--print-config"], 0), (["resume", "ghost"], 2), (["report", "ghost"], 2),
-])
+@pytest.mark.parametrize(
+    "args,code",
+    [
+        (["--help"], 0),
+        (["run", "--help"], 0),
+        (["train", "--help"], 0),
+        (["ls"], 0),
+        (["--version"], 0),
+        (["run", "trials=0"], 2),
+        (["run", "optimizer=adam"], 2),
+        (["train", "epochs=0"], 2),
+        (["run", "--print-config"], 0),
+        (["resume", "ghost"], 2),
+        (["report", "ghost"], 2),
+    ],
+)
 def test_light_commands_import_no_torch_ray_or_mlflow(args, code, tmp_path):
     rc, out, heavy = _imports_after(args, tmp_path)
     assert rc == code, out
@@ -95,8 +115,10 @@ def test_resume_takes_overrides_and_options_in_any_order(tmp_path, capsys):
     sweep_dir = SweepDir.of(cfg.output_dir, cfg.name)
     sweep_dir.path.mkdir(parents=True)
     sweep_dir.write_config(cfg.to_dict())
-    for args in (["resume", "later", "--output-dir", str(tmp_path), "trials=3", "--print-config"],
-                 ["resume", "later", "trials=3", "--output-dir", str(tmp_path), "--print-config"]):
+    for args in (
+        ["resume", "later", "--output-dir", str(tmp_path), "trials=3", "--print-config"],
+        ["resume", "later", "trials=3", "--output-dir", str(tmp_path), "--print-config"],
+    ):
         assert main(args) == 0
         assert yaml.safe_load(capsys.readouterr().out)["trials"] == 3
     assert main(["resume", "later", "--output-dir", str(tmp_path), "epochs=99"]) == 2  # frozen: refused

@@ -4,6 +4,7 @@ Each subprocess imports torch (~2 s), so they all run, two at a time, in a modul
 the tests only inspect their results. One of them trains, and together they take several seconds
 on two cores: the whole module is slow.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -44,10 +45,12 @@ if not torch.cuda.is_available():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Run every command in its own empty directory, two at a time; collect (rc, out, err, dir)."""
+
     def run(case, args):
         cwd = tmp_path_factory.mktemp(f"cli_{case}")
-        proc = subprocess.run([sys.executable, "-m", "sweep.cli", "train", *args], cwd=cwd,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "sweep.cli", "train", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        )
         return case, (proc.returncode, proc.stdout, proc.stderr, cwd)
 
     commands = [("ok", OK_ARGS)] + [(case, spec[0]) for case, spec in BAD.items()]

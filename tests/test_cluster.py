@@ -6,6 +6,7 @@ Both nodes run trials, and each trial records the node that ran it in Optuna and
 the worker host mid-trial (every process in its namespace SIGKILLed, or its link cut) re-runs the
 lost trial on the head: totals stay exact, nothing is duplicated and nothing is left RUNNING.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,10 +43,26 @@ def cluster(tmp_path_factory):
 
 def start_sweep(cluster: Cluster, name: str, database: str, overrides: list[str], log) -> subprocess.Popen:
     """``sweep run`` as a driver process on the head host, using this checkout's code."""
-    command = [sys.executable, "-m", "sweep.cli", "run", "quickstart", f"name={name}",
-               f"ray_address={cluster.gcs_address}", f"storage={cluster.storage_url(database)}",
-               f"tracking_uri={cluster.mlflow_uri}", f"output_dir={cluster.base / 'sweeps'}",
-               "batch_size=64", "workers=2", "num_cpus=1", "pruner=none", "schedules=[constant]", "reeval_seeds=0", "report_figures=false", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "sweep.cli",
+        "run",
+        "quickstart",
+        f"name={name}",
+        f"ray_address={cluster.gcs_address}",
+        f"storage={cluster.storage_url(database)}",
+        f"tracking_uri={cluster.mlflow_uri}",
+        f"output_dir={cluster.base / 'sweeps'}",
+        "batch_size=64",
+        "workers=2",
+        "num_cpus=1",
+        "pruner=none",
+        "schedules=[constant]",
+        "reeval_seeds=0",
+        "report_figures=false",
+        *overrides,
+    ]
     return subprocess.Popen(command, cwd=ROOT, env=cluster.driver_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -136,14 +153,23 @@ def test_worker_host_lost_mid_trial(cluster, tmp_path, loss):
     log_path = tmp_path / "driver.log"
     epochs, trials = 5, 2
     with open(log_path, "wb") as log:
-        driver = start_sweep(cluster, name, database, ["optimizers=[momentum]", f"trials={trials}",
-                                                       f"epochs={epochs}", "batch_size=16", "optimizer.lr=0.01"], log)
+        driver = start_sweep(
+            cluster,
+            name,
+            database,
+            ["optimizers=[momentum]", f"trials={trials}", f"epochs={epochs}", "batch_size=16", "optimizer.lr=0.01"],
+            log,
+        )
         try:
-            victim = wait_for("a trial with an epoch on the worker host",
-                              lambda: running_on(lambda: load_studies(name, database, ["momentum"]),
-                                                 cluster.host.address, epochs=2)
-                              or (driver.poll() is not None and "exited"),
-                              timeout_s=SWEEP_TIMEOUT_S, every_s=0.3)
+            victim = wait_for(
+                "a trial with an epoch on the worker host",
+                lambda: (
+                    running_on(lambda: load_studies(name, database, ["momentum"]), cluster.host.address, epochs=2)
+                    or (driver.poll() is not None and "exited")
+                ),
+                timeout_s=SWEEP_TIMEOUT_S,
+                every_s=0.3,
+            )
             assert victim != "exited", log_path.read_text()[-3000:]
             worker_id = victim.user_attrs[Attr.NODE_ID]
             lost_at = time.monotonic()
@@ -151,8 +177,12 @@ def test_worker_host_lost_mid_trial(cluster, tmp_path, loss):
                 cluster.host.kill_all()
             else:
                 cluster.host.set_link(False)
-            wait_for("Ray to declare the worker node dead", lambda: cluster.node_states().get(worker_id) == "DEAD",
-                     timeout_s=120, every_s=0.2)
+            wait_for(
+                "Ray to declare the worker node dead",
+                lambda: cluster.node_states().get(worker_id) == "DEAD",
+                timeout_s=120,
+                every_s=0.2,
+            )
             detection_s = time.monotonic() - lost_at
             finish(driver, log_path)
         finally:
@@ -171,6 +201,8 @@ def test_worker_host_lost_mid_trial(cluster, tmp_path, loss):
     assert 1 <= resumed_from < epochs
     assert runs[("momentum", victim.number)].data.tags[f"sweep.{Attr.RESUMED_FROM}"] == str(resumed_from)
     duplicated = sum(n - 1 for n in runs_per_trial(mlflow_runs(cluster.mlflow_uri, name)[2]).values())
-    print(f"worker host {loss}: node declared dead after {detection_s:.1f} s; trial {victim.number} lost at epoch "
-          f"{max(victim.intermediate_values)} and re-run on the head from its epoch-{resumed_from} checkpoint; "
-          f"duplicated runs: {duplicated}")
+    print(
+        f"worker host {loss}: node declared dead after {detection_s:.1f} s; trial {victim.number} lost at epoch "
+        f"{max(victim.intermediate_values)} and re-run on the head from its epoch-{resumed_from} checkpoint; "
+        f"duplicated runs: {duplicated}"
+    )

@@ -1,6 +1,7 @@
 """docker-compose.yml, resolved by a real Compose implementation (no Docker engine runs here:
 `docker-compose config` checks a file without one) with a .env made from .env.example, then
 checked for consistency with the code that will run in it."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,11 @@ from tests import services
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-ENV_EXAMPLE = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
-                   if line.strip() and not line.startswith("#"))
+ENV_EXAMPLE = dict(
+    line.split("=", 1)
+    for line in (ROOT / ".env.example").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+)
 SECRET_LIKE = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.I)
 HEALTHY, DONE = "service_healthy", "service_completed_successfully"
 
@@ -35,14 +39,22 @@ def compose_command() -> list[str] | None:
 def run_compose(env_file: Path) -> subprocess.CompletedProcess:
     command = compose_command()
     if command is None:
-        reason = "no Compose implementation (docker-compose or the docker compose plugin): apt-get install docker-compose"
+        reason = (
+            "no Compose implementation (docker-compose or the docker compose plugin): apt-get install docker-compose"
+        )
         if services.in_ci():
             pytest.fail(f"{reason}, and CI is set: .ci/run installs it", pytrace=False)
         pytest.skip(reason)
     # only the env file speaks: a variable of the same name in this process would win over it
     env = {k: v for k, v in os.environ.items() if k not in ENV_EXAMPLE}
-    return subprocess.run([*command, "--env-file", str(env_file), "-f", str(ROOT / "docker-compose.yml"), "config"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [*command, "--env-file", str(env_file), "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +148,9 @@ def test_every_service_the_sweep_names_exists(resolved):
     cfg, entrypoint = submit.load(config, overrides)  # checked exactly as `sweep submit` checks it
     assert "ray_address=auto" in entrypoint
     head_address = urlparse(option(resolved["submit"], "--address"))
-    assert head_address.hostname == "ray-head" and head_address.port == int(option(resolved["ray-head"], "--dashboard-port"))
+    assert head_address.hostname == "ray-head" and head_address.port == int(
+        option(resolved["ray-head"], "--dashboard-port")
+    )
     for worker in ("ray-worker", "ray-worker-gpu"):
         assert option(resolved[worker], "--address") == f"ray-head:{option(resolved['ray-head'], '--port')}"
 

@@ -8,6 +8,7 @@ test change it), a real `mlflow server` started by `sweep ui`, the session's Ray
 subprocess (its Ray workers are the test session's, which lack the driver's environment, as
 workers on another node would).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,18 +24,26 @@ from pathlib import Path
 
 import pytest
 
-from sweep.core import credentials
 from sweep.cli import main
+from sweep.core import credentials
 from sweep.core.config import SWEEP, load_config
-from sweep.execution.launch import check_resumable
 from sweep.core.errors import ConfigError
+from sweep.execution.launch import check_resumable
 from sweep.stores.sweepdir import Stores, SweepDir
 from tests import services
 
 REPO = Path(__file__).resolve().parent.parent
 SECRETS = ("SECRET1", "SECRET2", "SECRET3", "SECRET4", "SECRET5", "SECRET6")
-TINY = ["optimizers=[sgd]", "epochs=1", "batch_size=64", "workers=1", "pruner=none", "schedules=[constant]",
-        "reeval_seeds=0", "report_figures=false"]
+TINY = [
+    "optimizers=[sgd]",
+    "epochs=1",
+    "batch_size=64",
+    "workers=1",
+    "pruner=none",
+    "schedules=[constant]",
+    "reeval_seeds=0",
+    "report_figures=false",
+]
 
 
 def _leaks(text: str) -> list[str]:
@@ -44,8 +53,14 @@ def _leaks(text: str) -> list[str]:
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     """``python -m sweep.cli`` running this worktree's code, with extra environment ``env``."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sweep.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "sweep.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 def _files_leaking(directory: Path) -> dict[str, list[str]]:
@@ -110,6 +125,7 @@ def _trial_count(storage_url: str, study: str) -> int:
 
 # ---- the one module that knows where a secret sits -------------------------------------------
 
+
 def test_split_and_redact_store_urls():
     assert credentials.split("postgresql://me:SECRET1@db:5432/optuna") == ("postgresql://me@db:5432/optuna", "SECRET1")
     assert credentials.split("http://me:SECRET2@mlflow:5000") == ("http://mlflow:5000", "me:SECRET2")
@@ -117,15 +133,21 @@ def test_split_and_redact_store_urls():
     assert credentials.split("postgresql://me@db/optuna") == ("postgresql://me@db/optuna", None)
     assert credentials.redacted("postgresql://me:SECRET1@db/optuna") == "postgresql://me:***@db/optuna"
     assert credentials.redacted("https://me:SECRET2@mlflow") == "https://***@mlflow"
-    text = ("API request to http://u:SECRET2@127.0.0.1:5000/api/2.0/mlflow/runs/get failed; "
-            "(psycopg) postgresql+psycopg://me:SECRET1@db/x; password SECRET4 was wrong")
+    text = (
+        "API request to http://u:SECRET2@127.0.0.1:5000/api/2.0/mlflow/runs/get failed; "
+        "(psycopg) postgresql+psycopg://me:SECRET1@db/x; password SECRET4 was wrong"
+    )
     masked = credentials.redact(text, "mysql://me:SECRET4@db/x")
     assert _leaks(masked) == [] and masked.count("***") == 3, masked
 
 
 def test_reprs_and_saved_config_hold_no_password(tmp_path):
-    cfg = load_config("quickstart", ["storage=postgresql://me:SECRET1@db/optuna",
-                                     "tracking_uri=http://me:SECRET2@mlflow:5000"], default="quickstart", mode=SWEEP)
+    cfg = load_config(
+        "quickstart",
+        ["storage=postgresql://me:SECRET1@db/optuna", "tracking_uri=http://me:SECRET2@mlflow:5000"],
+        default="quickstart",
+        mode=SWEEP,
+    )
     assert cfg.storage.endswith(":SECRET1@db/optuna")  # kept in memory: the sweep connects with it
     stores = Stores(cfg.storage, cfg.tracking_uri)
     from sweep.execution.worker import TrialTask
@@ -168,9 +190,20 @@ def test_environment_is_set_for_the_block_only(monkeypatch):
 
 # ---- error paths: the message says what failed, never the password ---------------------------
 
+
 def test_print_config_and_bad_values_mask_passwords(tmp_path, capsys):
-    assert main(["run", "quickstart", "storage=postgresql://me:SECRET1@db/optuna",
-                 "tracking_uri=http://me:SECRET2@mlflow:5000", "--print-config"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "quickstart",
+                "storage=postgresql://me:SECRET1@db/optuna",
+                "tracking_uri=http://me:SECRET2@mlflow:5000",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert _leaks(out) == [] and "storage: postgresql://me:***@db/optuna" in out and "http://***@mlflow:5000" in out
     assert main(["run", "quickstart", "storage=postgresql://me:SECRET1@db"]) == 2  # no database: a bad value
@@ -181,8 +214,10 @@ def test_print_config_and_bad_values_mask_passwords(tmp_path, capsys):
 @pytest.mark.slow  # a real connection attempt, and the engine's imports
 def test_unreachable_storage_message_is_masked(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["run", "quickstart", f"output_dir={out}", "storage=postgresql://me:SECRET1@127.0.0.1:1/optuna",
-                 *TINY]) == 2
+    assert (
+        main(["run", "quickstart", f"output_dir={out}", "storage=postgresql://me:SECRET1@127.0.0.1:1/optuna", *TINY])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("sweep: error: storage: cannot connect to postgresql://me:***@127.0.0.1:1/optuna")
     assert _leaks(err) == [] and not out.exists()
@@ -228,6 +263,7 @@ def test_unexpected_tracking_error_is_masked_in_terminal_and_driver_log(tmp_path
 
 # ---- real sweeps through the CLI ---------------------------------------------------------------
 
+
 @pytest.fixture
 def pg_database():
     """A database of its own on the test server, dropped afterwards (Ray workers may still hold
@@ -251,8 +287,9 @@ def _with_password(url: str, password: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_postgres_sweep_shows_no_password_and_resumes_when_it_changes(ray_address, tmp_path, pg_database, capsys,
-                                                                      monkeypatch):
+def test_postgres_sweep_shows_no_password_and_resumes_when_it_changes(
+    ray_address, tmp_path, pg_database, capsys, monkeypatch
+):
     """The first run is the CLI in a subprocess; the resumes run in this process (a subprocess costs
     ~20 s here), with the session's Ray, whose workers never had this process's PGPASSWORD."""
     out, name = tmp_path / "out", "pgcreds"
@@ -260,8 +297,9 @@ def test_postgres_sweep_shows_no_password_and_resumes_when_it_changes(ray_addres
     base = ["--output-dir", str(out), f"ray_address={ray_address}"]
     terminal = []
 
-    first = _cli("run", "quickstart", f"name={name}", f"storage={_with_password(url, 'SECRET1')}", "trials=2",
-                 *TINY, *base)
+    first = _cli(
+        "run", "quickstart", f"name={name}", f"storage={_with_password(url, 'SECRET1')}", "trials=2", *TINY, *base
+    )
     terminal.append(first.stdout + first.stderr)
     assert first.returncode == 0, first.stderr
     # the password changed: given again in the URL, it resumes (and tops up to 3)
@@ -330,17 +368,27 @@ def ui_server(tmp_path_factory):
     tracking server, yielded as (port, its tracking store's URI)."""
     directory = tmp_path_factory.mktemp("ui")
     tracking = f"sqlite:///{directory / 'mlflow.db'}"
-    cfg = load_config("quickstart", [f"output_dir={directory}", "name=served", f"tracking_uri={tracking}"],
-                      default="quickstart", mode=SWEEP)
+    cfg = load_config(
+        "quickstart",
+        [f"output_dir={directory}", "name=served", f"tracking_uri={tracking}"],
+        default="quickstart",
+        mode=SWEEP,
+    )
     sweep_dir = SweepDir.of(cfg.output_dir, cfg.name)
     sweep_dir.path.mkdir(parents=True)
     sweep_dir.write_config(cfg.to_dict())
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "ui", "served", "--output-dir", str(directory),
-                             "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep.cli", "ui", "served", "--output-dir", str(directory), "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         ready = next((line for line in proc.stdout if "MLflow UI ready" in line), None)
         assert ready is not None, "sweep ui exited before its server answered"
@@ -361,9 +409,18 @@ def test_http_tracking_sweep_shows_no_password(ray_address, tmp_path, ui_server)
     """Basic-auth credentials in the URL and in the environment (the server has no auth and ignores them)."""
     port, served_store = ui_server
     out, name = tmp_path / "out", "httpcreds"
-    run = _cli("run", "quickstart", f"name={name}", f"tracking_uri=http://me:SECRET2@127.0.0.1:{port}", "trials=2",
-               *TINY, "--output-dir", str(out), f"ray_address={ray_address}",
-               env={"MLFLOW_TRACKING_USERNAME": "envuser", "MLFLOW_TRACKING_PASSWORD": "SECRET3"})
+    run = _cli(
+        "run",
+        "quickstart",
+        f"name={name}",
+        f"tracking_uri=http://me:SECRET2@127.0.0.1:{port}",
+        "trials=2",
+        *TINY,
+        "--output-dir",
+        str(out),
+        f"ray_address={ray_address}",
+        env={"MLFLOW_TRACKING_USERNAME": "envuser", "MLFLOW_TRACKING_PASSWORD": "SECRET3"},
+    )
     assert run.returncode == 0, run.stderr
     assert _leaks(run.stdout + run.stderr) == []
     sweep_dir = out / name
@@ -374,11 +431,14 @@ def test_http_tracking_sweep_shows_no_password(ray_address, tmp_path, ui_server)
     assert _ray_logs_leaking() == {}
 
 
-@pytest.mark.parametrize("key, url", [
-    ("storage", "postgresql://sweep:PA/ZZ@db/optuna"),       # SQLAlchemy would connect with "PA/ZZ"
-    ("storage", "postgresql://sweep:PA?ZZ@db/optuna"),
-    ("tracking_uri", "http://me:PA#ZZ@mlflow:5000"),
-])
+@pytest.mark.parametrize(
+    "key, url",
+    [
+        ("storage", "postgresql://sweep:PA/ZZ@db/optuna"),  # SQLAlchemy would connect with "PA/ZZ"
+        ("storage", "postgresql://sweep:PA?ZZ@db/optuna"),
+        ("tracking_uri", "http://me:PA#ZZ@mlflow:5000"),
+    ],
+)
 def test_unencoded_password_refused_without_showing_it(tmp_path, capsys, key, url):
     """URL parsers end the host part at the first / ? #: the password would hide from the masking,
     so such a URL is refused (one line, exit 2, nothing written) and the value is not printed."""

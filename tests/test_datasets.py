@@ -1,5 +1,6 @@
 """Fashion-MNIST from its IDX files (data_dir, then Debian's package), ``train_subset``, and the
 searched batch size (``batch_sizes``): config checks and what a sampled trial gets."""
+
 from __future__ import annotations
 
 import gzip
@@ -12,9 +13,8 @@ import pytest
 
 from sweep.core import datasets
 from sweep.core.config import TrialConfig, load_config
-from sweep.core.errors import ConfigError
 from sweep.core.datasets import FASHION_MNIST_FILES, load_data, load_dataset
-from sweep.core.errors import DatasetUnavailable
+from sweep.core.errors import ConfigError, DatasetUnavailable
 from sweep.execution.search import chosen_hyperparameters, run_params, sample_trial
 from sweep.train.solo import run_trial
 
@@ -31,10 +31,16 @@ def write_idx(path: Path, array: np.ndarray) -> Path:
 def write_fashion(folder: Path, n_train: int, n_test: int = 20, gz: bool = True, seed: int = 0) -> dict[str, Path]:
     """A tiny stand-in with Fashion-MNIST's file names and format: ``n_train`` + ``n_test`` images."""
     rng = np.random.default_rng(seed)
-    arrays = {"train_x": rng.integers(0, 256, (n_train, 28, 28)), "train_y": np.arange(n_train) % 10,
-              "test_x": rng.integers(0, 256, (n_test, 28, 28)), "test_y": np.arange(n_test) % 10}
-    return {split: write_idx(folder / (stem + (".gz" if gz else "")), arrays[split].astype(np.uint8))
-            for split, stem in FASHION_MNIST_FILES.items()}
+    arrays = {
+        "train_x": rng.integers(0, 256, (n_train, 28, 28)),
+        "train_y": np.arange(n_train) % 10,
+        "test_x": rng.integers(0, 256, (n_test, 28, 28)),
+        "test_y": np.arange(n_test) % 10,
+    }
+    return {
+        split: write_idx(folder / (stem + (".gz" if gz else "")), arrays[split].astype(np.uint8))
+        for split, stem in FASHION_MNIST_FILES.items()
+    }
 
 
 @pytest.fixture
@@ -51,6 +57,7 @@ def sizes(data) -> tuple[int, int, int]:
 
 
 # ---- the real files, from Debian's dataset-fashion-mnist ----------------------------------------
+
 
 @pytest.mark.fashion_mnist
 def test_fashion_mnist_loads_from_the_debian_package(tmp_path):
@@ -71,6 +78,7 @@ def test_fashion_mnist_loads_from_the_debian_package(tmp_path):
 
 
 # ---- where the files are looked for --------------------------------------------------------------
+
 
 @pytest.mark.parametrize("layout", ["FashionMNIST/raw", ".", "plain"])
 def test_a_copy_in_data_dir_comes_before_the_system_one(layout, tmp_path, system_dir):
@@ -102,8 +110,14 @@ def test_missing_everywhere_is_one_line_naming_both_places(tmp_path, system_dir)
         load_dataset("fashion_mnist", data_dir=data_dir)
     message = str(info.value)
     assert len(message.splitlines()) == 1, message
-    for needed in (str(data_dir), str(data_dir / "FashionMNIST" / "raw"), str(system_dir), "download=true",
-                   "apt-get install dataset-fashion-mnist", "train-images-idx3-ubyte"):
+    for needed in (
+        str(data_dir),
+        str(data_dir / "FashionMNIST" / "raw"),
+        str(system_dir),
+        "download=true",
+        "apt-get install dataset-fashion-mnist",
+        "train-images-idx3-ubyte",
+    ):
         assert needed in message, f"{needed!r} not in: {message}"
     assert info.value.key == "dataset"
     assert not data_dir.exists()  # nothing made
@@ -145,8 +159,9 @@ def _corrupt(files: dict[str, Path], how: str) -> Path:
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["bad_magic", "truncated", "not_gzip", "cut_gzip", "empty", "label_count",
-                                 "wrong_size", "label_value"])
+@pytest.mark.parametrize(
+    "how", ["bad_magic", "truncated", "not_gzip", "cut_gzip", "empty", "label_count", "wrong_size", "label_value"]
+)
 def test_a_corrupt_file_is_one_line_naming_it(how, tmp_path, system_dir):
     write_fashion(system_dir, n_train=100)  # a good copy elsewhere must not hide the broken one
     bad = _corrupt(write_fashion(tmp_path, n_train=30), how)
@@ -157,6 +172,7 @@ def test_a_corrupt_file_is_one_line_naming_it(how, tmp_path, system_dir):
 
 
 # ---- train_subset ---------------------------------------------------------------------------------
+
 
 def test_train_subset_caps_only_the_training_images(digits):
     small = load_dataset("digits", train_subset=100)
@@ -207,15 +223,19 @@ def test_train_subset_is_frozen_on_resume():
 
 # ---- batch_sizes ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, says", [
-    ("64", "must be a list of distinct integers in [1, 65536]"),
-    ("[0,32]", "must hold integers in [1, 65536], got 0"),
-    ("[32,65537]", "must hold integers in [1, 65536], got 65537"),
-    ("[32,1.5]", "got 1.5"),
-    ("[true]", "got True"),
-    ("[a]", "got 'a'"),
-    ("[32,64,32]", "lists a batch size twice: [32, 64, 32]"),
-])
+
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        ("64", "must be a list of distinct integers in [1, 65536]"),
+        ("[0,32]", "must hold integers in [1, 65536], got 0"),
+        ("[32,65537]", "must hold integers in [1, 65536], got 65537"),
+        ("[32,1.5]", "got 1.5"),
+        ("[true]", "got True"),
+        ("[a]", "got 'a'"),
+        ("[32,64,32]", "lists a batch size twice: [32, 64, 32]"),
+    ],
+)
 def test_batch_sizes_are_checked(value, says):
     with pytest.raises(ConfigError) as info:
         load_config("quickstart", [f"batch_sizes={value}"], mode="sweep")
@@ -242,7 +262,7 @@ def test_a_sampled_trial_gets_its_batch_size(batch_size):
     tc = sample_trial(optuna.trial.FixedTrial(params), "sgd", cfg)
     assert tc.batch_size == batch_size and tc.optimizer_params["lr"] == 0.05
     assert chosen_hyperparameters(tc, cfg)["batch_size"] == batch_size  # Optuna's `hyperparameters` attr
-    assert run_params(tc, params)["batch_size"] == batch_size            # the MLflow run's params
+    assert run_params(tc, params)["batch_size"] == batch_size  # the MLflow run's params
 
 
 def test_without_batch_sizes_the_batch_size_is_fixed():

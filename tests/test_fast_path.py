@@ -1,6 +1,7 @@
 """The trial loop's fast path, on the CPU where it can be tested: the divergence check that reads
 the loss every N batches (one host sync each) instead of every batch, the settings that turn on
 with a CUDA device, torch.compile, and the device copy of the data kept across a worker's trials."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,13 @@ def test_divergence_read_every_n_batches_names_the_same_step(digits, optimizer, 
 def test_divergence_in_a_later_epoch_is_caught_before_the_epoch_is_reported(digits):
     """The last batches of an epoch are read before it is reported: an epoch past divergence is never reported."""
     # a warm-up to a large LR: this one blows up in epoch 2 (the step depends on the CPU's float kernels)
-    cfg = TrialConfig(optimizer="sgd", optimizer_params={"lr": 11.0}, epochs=4, schedule="constant",
-                      schedule_params={"warmup_epochs": 3, "warmup_start_factor": 0.001})
+    cfg = TrialConfig(
+        optimizer="sgd",
+        optimizer_params={"lr": 11.0},
+        epochs=4,
+        schedule="constant",
+        schedule_params={"warmup_epochs": 3, "warmup_start_factor": 0.001},
+    )
     reported = []
     each = run_trial(dataclasses.replace(cfg, divergence_check_steps=1), digits)
     batched = run_trial(dataclasses.replace(cfg, divergence_check_steps=10_000), digits, reported.append)

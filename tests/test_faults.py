@@ -6,6 +6,7 @@ Every sweep here is tiny (digits, 1 optimizer, 1-3 epochs, 1-3 trials). Drivers 
 with a code, or be signalled, run as ``python -m sweep.cli`` subprocesses connected to the test
 session's Ray (``ray_address=``).
 """
+
 from __future__ import annotations
 
 import errno
@@ -38,14 +39,27 @@ ORPHANED = "sweep.orphaned"
 
 # ---- helpers ---------------------------------------------------------------------------------
 
+
 def _base(out: Path, name: str, *extra: str) -> list[str]:
-    return [f"output_dir={out}", f"name={name}", "optimizers=[sgd]", "epochs=1", "batch_size=64",
-            "workers=1", "pruner=none", "schedules=[constant]", "reeval_seeds=0", "report_figures=false", *extra]
+    return [
+        f"output_dir={out}",
+        f"name={name}",
+        "optimizers=[sgd]",
+        "epochs=1",
+        "batch_size=64",
+        "workers=1",
+        "pruner=none",
+        "schedules=[constant]",
+        "reeval_seeds=0",
+        "report_figures=false",
+        *extra,
+    ]
 
 
 def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sweep.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "sweep.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _popen(*args: str, log: Path) -> subprocess.Popen:
@@ -68,7 +82,7 @@ def _no_library_noise(stderr: str) -> None:
 def _trials(sweep_dir: Path, name: str, optimizer: str) -> list[optuna.trial.FrozenTrial]:
     """The study as its storage holds it now (read afresh: another process wrote it)."""
     storage_url = default_storage(sweep_dir)
-    if not Path(storage_url[len("journal://"):]).exists():
+    if not Path(storage_url[len("journal://") :]).exists():
         return []
     open_storage.cache_clear()
     try:
@@ -78,8 +92,9 @@ def _trials(sweep_dir: Path, name: str, optimizer: str) -> list[optuna.trial.Fro
     return study.get_trials()
 
 
-def _wait_for_running_epoch(proc: subprocess.Popen, sweep_dir: Path, name: str, optimizer: str,
-                            log: Path, timeout: float = 120) -> optuna.trial.FrozenTrial:
+def _wait_for_running_epoch(
+    proc: subprocess.Popen, sweep_dir: Path, name: str, optimizer: str, log: Path, timeout: float = 120
+) -> optuna.trial.FrozenTrial:
     """Poll the journal until a trial is RUNNING with at least one epoch reported."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -97,8 +112,10 @@ def _check_totals(sweep_dir: Path, name: str, optimizers: list[str], trials: int
     all_trials = []
     for opt in optimizers:
         ts = _trials(sweep_dir, name, opt)
-        assert sum(counts_against_budget(t) for t in ts) == trials, \
-            (opt, [(t.number, t.state.name, t.user_attrs.get("status")) for t in ts])
+        assert sum(counts_against_budget(t) for t in ts) == trials, (
+            opt,
+            [(t.number, t.state.name, t.user_attrs.get("status")) for t in ts],
+        )
         assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
         all_trials += [(opt, t) for t in ts]
     _, parents, children = mlflow_runs(default_tracking_uri(sweep_dir), name)
@@ -135,6 +152,7 @@ def _check_retried(all_trials, runs, numbers) -> None:
 
 # ---- 1. a torn last record in the Optuna journal ----------------------------------------------
 
+
 def _tear(journal: Path, which: str) -> tuple[bytes, int, int]:
     """Cut a record of the journal in half: the last one, or the first trial's final ``tell``
     (then the complete records after it cannot be replayed either). Returns the damaged bytes,
@@ -142,12 +160,13 @@ def _tear(journal: Path, which: str) -> tuple[bytes, int, int]:
     data = journal.read_bytes()
     lines = data.splitlines(keepends=True)
     records = [json.loads(line) for line in lines]
-    tells = [i for i, r in enumerate(records)
-             if r["op_code"] == SET_TRIAL_STATE_VALUES and r["state"] in FINISHED_STATES]
+    tells = [
+        i for i, r in enumerate(records) if r["op_code"] == SET_TRIAL_STATE_VALUES and r["state"] in FINISHED_STATES
+    ]
     index = len(lines) - 1 if which == "last" else tells[0]
     cut = sum(len(line) for line in lines[:index]) + len(lines[index]) // 2
     os.truncate(journal, cut)
-    created_after = sum(1 for r in records[index + 1:] if r["op_code"] == 4)
+    created_after = sum(1 for r in records[index + 1 :] if r["op_code"] == 4)
     return data[:cut], records[index]["trial_id"], created_after
 
 
@@ -162,8 +181,11 @@ def test_torn_journal_record_is_repaired_and_rerun(ray_address, tmp_path, which)
     records = [json.loads(line) for line in journal.read_bytes().splitlines()]
     damaged, lost, created_after = _tear(journal, which)
     open_storage.cache_clear()
-    cut = records[len(records) - 1 if which == "last" else
-                  min(i for i, r in enumerate(records) if r["op_code"] == SET_TRIAL_STATE_VALUES)]
+    cut = records[
+        len(records) - 1
+        if which == "last"
+        else min(i for i, r in enumerate(records) if r["op_code"] == SET_TRIAL_STATE_VALUES)
+    ]
     assert cut["op_code"] == SET_TRIAL_STATE_VALUES and cut["state"] in FINISHED_STATES  # a final tell
 
     if which == "last":  # the same command again
@@ -190,6 +212,7 @@ def test_torn_journal_record_is_repaired_and_rerun(ray_address, tmp_path, which)
 
 
 # ---- 2. SIGTERM to the driver -------------------------------------------------------------------
+
 
 def test_sigterm_stops_the_driver_and_resume_finishes(ray_address, tmp_path):
     out = tmp_path / "sweeps"
@@ -226,13 +249,15 @@ def test_sigterm_stops_the_driver_and_resume_finishes(ray_address, tmp_path):
 
 # ---- 3. a full disk is not a trial outcome -------------------------------------------------------
 
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MiB tmpfs, unmounted afterwards whatever happens."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -310,8 +335,10 @@ def test_full_disk_stops_the_sweep_and_resume_finishes(ray_address, tmp_path, sm
     statuses = [t.user_attrs["status"] for _, t in all_trials]
     assert "failed" not in statuses, statuses
     assert sum(s in ("ok", "pruned", "diverged") for s in statuses) == 3
-    print(f"disk full after {filled} filler bytes: {errors[0]}; torn journal on the full disk: {torn_error}; "
-          f"top-up on the full disk: {top_up_error}; resume: {statuses}")
+    print(
+        f"disk full after {filled} filler bytes: {errors[0]}; torn journal on the full disk: {torn_error}; "
+        f"top-up on the full disk: {top_up_error}; resume: {statuses}"
+    )
 
 
 def _one_unavailable_line(result: subprocess.CompletedProcess) -> str:
@@ -324,6 +351,7 @@ def _one_unavailable_line(result: subprocess.CompletedProcess) -> str:
 
 
 # ---- 4. two drivers racing for one sweep ----------------------------------------------------------
+
 
 def test_driver_checked_before_another_ran_the_sweep_resumes_it(ray_address, tmp_path):
     out = tmp_path / "sweeps"
@@ -380,8 +408,9 @@ with SweepDir(sys.argv[1]).claim() as sweep_id:
 
 
 def _claim_in_another_process(path: Path, hold: bool) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], cwd=REPO, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     line = proc.stdout.readline().strip()
     if not hold:
         proc.stdin.close()
@@ -424,6 +453,7 @@ def test_an_id_written_between_check_and_claim_is_kept(tmp_path):
 
 
 # ---- 5. an unexpected error in the driver -------------------------------------------------------
+
 
 def test_unexpected_driver_error_is_logged_and_resume_finishes(ray_address, tmp_path):
     out = tmp_path / "sweeps"

@@ -8,6 +8,7 @@ the CPU); on a machine with CUDA, where they train on the GPU, it runs 20 trials
 the memory left allocated after each (``cuda_allocated_after_mb``: the data's device copy,
 nothing else) is flat.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -22,9 +23,22 @@ pytestmark = pytest.mark.slow
 
 def test_one_worker_process_runs_every_trial_of_a_gpu_slot(ray_address, tmp_path):
     trials = 20 if torch.cuda.is_available() else 3
-    cfg = load_config("quickstart", [f"output_dir={tmp_path / 'out'}", "optimizers=[sgd]", f"trials={trials}",
-                                     "epochs=1", "workers=1", "num_gpus=1", "pruner=none", "reeval_seeds=0",
-                                     "report_figures=false", "checkpoint_every=0"], mode="sweep")
+    cfg = load_config(
+        "quickstart",
+        [
+            f"output_dir={tmp_path / 'out'}",
+            "optimizers=[sgd]",
+            f"trials={trials}",
+            "epochs=1",
+            "workers=1",
+            "num_gpus=1",
+            "pruner=none",
+            "reeval_seeds=0",
+            "report_figures=false",
+            "checkpoint_every=0",
+        ],
+        mode="sweep",
+    )
     run_sweep(cfg)
     records = studies(cfg, default_storage(sweep_dir_of(cfg)))["sgd"].trials
     assert len(records) == trials and all(t.state.name == "COMPLETE" for t in records)

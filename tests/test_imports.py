@@ -3,6 +3,7 @@
 ``sweep --help``, ``sweep ls`` and config errors read ``models`` and ``optim`` as data and must
 answer in well under a second, so importing them must not import torch (about 2 s on its own).
 """
+
 from __future__ import annotations
 
 import pickle
@@ -48,8 +49,9 @@ print("torch-free")
 
 
 def test_registries_and_validation_do_not_import_torch():
-    result = subprocess.run([sys.executable, "-c", TORCH_FREE], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", TORCH_FREE], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "torch-free"
 
@@ -99,14 +101,25 @@ def test_builders_still_work_from_the_same_import_paths():
             assert driver.lr >= 0
 
 
-DRIVER_MODULES = ("sweep.cli", "sweep.execution.launch", "sweep.execution.driver", "sweep.report.build", "sweep.report.files", "sweep.execution.best_model",
-                  "sweep.stores.checkpoints", "sweep.execution.worker", "mlflow.store.tracking.sqlalchemy_store")
+DRIVER_MODULES = (
+    "sweep.cli",
+    "sweep.execution.launch",
+    "sweep.execution.driver",
+    "sweep.report.build",
+    "sweep.report.files",
+    "sweep.execution.best_model",
+    "sweep.stores.checkpoints",
+    "sweep.execution.worker",
+    "mlflow.store.tracking.sqlalchemy_store",
+)
 
 
 def test_the_sweep_driver_does_not_import_torch():
     """Only the workers train: a driver that imported torch would pay 2-3 s at every start (and its
     teardown at exit) for nothing. Everything the driver imports, in a fresh interpreter."""
-    code = (f"import importlib, sys\nfor name in {DRIVER_MODULES!r}:\n    importlib.import_module(name)\n"
-            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n")
+    code = (
+        f"import importlib, sys\nfor name in {DRIVER_MODULES!r}:\n    importlib.import_module(name)\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

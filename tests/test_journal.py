@@ -4,6 +4,7 @@ Why this matters, shown in ``test_torn_tail_without_repair_loses_the_study``: Op
 last line when it reads, but its next append lands on that line, and from the append after that
 on, the whole journal no longer loads.
 """
+
 from __future__ import annotations
 
 import json
@@ -112,11 +113,11 @@ def test_torn_tail_is_set_aside_and_the_study_resumes(tmp_path):
     path, torn_bytes, valid = _torn_journal(tmp_path)
 
     torn = find_torn_tail(path)
-    assert torn == TornTail(path=path, valid_bytes=valid, dropped_bytes=len(torn_bytes) - valid,
-                            dropped_lines=1)
+    assert torn == TornTail(path=path, valid_bytes=valid, dropped_bytes=len(torn_bytes) - valid, dropped_lines=1)
     assert path.read_bytes() == torn_bytes  # finding changes nothing
     assert torn.describe().startswith(
-        f"optuna.journal: the last record was cut off ({len(torn_bytes) - valid} bytes, 1 record)")
+        f"optuna.journal: the last record was cut off ({len(torn_bytes) - valid} bytes, 1 record)"
+    )
 
     copy = set_aside(torn)
     assert copy.parent == path.parent and copy.name.startswith("optuna.journal.torn-")
@@ -149,8 +150,7 @@ def test_last_record_without_newline_is_torn(tmp_path):
 
     torn = find_torn_tail(path)
     assert torn is not None
-    assert (torn.valid_bytes, torn.dropped_bytes, torn.dropped_lines) == (
-        len(data) - len(last), len(last) - 1, 1)
+    assert (torn.valid_bytes, torn.dropped_bytes, torn.dropped_lines) == (len(data) - len(last), len(last) - 1, 1)
     assert _load(path).trials[3].state == TrialState.RUNNING  # Optuna ignores it as well
 
     set_aside(torn)
@@ -164,11 +164,17 @@ def test_damaged_record_in_the_middle_sets_aside_everything_after_it(tmp_path):
     lines = _lines(data)
     # The fourth trial's tell is torn; then a new driver appended a study attribute and a trial
     # (the first glued onto the torn line, as Optuna does, the second on a line of its own).
-    later = [json.dumps({"op_code": 2, "worker_id": "w", "study_id": 0, "user_attr": {"a": 1}},
-                        separators=(",", ":")).encode() + b"\n",
-             json.dumps({"op_code": 4, "worker_id": "w", "study_id": 0,
-                         "datetime_start": "2025-01-01T00:00:00.000000+00:00"},
-                        separators=(",", ":")).encode() + b"\n"]
+    later = [
+        json.dumps(
+            {"op_code": 2, "worker_id": "w", "study_id": 0, "user_attr": {"a": 1}}, separators=(",", ":")
+        ).encode()
+        + b"\n",
+        json.dumps(
+            {"op_code": 4, "worker_id": "w", "study_id": 0, "datetime_start": "2025-01-01T00:00:00.000000+00:00"},
+            separators=(",", ":"),
+        ).encode()
+        + b"\n",
+    ]
     torn_line = lines[-1][: len(lines[-1]) // 2]
     damaged = b"".join(lines[:-1]) + torn_line + b"".join(later)
     path.write_bytes(damaged)
@@ -177,8 +183,7 @@ def test_damaged_record_in_the_middle_sets_aside_everything_after_it(tmp_path):
 
     torn = find_torn_tail(path)
     valid = len(b"".join(lines[:-1]))
-    assert torn == TornTail(path=path, valid_bytes=valid, dropped_bytes=len(damaged) - valid,
-                            dropped_lines=2)
+    assert torn == TornTail(path=path, valid_bytes=valid, dropped_bytes=len(damaged) - valid, dropped_lines=2)
     assert "the 1 record after it cannot be replayed" in torn.describe()
 
     copy = set_aside(torn)
@@ -236,13 +241,17 @@ def test_large_journal_is_scanned_quickly(tmp_path):
     import time
 
     path = tmp_path / "optuna.journal"
-    record = json.dumps({"op_code": 7, "worker_id": "w" * 60, "trial_id": 1, "step": 0,
-                         "intermediate_value": 0.5}, separators=(",", ":")).encode() + b"\n"
+    record = (
+        json.dumps(
+            {"op_code": 7, "worker_id": "w" * 60, "trial_id": 1, "step": 0, "intermediate_value": 0.5},
+            separators=(",", ":"),
+        ).encode()
+        + b"\n"
+    )
     n = (20 << 20) // len(record)
     path.write_bytes(record * n + record[:40])
     start = time.perf_counter()
     torn = find_torn_tail(path)
     elapsed = time.perf_counter() - start
-    assert torn == TornTail(path=path, valid_bytes=len(record) * n, dropped_bytes=40,
-                            dropped_lines=1)
+    assert torn == TornTail(path=path, valid_bytes=len(record) * n, dropped_bytes=40, dropped_lines=1)
     assert elapsed < 10, elapsed

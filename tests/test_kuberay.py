@@ -1,4 +1,5 @@
 """k8s/rayjob.yaml (no Kubernetes here): parsed and checked against the code that will run in it."""
+
 from __future__ import annotations
 
 import shlex

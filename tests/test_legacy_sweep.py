@@ -40,8 +40,17 @@ def _unpack(archive: str, name: str, into: Path) -> Path:
 
 
 def _resume(name: str, output_dir: Path, ray_address: str, *overrides: str) -> None:
-    command = [sys.executable, "-m", "sweep.cli", "resume", name, "--output-dir", str(output_dir), *overrides,
-               f"ray_address={ray_address}"]
+    command = [
+        sys.executable,
+        "-m",
+        "sweep.cli",
+        "resume",
+        name,
+        "--output-dir",
+        str(output_dir),
+        *overrides,
+        f"ray_address={ray_address}",
+    ]
     resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 

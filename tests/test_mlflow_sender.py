@@ -4,13 +4,14 @@ reason a trial fails with names the epochs not logged.
 
 The outage itself (a real server killed and restarted) is tests/test_tracking_outage.py.
 """
+
 from __future__ import annotations
 
 import pytest
 from mlflow import MlflowClient
 
-from sweep.stores import tracking
 from sweep.core.errors import StoreUnavailable
+from sweep.stores import tracking
 from sweep.stores.mlflow_sender import TrackingSender, epoch_ranges, is_outage
 
 METRICS = {"val_accuracy": 0.5, "val_loss": 1.25}

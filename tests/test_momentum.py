@@ -3,6 +3,7 @@
 The objective is the quadratic f(p) = 0.5 * sum(a_i * p_i^2), whose gradient is a * p, and the
 learning rate changes in the middle of the run, which is exactly where the formulations part ways.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,6 +20,7 @@ LRS = [0.1, 0.1, 0.1, 0.03, 0.03, 0.03, 0.03]  # LR change after 3 steps
 
 
 # ---- hand-written references: one function per formulation, (p, state, g, lr, mu, nesterov) -----
+
 
 def _pytorch(p, b, g, lr, mu, nesterov):
     b = g.copy() if b is None else mu * b + g  # torch seeds the buffer with the first gradient

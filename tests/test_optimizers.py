@@ -1,4 +1,5 @@
 """The optimizer registry: every entry trains, its search space samples, its checks reject bad values."""
+
 from __future__ import annotations
 
 import math
@@ -90,9 +91,20 @@ def test_rejects_unknown_keys(name):
 
 
 BAD_VALUES = [
-    ("lr", 0), ("lr", -1), ("lr", 0.0), ("lr", "0.1"), ("lr", True), ("lr", float("nan")),
-    ("weight_decay", -1e-4), ("momentum", 1.0), ("momentum", -0.1), ("momentum", 2),
-    ("formulation", "bogus"), ("alpha", 1.0), ("beta1", 1.0), ("beta2", -0.5),
+    ("lr", 0),
+    ("lr", -1),
+    ("lr", 0.0),
+    ("lr", "0.1"),
+    ("lr", True),
+    ("lr", float("nan")),
+    ("weight_decay", -1e-4),
+    ("momentum", 1.0),
+    ("momentum", -0.1),
+    ("momentum", 2),
+    ("formulation", "bogus"),
+    ("alpha", 1.0),
+    ("beta1", 1.0),
+    ("beta2", -0.5),
 ]
 
 
@@ -128,6 +140,7 @@ def test_unknown_optimizer_lists_choices():
 @pytest.mark.slow  # six 3-epoch trainings: about 2 s
 def test_momentum_beats_plain_sgd(digits):
     """The classic claim: at the same small LR, momentum 0.9 learns much faster than plain SGD."""
+
     def mean_final_accuracy(optimizer, params):
         accuracies = []
         for seed in (0, 1, 2):

@@ -1,22 +1,35 @@
 """Every trial run carries its final metrics and its outcome, named one way in Optuna and MLflow,
 visible at a glance (run status), whatever the outcome; no name means two things in one run."""
+
 from __future__ import annotations
 
 import pytest
 from optuna.trial import TrialState
 
 from sweep.core.config import load_config
-from sweep.execution.launch import run_sweep
 from sweep.core.outcome import RECORDS, Status
+from sweep.execution.launch import run_sweep
 from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, studies, sweep_dir_of
 
 pytestmark = pytest.mark.slow
 
 
 def test_first_epoch_divergence_has_metrics_and_status_in_both_stores(ray_address, sweep_overrides):
-    cfg = load_config("quickstart", sweep_overrides + [
-        "name=blowup", "optimizers=[sgd,adam]", "trials=2", "epochs=2", "workers=2", "pruner=none",
-        "schedules=[constant]", "optimizer.lr=50"], mode="sweep")  # diverges in its first epoch
+    cfg = load_config(
+        "quickstart",
+        sweep_overrides
+        + [
+            "name=blowup",
+            "optimizers=[sgd,adam]",
+            "trials=2",
+            "epochs=2",
+            "workers=2",
+            "pruner=none",
+            "schedules=[constant]",
+            "optimizer.lr=50",
+        ],
+        mode="sweep",
+    )  # diverges in its first epoch
     result = run_sweep(cfg)
     assert {row.optimizer: row.counts["diverged"] for row in result.rows} == {"sgd": 2, "adam": 2}
     assert all(row.best_val_accuracy is None for row in result.rows)  # a diverged trial is no result

@@ -10,6 +10,7 @@ tensors of per-member hyperparameters) agrees with torch.optim within float roun
 Then members leaving the pack (divergence, pruning, a failing reporter), a member's checkpoint
 resumed solo, memory sizing, and the fused model for every registry model.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,21 +39,32 @@ def small(digits):
     """The session's digits with fewer training images (the same validation and test sets)."""
     return dataclasses.replace(digits, train_x=digits.train_x[:TRAIN_IMAGES], train_y=digits.train_y[:TRAIN_IMAGES])
 
+
 # per optimizer: three members' hyperparameters, far enough apart to tell them apart
 HYPERPARAMETERS = {
     "sgd": [{"lr": 0.1}, {"lr": 0.05, "weight_decay": 1e-3}, {"lr": 0.2}],
-    "momentum": [{"lr": 0.01, "momentum": 0.9}, {"lr": 0.05, "momentum": 0.5},
-                 {"lr": 0.02, "momentum": 0.99, "weight_decay": 1e-3}],
-    "nesterov": [{"lr": 0.01, "momentum": 0.9}, {"lr": 0.05, "momentum": 0.5},
-                 {"lr": 0.02, "momentum": 0.8, "weight_decay": 1e-3}],
+    "momentum": [
+        {"lr": 0.01, "momentum": 0.9},
+        {"lr": 0.05, "momentum": 0.5},
+        {"lr": 0.02, "momentum": 0.99, "weight_decay": 1e-3},
+    ],
+    "nesterov": [
+        {"lr": 0.01, "momentum": 0.9},
+        {"lr": 0.05, "momentum": 0.5},
+        {"lr": 0.02, "momentum": 0.8, "weight_decay": 1e-3},
+    ],
     "adagrad": [{"lr": 0.01}, {"lr": 0.03}, {"lr": 0.005, "weight_decay": 1e-3}],
     "rmsprop": [{"lr": 0.001}, {"lr": 0.003, "alpha": 0.9}, {"lr": 0.0005, "weight_decay": 1e-3}],
     "adam": [{"lr": 0.001}, {"lr": 0.003, "beta1": 0.8, "beta2": 0.99}, {"lr": 0.0005, "weight_decay": 1e-3}],
     "adamw": [{"lr": 0.001}, {"lr": 0.003, "beta1": 0.8}, {"lr": 0.0005, "weight_decay": 0.1}],
 }
 # every schedule family, with parameters that change the LR within 2 epochs; warm-up on one
-SCHEDULE_PARAMS = {"step": {"step_epochs": 1}, "multistep": {"milestones": [0.5]}, "plateau": {"patience": 0},
-                   "cosine": {"warmup_epochs": 1}}
+SCHEDULE_PARAMS = {
+    "step": {"step_epochs": 1},
+    "multistep": {"milestones": [0.5]},
+    "plateau": {"patience": 0},
+    "cosine": {"warmup_epochs": 1},
+}
 
 
 def _rule_cases():
@@ -76,8 +88,15 @@ def _configs(optimizer: str, formulation: str | None, schedules: list[str]) -> l
     configs = []
     for hp, schedule in zip(HYPERPARAMETERS[optimizer], schedules):
         hp = {**hp, **({"formulation": formulation} if formulation else {})}
-        configs.append(dataclasses.replace(BASE, optimizer=optimizer, optimizer_params=hp, schedule=schedule,
-                                           schedule_params=SCHEDULE_PARAMS.get(schedule, {})))
+        configs.append(
+            dataclasses.replace(
+                BASE,
+                optimizer=optimizer,
+                optimizer_params=hp,
+                schedule=schedule,
+                schedule_params=SCHEDULE_PARAMS.get(schedule, {}),
+            )
+        )
     return configs
 
 
@@ -116,7 +135,8 @@ def _assert_same_trajectory(solo, packed, solo_checkpoint, pack_checkpoint, tole
     for key, value in solo_checkpoint.optimizer["param_groups"][0].items():
         if key != "params":
             assert pack_checkpoint.optimizer["param_groups"][0][key] == (
-                pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
+                pytest.approx(value, rel=1e-12) if isinstance(value, float) else value
+            ), key
     assert _approx(pack_checkpoint.schedule, solo_checkpoint.schedule)  # a plateau keeps the best loss
     assert torch.equal(pack_checkpoint.generator, solo_checkpoint.generator)  # the batch order goes on alike
     assert torch.equal(pack_checkpoint.rng, solo_checkpoint.rng)
@@ -133,8 +153,9 @@ def _approx(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize("optimizer,formulation,schedules", RULE_CASES,
-                         ids=[f"{o}-{f or 'plain'}-{'-'.join(s)}" for o, f, s in RULE_CASES])
+@pytest.mark.parametrize(
+    "optimizer,formulation,schedules", RULE_CASES, ids=[f"{o}-{f or 'plain'}-{'-'.join(s)}" for o, f, s in RULE_CASES]
+)
 def test_each_member_follows_its_solo_trajectory(small, optimizer, formulation, schedules):
     configs = _configs(optimizer, formulation, schedules)
     solo, packed, solo_saved, pack_saved = _trained(configs, small)
@@ -182,11 +203,19 @@ def test_pruned_and_failing_members_leave_alone(small):
 
     finished = []
     solo = [run_trial(c, small) for c in configs]
-    result = run_pack(configs, small, reporters=[prune, count, broken],
-                      on_finish=lambda i, r: finished.append((i, r.status, len(epochs_seen))))
+    result = run_pack(
+        configs,
+        small,
+        reporters=[prune, count, broken],
+        on_finish=lambda i, r: finished.append((i, r.status, len(epochs_seen))),
+    )
     pruned, kept, failed = result.results
     # the members that left were handed over at once (the worker records them then), the last at the end
-    assert finished == [(0, Status.PRUNED, 0), (2, Status.FAILED, 1), (1, Status.OK, 2)]  # (member, outcome, epochs the kept one had reported)
+    assert finished == [
+        (0, Status.PRUNED, 0),
+        (2, Status.FAILED, 1),
+        (1, Status.OK, 2),
+    ]  # (member, outcome, epochs the kept one had reported)
     assert pruned.status == Status.PRUNED and pruned.epochs_run == 1 and pruned.reason == "pruned after epoch 1"
     assert failed.status == Status.FAILED and "refused the epoch" in failed.reason and failed.epochs_run == 1
     _assert_same_trajectory(solo[1], kept, None, None)
@@ -258,8 +287,10 @@ def test_the_fused_update_is_the_registry_optimizer_per_member(optimizer, formul
     """``FusedOptimizer`` steps 3 members with different hyperparameters and LRs as 3 solo
     optimizers do, over 50 steps of gradients spanning 12 orders of magnitude."""
     torch.manual_seed(0)
-    hps = [resolve_hyperparameters(optimizer, {**hp, **({"formulation": formulation} if formulation else {})})
-           for hp in HYPERPARAMETERS[optimizer]]
+    hps = [
+        resolve_hyperparameters(optimizer, {**hp, **({"formulation": formulation} if formulation else {})})
+        for hp in HYPERPARAMETERS[optimizer]
+    ]
     start = torch.randn(3, 500) * 0.1
     stacked = start.clone().requires_grad_()
     fused = FusedOptimizer(optimizer, hps, {"w": stacked})
@@ -287,8 +318,10 @@ def test_a_fused_pack_follows_its_solo_trajectories(small, optimizer):
     """The fused update within float rounding over 2 epochs, its checkpoints in the solo format
     (where rounding is not amplified: an adaptive optimizer turns rounding in a gradient near its
     eps into a different step, which only the exact update avoids)."""
-    configs = [dataclasses.replace(c, pack_update="fused")
-               for c in _configs(optimizer, "ema" if optimizer == "momentum" else None, ["onecycle", "cosine", "plateau"])]
+    configs = [
+        dataclasses.replace(c, pack_update="fused")
+        for c in _configs(optimizer, "ema" if optimizer == "momentum" else None, ["onecycle", "cosine", "plateau"])
+    ]
     configs[2] = dataclasses.replace(configs[2], optimizer_params={**configs[2].optimizer_params, "weight_decay": 0.0})
     solo, packed, solo_saved, pack_saved = _trained(configs, small)
     for i in range(3):

@@ -1,6 +1,7 @@
 """``pack=N`` in a real sweep (the session's Ray, real Optuna storage and MLflow store): the records
 are those of the same sweep run one trial per task, but for the tag naming each trial's pack; a
 pack whose worker dies goes on solo, every member from its own checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -9,20 +10,34 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from sweep.train import memory as pack_memory
 from sweep.core.config import load_config
 from sweep.core.datasets import load_data
 from sweep.execution.launch import run_sweep
 from sweep.stores.studies import study_name
-from tests.sweep_helpers import (default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies,
-                                 sweep_dir_of, sweep_with_a_killed_worker)
+from sweep.train import memory as pack_memory
+from tests.sweep_helpers import (
+    default_storage,
+    default_tracking_uri,
+    mlflow_runs,
+    runs_per_trial,
+    studies,
+    sweep_dir_of,
+    sweep_with_a_killed_worker,
+)
 from tests.test_worker_death import _running_trial_with_an_epoch
 
 pytestmark = pytest.mark.slow  # sweeps on the session's Ray
 
 OPTIMIZERS = ("sgd", "adam")
-VOLATILE = ("seconds", "epoch_seconds", "images_per_second", "train_seconds", "eval_seconds", "setup_seconds",
-            "report_seconds")
+VOLATILE = (
+    "seconds",
+    "epoch_seconds",
+    "images_per_second",
+    "train_seconds",
+    "eval_seconds",
+    "setup_seconds",
+    "report_seconds",
+)
 
 
 def _records(cfg):
@@ -39,17 +54,30 @@ def _records(cfg):
             run = runs[(opt, t.number)]
             history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")}
             records[(opt, t.number)] = dict(
-                params=t.params, state=t.state, value=t.value, intermediate=t.intermediate_values,
-                status=t.user_attrs["status"], run_params=run.data.params, run_status=run.info.status,
-                metrics=sorted(k for k in run.data.metrics if not k.endswith(VOLATILE)), history=history,
+                params=t.params,
+                state=t.state,
+                value=t.value,
+                intermediate=t.intermediate_values,
+                status=t.user_attrs["status"],
+                run_params=run.data.params,
+                run_status=run.info.status,
+                metrics=sorted(k for k in run.data.metrics if not k.endswith(VOLATILE)),
+                history=history,
                 test=run.data.metrics["final_test_accuracy"],
-                tags=sorted(k for k in run.data.tags if k not in ("sweep.pack", "sweep.execution.worker")))
+                tags=sorted(k for k in run.data.tags if k not in ("sweep.pack", "sweep.execution.worker")),
+            )
     return records, parents, children, by_opt
 
 
 def test_a_packed_sweep_records_what_the_solo_sweep_does(ray_address, sweep_overrides, digits):
-    common = ["optimizers=[sgd,adam]", "trials=3", "workers=2", "sampler=random", "pruner=none",
-              "schedules=[constant,onecycle]"]
+    common = [
+        "optimizers=[sgd,adam]",
+        "trials=3",
+        "workers=2",
+        "sampler=random",
+        "pruner=none",
+        "schedules=[constant,onecycle]",
+    ]
     solo_cfg = load_config("quickstart", sweep_overrides + common + ["name=solo"], mode="sweep")
     cfg = load_config("quickstart", sweep_overrides + common + ["name=packed", "pack=3"], mode="sweep")
     # room for 2 members of 3: each pack runs as sub-packs of 2 and 1
@@ -84,10 +112,24 @@ def test_a_packed_sweep_records_what_the_solo_sweep_does(ray_address, sweep_over
 
 def test_a_pack_whose_worker_dies_goes_on_solo_from_each_checkpoint(ray_address, sweep_overrides):
     epochs = 5
-    cfg = load_config("quickstart", sweep_overrides + [
-        "name=pack-worker-dies", "optimizers=[momentum]", "trials=2", "pack=2", f"epochs={epochs}",
-        "batch_size=8", "workers=1", "pruner=none", "schedules=[constant]", "optimizer.lr=0.01",
-        "max_retries=1"], mode="sweep")
+    cfg = load_config(
+        "quickstart",
+        sweep_overrides
+        + [
+            "name=pack-worker-dies",
+            "optimizers=[momentum]",
+            "trials=2",
+            "pack=2",
+            f"epochs={epochs}",
+            "batch_size=8",
+            "workers=1",
+            "pruner=none",
+            "schedules=[constant]",
+            "optimizer.lr=0.01",
+            "max_retries=1",
+        ],
+        mode="sweep",
+    )
     sweep_dir = sweep_dir_of(cfg)
     storage_url = default_storage(sweep_dir)
 

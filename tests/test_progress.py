@@ -1,5 +1,6 @@
 """The progress view: one line per finished trial in a log, a live per-optimizer table on a terminal.
 Counts and "best" come from the same Tally as the final table: a pruned trial's value is not a best."""
+
 from __future__ import annotations
 
 import io
@@ -46,8 +47,9 @@ def test_live_table_on_a_terminal():
 
 
 def test_interrupted_trials_do_not_use_the_budget():
-    tally = Tally.of(4, [TrialOutcome(0, Status.INTERRUPTED), TrialOutcome(1, Status.DIVERGED, 0.3),
-                         TrialOutcome(2, Status.OK, 0.2)])
+    tally = Tally.of(
+        4, [TrialOutcome(0, Status.INTERRUPTED), TrialOutcome(1, Status.DIVERGED, 0.3), TrialOutcome(2, Status.OK, 0.2)]
+    )
     assert tally.done == 2 and tally.best == 0.2 and tally.best_number == 2  # diverged is no result
 
 
@@ -63,7 +65,8 @@ def test_a_long_log_line_goes_on_over_indented_lines_within_100_columns(capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert len(lines) > 2 and max(map(len, lines)) <= 100, lines
-    assert lines[0].startswith("[     adam] trial   1 failed") and all(line.startswith(" " * 12) for line in lines[1:]
-                                                                         if not line.startswith("["))
+    assert lines[0].startswith("[     adam] trial   1 failed") and all(
+        line.startswith(" " * 12) for line in lines[1:] if not line.startswith("[")
+    )
     assert "".join(out.split()).count("".join(reason.split())) == 2  # every character still there
     assert "(1/2 done, best -)" in out

@@ -1,5 +1,6 @@
 """The re-evaluation phase: its rules on real Optuna studies (quick), and a real sweep end to end:
 runs, summary, parent runs, the logged model reproducing its test accuracy, top-up on resume."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.core.keys import Attr
-from sweep.stores import reeval
 from sweep.core.outcome import Status
+from sweep.stores import reeval
 from sweep.stores.studies import SweepStudy
 
 
@@ -76,9 +77,11 @@ def test_reported_configuration_is_chosen_by_mean_validation_never_by_test(tmp_p
 
 # ---- a real sweep ---------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
-def test_sweep_reevaluates_reports_and_logs_a_model_that_reproduces_its_test_accuracy(ray_address, sweep_overrides,
-                                                                                    capsys):
+def test_sweep_reevaluates_reports_and_logs_a_model_that_reproduces_its_test_accuracy(
+    ray_address, sweep_overrides, capsys
+):
     import mlflow
     import torch
     from mlflow import MlflowClient
@@ -90,8 +93,14 @@ def test_sweep_reevaluates_reports_and_logs_a_model_that_reproduces_its_test_acc
     from sweep.stores.sweepdir import SweepDir
     from tests.sweep_helpers import default_storage, default_tracking_uri, sweep_dir_of
 
-    base = sweep_overrides + ["name=reeval", "optimizers=[sgd,adam]", "trials=3", "epochs=2", "pruner=none",
-                              f"ray_address={ray_address}"]
+    base = sweep_overrides + [
+        "name=reeval",
+        "optimizers=[sgd,adam]",
+        "trials=3",
+        "epochs=2",
+        "pruner=none",
+        f"ray_address={ray_address}",
+    ]
     cfg = load_config("quickstart", base + ["reeval_seeds=2"], mode="sweep")
     result = run_sweep(cfg)
     sweep_dir = sweep_dir_of(cfg)
@@ -100,8 +109,10 @@ def test_sweep_reevaluates_reports_and_logs_a_model_that_reproduces_its_test_acc
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.name).experiment_id
     runs = client.search_runs([exp], max_results=1000)
-    by_role = {role: [r for r in runs if r.data.tags.get("sweep.role") == role]
-               for role in ("parent", "trial", "reeval", "sweep")}
+    by_role = {
+        role: [r for r in runs if r.data.tags.get("sweep.role") == role]
+        for role in ("parent", "trial", "reeval", "sweep")
+    }
     assert [len(by_role[k]) for k in ("parent", "trial", "reeval", "sweep")] == [2, 6, 4, 1]
     data = load_dataset("digits", seed=0)
     for opt in cfg.optimizers:
@@ -137,7 +148,8 @@ def test_sweep_reevaluates_reports_and_logs_a_model_that_reproduces_its_test_acc
         with torch.no_grad():
             predicted = model(torch.from_numpy(data.test_x)).argmax(1).numpy()
         assert float((predicted == data.test_y).mean()) == pytest.approx(
-            model_trial.user_attrs["final_test_accuracy"], abs=1e-9)
+            model_trial.user_attrs["final_test_accuracy"], abs=1e-9
+        )
 
     sweep_run = by_role["sweep"][0]
     artifacts = {f.path for f in client.list_artifacts(sweep_run.info.run_id, "report")}

@@ -5,6 +5,7 @@ and diverged trials, two batch sizes, one optimizer without importances. The che
 reader relies on: every file is there and readable, the HTML page stands alone (images inside it,
 nothing fetched from elsewhere), ties are visible, and nothing from the data is injected as markup.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,9 +19,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from sweep.core.outcome import Status
 from sweep.report import plots
 from sweep.report.comparison import BudgetCurve, Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
-from sweep.core.outcome import Status
 from sweep.report.files import ReportFiles, html_page, ranking_rows, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,8 +29,9 @@ EPOCHS, STEPS = 8, 36
 
 
 def _curve(rng: random.Random, top: float, tau: float, epochs: int = EPOCHS) -> tuple[float, ...]:
-    return tuple(round(min(1.0, top - (top - 0.1) * math.exp(-e / tau) + rng.gauss(0, 0.004)), 4)
-                 for e in range(1, epochs + 1))
+    return tuple(
+        round(min(1.0, top - (top - 0.1) * math.exp(-e / tau) + rng.gauss(0, 0.004)), 4) for e in range(1, epochs + 1)
+    )
 
 
 def _budget(values: list[float]) -> BudgetCurve:
@@ -43,8 +45,13 @@ def _budget(values: list[float]) -> BudgetCurve:
         expected.append(sum(p * x for p, x in zip(pmf, v)))
         low.append(next(x for c, x in zip(cdf, v) if c >= 0.05))
         high.append(next(x for c, x in zip(cdf, v) if c >= 0.95))
-    return BudgetCurve(tuple(expected), tuple(low), tuple(high),
-                       share_within_2pct=sum(x >= 0.98 * v[-1] for x in v) / n, trials_to_1pct=3)
+    return BudgetCurve(
+        tuple(expected),
+        tuple(low),
+        tuple(high),
+        share_within_2pct=sum(x >= 0.98 * v[-1] for x in v) / n,
+        trials_to_1pct=3,
+    )
 
 
 def _lr_steps(lr: float, schedule: str) -> tuple[float, ...]:
@@ -58,22 +65,36 @@ def _lr_steps(lr: float, schedule: str) -> tuple[float, ...]:
         elif schedule == "onecycle":
             t = step / (EPOCHS * STEPS - 1)
             up = 0.3
-            out.append(lr / 25 + (lr - lr / 25) * (t / up) if t < up
-                       else lr * 0.5 * (1 + math.cos(math.pi * (t - up) / (1 - up))) + lr / 25e4)
+            out.append(
+                lr / 25 + (lr - lr / 25) * (t / up)
+                if t < up
+                else lr * 0.5 * (1 + math.cos(math.pi * (t - up) / (1 - up))) + lr / 25e4
+            )
         else:
             out.append(lr)
     return tuple(out)
 
 
-def _result(name: str, rng: random.Random, *, lr_range: tuple[float, float], top: float, reevaluated: bool,
-            tied: bool | None, p_value: float | None, importances: dict[str, float],
-            param: str = "cosine", batch_sizes=(32, 64), n_trials: int = 14) -> OptimizerResult:
+def _result(
+    name: str,
+    rng: random.Random,
+    *,
+    lr_range: tuple[float, float],
+    top: float,
+    reevaluated: bool,
+    tied: bool | None,
+    p_value: float | None,
+    importances: dict[str, float],
+    param: str = "cosine",
+    batch_sizes=(32, 64),
+    n_trials: int = 14,
+) -> OptimizerResult:
     trials = []
     best_lr = math.sqrt(lr_range[0] * lr_range[1])
     for number in range(n_trials):
         lr = math.exp(rng.uniform(math.log(lr_range[0]), math.log(lr_range[1])))
         distance = abs(math.log10(lr / best_lr))
-        final = max(0.1, top - 0.12 * distance ** 2 + rng.gauss(0, 0.006))
+        final = max(0.1, top - 0.12 * distance**2 + rng.gauss(0, 0.006))
         schedule = rng.choice(["constant", "cosine", "step", "onecycle"])
         status = Status.OK
         if number in (4, 9):
@@ -85,12 +106,30 @@ def _result(name: str, rng: random.Random, *, lr_range: tuple[float, float], top
             curve = curve[:3]
         elif status is Status.DIVERGED:
             curve = curve[:1]
-        trials.append(SearchedTrial(
-            number=number, status=status, value=curve[-1] if status is Status.OK else None,
-            last_val_accuracy=curve[-1], lr=lr, schedule=schedule, batch_size=batch_sizes[number % len(batch_sizes)],
-            hyperparameters={"lr": lr, "schedule": schedule}, val_curve=curve))
-    trials.append(SearchedTrial(number=n_trials, status=Status.FAILED, value=None, last_val_accuracy=None,
-                                lr=None, schedule="constant", batch_size=batch_sizes[0]))
+        trials.append(
+            SearchedTrial(
+                number=number,
+                status=status,
+                value=curve[-1] if status is Status.OK else None,
+                last_val_accuracy=curve[-1],
+                lr=lr,
+                schedule=schedule,
+                batch_size=batch_sizes[number % len(batch_sizes)],
+                hyperparameters={"lr": lr, "schedule": schedule},
+                val_curve=curve,
+            )
+        )
+    trials.append(
+        SearchedTrial(
+            number=n_trials,
+            status=Status.FAILED,
+            value=None,
+            last_val_accuracy=None,
+            lr=None,
+            schedule="constant",
+            batch_size=batch_sizes[0],
+        )
+    )
     scored = [t for t in trials if t.value is not None]
     best = max(scored, key=lambda t: t.value)
     best = SearchedTrial(**{**best.__dict__, "schedule": param})
@@ -98,10 +137,18 @@ def _result(name: str, rng: random.Random, *, lr_range: tuple[float, float], top
     reevals = ()
     test = None
     if reevaluated:
-        reevals = tuple(SeedRun(source_trial=best.number, seed=seed, status=Status.OK,
-                                val_accuracy=c[-1], test_accuracy=round(c[-1] - 0.004 + rng.gauss(0, 0.003), 4),
-                                val_curve=c, run_id=f"run{seed}")
-                        for seed, c in ((s, _curve(rng, best.value, 1.6)) for s in (101, 102, 103)))
+        reevals = tuple(
+            SeedRun(
+                source_trial=best.number,
+                seed=seed,
+                status=Status.OK,
+                val_accuracy=c[-1],
+                test_accuracy=round(c[-1] - 0.004 + rng.gauss(0, 0.003), 4),
+                val_curve=c,
+                run_id=f"run{seed}",
+            )
+            for seed, c in ((s, _curve(rng, best.value, 1.6)) for s in (101, 102, 103))
+        )
         accs = [r.test_accuracy for r in reevals]
         mean = sum(accs) / len(accs)
         std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1))
@@ -109,31 +156,76 @@ def _result(name: str, rng: random.Random, *, lr_range: tuple[float, float], top
         test = SeedStats(n=len(accs), mean=mean, std=std, ci_low=mean - half, ci_high=mean + half)
     counts = {s.value: sum(t.status is s for t in trials) for s in Status}
     return OptimizerResult(
-        optimizer=name, counts=counts, best_trial=best.number, best_val_accuracy=best.value,
+        optimizer=name,
+        counts=counts,
+        best_trial=best.number,
+        best_val_accuracy=best.value,
         best_hyperparameters={"lr": best.lr, "schedule": param, f"{param}.min_lr_factor": 0.031},
-        trials=tuple(trials), reevals=reevals, test=test, tied=tied, p_value=p_value,
-        budget=_budget([t.value for t in scored]), importances=importances,
-        lr_per_step=_lr_steps(best.lr, param), steps_per_epoch=STEPS,
-        train_seconds=round(rng.uniform(20, 60), 2), best_run_id="abc", model_uri="runs:/abc/model")
+        trials=tuple(trials),
+        reevals=reevals,
+        test=test,
+        tied=tied,
+        p_value=p_value,
+        budget=_budget([t.value for t in scored]),
+        importances=importances,
+        lr_per_step=_lr_steps(best.lr, param),
+        steps_per_epoch=STEPS,
+        train_seconds=round(rng.uniform(20, 60), 2),
+        best_run_id="abc",
+        model_uri="runs:/abc/model",
+    )
 
 
 def make_comparison(state: str = "finished") -> Comparison:
     rng = random.Random(7)
     results = (
-        _result("adam", rng, lr_range=(1e-4, 3e-2), top=0.975, reevaluated=True, tied=True, p_value=None,
-                importances={"lr": 0.71, "beta1": 0.18, "schedule": 0.11}),
-        _result("momentum", rng, lr_range=(3e-3, 0.5), top=0.972, reevaluated=True, tied=True, p_value=0.41,
-                importances={"lr": 0.52, "momentum": 0.33, "schedule": 0.1, "cosine.min_lr_factor": 0.05},
-                param="onecycle"),
-        _result("sgd", rng, lr_range=(1e-3, 1.0), top=0.93, reevaluated=False, tied=None, p_value=None,
-                importances={}, param="step"),
+        _result(
+            "adam",
+            rng,
+            lr_range=(1e-4, 3e-2),
+            top=0.975,
+            reevaluated=True,
+            tied=True,
+            p_value=None,
+            importances={"lr": 0.71, "beta1": 0.18, "schedule": 0.11},
+        ),
+        _result(
+            "momentum",
+            rng,
+            lr_range=(3e-3, 0.5),
+            top=0.972,
+            reevaluated=True,
+            tied=True,
+            p_value=0.41,
+            importances={"lr": 0.52, "momentum": 0.33, "schedule": 0.1, "cosine.min_lr_factor": 0.05},
+            param="onecycle",
+        ),
+        _result(
+            "sgd",
+            rng,
+            lr_range=(1e-3, 1.0),
+            top=0.93,
+            reevaluated=False,
+            tied=None,
+            p_value=None,
+            importances={},
+            param="step",
+        ),
     )
-    return Comparison(name="digits-cmp", dataset="digits", model="simple_cnn", epochs=EPOCHS, trials=15,
-                      reeval_seeds=3, state=state, generated="2026-11-23T08:00:00+00:00",
-                      tie_rule="Welch's t-test against the top-ranked optimizer, p >= 0.05: tied",
-                      results=results, batch_sizes=(32, 64),
-                      settings={"sampler": "tpe", "pruner": "median",
-                                "tracking_uri": "http://me:hunter2@mlflow:5000"})
+    return Comparison(
+        name="digits-cmp",
+        dataset="digits",
+        model="simple_cnn",
+        epochs=EPOCHS,
+        trials=15,
+        reeval_seeds=3,
+        state=state,
+        generated="2026-11-23T08:00:00+00:00",
+        tie_rule="Welch's t-test against the top-ranked optimizer, p >= 0.05: tied",
+        results=results,
+        batch_sizes=(32, 64),
+        settings={"sampler": "tpe", "pruner": "median", "tracking_uri": "http://me:hunter2@mlflow:5000"},
+    )
 
 
 class _Page(HTMLParser):
@@ -191,7 +283,7 @@ def test_html_is_one_self_contained_page(report):
         assert attrs.get("alt")
         prefix = "data:image/png;base64,"
         assert attrs["src"].startswith(prefix)
-        assert base64.b64decode(attrs["src"][len(prefix):], validate=True)[:8] == PNG_MAGIC
+        assert base64.b64decode(attrs["src"][len(prefix) :], validate=True)[:8] == PNG_MAGIC
     for tag, attrs in page.tags:
         assert tag not in ("script", "link", "iframe", "object", "embed"), tag
         for key in ("src", "href", "srcset", "action", "data"):
@@ -201,7 +293,7 @@ def test_html_is_one_self_contained_page(report):
     for text in (comparison.name, comparison.dataset, comparison.model, comparison.tie_rule):
         assert escape(text) in html
     assert "hunter2" not in html  # a password in a setting is masked
-    for name, spec in plots.FIGURES.items():
+    for spec in plots.FIGURES.values():
         assert escape(spec.caption) in html
 
 
@@ -234,9 +326,14 @@ def test_rows_format_accuracies_to_four_decimals(report):
 
 def test_data_is_escaped_everywhere(tmp_path):
     base = make_comparison()
-    evil = OptimizerResult(**{**base.results[0].__dict__, "optimizer": "<script>alert(1)</script>",
-                              "best_hyperparameters": {"lr": 0.01, "schedule": "<img src=x onerror=alert(2)>"},
-                              "importances": {"$\\frac{$": 0.6, "lr": 0.4}})  # not a formula in a figure
+    evil = OptimizerResult(
+        **{
+            **base.results[0].__dict__,
+            "optimizer": "<script>alert(1)</script>",
+            "best_hyperparameters": {"lr": 0.01, "schedule": "<img src=x onerror=alert(2)>"},
+            "importances": {"$\\frac{$": 0.6, "lr": 0.4},
+        }
+    )  # not a formula in a figure
     comparison = Comparison(**{**base.__dict__, "name": "a<b>&c", "results": (evil, *base.results[1:])})
     files = write_report(comparison, tmp_path)
     assert set(files.plots) == set(plots.FIGURES)
@@ -249,9 +346,18 @@ def test_data_is_escaped_everywhere(tmp_path):
 
 
 def test_an_empty_comparison_still_writes_a_page(tmp_path):
-    empty = Comparison(name="nothing-yet", dataset="digits", model="simple_cnn", epochs=3, trials=5,
-                       reeval_seeds=3, state="running", generated="2026-11-23T08:00:00+00:00",
-                       tie_rule="Welch's t-test", results=())
+    empty = Comparison(
+        name="nothing-yet",
+        dataset="digits",
+        model="simple_cnn",
+        epochs=3,
+        trials=5,
+        reeval_seeds=3,
+        state="running",
+        generated="2026-11-23T08:00:00+00:00",
+        tie_rule="Welch's t-test",
+        results=(),
+    )
     files = write_report(empty, tmp_path / "r")
     assert files.plots == {}
     html = files.html.read_text(encoding="utf-8")
@@ -278,8 +384,10 @@ def test_an_optimizer_has_the_same_colour_in_every_report():
 
     assert colour(full, "sgd") == colour(fewer, "sgd") == plots.colors(["sgd"])["sgd"]
     assert colour(full, "momentum") == colour(fewer, "momentum")
-    assert len(set(plots.colors(["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw",
-                                 "mine"]).values())) == 8
+    assert (
+        len(set(plots.colors(["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "mine"]).values()))
+        == 8
+    )
 
 
 def test_convergence_falls_back_to_the_search_trial_when_not_reevaluated():
@@ -308,8 +416,15 @@ def test_lr_sensitivity_has_a_panel_per_batch_size_and_hollow_non_ok_trials():
 
 def test_figures_with_nothing_to_draw_are_left_out():
     base = make_comparison()
-    bare = Comparison(**{**base.__dict__, "results": tuple(
-        OptimizerResult(**{**r.__dict__, "importances": {}, "budget": None, "lr_per_step": ()}) for r in base.results)})
+    bare = Comparison(
+        **{
+            **base.__dict__,
+            "results": tuple(
+                OptimizerResult(**{**r.__dict__, "importances": {}, "budget": None, "lr_per_step": ()})
+                for r in base.results
+            ),
+        }
+    )
     assert plots.importances(bare) is None and plots.budget(bare) is None and plots.schedules(bare) is None
     assert plots.convergence(bare) is not None
     full = plots.importances(base)
@@ -343,6 +458,7 @@ def test_the_terminal_table_fits_100_columns_and_the_markdown_keeps_everything(r
     md = files.markdown.read_text(encoding="utf-8")
     assert "| " + " | ".join(TABLE_COLUMNS) + " |" in md and "cosine.min_lr_factor=0.031" in md
     wide = comparison.results[0]
-    narrow = type(comparison)(**{**comparison.__dict__, "results": (
-        type(wide)(**{**wide.__dict__, "best_hyperparameters": {"lr": 0.01}}),)})
+    narrow = type(comparison)(
+        **{**comparison.__dict__, "results": (type(wide)(**{**wide.__dict__, "best_hyperparameters": {"lr": 0.01}}),)}
+    )
     assert terminal_table(narrow).splitlines()[1].endswith("lr=0.01")  # what fits is not cut

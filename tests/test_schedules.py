@@ -3,6 +3,7 @@
 Each closed form is ``f(epoch, batch, params, E, S, base_lr) -> lr`` for the LR used at that batch,
 written from the schedule's definition, independently of torch.optim.lr_scheduler.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,8 +83,14 @@ def _plateau(e, b, p, n_epochs, n_steps, lr):
 
 
 CLOSED_FORMS = {
-    "constant": _constant, "step": _step, "multistep": _multistep, "exponential": _exponential,
-    "cosine": _cosine, "onecycle": _onecycle, "polynomial": _polynomial, "plateau": _plateau,
+    "constant": _constant,
+    "step": _step,
+    "multistep": _multistep,
+    "exponential": _exponential,
+    "cosine": _cosine,
+    "onecycle": _onecycle,
+    "polynomial": _polynomial,
+    "plateau": _plateau,
 }
 
 # One non-default parameter set per schedule (cosine also gets warm restarts).
@@ -125,7 +132,8 @@ def assert_matches(got, expected_fn, label):
         for b, lr in enumerate(row):
             expected = expected_fn(e, b)
             assert math.isclose(lr, expected, rel_tol=1e-9, abs_tol=1e-15), (
-                f"{label}: epoch {e} batch {b}: lr {lr!r}, expected {expected!r}")
+                f"{label}: epoch {e} batch {b}: lr {lr!r}, expected {expected!r}"
+            )
 
 
 def test_registry_is_keyed_by_spec_name():
@@ -223,8 +231,12 @@ def test_resolve_defaults_and_unknown_keys(name):
         resolve_schedule_params(name, {"bogus": 1})
     assert "schedule.bogus" in info.value.args[0]
     # a key another schedule takes, with a value valid there, is still unknown here
-    foreign = {key: value for other in NAMES for key, value in SCHEDULES[other].defaults.items()
-               if key not in SCHEDULES[name].defaults}
+    foreign = {
+        key: value
+        for other in NAMES
+        for key, value in SCHEDULES[other].defaults.items()
+        if key not in SCHEDULES[name].defaults
+    }
     key, value = sorted(foreign.items())[0]
     with pytest.raises(KeyError) as info:
         resolve_schedule_params(name, {key: value})
@@ -232,10 +244,16 @@ def test_resolve_defaults_and_unknown_keys(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("key,value", [
-    ("warmup_epochs", -1), ("warmup_epochs", 1.5), ("warmup_epochs", True), ("warmup_epochs", "2"),
-    ("warmup_start_factor", -0.1),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("warmup_epochs", -1),
+        ("warmup_epochs", 1.5),
+        ("warmup_epochs", True),
+        ("warmup_epochs", "2"),
+        ("warmup_start_factor", -0.1),
+    ],
+)
 def test_resolve_rejects_bad_warmup(name, key, value):
     with pytest.raises(ValueError) as info:
         resolve_schedule_params(name, {key: value})
@@ -250,9 +268,14 @@ def test_resolve_rejects_bad_milestones(value):
 
 
 def test_resolve_rejects_bad_numbers():
-    for name, key, value in [("step", "gamma", -0.5), ("step", "step_epochs", -1), ("step", "step_epochs", 2.5),
-                             ("plateau", "patience", -1), ("exponential", "gamma", "0.9"),
-                             ("cosine", "restart_epochs", True)]:
+    for name, key, value in [
+        ("step", "gamma", -0.5),
+        ("step", "step_epochs", -1),
+        ("step", "step_epochs", 2.5),
+        ("plateau", "patience", -1),
+        ("exponential", "gamma", "0.9"),
+        ("cosine", "restart_epochs", True),
+    ]:
         with pytest.raises(ValueError) as info:
             resolve_schedule_params(name, {key: value})
         assert f"schedule.{key}" in str(info.value)

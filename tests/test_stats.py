@@ -1,4 +1,5 @@
 """The report's statistics against numbers worked by hand and against brute force over all orders."""
+
 from __future__ import annotations
 
 import itertools
@@ -29,6 +30,7 @@ def brute_force_expected_best(values):
 
 
 # --- budget curve: the expectation ---------------------------------------------------------------
+
 
 def test_expected_best_hand_case_by_enumerating_all_24_orders():
     values = [0.5, 0.9, None, 0.7]
@@ -97,6 +99,7 @@ def test_expected_best_rises_with_k_and_ends_at_the_max():
 
 # --- budget curve: the band over random orders ---------------------------------------------------
 
+
 def test_band_brackets_the_expectation_and_closes_at_the_max():
     values = [float(v) for v in np.random.default_rng(5).uniform(0.5, 1.0, 60)]
     curve = budget_curve(values, rng_seed=1)
@@ -136,6 +139,7 @@ def test_band_is_reproducible_by_seed_and_independent_of_chunking(monkeypatch):
 
 # --- budget curve: share within 2 %, trials to 1 %, edge cases ------------------------------------
 
+
 def test_share_within_2pct_and_trials_to_1pct_on_a_literal_example():
     # best 1.0: within 2 % means >= 0.98 (0.992, 1.0 and 0.98 itself; 0.97 and None are not): 3 of 6.
     # The first within 1 % (>= 0.99) is 0.992, the 3rd trial run (1-based), before the best itself.
@@ -151,18 +155,22 @@ def test_no_scored_trial_or_best_not_above_zero_gives_zero_curves(values):
     assert curve.share_within_2pct is None and curve.trials_to_1pct is None
 
 
-@pytest.mark.parametrize("values, orders, message", [
-    ([], 2000, "at least one trial"),
-    ([0.5, float("nan")], 2000, r"scored values\[1\] is nan"),
-    ([0.5, float("inf")], 2000, "finite"),
-    ([0.5], 0, "orders is 0"),
-])
+@pytest.mark.parametrize(
+    "values, orders, message",
+    [
+        ([], 2000, "at least one trial"),
+        ([0.5, float("nan")], 2000, r"scored values\[1\] is nan"),
+        ([0.5, float("inf")], 2000, "finite"),
+        ([0.5], 0, "orders is 0"),
+    ],
+)
 def test_budget_curve_refuses_bad_input(values, orders, message):
     with pytest.raises(ValueError, match=message):
         budget_curve(values, orders=orders)
 
 
 # --- seed statistics ------------------------------------------------------------------------------
+
 
 def test_seed_stats_three_seeds_by_hand():
     # mean 0.9; deviations -0.1, 0, 0.1 -> variance 0.02/2 = 0.01, std 0.1;
@@ -201,6 +209,7 @@ def test_seed_stats_refuses_bad_input(values, message):
 
 # --- the tie rule ---------------------------------------------------------------------------------
 
+
 def test_clearly_separated_samples_are_not_tied():
     ranked = rank_and_tie({"sgd": [0.50, 0.51, 0.52], "adam": [0.90, 0.91, 0.92]})
     assert [r.name for r in ranked] == ["adam", "sgd"]
@@ -221,9 +230,9 @@ def test_welch_p_value_by_hand_and_alpha():
     samples = {"x": [0.6, 0.7, 0.8], "y": [0.8, 0.9, 1.0]}
     at_5 = rank_and_tie(samples)
     assert at_5[1].name == "x" and at_5[1].p_value == pytest.approx(p, rel=1e-9)
-    assert at_5[1].tied is True            # p 0.070 >= 0.05
+    assert at_5[1].tied is True  # p 0.070 >= 0.05
     assert rank_and_tie(samples, alpha=0.10)[1].tied is False
-    assert rank_and_tie(samples, alpha=at_5[1].p_value)[1].tied is True   # p == alpha does not reject
+    assert rank_and_tie(samples, alpha=at_5[1].p_value)[1].tied is True  # p == alpha does not reject
 
 
 def test_zero_variance_on_both_sides():
@@ -265,6 +274,7 @@ def test_rank_and_tie_refuses_alpha_outside_zero_one(alpha):
 
 
 def test_tie_rule_names_the_default_alpha():
-    assert stats.TIE_RULE == ("tied: Welch's t-test against the top-ranked optimizer, two-sided, p >= 0.05, "
-                              "over the re-evaluation seeds")
+    assert stats.TIE_RULE == (
+        "tied: Welch's t-test against the top-ranked optimizer, two-sided, p >= 0.05, over the re-evaluation seeds"
+    )
     assert stats.ALPHA == 0.05

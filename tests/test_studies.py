@@ -1,5 +1,6 @@
 """The sampler and pruner registries, with real Optuna studies (in memory, no Ray): every entry
 samples the product's real search space reproducibly, and every pruner stops a hopeless trial."""
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,9 @@ def test_sampler_draws_valid_reproducible_configs(sampler_name, optimizer):
         hp = {k: v for k, v in chosen.items() if k in space}
         assert set(hp) == set(space)
         resolve_hyperparameters(optimizer, hp)  # within the optimizer's allowed ranges
-        resolve_schedule_params(schedule, {k.partition(".")[2]: v for k, v in chosen.items()
-                                           if k.startswith(f"{schedule}.")})
+        resolve_schedule_params(
+            schedule, {k.partition(".")[2]: v for k, v in chosen.items() if k.startswith(f"{schedule}.")}
+        )
         for key, dist in space.items():
             assert dist.low - 1e-12 <= hp[key] <= dist.high + 1e-12, (key, hp[key])
 
@@ -90,8 +92,7 @@ def test_pruner_stops_a_hopeless_trial(pruner_name):
 @pytest.mark.parametrize("formulation", ["pytorch", "heavy_ball", "ema"])
 def test_search_effective_lr(formulation):
     """Searching lr/(1 - mu) for momentum methods; EMA momentum's lr already is that step."""
-    cfg = load_config("quickstart", ["search_effective_lr=true", f"optimizer.formulation={formulation}"],
-                      mode="sweep")
+    cfg = load_config("quickstart", ["search_effective_lr=true", f"optimizer.formulation={formulation}"], mode="sweep")
     study = optuna.create_study(sampler=make_sampler("random", seed=0, trials=4))
     for optimizer in ("momentum", "nesterov"):
         trial = study.ask()
@@ -110,8 +111,13 @@ def test_classic_config_fixes_everything():
     """conf/classic.yaml is one run per optimizer: every value fixed, so a trial asks Optuna for
     nothing (a FixedTrial with no parameters raises on any suggestion)."""
     cfg = load_config("classic", mode="sweep")
-    assert (cfg.dataset, cfg.model, cfg.epochs, cfg.batch_size, cfg.val_fraction) == \
-        ("fashion_mnist", "simple_cnn", 10, 64, 0.2)
+    assert (cfg.dataset, cfg.model, cfg.epochs, cfg.batch_size, cfg.val_fraction) == (
+        "fashion_mnist",
+        "simple_cnn",
+        10,
+        64,
+        0.2,
+    )
     assert cfg.optimizers == ("sgd", "momentum") and cfg.trials == 1 and cfg.pruner == "none"
     for optimizer in cfg.optimizers:
         tc = sample_trial(optuna.trial.FixedTrial({}), optimizer, cfg)

@@ -1,5 +1,6 @@
 """`sweep submit`: refusals answer before any Ray contact; a real Ray head (its own, not the session's)
 runs a submitted sweep to the end as a Ray job, against a real PostgreSQL storage."""
+
 from __future__ import annotations
 
 import contextlib
@@ -30,18 +31,22 @@ VENV_BIN = Path(sys.executable).parent
 def sweep_cli(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
     """The CLI as a user runs it, importing this checkout's code."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sweep.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "sweep.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
 
 
-@pytest.mark.parametrize("args, key", [
-    (["storage=postgresql://sweep:hunter2@db/optuna", "output_dir=/sweeps"], "storage"),
-    (["tracking_uri=http://me:hunter2@mlflow:5000", "output_dir=/sweeps"], "tracking_uri"),
-    (["trials=0", "output_dir=/sweeps"], "trials"),
-    (["no_such_key=1", "output_dir=/sweeps"], "no_such_key"),
-    ([], "output_dir"),  # ./sweeps would be inside the job's temporary copy of the project
-    (["output_dir=/sweeps", "storage=sqlite:///optuna.db"], "storage"),
-])
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["storage=postgresql://sweep:hunter2@db/optuna", "output_dir=/sweeps"], "storage"),
+        (["tracking_uri=http://me:hunter2@mlflow:5000", "output_dir=/sweeps"], "tracking_uri"),
+        (["trials=0", "output_dir=/sweeps"], "trials"),
+        (["no_such_key=1", "output_dir=/sweeps"], "no_such_key"),
+        ([], "output_dir"),  # ./sweeps would be inside the job's temporary copy of the project
+        (["output_dir=/sweeps", "storage=sqlite:///optuna.db"], "storage"),
+    ],
+)
 def test_refused_before_submitting(args, key):
     # a closed port as the address: reaching Ray at all would fail with another message
     result = sweep_cli("submit", *args, "--address", "http://127.0.0.1:9", timeout=30)
@@ -83,8 +88,9 @@ class RayHead:
     env: dict  # what a client needs: the cluster's token (Ray enables token auth by default)
 
     def job(self, job_id: str) -> dict:
-        request = urllib.request.Request(f"{self.address}/api/jobs/{job_id}",
-                                         headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
+        request = urllib.request.Request(
+            f"{self.address}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
 
@@ -96,20 +102,40 @@ def ray_head():
     and chosen here; token auth is on, with a token of its own. The job's driver finds `python`
     (this venv's) on PATH, but not this checkout on PYTHONPATH: it must import the copy shipped in
     the job's runtime_env."""
-    gcs, dashboard, client, agent_http, agent_grpc, runtime_env_agent, metrics, node_manager, object_manager = \
+    gcs, dashboard, client, agent_http, agent_grpc, runtime_env_agent, metrics, node_manager, object_manager = (
         _free_ports(9)
+    )
     temp_dir = tempfile.mkdtemp(prefix="ray-submit-", dir="/tmp")  # short: Ray's socket paths have a length limit
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
     env.update(auth, PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
     head = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2", "--num-gpus=0",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
-         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--runtime-env-agent-port={runtime_env_agent}", f"--metrics-export-port={metrics}",
-         f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, cwd=temp_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={client}",
+            f"--dashboard-agent-listen-port={agent_http}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={runtime_env_agent}",
+            f"--metrics-export-port={metrics}",
+            f"--node-manager-port={node_manager}",
+            f"--object-manager-port={object_manager}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        cwd=temp_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     head_info = RayHead(f"http://127.0.0.1:{dashboard}", auth)
     try:
         deadline = time.monotonic() + 90
@@ -161,9 +187,26 @@ def test_submitted_sweep_runs_to_the_end_as_a_ray_job(ray_head, pg_database, tmp
     from sweep.stores.studies import open_storage, study_name
 
     out = tmp_path / "sweeps"
-    result = sweep_cli("submit", "quickstart", "name=submitted", "optimizers=[sgd]", "trials=2", "epochs=1", "reeval_seeds=0", "report_figures=false",
-                       "batch_size=64", "workers=1", "schedules=[constant]", f"storage={pg_database}",
-                       f"output_dir={out}", "--address", ray_head.address, "--follow", timeout=240, env=ray_head.env)
+    result = sweep_cli(
+        "submit",
+        "quickstart",
+        "name=submitted",
+        "optimizers=[sgd]",
+        "trials=2",
+        "epochs=1",
+        "reeval_seeds=0",
+        "report_figures=false",
+        "batch_size=64",
+        "workers=1",
+        "schedules=[constant]",
+        f"storage={pg_database}",
+        f"output_dir={out}",
+        "--address",
+        ray_head.address,
+        "--follow",
+        timeout=240,
+        env=ray_head.env,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     job_id = result.stdout.split("submitted job ", 1)[1].split()[0]
     assert job_id.startswith("sweep-submitted-")
@@ -180,7 +223,14 @@ def test_submitted_sweep_runs_to_the_end_as_a_ray_job(ray_head, pg_database, tmp
     assert (out / "submitted" / "summary.json").is_file()  # the driver wrote where it was told, on the head
 
     # a client without the cluster's token gets one line, not a traceback
-    refused = sweep_cli("submit", f"output_dir={out}", "--address", ray_head.address, timeout=60,
-                        env={"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": ""})
-    assert refused.returncode == 2 and refused.stderr.startswith("sweep: error: --address: the Ray cluster at "), \
+    refused = sweep_cli(
+        "submit",
+        f"output_dir={out}",
+        "--address",
+        ray_head.address,
+        timeout=60,
+        env={"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": ""},
+    )
+    assert refused.returncode == 2 and refused.stderr.startswith("sweep: error: --address: the Ray cluster at "), (
         refused.stderr
+    )

@@ -1,4 +1,5 @@
 """The sweep engine end to end: real Ray, real Optuna storage, real MLflow store."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,34 @@ from optuna.trial import TrialState
 from sweep.cli import main
 from sweep.core.config import load_config
 from sweep.execution.launch import run_sweep
-from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies, sweep_dir_of
+from tests.sweep_helpers import (
+    default_storage,
+    default_tracking_uri,
+    mlflow_runs,
+    runs_per_trial,
+    studies,
+    sweep_dir_of,
+)
 
 pytestmark = pytest.mark.slow  # every test runs a sweep on the session's Ray
 
 
 def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
-    cfg = load_config("quickstart", sweep_overrides + [
-        "name=counts", "optimizers=[sgd,adam]", "trials=4", "workers=2", "pruner=none",
-        "optimizer.lr=0.01", "schedules=[constant,cosine]", "batch_sizes=[32,64]"], mode="sweep")
+    cfg = load_config(
+        "quickstart",
+        sweep_overrides
+        + [
+            "name=counts",
+            "optimizers=[sgd,adam]",
+            "trials=4",
+            "workers=2",
+            "pruner=none",
+            "optimizer.lr=0.01",
+            "schedules=[constant,cosine]",
+            "batch_sizes=[32,64]",
+        ],
+        mode="sweep",
+    )
     assert run_sweep(cfg).rows
     sweep_dir = sweep_dir_of(cfg)
     by_opt = studies(cfg, default_storage(sweep_dir))
@@ -65,9 +85,21 @@ def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
 
 
 def test_pruned_trials_are_pruned_in_optuna_and_mlflow(ray_address, sweep_overrides):
-    cfg = load_config("quickstart", sweep_overrides + [
-        "name=pruning", "optimizers=[sgd]", "trials=6", "epochs=3", "workers=1", "sampler=random",
-        "pruner=median", "schedules=[constant]"], mode="sweep")
+    cfg = load_config(
+        "quickstart",
+        sweep_overrides
+        + [
+            "name=pruning",
+            "optimizers=[sgd]",
+            "trials=6",
+            "epochs=3",
+            "workers=1",
+            "sampler=random",
+            "pruner=median",
+            "schedules=[constant]",
+        ],
+        mode="sweep",
+    )
     assert run_sweep(cfg).rows
     sweep_dir = sweep_dir_of(cfg)
     study = studies(cfg, default_storage(sweep_dir))["sgd"]
@@ -119,15 +151,26 @@ def test_resume_keeps_every_optimizer(ray_address, sweep_overrides, tmp_path, ca
     assert main(["run", "quickstart", *base, "optimizers=[sgd]"]) == 2
     assert capsys.readouterr().err.startswith("sweep: error: optimizers: sweep 'keep' already has studies for adam")
     assert main(["run", "quickstart", *base, "optimizers=[sgd,adam,adamw]"]) == 0  # adding one is fine
-    assert sorted(json.loads((tmp_path / "sweeps" / "keep" / "summary.json").read_text())["optimizers"]) == \
-        ["adam", "adamw", "sgd"]
+    assert sorted(json.loads((tmp_path / "sweeps" / "keep" / "summary.json").read_text())["optimizers"]) == [
+        "adam",
+        "adamw",
+        "sgd",
+    ]
     assert before == sorted(p.name for p in (tmp_path / "sweeps" / "keep").iterdir())
 
 
 def test_same_name_from_another_directory_is_refused(ray_address, tmp_path, capsys):
     """Two sweeps that share stores must not merge because they share a name."""
-    shared = [f"storage=sqlite:///{tmp_path}/optuna.db", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-              "name=twin", "optimizers=[sgd]", "trials=1", "epochs=1", "reeval_seeds=0", "report_figures=false"]
+    shared = [
+        f"storage=sqlite:///{tmp_path}/optuna.db",
+        f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        "name=twin",
+        "optimizers=[sgd]",
+        "trials=1",
+        "epochs=1",
+        "reeval_seeds=0",
+        "report_figures=false",
+    ]
     assert main(["run", "quickstart", f"output_dir={tmp_path / 'first'}", *shared]) == 0
     capsys.readouterr()
     assert main(["run", "quickstart", f"output_dir={tmp_path / 'second'}", *shared]) == 2
@@ -141,9 +184,12 @@ def test_postgresql_storage(ray_address, sweep_overrides, pg_storage):
     import uuid
 
     name = f"pg-{uuid.uuid4().hex[:8]}"
-    cfg = load_config("quickstart", sweep_overrides + [
-        f"name={name}", "optimizers=[adam]", "trials=2", "epochs=1", "workers=2",
-        f"storage={pg_storage}"], mode="sweep")
+    cfg = load_config(
+        "quickstart",
+        sweep_overrides
+        + [f"name={name}", "optimizers=[adam]", "trials=2", "epochs=1", "workers=2", f"storage={pg_storage}"],
+        mode="sweep",
+    )
     assert run_sweep(cfg).rows
     study = studies(cfg, cfg.storage)["adam"]
     assert len([t for t in study.trials if t.state.is_finished()]) == 2

@@ -1,4 +1,5 @@
 """`sweep run` input checking, `sweep ls`, and `sweep ui` serving a sweep over real HTTP."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,12 @@ BAD_VALUES = [
     ("divergence_check_steps", "divergence_check_steps=-1"),
     ("no_such_key", "no_such_key=1"),
     ("storage", "storage=postgresql://postgres@127.0.0.1:1/test"),  # nothing listens there
-    pytest.param("storage", f"storage={services.pg_url('no_such_database')}", marks=pytest.mark.postgres,
-                 id=f"storage={services.pg_url('no_such_database')}"),  # the server must say "no such database"
+    pytest.param(
+        "storage",
+        f"storage={services.pg_url('no_such_database')}",
+        marks=pytest.mark.postgres,
+        id=f"storage={services.pg_url('no_such_database')}",
+    ),  # the server must say "no such database"
     ("tracking_uri", "tracking_uri=http://127.0.0.1:1"),
     ("tracking_uri", "tracking_uri=journal:///tmp/x.journal"),
     ("ray_address", "ray_address=127.0.0.1:1"),
@@ -71,8 +76,11 @@ BAD_VALUES = [
 def test_bad_values_exit_2_and_write_nothing(key, override, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     override = override.replace("{tmp}", str(tmp_path))
-    code = main(["run", "quickstart", f"output_dir={tmp_path / 'out'}", override]
-                if not override.startswith("output_dir") else ["run", "quickstart", override])
+    code = main(
+        ["run", "quickstart", f"output_dir={tmp_path / 'out'}", override]
+        if not override.startswith("output_dir")
+        else ["run", "quickstart", override]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith(f"sweep: error: {key}:"), err
@@ -137,8 +145,22 @@ def test_ls_ui_and_report_in_a_browser(ray_address, tmp_path, capsys):
     parents, trials, re-evaluations and the report run; the report artifact opens with every image
     loaded. Screenshots go to $SWEEP_TEST_SCREENSHOTS (else the test's tmp dir)."""
     out_dir = tmp_path / "sweeps"
-    assert main(["run", "quickstart", f"output_dir={out_dir}", "name=uitest", "optimizers=[adam]",
-                 "trials=2", "epochs=1", "reeval_seeds=2", f"ray_address={ray_address}"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "quickstart",
+                f"output_dir={out_dir}",
+                "name=uitest",
+                "optimizers=[adam]",
+                "trials=2",
+                "epochs=1",
+                "reeval_seeds=2",
+                f"ray_address={ray_address}",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     html = out_dir / "uitest" / "report" / "report.html"
     assert f"report:  {html}" in printed and html.is_file()
@@ -150,23 +172,32 @@ def test_ls_ui_and_report_in_a_browser(ray_address, tmp_path, capsys):
     shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "sweep.cli", "ui", "uitest", "--output-dir", str(out_dir),
-                               "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sweep.cli", "ui", "uitest", "--output-dir", str(out_dir), "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     browser = None
     try:
         base = f"http://127.0.0.1:{port}"
         ready = next(line for line in server.stdout if base in line)  # printed once /health answers
-        url = ready[ready.index(base):].split()[0]
+        url = ready[ready.index(base) :].split()[0]
         assert url.endswith("/runs?workflowType=machine_learning")
-        request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search",
-                                         data=json.dumps({"max_results": 10}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/experiments/search",
+            data=json.dumps({"max_results": 10}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         experiments = json.load(urllib.request.urlopen(request, timeout=10))["experiments"]
         exp = next(e for e in experiments if e["name"] == "uitest")
-        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search",
-                                         data=json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search",
+            data=json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         runs = json.load(urllib.request.urlopen(request, timeout=10))["runs"]
         roles = sorted(next(t["value"] for t in r["data"]["tags"] if t["key"] == "sweep.role") for r in runs)
         assert roles == ["parent"] + ["reeval"] * 2 + ["sweep"] + ["trial"] * 2
@@ -174,18 +205,26 @@ def test_ls_ui_and_report_in_a_browser(ray_address, tmp_path, capsys):
 
         browser = services.browser()
         browser.get(url)
-        _wait_for(browser, lambda b: "6 matching runs" in b.find_element("tag name", "body").text,
-                  "the runs table with 6 runs")
+        _wait_for(
+            browser,
+            lambda b: "6 matching runs" in b.find_element("tag name", "body").text,
+            "the runs table with 6 runs",
+        )
         browser.save_screenshot(str(shots / "runs-table.png"))
 
         # the report in MLflow's artifact viewer (it renders the HTML artifact in an iframe)
-        browser.get(f"{base}/#/experiments/{exp['experiment_id']}/runs/{report_run['info']['run_id']}"
-                    "/artifacts/report/report.html")
+        browser.get(
+            f"{base}/#/experiments/{exp['experiment_id']}/runs/{report_run['info']['run_id']}"
+            "/artifacts/report/report.html"
+        )
         frame = _wait_for(browser, lambda b: b.find_elements("tag name", "iframe"), "the artifact viewer's frame")[0]
         browser.save_screenshot(str(shots / "report-in-mlflow.png"))
         browser.switch_to.frame(frame)
-        images = _wait_for(browser, lambda b: (lambda i: i if i and all(c for _, c, _, _ in i) else None)(
-            b.execute_script(IMAGES)), "the report's images")
+        images = _wait_for(
+            browser,
+            lambda b: (lambda i: i if i and all(c for _, c, _, _ in i) else None)(b.execute_script(IMAGES)),
+            "the report's images",
+        )
         assert len(images) >= 5 and all(width > 0 for _, _, width, _ in images), images
         assert all(src.startswith("data:image/png;base64") for *_, src in images), images
         assert "adam" in browser.find_element("tag name", "body").text

@@ -1,4 +1,5 @@
 """SIGKILL the driver mid-sweep, run the same command again: exact totals, nothing duplicated."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,14 @@ from optuna.trial import TrialState
 
 from sweep.core.config import load_config
 from sweep.stores.studies import counts_against_budget, open_storage, study_name
-from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies, sweep_dir_of
+from tests.sweep_helpers import (
+    default_storage,
+    default_tracking_uri,
+    mlflow_runs,
+    runs_per_trial,
+    studies,
+    sweep_dir_of,
+)
 
 pytestmark = pytest.mark.slow  # sweeps on the session's Ray, one of them in a driver subprocess
 
@@ -42,7 +50,7 @@ def _sigkill_driver_when(command, tmp_path, storage_url, seen, what: str, poll_s
         while time.time() < deadline:
             time.sleep(poll_s)
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()
-            if not Path(storage_url[len("journal://"):]).exists():
+            if not Path(storage_url[len("journal://") :]).exists():
                 continue
             open_storage.cache_clear()
             if seen():
@@ -55,11 +63,23 @@ def _sigkill_driver_when(command, tmp_path, storage_url, seen, what: str, poll_s
 
 
 def test_sigkill_driver_then_rerun(ray_address, tmp_path):
-    overrides = [f"output_dir={tmp_path / 'sweeps'}", "name=killed", "optimizers=[sgd,momentum]", "trials=3",
-                 "reeval_seeds=0", "report_figures=false", "epochs=3", "batch_size=32", "workers=2", "pruner=none", f"ray_address={ray_address}"]
+    overrides = [
+        f"output_dir={tmp_path / 'sweeps'}",
+        "name=killed",
+        "optimizers=[sgd,momentum]",
+        "trials=3",
+        "reeval_seeds=0",
+        "report_figures=false",
+        "epochs=3",
+        "batch_size=32",
+        "workers=2",
+        "pruner=none",
+        f"ray_address={ray_address}",
+    ]
     command = [sys.executable, "-m", "sweep.cli", "run", "quickstart", *overrides]
     cfg = load_config("quickstart", overrides, mode="sweep")
     storage_url = default_storage(sweep_dir_of(cfg))
+
     def finished_and_running():
         states = _trial_states(storage_url, cfg.name, cfg.optimizers)
         return TrialState.COMPLETE in states and TrialState.RUNNING in states
@@ -143,13 +163,24 @@ def test_sigkill_driver_during_reevaluation_then_rerun(ray_address, tmp_path):
     from sweep.stores import reeval
     from sweep.stores.studies import SweepStudy
 
-    overrides = [f"output_dir={tmp_path / 'sweeps'}", "name=killed-reeval", "optimizers=[sgd]", "trials=2",
-                 "epochs=4", "batch_size=32", "workers=2", "pruner=none", "schedules=[constant]", "reeval_seeds=3",
-                 f"ray_address={ray_address}"]
+    overrides = [
+        f"output_dir={tmp_path / 'sweeps'}",
+        "name=killed-reeval",
+        "optimizers=[sgd]",
+        "trials=2",
+        "epochs=4",
+        "batch_size=32",
+        "workers=2",
+        "pruner=none",
+        "schedules=[constant]",
+        "reeval_seeds=3",
+        f"ray_address={ray_address}",
+    ]
     command = [sys.executable, "-m", "sweep.cli", "run", "quickstart", *overrides]
     cfg = load_config("quickstart", overrides, mode="sweep")
     storage_url = default_storage(sweep_dir_of(cfg))
     name = study_name(cfg.name, "sgd", reeval=True)
+
     def reevaluating():
         study = SweepStudy.find(storage_url, name)
         return study is not None and any(t.state == TrialState.RUNNING for t in study.trials())

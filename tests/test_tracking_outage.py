@@ -6,6 +6,7 @@ Real ``mlflow server`` processes (sqlite backend, one uvicorn worker; one per mo
 process group and started again on the same port and database; real Ray (the session's), a real
 Optuna journal; sweeps run in-process on a thread while the test kills and restarts the server.
 """
+
 from __future__ import annotations
 
 import os
@@ -92,15 +93,29 @@ def tracking_server(shared_server):
 
 
 def _config(tmp_path: Path, server: TrackingServer, name: str, *extra: str):
-    return load_config("quickstart", [
-        f"output_dir={tmp_path / 'sweeps'}", f"name={name}", "optimizers=[sgd]", "schedules=[constant]", "reeval_seeds=0", "report_figures=false",
-        "pruner=none", "optimizer.lr=0.05", "batch_size=8", f"tracking_uri={server.uri}", *extra], mode="sweep")
+    return load_config(
+        "quickstart",
+        [
+            f"output_dir={tmp_path / 'sweeps'}",
+            f"name={name}",
+            "optimizers=[sgd]",
+            "schedules=[constant]",
+            "reeval_seeds=0",
+            "report_figures=false",
+            "pruner=none",
+            "optimizer.lr=0.05",
+            "batch_size=8",
+            f"tracking_uri={server.uri}",
+            *extra,
+        ],
+        mode="sweep",
+    )
 
 
 def _trials(cfg) -> list[optuna.trial.FrozenTrial]:
     """The study as the journal holds it now (read afresh while the sweep writes it)."""
     storage_url = default_storage(SweepDir.of(cfg.output_dir, cfg.name).path)
-    if not Path(storage_url[len("journal://"):]).exists():
+    if not Path(storage_url[len("journal://") :]).exists():
         return []
     open_storage.cache_clear()
     try:
@@ -127,8 +142,9 @@ def _histories(client: MlflowClient, run_id: str) -> dict[str, list]:
     return {key: client.get_metric_history(run_id, key) for key in EPOCH_KEYS}
 
 
-def test_server_killed_mid_sweep_and_restarted_loses_and_duplicates_nothing(ray_address, tmp_path, capfd,
-                                                                             tracking_server):
+def test_server_killed_mid_sweep_and_restarted_loses_and_duplicates_nothing(
+    ray_address, tmp_path, capfd, tracking_server
+):
     epochs, trials = 8, 3
     cfg = _config(tmp_path, tracking_server, "outage", f"epochs={epochs}", f"trials={trials}", "workers=2")
     with ThreadPoolExecutor(1) as pool:
@@ -144,8 +160,9 @@ def test_server_killed_mid_sweep_and_restarted_loses_and_duplicates_nothing(ray_
 
     finished = _trials(cfg)
     assert len(finished) == trials
-    assert [(t.state, t.user_attrs["status"]) for t in finished] == [(TrialState.COMPLETE, "ok")] * trials, \
-        [(t.number, t.state, t.user_attrs) for t in finished]
+    assert [(t.state, t.user_attrs["status"]) for t in finished] == [(TrialState.COMPLETE, "ok")] * trials, [
+        (t.number, t.state, t.user_attrs) for t in finished
+    ]
     client, parents, children = mlflow_runs(tracking_server.uri, cfg.name)
     assert set(runs_per_trial(children).values()) == {1} and len(children) == trials
     assert not [r for r in parents + children if r.info.status != "FINISHED"]
@@ -163,12 +180,14 @@ def test_server_killed_mid_sweep_and_restarted_loses_and_duplicates_nothing(ray_
     assert duplicates == 0 and lost == 0
     assert during_outage > 0
     assert f"waiting for the MLflow tracking server at {tracking_server.uri}" in capfd.readouterr().err
-    print(f"outage {back - killed:.1f} s; {during_outage} epochs logged while the server was down arrived "
-          f"afterwards; duplicates {duplicates}; lost {lost}")
+    print(
+        f"outage {back - killed:.1f} s; {during_outage} epochs logged while the server was down arrived "
+        f"afterwards; duplicates {duplicates}; lost {lost}"
+    )
 
 
 def _epochs_named(reason: str) -> set[int]:
-    """"...; epochs 3-5, 8 not logged (...)" -> {3, 4, 5, 8}."""
+    """ "...; epochs 3-5, 8 not logged (...)" -> {3, 4, 5, 8}."""
     found = re.search(r"; epochs? ([0-9, -]+) not logged", reason)
     assert found, reason
     named = set()
@@ -178,16 +197,16 @@ def _epochs_named(reason: str) -> set[int]:
     return named
 
 
-def test_server_gone_past_the_budget_fails_the_trial_with_the_epochs_not_logged(ray_address, tmp_path,
-                                                                               tracking_server):
+def test_server_gone_past_the_budget_fails_the_trial_with_the_epochs_not_logged(ray_address, tmp_path, tracking_server):
     cfg = _config(tmp_path, tracking_server, "gone", "epochs=20", "trials=1", "workers=1", "tracking_retry_s=3")
     with ThreadPoolExecutor(1) as pool:
         sweep = pool.submit(run_sweep, cfg)
         _wait_until(lambda: any(t.intermediate_values for t in _trials(cfg)), sweep, "epoch 1")
         killed = time.monotonic()
         tracking_server.kill()
-        failed = _wait_until(lambda: [t for t in _trials(cfg) if t.state == TrialState.FAIL], sweep,
-                             "the trial to fail")[0]
+        failed = _wait_until(
+            lambda: [t for t in _trials(cfg) if t.state == TrialState.FAIL], sweep, "the trial to fail"
+        )[0]
         gave_up_after = time.monotonic() - killed
         tracking_server.start()  # the driver, retrying meanwhile, closes the run from Optuna's record
         sweep.result(timeout=SWEEP_TIMEOUT_S)

@@ -1,4 +1,5 @@
 """A new SQLite tracking store is seeded from an empty one MLflow built once (``tracking.seed_sqlite``)."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -13,8 +14,10 @@ def _schema(path) -> list[tuple]:
     table's constraints in varying order)."""
     with sqlite3.connect(path) as db:
         rows = db.execute("select type, name, sql from sqlite_master where name not like 'sqlite_%'")
-        return sorted((kind, name, frozenset(line.strip().rstrip(",") for line in (sql or "").splitlines()))
-                      for kind, name, sql in rows)
+        return sorted(
+            (kind, name, frozenset(line.strip().rstrip(",") for line in (sql or "").splitlines()))
+            for kind, name, sql in rows
+        )
 
 
 def test_new_store_is_a_copy_of_what_mlflow_builds_and_an_existing_one_is_kept(tmp_path, monkeypatch):
@@ -26,8 +29,10 @@ def test_new_store_is_a_copy_of_what_mlflow_builds_and_an_existing_one_is_kept(t
     assert list((tmp_path / "cache" / "optimizer-sweep").glob("mlflow-*-empty.db"))  # the template, built once
     assert _schema(seeded) == _schema(built)
     with sqlite3.connect(seeded) as db, sqlite3.connect(built) as ref:
-        assert db.execute("select * from alembic_version").fetchall() == ref.execute(
-            "select * from alembic_version").fetchall()
+        assert (
+            db.execute("select * from alembic_version").fetchall()
+            == ref.execute("select * from alembic_version").fetchall()
+        )
 
     client = MlflowClient(tracking_uri=f"sqlite:///{seeded}")
     experiment = client.create_experiment("kept", artifact_location=(tmp_path / "a").as_uri())
@@ -52,8 +57,13 @@ def _text_cells(path) -> list[str]:
     """Every text value in every table of a SQLite file."""
     with sqlite3.connect(path) as db:
         tables = [name for (name,) in db.execute("select name from sqlite_master where type = 'table'")]
-        return [cell for table in tables for row in db.execute(f'select * from "{table}"')
-                for cell in row if isinstance(cell, str)]
+        return [
+            cell
+            for table in tables
+            for row in db.execute(f'select * from "{table}"')
+            for cell in row
+            if isinstance(cell, str)
+        ]
 
 
 def test_the_template_holds_no_place_and_a_new_store_s_default_experiment_lives_beside_it(tmp_path, monkeypatch):

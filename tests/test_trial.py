@@ -1,4 +1,5 @@
 """One trial end to end (outcomes, determinism, reporting, augmentation) and the dataset registry."""
+
 from __future__ import annotations
 
 import collections
@@ -22,6 +23,7 @@ def _losses(result):
 
 
 # ---- outcomes -------------------------------------------------------------------------------------
+
 
 def test_huge_lr_diverges_in_first_epoch(digits):
     result = run_trial(TrialConfig(optimizer="sgd", optimizer_params={"lr": 100}, epochs=3), digits)
@@ -95,12 +97,16 @@ def test_reporter_error_gives_failed_not_exception(digits):
     assert result.epochs_run == 1
 
 
-@pytest.mark.parametrize("cfg,text", [
-    (TrialConfig(model="no_such_model", epochs=1), "no_such_model"),
-    (TrialConfig(optimizer="no_such_optimizer", epochs=1), "no_such_optimizer"),
-    (TrialConfig(optimizer="sgd", optimizer_params={"momentum": 0.9}, epochs=1), "momentum"),
-    (TrialConfig(schedule="no_such_schedule", epochs=1), "no_such_schedule"),
-], ids=["model", "optimizer", "hyperparameter", "schedule"])
+@pytest.mark.parametrize(
+    "cfg,text",
+    [
+        (TrialConfig(model="no_such_model", epochs=1), "no_such_model"),
+        (TrialConfig(optimizer="no_such_optimizer", epochs=1), "no_such_optimizer"),
+        (TrialConfig(optimizer="sgd", optimizer_params={"momentum": 0.9}, epochs=1), "momentum"),
+        (TrialConfig(schedule="no_such_schedule", epochs=1), "no_such_schedule"),
+    ],
+    ids=["model", "optimizer", "hyperparameter", "schedule"],
+)
 def test_bad_config_gives_failed_with_reason(digits, cfg, text):
     result = run_trial(cfg, digits)
     assert result.status == "failed"
@@ -122,16 +128,25 @@ def test_l1_changes_the_trajectory(digits):
 
 
 def test_schedule_reaches_the_trial(digits):
-    result = run_trial(TrialConfig(epochs=3, schedule="exponential", schedule_params={"gamma": 0.5},
-                                   optimizer_params={"lr": 0.02}), digits)
+    result = run_trial(
+        TrialConfig(epochs=3, schedule="exponential", schedule_params={"gamma": 0.5}, optimizer_params={"lr": 0.02}),
+        digits,
+    )
     assert result.status == "ok", result.reason
     assert [h.scheduled_lr for h in result.history] == pytest.approx([0.02, 0.01, 0.005])
 
 
 def test_augmented_trial_runs():
     data = load_dataset("synthetic", augment=True)
-    small = replace(data, train_x=data.train_x[:128], train_y=data.train_y[:128],
-                    val_x=data.val_x[:64], val_y=data.val_y[:64], test_x=data.test_x[:64], test_y=data.test_y[:64])
+    small = replace(
+        data,
+        train_x=data.train_x[:128],
+        train_y=data.train_y[:128],
+        val_x=data.val_x[:64],
+        val_y=data.val_y[:64],
+        test_x=data.test_x[:64],
+        test_y=data.test_y[:64],
+    )
     assert small.augment
     result = run_trial(TrialConfig(dataset="synthetic", epochs=1, optimizer="adam"), small)
     assert result.status == "ok", result.reason
@@ -139,14 +154,20 @@ def test_augmented_trial_runs():
 
 # ---- augmentation ---------------------------------------------------------------------------------
 
+
 def _crop_offsets(x, out, pad=4):
     """For each image: the (dy, dx, flipped) that explain ``out`` from reflect-padded ``x``."""
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
     h, w = x.shape[-2:]
     found = []
     for i in range(len(x)):
-        matches = [(dy, dx, flip) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1) for flip in (False, True)
-                   if torch.equal(out[i], (lambda c: c.flip(-1) if flip else c)(padded[i, :, dy:dy + h, dx:dx + w]))]
+        matches = [
+            (dy, dx, flip)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            for flip in (False, True)
+            if torch.equal(out[i], (lambda c: c.flip(-1) if flip else c)(padded[i, :, dy : dy + h, dx : dx + w]))
+        ]
         assert matches, f"image {i} is not a crop (or flipped crop) of its padded input"
         found.append(matches[0])
     return found
@@ -167,6 +188,7 @@ def test_random_crop_flip():
 
 
 # ---- datasets -------------------------------------------------------------------------------------
+
 
 def _split_sizes(n, test_fraction=0.2, val_fraction=0.2):
     n_test = int(round(test_fraction * n))
@@ -199,8 +221,10 @@ def test_digits_splits_partition_the_dataset(digits):
     np.testing.assert_allclose((all_x - low) / (high - low) * 16, pixels, atol=1e-3)
     bunch = load_digits()
     ours = collections.Counter((p.tobytes(), int(y)) for p, y in zip(pixels.reshape(len(pixels), -1), all_y))
-    theirs = collections.Counter((p.tobytes(), int(y)) for p, y in
-                                 zip(bunch.images.astype(np.int64).reshape(len(bunch.images), -1), bunch.target))
+    theirs = collections.Counter(
+        (p.tobytes(), int(y))
+        for p, y in zip(bunch.images.astype(np.int64).reshape(len(bunch.images), -1), bunch.target)
+    )
     assert ours == theirs
 
 

@@ -3,6 +3,7 @@
 Each slow test starts one server (5-50 s on 2 cores); the tests that only need one running share
 a module-scoped one. Every process started here is killed in a fixture teardown, test failed or not.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,11 @@ from sweep.ui import Server, ServerStartError, base_url, is_healthy, runs_table_
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "ui-test"
 URL_TIMEOUT_S = 240  # a cold server start on 2 loaded cores takes up to ~50 s
-SERVE = ("import sys; from sweep.core.errors import ConfigError; from sweep.ui import serve\n"
-         "try:\n    sys.exit(serve(sys.argv[1], sys.argv[2], '127.0.0.1', int(sys.argv[3])))\n"
-         "except ConfigError as exc:\n    print(exc, file=sys.stderr); sys.exit(2)\n")
+SERVE = (
+    "import sys; from sweep.core.errors import ConfigError; from sweep.ui import serve\n"
+    "try:\n    sys.exit(serve(sys.argv[1], sys.argv[2], '127.0.0.1', int(sys.argv[3])))\n"
+    "except ConfigError as exc:\n    print(exc, file=sys.stderr); sys.exit(2)\n"
+)
 
 
 def free_port() -> int:
@@ -105,9 +108,14 @@ class Serving:
         self.stderr_path = stderr
         self.others = self.server_sessions()  # servers on this store that are not ours to kill
         with open(stderr, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-c", SERVE, uri, EXPERIMENT, str(port)],
-                                         cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", SERVE, uri, EXPERIMENT, str(port)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                start_new_session=True,
+            )
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -202,8 +210,10 @@ def test_second_serve_on_a_busy_port_fails_fast(running, tmp_path):
         elapsed = time.monotonic() - began
         lines = second.stderr().strip().splitlines()
         assert rc == 2 and elapsed < 5, (rc, elapsed, lines)
-        assert lines == [f"port: 127.0.0.1:{running.serving.port} is already in use (another sweep ui "
-                         f"or MLflow server?); pick another with --port"]
+        assert lines == [
+            f"port: 127.0.0.1:{running.serving.port} is already in use (another sweep ui "
+            f"or MLflow server?); pick another with --port"
+        ]
         assert second.lines.get(timeout=5) is None  # not even "starting ..."
         assert running.serving.server_sessions() == before  # no second server
         assert is_healthy(f"{base_url('127.0.0.1', running.serving.port)}/health")  # first one intact
@@ -277,7 +287,8 @@ def test_busy_port_refused_without_starting_anything(tmp_path):
             assert rc == 2 and time.monotonic() - began < 5
             assert serving.stderr().strip().splitlines() == [
                 f"port: 127.0.0.1:{port} is already in use (another sweep ui or MLflow server?); "
-                f"pick another with --port"]
+                f"pick another with --port"
+            ]
             assert not (tmp_path / "mlflow.db").exists()  # the store was not even opened
         finally:
             serving.kill()
@@ -291,16 +302,19 @@ def test_http_uri_with_no_server_prints_one_line_and_starts_nothing(capsys):
     assert time.monotonic() - began < 10
     assert {p.pid for p in processes() if p.ppid == os.getpid()} <= children
     out = capsys.readouterr().out.splitlines()
-    assert out == [f"experiment {EXPERIMENT!r} is logged to the MLflow server at {base}, "
-                   f"which serves the UI itself: open {base}"]
+    assert out == [
+        f"experiment {EXPERIMENT!r} is logged to the MLflow server at {base}, which serves the UI itself: open {base}"
+    ]
 
 
 @pytest.mark.slow
 def test_wait_healthy_gives_up_at_its_deadline_and_stop_kills_the_group():
     """A process that never answers /health; its child ignores SIGTERM, so stop must SIGKILL."""
     child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
-    parent = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); "
-              f"print('ready', flush=True); time.sleep(120)")
+    parent = (
+        f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); "
+        f"print('ready', flush=True); time.sleep(120)"
+    )
     server = Server.launch([sys.executable, "-c", parent])
     try:
         while "ready" not in server.tail:
@@ -321,8 +335,10 @@ def test_wait_healthy_gives_up_at_its_deadline_and_stop_kills_the_group():
 
 
 def test_exit_before_health_names_the_last_error_line():
-    script = ("import sys; print('INFO: starting'); print('ERROR: [Errno 98] boom', flush=True); "
-              "print('INFO: Application shutdown complete.'); sys.exit(0)")
+    script = (
+        "import sys; print('INFO: starting'); print('ERROR: [Errno 98] boom', flush=True); "
+        "print('INFO: Application shutdown complete.'); sys.exit(0)"
+    )
     server = Server.launch([sys.executable, "-c", script])
     try:
         with pytest.raises(ServerStartError, match=r"exited \(code 0\) .*: ERROR: \[Errno 98\] boom$"):
@@ -372,9 +388,25 @@ def test_verbose_passes_the_server_output_through(tmp_path):
     port = free_port()
     err_path = tmp_path / "ui.stderr"
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "sweep.cli", "ui", "loud", "--output-dir", str(tmp_path),
-                                 "--port", str(port), "--verbose"], cwd=ROOT, stdout=subprocess.PIPE, stderr=err,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sweep.cli",
+                "ui",
+                "loud",
+                "--output-dir",
+                str(tmp_path),
+                "--port",
+                str(port),
+                "--verbose",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
     try:
         ready = next((line for line in proc.stdout if "MLflow UI ready" in line), None)
         assert ready is not None, err_path.read_text(errors="replace")[-2000:]
@@ -390,15 +422,17 @@ def test_verbose_passes_the_server_output_through(tmp_path):
 
 
 def test_quiet_server_passes_on_its_errors_and_their_tracebacks_only(capfd):
-    lines = ["Registry store URI not provided. Using backend store URI.",
-             "/x/fastapi_app.py:23: StarletteDeprecationWarning: starlette.middleware.wsgi is deprecated",
-             "2026/12/06 01:17:37 INFO:     Uvicorn running on http://127.0.0.1:5077 (Press CTRL+C to quit)",
-             '2026/12/06 01:17:38 INFO:     127.0.0.1:58278 - "GET /health HTTP/1.1" 200 OK',
-             "2026/12/06 01:17:39 ERROR:    Exception in ASGI application",
-             "Traceback (most recent call last):",
-             '  File "/x/app.py", line 3, in handler',
-             "sqlite3.OperationalError: disk I/O error",
-             '2026/12/06 01:17:40 INFO:     127.0.0.1:58280 - "GET / HTTP/1.1" 200 OK']
+    lines = [
+        "Registry store URI not provided. Using backend store URI.",
+        "/x/fastapi_app.py:23: StarletteDeprecationWarning: starlette.middleware.wsgi is deprecated",
+        "2026/12/06 01:17:37 INFO:     Uvicorn running on http://127.0.0.1:5077 (Press CTRL+C to quit)",
+        '2026/12/06 01:17:38 INFO:     127.0.0.1:58278 - "GET /health HTTP/1.1" 200 OK',
+        "2026/12/06 01:17:39 ERROR:    Exception in ASGI application",
+        "Traceback (most recent call last):",
+        '  File "/x/app.py", line 3, in handler',
+        "sqlite3.OperationalError: disk I/O error",
+        '2026/12/06 01:17:40 INFO:     127.0.0.1:58280 - "GET / HTTP/1.1" 200 OK',
+    ]
     script = f"import sys; sys.stdout.write({chr(10).join(lines) + chr(10)!r}); sys.stdout.flush()"
     server = Server.launch([sys.executable, "-c", script], quiet=True)
     server.process.wait(timeout=30)

@@ -1,6 +1,7 @@
 """What a user sees of a sweep, end to end on real parts: the best models in the sweep's own
 experiment and directory (loadable after the directory moves), a terminal free of Ray's start-up
 chatter, and a final ranking that fits 100 columns."""
+
 from __future__ import annotations
 
 import json
@@ -22,18 +23,25 @@ TINY = ["optimizers=[sgd]", "trials=1", "epochs=1", "batch_size=64", "reeval_see
 
 def _too_wide(output: str, *paths: Path) -> list[str]:
     """Lines longer than WIDTH once the user's own paths are counted as three characters."""
+
     def shown(line: str) -> str:
         for path in paths:
             line = line.replace(str(path), "DIR")
         return line
+
     return [line for line in output.splitlines() if len(shown(line)) > WIDTH]
 
 
 def _text_cells(path: Path) -> list[str]:
     with sqlite3.connect(path) as db:
         tables = [name for (name,) in db.execute("select name from sqlite_master where type = 'table'")]
-        return [cell for table in tables for row in db.execute(f'select * from "{table}"')
-                for cell in row if isinstance(cell, str)]
+        return [
+            cell
+            for table in tables
+            for row in db.execute(f'select * from "{table}"')
+            for cell in row
+            if isinstance(cell, str)
+        ]
 
 
 @pytest.mark.slow
@@ -46,8 +54,7 @@ def test_best_model_is_the_sweep_s_named_after_its_optimizer_and_loads_after_a_m
     from tests.sweep_helpers import default_tracking_uri
 
     out_dir = tmp_path / "sweeps"
-    assert main(["run", "quickstart", f"output_dir={out_dir}", "name=models", *TINY,
-                 f"ray_address={ray_address}"]) == 0
+    assert main(["run", "quickstart", f"output_dir={out_dir}", "name=models", *TINY, f"ray_address={ray_address}"]) == 0
     printed = capsys.readouterr()
     assert not _too_wide(printed.out, out_dir), _too_wide(printed.out, out_dir)  # the ranking included
     assert "rank  optimizer" in printed.out and "| rank |" not in printed.out
@@ -90,13 +97,32 @@ def test_a_sweep_that_starts_its_own_ray_prints_none_of_ray_s_chatter(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")  # the MLflow template, fonts
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HOME": str(home),
-           "XDG_CACHE_HOME": cache, "PYTHONPATH": str(REPO)}
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        "HOME": str(home),
+        "XDG_CACHE_HOME": cache,
+        "PYTHONPATH": str(REPO),
+    }
     env.pop("RAY_LOGGER_LEVEL", None)
     out_dir = tmp_path / "sweeps"
-    done = subprocess.run([sys.executable, "-m", "sweep.cli", "run", "quickstart", f"output_dir={out_dir}",
-                           "name=quiet", *TINY, "workers=1"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=400)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweep.cli",
+            "run",
+            "quickstart",
+            f"output_dir={out_dir}",
+            "name=quiet",
+            *TINY,
+            "workers=1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert (home / ".ray" / "auth_token").is_file()  # Ray did generate a token here (and started itself)
@@ -128,14 +154,23 @@ def test_ray_warnings_and_errors_still_reach_the_terminal():
     """The filter on Ray's own handler, in a fresh interpreter as the driver has it: INFO and the
     token notice go, Ray's other warnings and its errors stay."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_LOGGER_LEVEL"}
-    done = subprocess.run([sys.executable, "-c", RAY_RECORDS], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", RAY_RECORDS], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     err = done.stderr.splitlines()
-    assert [line.split(" -- ")[-1] for line in err] == ["Ray could not reach node 10.0.0.2",
-                                                       "Failed to connect to GCS at 127.0.0.1:1"], err
+    assert [line.split(" -- ")[-1] for line in err] == [
+        "Ray could not reach node 10.0.0.2",
+        "Failed to connect to GCS at 127.0.0.1:1",
+    ], err
     assert "WARNING" in err[0] and "ERROR" in err[1], err
-    done = subprocess.run([sys.executable, "-c", RAY_RECORDS], cwd=REPO, env={**env, "RAY_LOGGER_LEVEL": "info"},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", RAY_RECORDS],
+        cwd=REPO,
+        env={**env, "RAY_LOGGER_LEVEL": "info"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "Started a local Ray instance." in done.stderr  # asked for: Ray's INFO lines are back
     assert "Token authentication" not in done.stderr

@@ -1,4 +1,5 @@
 """The terminal says when the sweep waits for a store, and for what (real sockets and HTTP)."""
+
 from __future__ import annotations
 
 import http.server

@@ -3,6 +3,7 @@
 Either way the sweep finishes, the trial keeps exactly one MLflow run, and every epoch keeps
 exactly one value in MLflow and in Optuna.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,15 @@ from optuna.trial import TrialState
 
 from sweep.core.config import load_config
 from sweep.stores.studies import open_storage, study_name
-from tests.sweep_helpers import (default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, studies,
-                                 sweep_dir_of, sweep_with_a_killed_worker)
+from tests.sweep_helpers import (
+    default_storage,
+    default_tracking_uri,
+    mlflow_runs,
+    runs_per_trial,
+    studies,
+    sweep_dir_of,
+    sweep_with_a_killed_worker,
+)
 
 pytestmark = pytest.mark.slow  # sweeps on the session's Ray, a worker killed mid-trial
 
@@ -23,7 +31,7 @@ EPOCHS = 8
 
 
 def _running_trial_with_an_epoch(storage_url: str, name: str):
-    if not Path(storage_url[len("journal://"):]).exists():
+    if not Path(storage_url[len("journal://") :]).exists():
         return None
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(storage_url))
@@ -37,15 +45,30 @@ def _running_trial_with_an_epoch(storage_url: str, name: str):
 
 @pytest.mark.parametrize("max_retries", [1, 0])
 def test_worker_killed_mid_trial(ray_address, sweep_overrides, max_retries):
-    cfg = load_config("quickstart", sweep_overrides + [
-        f"name=worker-dies-{max_retries}", "optimizers=[momentum]", "trials=2", f"epochs={EPOCHS}",
-        "batch_size=8", "workers=1", "pruner=none", "schedules=[constant]", "optimizer.lr=0.01",
-        f"max_retries={max_retries}"], mode="sweep")
+    cfg = load_config(
+        "quickstart",
+        sweep_overrides
+        + [
+            f"name=worker-dies-{max_retries}",
+            "optimizers=[momentum]",
+            "trials=2",
+            f"epochs={EPOCHS}",
+            "batch_size=8",
+            "workers=1",
+            "pruner=none",
+            "schedules=[constant]",
+            "optimizer.lr=0.01",
+            f"max_retries={max_retries}",
+        ],
+        mode="sweep",
+    )
     sweep_dir = sweep_dir_of(cfg)
     storage_url = default_storage(sweep_dir)
     victim, code = sweep_with_a_killed_worker(
-        cfg, lambda: _running_trial_with_an_epoch(storage_url, study_name(cfg.name, "momentum")),
-        "a running trial with a reported epoch")
+        cfg,
+        lambda: _running_trial_with_an_epoch(storage_url, study_name(cfg.name, "momentum")),
+        "a running trial with a reported epoch",
+    )
     assert code == 0
 
     study = studies(cfg, storage_url)["momentum"]

@@ -10,15 +10,17 @@ naming the key and what is allowed (the CLI prints it as one line and exits 2). 
 like Hydra's: ``optimizer=adam`` selects the group, ``optimizer.lr=0.01`` fixes a key inside it.
 Nothing here imports torch, Ray, Optuna or MLflow: ``sweep --help`` and bad input answer at once.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
@@ -49,6 +51,7 @@ def _choice(options) -> Check:
         if value not in names:
             raise ConfigError(key, f"unknown {value!r}; choose from: {', '.join(names)}")
         return value
+
     check.allowed = ", ".join(sorted(options))
     return check
 
@@ -58,6 +61,7 @@ def _int(low: int, high: int) -> Check:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigError(key, f"must be an integer in [{low}, {high}], got {value!r}")
         return value
+
     check.allowed = f"integer in [{low}, {high}]"
     return check
 
@@ -72,6 +76,7 @@ def _float(low: float, high: float | None = None, low_inclusive: bool = True) ->
         if not ok:
             raise ConfigError(key, f"must be {bound}, got {value!r}")
         return float(value)
+
     check.allowed = bound.removeprefix("a ")
     return check
 
@@ -125,7 +130,9 @@ _text.allowed = "text"
 
 def _name(key, value):
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", value):
-        raise ConfigError(key, f"must be letters, digits, '_', '.', '-' (starting with a letter or digit), got {value!r}")
+        raise ConfigError(
+            key, f"must be letters, digits, '_', '.', '-' (starting with a letter or digit), got {value!r}"
+        )
     return value
 
 
@@ -143,13 +150,16 @@ def _names(options) -> Check:
         if len(set(value)) != len(value):
             raise ConfigError(key, f"lists a name twice: {list(value)}")
         return tuple(value)
+
     check.allowed = f"list of: {', '.join(sorted(options))}"
     return check
 
 
 def _train_subset(key, value):
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError(key, f"must be an integer >= 1 (the most training images to use), or null for all, got {value!r}")
+        raise ConfigError(
+            key, f"must be an integer >= 1 (the most training images to use), or null for all, got {value!r}"
+        )
     return value
 
 
@@ -164,8 +174,11 @@ def _batch_sizes(key, value):
         return None
     low, high = BATCH_SIZE_RANGE
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(key, f"must be a list of distinct integers in [{low}, {high}] (e.g. [32,64,128]), "
-                               f"or [] to use batch_size, got {value!r}")
+        raise ConfigError(
+            key,
+            f"must be a list of distinct integers in [{low}, {high}] (e.g. [32,64,128]), "
+            f"or [] to use batch_size, got {value!r}",
+        )
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int) or not low <= item <= high:
             raise ConfigError(key, f"must hold integers in [{low}, {high}], got {item!r} in {list(value)}")
@@ -189,6 +202,7 @@ _device.allowed = "auto | cpu | cuda | cuda:N"
 def _optional(check: Check) -> Check:
     def optional(key, value):
         return None if value is None else check(key, value)
+
     optional.allowed = f"{check.allowed} (unset: the default)"
     return optional
 
@@ -201,7 +215,7 @@ def _database_url(value, schemes) -> str | None:
     parsed = urlparse(value)
     scheme = parsed.scheme.split("+")[0]
     if scheme in schemes and scheme in ("sqlite", "journal"):
-        path = value[len(scheme) + 4:]
+        path = value[len(scheme) + 4 :]
         if value.startswith(f"{scheme}:///") and path and path != ":memory:":
             return f"{scheme}:///{Path(path).expanduser().resolve()}"
     elif scheme in schemes and parsed.hostname and parsed.path.strip("/"):
@@ -218,17 +232,23 @@ def _check_userinfo(key, value) -> None:
         return
     rest = value.split("://", 1)[1]
     if "@" in rest and "@" not in urlparse(value).netloc:
-        raise ConfigError(key, "its password (or user) holds a character a URL needs percent-encoded "
-                               "(/ as %2F, ? as %3F, # as %23, @ as %40); or leave the password out and set "
-                               "PGPASSWORD / MLFLOW_TRACKING_PASSWORD")
+        raise ConfigError(
+            key,
+            "its password (or user) holds a character a URL needs percent-encoded "
+            "(/ as %2F, ? as %3F, # as %23, @ as %40); or leave the password out and set "
+            "PGPASSWORD / MLFLOW_TRACKING_PASSWORD",
+        )
 
 
 def _storage_url(key, value):
     _check_userinfo(key, value)
     url = _database_url(value, ("journal", "sqlite", "postgresql", "mysql"))
     if url is None:
-        raise ConfigError(key, "must be journal:///PATH, sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB "
-                               f"(mysql://... with its driver installed), got {value!r}")
+        raise ConfigError(
+            key,
+            "must be journal:///PATH, sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB "
+            f"(mysql://... with its driver installed), got {value!r}",
+        )
     return url
 
 
@@ -246,8 +266,9 @@ def _tracking_uri(key, value):
             pass
     url = _database_url(value, ("sqlite", "postgresql", "mysql"))
     if url is None:
-        raise ConfigError(key, "must be http(s)://HOST[:PORT], sqlite:///PATH or postgresql://USER@HOST/DB, "
-                               f"got {value!r}")
+        raise ConfigError(
+            key, f"must be http(s)://HOST[:PORT], sqlite:///PATH or postgresql://USER@HOST/DB, got {value!r}"
+        )
     return url
 
 
@@ -265,6 +286,7 @@ _ray_address.allowed = "auto | local | HOST:PORT | ray://HOST:PORT"
 
 # ---- the config ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class GroupChoice:
     """A config group (``optimizer``, ``schedule``): the chosen entry and the values fixed for it.
@@ -279,8 +301,16 @@ class GroupChoice:
         return {**({"name": self.name} if self.name else {}), **self.fixed}
 
 
-def key(default, check: Check, help: str, *, frozen: bool = False, trial: bool = False, text: bool = False,
-        store_url: bool = False):
+def key(
+    default,
+    check: Check,
+    help: str,
+    *,
+    frozen: bool = False,
+    trial: bool = False,
+    text: bool = False,
+    store_url: bool = False,
+):
     """Declare a key. ``frozen``: may not change on resume (it defines what the sweep measures).
     ``trial``: part of every trial's ``TrialConfig``. ``text``: a command-line value is taken as
     text, not YAML (``name=2024`` is a name; ``storage=sqlite:///a: b.db`` is a URL).
@@ -298,67 +328,121 @@ class SweepConfig:
     data_dir: str = key("./data", _text, "where dataset files are looked for", trial=True, text=True)
     download: bool = key(False, _bool, "download missing dataset files (needs a network)", trial=True)
     model: str = key("simple_cnn", _choice(MODELS), "CNN from the model registry", frozen=True, trial=True)
-    optimizer: GroupChoice = key(GroupChoice(None), None, "optimizer=NAME (train) selects; optimizer.KEY=V fixes a value",
-                                 frozen=True)
-    schedule: GroupChoice = key(GroupChoice(None), None, "schedule=NAME (train) selects; schedule.KEY=V fixes a value",
-                                frozen=True)
+    optimizer: GroupChoice = key(
+        GroupChoice(None), None, "optimizer=NAME (train) selects; optimizer.KEY=V fixes a value", frozen=True
+    )
+    schedule: GroupChoice = key(
+        GroupChoice(None), None, "schedule=NAME (train) selects; schedule.KEY=V fixes a value", frozen=True
+    )
     epochs: int = key(10, _int(1, 10_000), "epochs per trial", frozen=True, trial=True)
     batch_size: int = key(32, _int(1, 1_000_000), "mini-batch size", frozen=True, trial=True)
-    val_fraction: float = key(0.2, _float(0.0, 1.0, low_inclusive=False), "share of training data held out for validation",
-                              frozen=True, trial=True)
-    train_subset: int | None = key(None, _train_subset, "train on the first N shuffled training images only "
-                                   "(validation and test sets unchanged; unset: all)", frozen=True, trial=True)
-    seed: int = key(0, _int(0, 2**31 - 1), "training seed (split, init, batch order) and sampler seed",
-                    frozen=True, trial=True)
+    val_fraction: float = key(
+        0.2,
+        _float(0.0, 1.0, low_inclusive=False),
+        "share of training data held out for validation",
+        frozen=True,
+        trial=True,
+    )
+    train_subset: int | None = key(
+        None,
+        _train_subset,
+        "train on the first N shuffled training images only (validation and test sets unchanged; unset: all)",
+        frozen=True,
+        trial=True,
+    )
+    seed: int = key(
+        0, _int(0, 2**31 - 1), "training seed (split, init, batch order) and sampler seed", frozen=True, trial=True
+    )
     l1: float = key(0.0, _float(0.0), "L1 penalty added to the loss", frozen=True, trial=True)
     device: str = key("auto", _device, "training device (cuda in a sweep needs num_gpus > 0)", trial=True, text=True)
     bf16: bool | str = key(AUTO, _auto_bool, "bf16 autocast (auto: on a CUDA device)", frozen=True, trial=True)
-    channels_last: bool | str = key(AUTO, _auto_bool, "channels_last memory format (auto: on a CUDA device)",
-                                    trial=True)
-    pack_update: str = key("exact", _choice(PACK_UPDATES), "how a pack's optimizer steps its members: exact (each "
-                           "member's own optimizer: bit-identical to solo on CPU) or fused (one pass for all members)",
-                           trial=True)
-    pack_memory_mb: float | None = key(None, _optional(_float(0.0, low_inclusive=False)),
-                                       "memory a pack may use on its device, in MB (unset: the free memory); "
-                                       "a bigger pack runs as sub-packs", trial=True)
-    compile: bool = key(False, _bool, "torch.compile the model (its time is reported as compile_seconds)",
-                        trial=True)
-    divergence_check_steps: int = key(0, _int(0, 100_000), "check the loss for divergence every N batches, one "
-                                      "host sync each (0: every batch on a CPU, every 32 on a GPU)", trial=True)
-    divergence_factor: float = key(10.0, _float(1.0, low_inclusive=False),
-                                   "a batch loss this many times the first one is divergence", frozen=True, trial=True)
-    checkpoint_every: int = key(1, _int(0, 10_000), "save a resumable checkpoint every N epochs (0: never)",
-                                trial=True)
-    tracking_retry_s: float = key(300.0, _float(0.0), "how long a trial keeps retrying MLflow before it fails",
-                                  trial=True)
+    channels_last: bool | str = key(
+        AUTO, _auto_bool, "channels_last memory format (auto: on a CUDA device)", trial=True
+    )
+    pack_update: str = key(
+        "exact",
+        _choice(PACK_UPDATES),
+        "how a pack's optimizer steps its members: exact (each "
+        "member's own optimizer: bit-identical to solo on CPU) or fused (one pass for all members)",
+        trial=True,
+    )
+    pack_memory_mb: float | None = key(
+        None,
+        _optional(_float(0.0, low_inclusive=False)),
+        "memory a pack may use on its device, in MB (unset: the free memory); a bigger pack runs as sub-packs",
+        trial=True,
+    )
+    compile: bool = key(False, _bool, "torch.compile the model (its time is reported as compile_seconds)", trial=True)
+    divergence_check_steps: int = key(
+        0,
+        _int(0, 100_000),
+        "check the loss for divergence every N batches, one "
+        "host sync each (0: every batch on a CPU, every 32 on a GPU)",
+        trial=True,
+    )
+    divergence_factor: float = key(
+        10.0,
+        _float(1.0, low_inclusive=False),
+        "a batch loss this many times the first one is divergence",
+        frozen=True,
+        trial=True,
+    )
+    checkpoint_every: int = key(1, _int(0, 10_000), "save a resumable checkpoint every N epochs (0: never)", trial=True)
+    tracking_retry_s: float = key(
+        300.0, _float(0.0), "how long a trial keeps retrying MLflow before it fails", trial=True
+    )
     # a sweep
     name: str = key("sweep", _name, "sweep name: <output_dir>/<name>/, the MLflow experiment", text=True)
     output_dir: str = key("./sweeps", _text, "folder that holds sweeps", text=True)
     optimizers: tuple[str, ...] = key(tuple(sorted(OPTIMIZERS)), _names(OPTIMIZERS), "one Optuna study per optimizer")
     schedules: tuple[str, ...] = key(("constant",), _names(SCHEDULES), "LR schedules searched between", frozen=True)
-    batch_sizes: tuple[int, ...] | None = key(None, _batch_sizes, "batch sizes each trial picks from (unset: "
-                                              "batch_size, not searched); refused by `sweep train`", frozen=True)
+    batch_sizes: tuple[int, ...] | None = key(
+        None,
+        _batch_sizes,
+        "batch sizes each trial picks from (unset: batch_size, not searched); refused by `sweep train`",
+        frozen=True,
+    )
     search_effective_lr: bool = key(False, _bool, "search lr/(1-momentum) instead of lr", frozen=True)
     trials: int = key(6, _int(1, 100_000), "finished trials per optimizer")
     workers: int = key(2, _int(1, 10_000), "trials (or packs of trials) in flight at once")
-    pack: int | str = key(1, _pack, "trials of one optimizer trained together as one fused model on one device, "
-                          "one Ray task (auto: as many as fit in its memory, up to 16)")
+    pack: int | str = key(
+        1,
+        _pack,
+        "trials of one optimizer trained together as one fused model on one device, "
+        "one Ray task (auto: as many as fit in its memory, up to 16)",
+    )
     num_cpus: float = key(1.0, _float(0.0, low_inclusive=False), "Ray CPUs per trial")
     num_gpus: float = key(0.0, _float(0.0), "Ray GPUs per trial (fractions share a GPU)")
     max_retries: int = key(2, _int(0, 100), "Ray retries of a trial whose worker process died")
-    reeval_seeds: int = key(3, _int(0, 1000), "after the search, train each optimizer's best configuration again "
-                            "with this many further seeds, scored on the test set (0: no re-evaluation)")
-    reeval_top: int = key(1, _int(1, 100), "re-evaluate this many of each optimizer's best configurations; the one "
-                          "with the best mean validation accuracy over the seeds is reported")
-    report_figures: bool = key(True, _bool, "draw the report's figures when `sweep run` ends (false: the table "
-                               "only, seconds sooner; `sweep report NAME` draws them)")
-    keep_checkpoints: bool = key(False, _bool, "keep every finished trial's last checkpoint (the best's is always kept)")
+    reeval_seeds: int = key(
+        3,
+        _int(0, 1000),
+        "after the search, train each optimizer's best configuration again "
+        "with this many further seeds, scored on the test set (0: no re-evaluation)",
+    )
+    reeval_top: int = key(
+        1,
+        _int(1, 100),
+        "re-evaluate this many of each optimizer's best configurations; the one "
+        "with the best mean validation accuracy over the seeds is reported",
+    )
+    report_figures: bool = key(
+        True,
+        _bool,
+        "draw the report's figures when `sweep run` ends (false: the table "
+        "only, seconds sooner; `sweep report NAME` draws them)",
+    )
+    keep_checkpoints: bool = key(
+        False, _bool, "keep every finished trial's last checkpoint (the best's is always kept)"
+    )
     sampler: str = key("tpe", _choice(SAMPLER_NAMES), "Optuna sampler", frozen=True)
     pruner: str = key("median", _choice(PRUNER_NAMES), "Optuna pruner (one epoch = one step)", frozen=True)
-    storage: str | None = key(None, _optional(_storage_url), "Optuna storage URL", frozen=True, text=True,
-                               store_url=True)
-    tracking_uri: str | None = key(None, _optional(_tracking_uri), "MLflow tracking URI", frozen=True, text=True,
-                                    store_url=True)
+    storage: str | None = key(
+        None, _optional(_storage_url), "Optuna storage URL", frozen=True, text=True, store_url=True
+    )
+    tracking_uri: str | None = key(
+        None, _optional(_tracking_uri), "MLflow tracking URI", frozen=True, text=True, store_url=True
+    )
     ray_address: str | None = key(None, _optional(_ray_address), "Ray cluster to use (or RAY_ADDRESS)", text=True)
 
     def to_dict(self, urls: Callable[[str | None], str | None] = credentials.public) -> dict[str, Any]:
@@ -368,18 +452,30 @@ class SweepConfig:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if isinstance(value, GroupChoice) else \
-                list(value) if isinstance(value, tuple) else urls(value) if f.metadata["store_url"] else value
+            out[f.name] = (
+                value.to_dict()
+                if isinstance(value, GroupChoice)
+                else list(value)
+                if isinstance(value, tuple)
+                else urls(value)
+                if f.metadata["store_url"]
+                else value
+            )
         return out
 
     def __repr__(self) -> str:  # a config in a log or a traceback shows no password
         return f"SweepConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict(credentials.redacted).items())})"
 
-    def replace(self, **changes) -> "SweepConfig":
+    def replace(self, **changes) -> SweepConfig:
         return dataclasses.replace(self, **changes)
 
-    def trial_config(self, optimizer: str | None = None, optimizer_params: Mapping[str, Any] | None = None,
-                     schedule: str | None = None, schedule_params: Mapping[str, Any] | None = None) -> "TrialConfig":
+    def trial_config(
+        self,
+        optimizer: str | None = None,
+        optimizer_params: Mapping[str, Any] | None = None,
+        schedule: str | None = None,
+        schedule_params: Mapping[str, Any] | None = None,
+    ) -> TrialConfig:
         """The trial's settings: the trial keys, and an optimizer and schedule with their values
         (by default the chosen ones with their fixed values, as ``sweep train`` runs them)."""
         return TrialConfig(
@@ -387,7 +483,8 @@ class SweepConfig:
             optimizer=optimizer or self.optimizer.name or GROUPS["optimizer"][0],
             optimizer_params=dict(self.optimizer.fixed if optimizer_params is None else optimizer_params),
             schedule=schedule or self.schedule.name or GROUPS["schedule"][0],
-            schedule_params=dict(self.schedule.fixed if schedule_params is None else schedule_params))
+            schedule_params=dict(self.schedule.fixed if schedule_params is None else schedule_params),
+        )
 
 
 KEYS: dict[str, dataclasses.Field] = {f.name: f for f in fields(SweepConfig)}
@@ -448,6 +545,7 @@ def key_table() -> str:
 
 # ---- loading ----------------------------------------------------------------------------------
 
+
 def parse_value(text: str) -> Any:
     """YAML scalars and lists (``[sgd,adam]``); ``1e-3`` is a float (YAML 1.1 would say string)."""
     if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", text.strip()):
@@ -470,7 +568,9 @@ def find_config(config: str | None, default: str) -> Path:
     candidate = CONF_DIR / f"{name}.yaml"
     if candidate.exists():
         return candidate
-    raise ConfigError("config", f"no config {name!r}; choose from: {', '.join(config_names())} or a path to a .yaml file")
+    raise ConfigError(
+        "config", f"no config {name!r}; choose from: {', '.join(config_names())} or a path to a .yaml file"
+    )
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -501,8 +601,9 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return sorted(parsed, key=lambda kv: "." in kv[0])
 
 
-def load_config(config: str | None = None, overrides: list[str] = (), default: str = "train",
-                mode: str = TRAIN) -> SweepConfig:
+def load_config(
+    config: str | None = None, overrides: list[str] = (), default: str = "train", mode: str = TRAIN
+) -> SweepConfig:
     """Defaults <- YAML file <- overrides, then validated. Raises ConfigError on any bad value."""
     path = find_config(config, default)
     raw: dict[str, Any] = {name: None for name in GROUPS}
@@ -562,9 +663,12 @@ def _validate_group(group_name: str, given: Any, mode: str, values: Mapping[str,
     chosen = given.pop("name", None)
     if mode == SWEEP:
         if chosen is not None:
-            raise ConfigError(group_name, f"`sweep run` searches every entry of {list_key}= (now "
-                                          f"[{','.join(values[list_key])}]); use {list_key}=[{chosen}] to sweep "
-                                          f"{chosen} alone, and {group_name}.KEY=VALUE to fix a value")
+            raise ConfigError(
+                group_name,
+                f"`sweep run` searches every entry of {list_key}= (now "
+                f"[{','.join(values[list_key])}]); use {list_key}=[{chosen}] to sweep "
+                f"{chosen} alone, and {group_name}.KEY=VALUE to fix a value",
+            )
         names = list(values[list_key])
     else:
         chosen = _choice(registry)(group_name, chosen or default)
@@ -573,7 +677,9 @@ def _validate_group(group_name: str, given: Any, mode: str, values: Mapping[str,
         takers = [n for n in names if fixed_key in accepted_keys(group_name, n)]
         if not takers:
             valid = sorted(set().union(*(accepted_keys(group_name, n) for n in names)))
-            raise ConfigError(f"{group_name}.{fixed_key}", f"not taken by {', '.join(names)}; valid: {', '.join(valid)}")
+            raise ConfigError(
+                f"{group_name}.{fixed_key}", f"not taken by {', '.join(names)}; valid: {', '.join(valid)}"
+            )
         resolve = resolve_hyperparameters if group_name == "optimizer" else resolve_schedule_params
         for taker in takers:
             try:
@@ -586,20 +692,31 @@ def _validate_group(group_name: str, given: Any, mode: str, values: Mapping[str,
 def _check_together(cfg: SweepConfig, mode: str) -> None:
     warmup = cfg.schedule.fixed.get("warmup_epochs", WARMUP_DEFAULTS["warmup_epochs"])
     if warmup >= cfg.epochs:
-        raise ConfigError("schedule.warmup_epochs", f"must be less than epochs ({cfg.epochs}), got {warmup}: "
-                                                    "the warm-up would be the whole run")
+        raise ConfigError(
+            "schedule.warmup_epochs",
+            f"must be less than epochs ({cfg.epochs}), got {warmup}: the warm-up would be the whole run",
+        )
     if mode == TRAIN and cfg.batch_sizes:
-        raise ConfigError("batch_sizes", f"`sweep train` runs one batch size: set batch_size=N (batch_sizes="
-                                         f"[{','.join(map(str, cfg.batch_sizes))}] is searched by `sweep run`), "
-                                         "or batch_sizes=[]")
+        raise ConfigError(
+            "batch_sizes",
+            f"`sweep train` runs one batch size: set batch_size=N (batch_sizes="
+            f"[{','.join(map(str, cfg.batch_sizes))}] is searched by `sweep run`), "
+            "or batch_sizes=[]",
+        )
     if cfg.pack != 1 and cfg.compile:
         raise ConfigError("pack", "packed trials do not run under torch.compile: set compile=false, or pack=1")
     if cfg.pack != 1 and cfg.batch_sizes:
-        raise ConfigError("pack", "a pack's trials share every batch, so they cannot search the batch size: "
-                                  "set batch_sizes=[] (batch_size=N), or pack=1")
+        raise ConfigError(
+            "pack",
+            "a pack's trials share every batch, so they cannot search the batch size: "
+            "set batch_sizes=[] (batch_size=N), or pack=1",
+        )
     if mode == SWEEP and cfg.device.startswith("cuda") and cfg.num_gpus == 0:
-        raise ConfigError("device", f"device={cfg.device} in a sweep needs num_gpus > 0 (Ray gives a trial "
-                                    "only the GPUs it asks for); set num_gpus=1 (or a fraction), or device=auto")
+        raise ConfigError(
+            "device",
+            f"device={cfg.device} in a sweep needs num_gpus > 0 (Ray gives a trial "
+            "only the GPUs it asks for); set num_gpus=1 (or a fraction), or device=auto",
+        )
 
 
 def accepted_keys(group_name: str, name: str) -> set[str]:
@@ -614,9 +731,16 @@ def saved_values(saved: Mapping[str, Any]) -> dict[str, Any]:
     train-mode group name (``optimizer: {name: momentum}``), which a sweep never used, and store
     URLs with their password, which today's leave out (it comes from the environment or the
     command line)."""
-    return {name: ({k: v for k, v in value.items() if k != "name"} if name in GROUPS and isinstance(value, dict)
-                   else credentials.public(value) if name in STORE_URL_KEYS and isinstance(value, str)
-                   else value) for name, value in saved.items()}
+    return {
+        name: (
+            {k: v for k, v in value.items() if k != "name"}
+            if name in GROUPS and isinstance(value, dict)
+            else credentials.public(value)
+            if name in STORE_URL_KEYS and isinstance(value, str)
+            else value
+        )
+        for name, value in saved.items()
+    }
 
 
 def from_saved(saved: Mapping[str, Any], overrides: list[str]) -> SweepConfig:

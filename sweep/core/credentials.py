@@ -13,12 +13,13 @@ Credentials may also come from the environment instead of the URL: libpq (psycop
 ``MLFLOW_TRACKING_TOKEN``). ``redact`` masks their values as well as any password written in a URL,
 in any text (an exception's message, a traceback).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import re
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from urllib.parse import unquote, urlsplit
 
 MASK = "***"

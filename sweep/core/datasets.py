@@ -9,14 +9,16 @@ Fashion-MNIST is read from its IDX files with NumPy, from ``data_dir`` or from D
 ``dataset-fashion-mnist`` package, so a machine without a network (a cluster node, CI) has it;
 torchvision is used only to download it.
 """
+
 from __future__ import annotations
 
 import gzip
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -27,8 +29,12 @@ from sweep.core.errors import BadSplit, DatasetUnavailable
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 # split -> IDX file stem; each file may be gzipped (.gz) or plain
-FASHION_MNIST_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-                       "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+FASHION_MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
 
 
 @dataclass
@@ -55,8 +61,10 @@ class DataSplits:
         def move(a, dtype):
             return torch.from_numpy(np.array(a, copy=True)).to(device=device, dtype=dtype)
 
-        return {name: move(getattr(self, name), torch.float32 if name.endswith("_x") else torch.long)
-                for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+        return {
+            name: move(getattr(self, name), torch.float32 if name.endswith("_x") else torch.long)
+            for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+        }
 
 
 _ON_DEVICE: dict[tuple[str, str], dict] = {}  # (token, device) -> tensors; at most one entry
@@ -101,8 +109,11 @@ def _torchvision(dataset_class_name: str, folder: str):
             train = cls(str(data_dir), train=True, download=download)
             test = cls(str(data_dir), train=False, download=download)
         except (RuntimeError, OSError) as exc:
-            how = ("the download failed (no network?)" if download
-                   else "set download=true on a machine with network access")
+            how = (
+                "the download failed (no network?)"
+                if download
+                else "set download=true on a machine with network access"
+            )
             raise DatasetUnavailable(
                 f"{dataset_class_name}: no data under {data_dir / folder}; {how}, "
                 f"or copy the dataset files there (data_dir=... to look elsewhere) [{type(exc).__name__}]"
@@ -114,6 +125,7 @@ def _torchvision(dataset_class_name: str, folder: str):
             return x.astype(np.float32) / 255.0, np.asarray(ds.targets, dtype=np.int64)
 
         return (*arrays(train), *arrays(test))
+
     return load
 
 
@@ -121,6 +133,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     """An IDX file of unsigned bytes (``ndim`` 1: labels, 3: images), gzipped or not. Anything
     else, a bad magic number, a size that disagrees with the header, or an unreadable file raises
     DatasetUnavailable naming the file: a half-downloaded file must not train silently."""
+
     def bad(why: str) -> DatasetUnavailable:
         return DatasetUnavailable(f"{path}: {why}; replace it with a good copy")
 
@@ -132,12 +145,14 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         raise bad(f"cannot be read ({type(exc).__name__}: {exc})") from None
     magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
     if magic != 0x0800 + ndim:  # two zero bytes, 0x08 (unsigned byte), the number of dimensions
-        raise bad(f"not an IDX file of {ndim}-dimensional unsigned bytes (magic number "
-                  f"{'missing' if magic is None else hex(magic)}, expected {hex(0x0800 + ndim)})")
+        raise bad(
+            f"not an IDX file of {ndim}-dimensional unsigned bytes (magic number "
+            f"{'missing' if magic is None else hex(magic)}, expected {hex(0x0800 + ndim)})"
+        )
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise bad("its IDX header is cut short")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(raw) - header != int(np.prod(shape)):
         raise bad(f"holds {len(raw) - header} bytes of data, its header says {shape} ({int(np.prod(shape))})")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
@@ -169,20 +184,29 @@ def _fashion_mnist(data_dir: Path, download: bool):
         raise DatasetUnavailable(
             f"fashion_mnist: no Fashion-MNIST files ({', '.join(FASHION_MNIST_FILES.values())}, "
             f"gzipped or not) in {places}; install them with `apt-get install {FASHION_MNIST_PACKAGE}`, "
-            "set download=true on a machine with network access, or copy them there (data_dir=... to look elsewhere)")
+            "set download=true on a machine with network access, or copy them there (data_dir=... to look elsewhere)"
+        )
     arrays = {split: read_idx(path, 3 if split.endswith("_x") else 1) for split, path in files.items()}
     for part in ("train", "test"):
         x, y = arrays[f"{part}_x"], arrays[f"{part}_y"]
         if len(x) != len(y):
-            raise DatasetUnavailable(f"{files[f'{part}_y']}: {len(y)} labels for {len(x)} images in "
-                                     f"{files[f'{part}_x']}; the files do not belong together")
+            raise DatasetUnavailable(
+                f"{files[f'{part}_y']}: {len(y)} labels for {len(x)} images in "
+                f"{files[f'{part}_x']}; the files do not belong together"
+            )
         if x.shape[1:] != (28, 28):
-            raise DatasetUnavailable(f"{files[f'{part}_x']}: images of {x.shape[1]}x{x.shape[2]}, not Fashion-MNIST's 28x28")
+            raise DatasetUnavailable(
+                f"{files[f'{part}_x']}: images of {x.shape[1]}x{x.shape[2]}, not Fashion-MNIST's 28x28"
+            )
         if len(y) and y.max() > 9:
             raise DatasetUnavailable(f"{files[f'{part}_y']}: a label {y.max()}, not Fashion-MNIST's 0..9")
     # NCHW uint8: load_dataset reads them as value / 255 (as torchvision's path gives) when it normalizes
-    return (arrays["train_x"][:, None], arrays["train_y"].astype(np.int64),
-            arrays["test_x"][:, None], arrays["test_y"].astype(np.int64))
+    return (
+        arrays["train_x"][:, None],
+        arrays["train_y"].astype(np.int64),
+        arrays["test_x"][:, None],
+        arrays["test_y"].astype(np.int64),
+    )
 
 
 def _download_fashion_mnist(data_dir: Path) -> dict[str, Path]:
@@ -193,12 +217,16 @@ def _download_fashion_mnist(data_dir: Path) -> dict[str, Path]:
         for train in (True, False):
             tvd.FashionMNIST(str(data_dir), train=train, download=True)
     except (RuntimeError, OSError) as exc:
-        raise DatasetUnavailable(f"fashion_mnist: the download into {data_dir / 'FashionMNIST' / 'raw'} failed "
-                                 f"(no network?) [{type(exc).__name__}]; install the files with "
-                                 f"`apt-get install {FASHION_MNIST_PACKAGE}` instead") from None
+        raise DatasetUnavailable(
+            f"fashion_mnist: the download into {data_dir / 'FashionMNIST' / 'raw'} failed "
+            f"(no network?) [{type(exc).__name__}]; install the files with "
+            f"`apt-get install {FASHION_MNIST_PACKAGE}` instead"
+        ) from None
     files = _idx_files(data_dir / "FashionMNIST" / "raw")
     if files is None:
-        raise DatasetUnavailable(f"fashion_mnist: the download left no IDX files in {data_dir / 'FashionMNIST' / 'raw'}")
+        raise DatasetUnavailable(
+            f"fashion_mnist: the download left no IDX files in {data_dir / 'FashionMNIST' / 'raw'}"
+        )
     return files
 
 
@@ -211,15 +239,28 @@ def _synthetic(data_dir: Path, download: bool, n: int = 2048, shape=(3, 32, 32),
     return x, y, None, None
 
 
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in [
-    DatasetSpec("digits", _digits, 10, False, "scikit-learn's bundled 8x8 digits (1,797 images, no download)"),
-    DatasetSpec("mnist", _torchvision("MNIST", "MNIST"), 10, False, "MNIST 28x28 grey (torchvision)"),
-    DatasetSpec("fashion_mnist", _fashion_mnist, 10, False,
-                f"Fashion-MNIST 28x28 grey (data_dir, then Debian's {FASHION_MNIST_PACKAGE}; download=true: torchvision)"),
-    DatasetSpec("cifar10", _torchvision("CIFAR10", "cifar-10-batches-py"), 10, True,
-                "CIFAR-10 32x32 colour (torchvision), random crop + flip augmentation"),
-    DatasetSpec("synthetic", _synthetic, 10, False, "random 3x32x32 tensors with learnable labels (benchmarks)"),
-]}
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in [
+        DatasetSpec("digits", _digits, 10, False, "scikit-learn's bundled 8x8 digits (1,797 images, no download)"),
+        DatasetSpec("mnist", _torchvision("MNIST", "MNIST"), 10, False, "MNIST 28x28 grey (torchvision)"),
+        DatasetSpec(
+            "fashion_mnist",
+            _fashion_mnist,
+            10,
+            False,
+            f"Fashion-MNIST 28x28 grey (data_dir, then Debian's {FASHION_MNIST_PACKAGE}; download=true: torchvision)",
+        ),
+        DatasetSpec(
+            "cifar10",
+            _torchvision("CIFAR10", "cifar-10-batches-py"),
+            10,
+            True,
+            "CIFAR-10 32x32 colour (torchvision), random crop + flip augmentation",
+        ),
+        DatasetSpec("synthetic", _synthetic, 10, False, "random 3x32x32 tensors with learnable labels (benchmarks)"),
+    ]
+}
 
 
 def get_dataset(name: str) -> DatasetSpec:
@@ -229,9 +270,16 @@ def get_dataset(name: str) -> DatasetSpec:
         raise KeyError(f"unknown dataset {name!r}; choose from: {', '.join(sorted(DATASETS))}") from None
 
 
-def load_dataset(name: str, data_dir: str | Path = "./data", download: bool = False,
-                 val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
-                 augment: bool | None = None, train_subset: int | None = None) -> DataSplits:
+def load_dataset(
+    name: str,
+    data_dir: str | Path = "./data",
+    download: bool = False,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    augment: bool | None = None,
+    train_subset: int | None = None,
+) -> DataSplits:
     """Seeded split, normalized with the training part's per-channel mean and std.
 
     Datasets without an official test set (digits, synthetic) hold out ``test_fraction`` first;
@@ -251,15 +299,25 @@ def load_dataset(name: str, data_dir: str | Path = "./data", download: bool = Fa
     order = rng.permutation(len(x))
     n_val = int(round(val_fraction * len(x)))
     if not 0 < n_val < len(x):
-        raise BadSplit(f"{val_fraction:g} of {len(x)} training images leaves "
-                       f"{'no validation' if n_val == 0 else 'no training'} images")
+        raise BadSplit(
+            f"{val_fraction:g} of {len(x)} training images leaves "
+            f"{'no validation' if n_val == 0 else 'no training'} images"
+        )
     val_idx, train_idx = order[:n_val], order[n_val:]
     train_x = x[train_idx]
     norm = _byte_normalizer(train_x) if train_x.dtype == np.uint8 else _float_normalizer(train_x)
     if train_subset is not None:
         train_idx, train_x = train_idx[:train_subset], train_x[:train_subset]
-    return DataSplits(norm(train_x), y[train_idx], norm(x[val_idx]), y[val_idx], norm(test_x), test_y,
-                      spec.num_classes, spec.augment if augment is None else augment)
+    return DataSplits(
+        norm(train_x),
+        y[train_idx],
+        norm(x[val_idx]),
+        y[val_idx],
+        norm(test_x),
+        test_y,
+        spec.num_classes,
+        spec.augment if augment is None else augment,
+    )
 
 
 def _float_normalizer(train_x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -268,6 +326,7 @@ def _float_normalizer(train_x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]
 
     def norm(a):
         return ((a - mean) / std).astype(np.float32)
+
     return norm
 
 
@@ -280,7 +339,7 @@ def _byte_normalizer(train_x: np.ndarray, chunk: int = 4096) -> Callable[[np.nda
     for c in range(train_x.shape[1]):
         counts = np.zeros(256, dtype=np.int64)
         for start in range(0, len(train_x), chunk):  # bincount casts to intp: chunks keep that small
-            counts += np.bincount(train_x[start:start + chunk, c].ravel(), minlength=256)
+            counts += np.bincount(train_x[start : start + chunk, c].ravel(), minlength=256)
         m = counts @ levels / counts.sum()
         mean.append(m)
         std.append(np.sqrt(counts @ (levels - m) ** 2 / counts.sum()) + 1e-6)
@@ -292,6 +351,7 @@ def _byte_normalizer(train_x: np.ndarray, chunk: int = 4096) -> Callable[[np.nda
         np.multiply(a, scale, out=out)
         out += shift
         return out
+
     return norm
 
 
@@ -309,5 +369,6 @@ class DataKeys(Protocol):
 def load_data(cfg: DataKeys) -> DataSplits:
     """The data a config describes: every caller (a sweep's driver, `sweep train`, a trial given
     no data) loads through here, so a data key reaches all of them."""
-    return load_dataset(cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, seed=cfg.seed,
-                        train_subset=cfg.train_subset)
+    return load_dataset(
+        cfg.dataset, cfg.data_dir, cfg.download, cfg.val_fraction, seed=cfg.seed, train_subset=cfg.train_subset
+    )

@@ -7,6 +7,7 @@ worker reaches the driver as itself, not as Ray's ``UnserializableException``. `
 the one kind outside it, on purpose: it is a ``KeyboardInterrupt``, so no ``except Exception``
 on the way up can swallow a stop.
 """
+
 from __future__ import annotations
 
 import signal
@@ -79,8 +80,7 @@ _PREAMBLES = ("(raised as a result of Query-invoked autoflush",)
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message``: library errors can be pages long. Passwords are masked
     first (client errors quote URLs; a cut must not leave half of one)."""
-    lines = [line for line in redact(str(exc)).strip().splitlines()
-             if line.strip() and not line.startswith(_PREAMBLES)]
+    lines = [line for line in redact(str(exc)).strip().splitlines() if line.strip() and not line.startswith(_PREAMBLES)]
     return f"{type(exc).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
 
 

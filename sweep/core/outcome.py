@@ -4,20 +4,21 @@ one tally of outcomes that the live view, the final table, ``summary.json`` and 
 Nothing else in the project decides what a state means. Optuna states are named by their enum
 member names (``COMPLETE`` ...) so this module needs no Optuna import.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable, Mapping
 
 from sweep.core.keys import Attr
 
 
 class Status(str, Enum):
-    OK = "ok"                    # trained every epoch
-    DIVERGED = "diverged"        # loss became NaN/inf or exploded; stopped at once
-    PRUNED = "pruned"            # the study's pruner stopped it
-    FAILED = "failed"            # an exception in the trial, or its worker died past Ray's retries
+    OK = "ok"  # trained every epoch
+    DIVERGED = "diverged"  # loss became NaN/inf or exploded; stopped at once
+    PRUNED = "pruned"  # the study's pruner stopped it
+    FAILED = "failed"  # an exception in the trial, or its worker died past Ray's retries
     INTERRUPTED = "interrupted"  # the driver died or stopped; queued again, not counted
 
 
@@ -26,9 +27,9 @@ class StatusRecord:
     """How a status is written: the Optuna state, the MLflow run status, and what it counts for."""
 
     optuna_state: str
-    mlflow_status: str       # FINISHED / FAILED / KILLED: the run table's status icon
-    uses_budget: bool        # counts against the optimizer's `trials`
-    scored: bool             # its value may be the optimizer's best
+    mlflow_status: str  # FINISHED / FAILED / KILLED: the run table's status icon
+    uses_budget: bool  # counts against the optimizer's `trials`
+    scored: bool  # its value may be the optimizer's best
 
 
 RECORDS: dict[Status, StatusRecord] = {
@@ -49,7 +50,7 @@ class TrialOutcome:
 
     number: int
     status: Status
-    value: float | None = None           # the objective Optuna holds (None unless COMPLETE)
+    value: float | None = None  # the objective Optuna holds (None unless COMPLETE)
     reason: str = ""
     metrics: Mapping[str, float] = field(default_factory=dict)  # final metrics, without the prefix
     attempts: int = 1
@@ -96,7 +97,7 @@ class Tally:
         return sum(n for s, n in self.counts.items() if RECORDS[s].uses_budget)
 
     @classmethod
-    def of(cls, budget: int, outcomes: Iterable[TrialOutcome]) -> "Tally":
+    def of(cls, budget: int, outcomes: Iterable[TrialOutcome]) -> Tally:
         tally = cls(budget)
         for outcome in outcomes:
             tally.add(outcome)

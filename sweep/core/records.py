@@ -3,6 +3,7 @@ its checkpoint. The training loops make them, the workers and stores pass them o
 them; so they live in core, and torch is imported only inside ``Checkpoint``'s methods (the driver
 never imports it).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,12 +25,12 @@ class PruneTrial(Exception):
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    epoch: int              # from 1
+    epoch: int  # from 1
     train_loss: float
     train_accuracy: float
     val_loss: float
     val_accuracy: float
-    scheduled_lr: float     # the schedule's LR at the epoch's start (not the searched `lr`)
+    scheduled_lr: float  # the schedule's LR at the epoch's start (not the searched `lr`)
     epoch_seconds: float
     images_per_second: float
 
@@ -60,24 +61,33 @@ class Checkpoint:
     stopped. Its tensors are the live ones: store it before training goes on."""
 
     epoch: int
-    model: dict[str, Any]                # model.state_dict()
-    optimizer: dict[str, Any]            # optimizer.state_dict()
-    schedule: dict[str, Any]             # ScheduleDriver.state_dict()
-    generator: torch.Tensor              # batch order and augmentation draws
-    rng: torch.Tensor                    # the global CPU RNG (dropout, init of anything built later)
-    device_rng: torch.Tensor | None      # the CUDA RNG, when training there
-    first_loss: float | None             # the divergence check compares against it
-    history: tuple[EpochMetrics, ...]    # the epochs so far: final metrics come out as without a stop
+    model: dict[str, Any]  # model.state_dict()
+    optimizer: dict[str, Any]  # optimizer.state_dict()
+    schedule: dict[str, Any]  # ScheduleDriver.state_dict()
+    generator: torch.Tensor  # batch order and augmentation draws
+    rng: torch.Tensor  # the global CPU RNG (dropout, init of anything built later)
+    device_rng: torch.Tensor | None  # the CUDA RNG, when training there
+    first_loss: float | None  # the divergence check compares against it
+    history: tuple[EpochMetrics, ...]  # the epochs so far: final metrics come out as without a stop
 
     @classmethod
-    def capture(cls, epoch: int, model, optimizer, schedule, generator: torch.Generator,
-                first_loss: float | None, history) -> Checkpoint:
+    def capture(
+        cls, epoch: int, model, optimizer, schedule, generator: torch.Generator, first_loss: float | None, history
+    ) -> Checkpoint:
         import torch
 
         device = generator.device
-        return cls(epoch, model.state_dict(), optimizer.state_dict(), schedule.state_dict(), generator.get_state(),
-                   torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                   first_loss, tuple(history))
+        return cls(
+            epoch,
+            model.state_dict(),
+            optimizer.state_dict(),
+            schedule.state_dict(),
+            generator.get_state(),
+            torch.get_rng_state(),
+            torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            first_loss,
+            tuple(history),
+        )
 
     def detached(self) -> Checkpoint:
         """A copy whose tensors are on the CPU and no longer shared with training."""
@@ -89,9 +99,17 @@ class Checkpoint:
         def own(value):
             return value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else copy.deepcopy(value)
 
-        return Checkpoint(self.epoch, tree_map(own, self.model), tree_map(own, self.optimizer),
-                          copy.deepcopy(self.schedule), own(self.generator), own(self.rng),
-                          None if self.device_rng is None else own(self.device_rng), self.first_loss, self.history)
+        return Checkpoint(
+            self.epoch,
+            tree_map(own, self.model),
+            tree_map(own, self.optimizer),
+            copy.deepcopy(self.schedule),
+            own(self.generator),
+            own(self.rng),
+            None if self.device_rng is None else own(self.device_rng),
+            self.first_loss,
+            self.history,
+        )
 
     def restore(self, model, optimizer, schedule, generator: torch.Generator) -> None:
         """Put freshly built training objects where this checkpoint left them."""
@@ -107,4 +125,4 @@ class Checkpoint:
 
 
 Reporter = Callable[[EpochMetrics], None]  # a trial's per-epoch callback; raises PruneTrial to stop it
-Saver = Callable[[Checkpoint], None]       # a trial's checkpoint callback
+Saver = Callable[[Checkpoint], None]  # a trial's checkpoint callback

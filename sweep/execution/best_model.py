@@ -10,15 +10,16 @@ test images: the model expects inputs normalised with the training split's mean 
 sweep's data is) and the model package's code, so it loads in any Python with torch and MLflow:
 ``mlflow.pytorch.load_model(uri)``.
 """
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from sweep.core.keys import Tag
-from sweep.stores import checkpoints, tracking
 from sweep.core.datasets import DataSplits
 from sweep.core.errors import first_line
+from sweep.core.keys import Tag
+from sweep.stores import checkpoints, tracking
 from sweep.stores.sweepdir import Stores
 
 EXAMPLE_IMAGES = 4
@@ -40,8 +41,11 @@ def log(stores: Stores, run_id: str, model_name: str, data: DataSplits, epochs: 
     checkpoint = checkpoints.load_latest(uri, run_id, stores.artifacts)
     if checkpoint is None or checkpoint.epoch != epochs:
         found = "none" if checkpoint is None else f"epoch {checkpoint.epoch}"
-        print(f"best model: run {run_id} has no checkpoint of epoch {epochs} ({found}); no model logged",
-              file=sys.stderr, flush=True)
+        print(
+            f"best model: run {run_id} has no checkpoint of epoch {epochs} ({found}); no model logged",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
     model = build_model(model_name, data.in_shape, data.num_classes)
     model.load_state_dict(checkpoint.model)
@@ -53,12 +57,19 @@ def log(stores: Stores, run_id: str, model_name: str, data: DataSplits, epochs: 
         # process's active experiment (MLflow's Default one in the driver), not to the sweep's.
         run = tracking.client(uri).get_run(run_id)
         logged = mlflow.initialize_logged_model(
-            name=run.data.tags.get(Tag.OPTIMIZER) or "model", source_run_id=run_id,
-            experiment_id=run.info.experiment_id, params=dict(run.data.params))
+            name=run.data.tags.get(Tag.OPTIMIZER) or "model",
+            source_run_id=run_id,
+            experiment_id=run.info.experiment_id,
+            params=dict(run.data.params),
+        )
         info = mlflow.pytorch.log_model(
-            model, model_id=logged.model_id, run_id=run_id, input_example=data.test_x[:EXAMPLE_IMAGES],
+            model,
+            model_id=logged.model_id,
+            run_id=run_id,
+            input_example=data.test_x[:EXAMPLE_IMAGES],
             code_paths=[str(Path(models.__file__).parent)],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
     except Exception as exc:  # noqa: BLE001 - a model that cannot be logged is said; the report goes on
         if logged is not None:
             _mark_failed(logged.model_id)

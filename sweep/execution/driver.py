@@ -6,6 +6,7 @@ tasks in flight, and repairs what a dead driver left (``recovery``). Its loop ru
 phases: ``refill`` free slots, ``tidy`` checkpoints, ``wait`` for a task, ``collect`` its outcomes
 (a dead pack's members ``recover`` as solo tasks); ``launch`` starts it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,11 +14,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweep.core.keys import Attr, Tag
 from sweep.core import credentials
 from sweep.core.config import AUTO, SweepConfig
 from sweep.core.datasets import DataSplits
 from sweep.core.errors import StoreUnavailable, first_line, store_calls
+from sweep.core.keys import Attr, Tag
 from sweep.core.outcome import Status, Tally, TrialOutcome
 from sweep.execution import best_model
 from sweep.execution.lanes import InFlight, Lane, Running, say
@@ -46,7 +47,7 @@ class RemoteTasks:
     data_ref: Any
 
     @classmethod
-    def declare(cls, cfg: SweepConfig, data: DataSplits) -> "RemoteTasks":
+    def declare(cls, cfg: SweepConfig, data: DataSplits) -> RemoteTasks:
         import ray
 
         resources = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
@@ -54,10 +55,12 @@ class RemoteTasks:
         # data's device copy paid once); Ray's default for a GPU task is a fresh process per call.
         # A pack's resources serve the whole pack. Ray never re-runs a pack: when its worker dies,
         # its unfinished members go on as solo tasks (``collect``), each with the retries left.
-        return cls(ray.remote(**resources, max_retries=cfg.max_retries, max_calls=0)(execute),
-                   ray.remote(**resources, max_retries=0, max_calls=0)(execute_pack),
-                   ray.remote(**resources, max_retries=max(0, cfg.max_retries - 1), max_calls=0)(execute),
-                   ray.put(data))  # once per sweep; Ray ships it once per node
+        return cls(
+            ray.remote(**resources, max_retries=cfg.max_retries, max_calls=0)(execute),
+            ray.remote(**resources, max_retries=0, max_calls=0)(execute_pack),
+            ray.remote(**resources, max_retries=max(0, cfg.max_retries - 1), max_calls=0)(execute),
+            ray.put(data),
+        )  # once per sweep; Ray ships it once per node
 
 
 @dataclass
@@ -79,8 +82,9 @@ class Driver:
         self.credentials = credentials.from_environment()  # for workers on nodes without them
         self.storage_name = f"the Optuna storage {credentials.redacted(stores.storage)}"
         with self._tracking_calls():
-            self.tracker = tracking.SweepTracker(stores.tracking_uri, cfg.name,
-                                                 sweep_dir.artifacts if stores.local_tracking else None, sweep_id)
+            self.tracker = tracking.SweepTracker(
+                stores.tracking_uri, cfg.name, sweep_dir.artifacts if stores.local_tracking else None, sweep_id
+            )
         self.retention = checkpoints.Retention(stores.tracking_uri, cfg.keep_checkpoints, stores.artifacts)
         self.studies: dict[str, SweepStudy] = {}
         self.reevals: dict[str, SweepStudy] = {}  # empty with reeval_seeds=0
@@ -95,8 +99,17 @@ class Driver:
         """The optimizer's studies (search and re-evaluation) and its parent run, linked both ways."""
         cfg, stores = self.cfg, self.stores
         with announce_slow_store(self.storage_name, self.stores.storage), optuna_calls():
-            study = SweepStudy.open(stores.storage, cfg.name, opt, sweep_id, sampler=cfg.sampler,
-                                    pruner=cfg.pruner, seed=cfg.seed, trials=cfg.trials, epochs=cfg.epochs)
+            study = SweepStudy.open(
+                stores.storage,
+                cfg.name,
+                opt,
+                sweep_id,
+                sampler=cfg.sampler,
+                pruner=cfg.pruner,
+                seed=cfg.seed,
+                trials=cfg.trials,
+                epochs=cfg.epochs,
+            )
             if cfg.reeval_seeds:
                 self.reevals[opt] = SweepStudy.open_reeval(stores.storage, cfg.name, opt, sweep_id)
         with self._tracking_calls():
@@ -109,8 +122,10 @@ class Driver:
     def _fixed_params(self) -> dict[str, Any]:
         """What every trial of the sweep shares, logged on each parent run."""
         cfg = self.cfg
-        fixed = {k: getattr(cfg, k) for k in ("dataset", "model", "epochs", "batch_size", "sampler", "pruner",
-                                              "trials", "seed", "reeval_seeds")}
+        fixed = {
+            k: getattr(cfg, k)
+            for k in ("dataset", "model", "epochs", "batch_size", "sampler", "pruner", "trials", "seed", "reeval_seeds")
+        }
         if cfg.batch_sizes:  # searched: each trial's run has its own
             fixed["batch_size"] = list(cfg.batch_sizes)
         if cfg.train_subset is not None:
@@ -118,8 +133,9 @@ class Driver:
         return fixed
 
     def lanes(self) -> list[Lane]:
-        return [Lane(opt, study, tracking.TRIAL_ROLE) for opt, study in self.studies.items()] + \
-               [Lane(opt, study, tracking.REEVAL_ROLE) for opt, study in self.reevals.items()]
+        return [Lane(opt, study, tracking.TRIAL_ROLE) for opt, study in self.studies.items()] + [
+            Lane(opt, study, tracking.REEVAL_ROLE) for opt, study in self.reevals.items()
+        ]
 
     @contextlib.contextmanager
     def _tracking_calls(self):
@@ -142,8 +158,11 @@ class Driver:
             self.reeval_waiting[opt] = study.waiting()
         if planned:
             sources = sorted({p.source.number for p in planned})
-            say(opt, f"re-evaluating trial{'s' if len(sources) > 1 else ''} {', '.join(map(str, sources))} "
-                      f"with {len(planned)} further seed run{'s' if len(planned) > 1 else ''}")
+            say(
+                opt,
+                f"re-evaluating trial{'s' if len(sources) > 1 else ''} {', '.join(map(str, sources))} "
+                f"with {len(planned)} further seed run{'s' if len(planned) > 1 else ''}",
+            )
 
     def log_best_model(self, opt: str) -> None:
         """Log the optimizer's best re-evaluated model (once; a resumed driver finds it logged)."""
@@ -180,8 +199,10 @@ class Driver:
         for lane in self.lanes():
             self.recovery.recover(lane)
         self.recovery.close_finished_runs(self.studies, self.reevals)
-        loop = Loop(RemoteTasks.declare(self.cfg, self.data),
-                    {opt: Tally.of(self.cfg.trials, study.outcomes()) for opt, study in self.studies.items()})
+        loop = Loop(
+            RemoteTasks.declare(self.cfg, self.data),
+            {opt: Tally.of(self.cfg.trials, study.outcomes()) for opt, study in self.studies.items()},
+        )
         for opt, tally in loop.tallies.items():
             if tally.done >= tally.budget:
                 self.queue_reevals(opt)
@@ -212,8 +233,10 @@ class Driver:
                 ref, flight = loop.tasks.solo.remote(task, loop.tasks.data_ref), self.flight(lane, task)
             else:
                 pack = self.prepare_pack(lane, size)
-                ref, flight = loop.tasks.pack.remote(pack, loop.tasks.data_ref), self.flight(lane, *pack.members,
-                                                                                            pack=pack)
+                ref, flight = (
+                    loop.tasks.pack.remote(pack, loop.tasks.data_ref),
+                    self.flight(lane, *pack.members, pack=pack),
+                )
             loop.in_flight[ref] = flight
             if lane.is_reeval:
                 self.reeval_waiting[lane.optimizer] -= 1
@@ -275,8 +298,9 @@ class Driver:
         """The finished sweep's report. A tracking store that fails meanwhile stops it like any
         driver call; `sweep resume` then builds it (nothing is left to train)."""
         with self.watch.call():
-            return report.build(self.cfg, self.stores, self.sweep_dir, FINISHED, self.tracker,
-                                figures=self.cfg.report_figures)
+            return report.build(
+                self.cfg, self.stores, self.sweep_dir, FINISHED, self.tracker, figures=self.cfg.report_figures
+            )
 
     def tidy_checkpoints(self, lane: Lane) -> None:
         """Delete the checkpoints of finished trials but the one worth keeping (all kept with
@@ -322,14 +346,28 @@ class Driver:
             extra = {Tag.SOURCE_TRIAL: str(source), Tag.REEVAL_SEED: str(seed)}
         with self._tracking_calls():
             run_id = self.tracker.trial_run(
-                self.parents[opt], opt, trial.number, run_params(tc, trial.params), role=lane.role,
-                retry_of=trial.user_attrs.get(Attr.RETRY_OF), extra_tags=extra,
-                run_name=f"{opt}-reeval-{extra[Tag.SOURCE_TRIAL]}-seed{seed}" if lane.is_reeval else None)
+                self.parents[opt],
+                opt,
+                trial.number,
+                run_params(tc, trial.params),
+                role=lane.role,
+                retry_of=trial.user_attrs.get(Attr.RETRY_OF),
+                extra_tags=extra,
+                run_name=f"{opt}-reeval-{extra[Tag.SOURCE_TRIAL]}-seed{seed}" if lane.is_reeval else None,
+            )
         with optuna_calls():
             trial.set_user_attr(Attr.MLFLOW_RUN, run_id)
             trial.set_user_attr(Attr.HYPERPARAMETERS, chosen_hyperparameters(tc, cfg))
-        return TrialTask(self.stores, study.name, trial.number, run_id, "none" if lane.is_reeval else cfg.pruner,
-                         tc, threads=max(1, int(cfg.num_cpus)), credentials=self.credentials)
+        return TrialTask(
+            self.stores,
+            study.name,
+            trial.number,
+            run_id,
+            "none" if lane.is_reeval else cfg.pruner,
+            tc,
+            threads=max(1, int(cfg.num_cpus)),
+            credentials=self.credentials,
+        )
 
     def collect(self, ref, flight: InFlight) -> tuple[list[tuple[int, TrialOutcome]], list[TrialTask]]:
         """The task's outcomes as (trial number, outcome), and the members of a pack whose worker
@@ -353,8 +391,15 @@ class Driver:
             else:  # Ray's own message ends with what happened to the worker
                 reason = f"worker error: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
             with self._tracking_calls():
-                return [(t.number, finish_trial(flight.lane.study, self.stores.tracking_uri, t.run_id, t.number,
-                                                Status.FAILED, reason)) for t in flight.trials], []
+                return [
+                    (
+                        t.number,
+                        finish_trial(
+                            flight.lane.study, self.stores.tracking_uri, t.run_id, t.number, Status.FAILED, reason
+                        ),
+                    )
+                    for t in flight.trials
+                ], []
 
 
 def reeval_line(study: SweepStudy, number: int, outcome: TrialOutcome) -> str:

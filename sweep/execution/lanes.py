@@ -1,4 +1,5 @@
 """What the driver feeds and what it waits on: typed, so the loop reads as what it does."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

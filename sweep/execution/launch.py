@@ -5,6 +5,7 @@ Raises, and the CLI decides exit codes: ``ConfigError`` (bad input, nothing writ
 ``StoreUnavailable`` (a store went away mid-sweep or the disk is full; finished trials are kept),
 ``Stopped`` (Ctrl-C or SIGTERM), or anything unexpected.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,12 +60,18 @@ def check_resumable(cfg: SweepConfig, saved: dict[str, Any] | None) -> SweepConf
         if key in STORE_URL_KEYS and values[key] is None:
             cfg = cfg.replace(**{key: saved.get(key)})
         elif values[key] != saved.get(key):
-            raise ConfigError(key, f"sweep {cfg.name!r} exists with {key}={saved.get(key)!r}, not {values[key]!r}; "
-                                   f"resume with that value or pick a new name=")
+            raise ConfigError(
+                key,
+                f"sweep {cfg.name!r} exists with {key}={saved.get(key)!r}, not {values[key]!r}; "
+                f"resume with that value or pick a new name=",
+            )
     dropped = [opt for opt in saved["optimizers"] if opt not in cfg.optimizers]
     if dropped:
-        raise ConfigError("optimizers", f"sweep {cfg.name!r} already has studies for {', '.join(dropped)}; "
-                                        "keep them in optimizers= (you may add more)")
+        raise ConfigError(
+            "optimizers",
+            f"sweep {cfg.name!r} already has studies for {', '.join(dropped)}; "
+            "keep them in optimizers= (you may add more)",
+        )
     return cfg
 
 
@@ -72,8 +79,10 @@ def prepare(cfg: SweepConfig) -> Prepared:
     """Check everything that can be wrong, writing nothing. Raises ConfigError."""
     sweep_dir = SweepDir.of(cfg.output_dir, cfg.name)
     if sweep_dir.is_locked():
-        raise ConfigError("name", f"sweep {cfg.name!r} is being run by another driver "
-                                  f"({sweep_dir.read_state()}); wait for it or stop it")
+        raise ConfigError(
+            "name",
+            f"sweep {cfg.name!r} is being run by another driver ({sweep_dir.read_state()}); wait for it or stop it",
+        )
     cfg = check_resumable(cfg, sweep_dir.saved_config())
     seen_id = sweep_dir.read_id()
     stores = sweep_dir.stores(cfg.storage, cfg.tracking_uri)
@@ -170,8 +179,9 @@ def init_ray(cfg: SweepConfig, stores: Stores | None = None) -> None:
 
     if ray.is_initialized():
         return
-    prefetch = threading.Thread(target=_import_quietly, args=(driver_imports(stores),), name="sweep-prefetch",
-                                daemon=True)
+    prefetch = threading.Thread(
+        target=_import_quietly, args=(driver_imports(stores),), name="sweep-prefetch", daemon=True
+    )
     prefetch.start()
     try:
         _ray_init(cfg)
@@ -200,8 +210,11 @@ def _ray_init(cfg: SweepConfig) -> None:
 
         # paths, not module objects: inside a Ray job (`sweep submit`) Ray deep-copies this
         # runtime_env to merge it with the job's, and a module object cannot be copied
-        ray.init(address=address, log_to_driver=False,
-                 runtime_env={"py_modules": [os.path.dirname(m.__file__) for m in (sweep, models, optim)]})
+        ray.init(
+            address=address,
+            log_to_driver=False,
+            runtime_env={"py_modules": [os.path.dirname(m.__file__) for m in (sweep, models, optim)]},
+        )
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
@@ -255,8 +268,8 @@ def _warm_up() -> int:
 
     import torch
 
-    import sweep.train.packed  # noqa: F401 - the trial loop (solo and packed): torch, the models, the optimizers
     import sweep.execution.worker  # noqa: F401 - its reporting: Optuna, MLflow
+    import sweep.train.packed  # noqa: F401 - the trial loop (solo and packed): torch, the models, the optimizers
 
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     return os.getpid()

@@ -18,6 +18,7 @@ unfinished member as a solo task, which goes on from that member's checkpoint
 
 A pack too big for the device's memory runs as sub-packs, one after another (``pack_memory``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,9 +84,12 @@ def _execute_pack(task: PackTask, data) -> list[TrialOutcome]:
     members = list(range(len(task.members)))
     sub_packs = pack_memory.split(members, fit.members)
     if len(sub_packs) > 1:
-        print(f"pack {task.label}: {fit.members} members fit ({fit.member_bytes / 2**20:.0f} MB each, "
-              f"{fit.available_bytes / 2**20:.0f} MB free): run as {len(sub_packs)} sub-packs", file=sys.stderr,
-              flush=True)
+        print(
+            f"pack {task.label}: {fit.members} members fit ({fit.member_bytes / 2**20:.0f} MB each, "
+            f"{fit.available_bytes / 2**20:.0f} MB free): run as {len(sub_packs)} sub-packs",
+            file=sys.stderr,
+            flush=True,
+        )
     outcomes: dict[int, TrialOutcome] = {}
     left: dict[int, str] = {}  # members the pack could not finish -> the pack's error
     node = this_node()
@@ -98,8 +102,16 @@ def _execute_pack(task: PackTask, data) -> list[TrialOutcome]:
     return [outcomes[i] for i in range(len(task.members))]
 
 
-def _run_sub_pack(task: PackTask, sub_pack: list[int], data, study, earlier, node: dict[str, str],
-                  outcomes: dict[int, TrialOutcome], left: dict[int, str]) -> None:
+def _run_sub_pack(
+    task: PackTask,
+    sub_pack: list[int],
+    data,
+    study,
+    earlier,
+    node: dict[str, str],
+    outcomes: dict[int, TrialOutcome],
+    left: dict[int, str],
+) -> None:
     """Train the members at ``sub_pack`` (positions in the task) as one pack: each finished member's
     outcome goes into ``outcomes``, each one the pack could not finish into ``left`` with its error."""
     from sweep.train.packed import run_pack
@@ -107,10 +119,17 @@ def _run_sub_pack(task: PackTask, sub_pack: list[int], data, study, earlier, nod
     tags = {Attr.PACK: ",".join(str(task.members[i].number) for i in sub_pack)}
     with contextlib.ExitStack() as stack:
         started = time.perf_counter()
-        senders = [stack.enter_context(TrackingSender(task.members[i].stores.tracking_uri, task.members[i].run_id,
-                                                      task.members[i].config.tracking_retry_s)) for i in sub_pack]
-        attempts = [Attempt(task.members[i], study, earlier[i], sender, node, tags)
-                    for i, sender in zip(sub_pack, senders)]
+        senders = [
+            stack.enter_context(
+                TrackingSender(
+                    task.members[i].stores.tracking_uri, task.members[i].run_id, task.members[i].config.tracking_retry_s
+                )
+            )
+            for i in sub_pack
+        ]
+        attempts = [
+            Attempt(task.members[i], study, earlier[i], sender, node, tags) for i, sender in zip(sub_pack, senders)
+        ]
         savers = [stack.enter_context(a.saver()) for a in attempts]
         for a in attempts:  # the pack's set-up is shared: each member counts all of it
             a.spent["setup_seconds"] = time.perf_counter() - started
@@ -124,8 +143,9 @@ def _run_sub_pack(task: PackTask, sub_pack: list[int], data, study, earlier, nod
                 finish(position, result, {})
 
         with device_memory() as memory:
-            packed = run_pack([task.members[i].config for i in sub_pack], data, [a.report for a in attempts],
-                              savers, left_early)
+            packed = run_pack(
+                [task.members[i].config for i in sub_pack], data, [a.report for a in attempts], savers, left_early
+            )
         for position, result in enumerate(packed.results):
             if result is None:
                 left[sub_pack[position]] = packed.error

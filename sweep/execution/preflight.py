@@ -5,6 +5,7 @@ Each failure is a ``ConfigError`` naming the key, so a bad location ends like an
 line, exit code 2, nothing written. Probes use short timeouts instead of the clients' own
 retries, which wait minutes before they give up.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,7 @@ def file_of(url: str) -> Path | None:
     """The local file behind a journal:/// or sqlite:/// URL, else None."""
     for scheme in ("journal:///", "sqlite:///"):
         if url.startswith(scheme):
-            return Path(url[len(scheme):])
+            return Path(url[len(scheme) :])
     return None
 
 
@@ -115,8 +116,11 @@ def check_same_sweep(name: str, stores: Stores, sweep_id: str) -> None:
     if where is None and (path is None or path.exists()) and foreign_experiment(stores.tracking_uri, name, sweep_id):
         where = stores.tracking_uri
     if where is not None:
-        raise ConfigError("name", f"{redacted(where)} already holds a sweep named {name!r} started "
-                                  "from another output directory; pick a new name= or resume it from its own")
+        raise ConfigError(
+            "name",
+            f"{redacted(where)} already holds a sweep named {name!r} started "
+            "from another output directory; pick a new name= or resume it from its own",
+        )
 
 
 def warn_local_stores_on_cluster(cfg: SweepConfig, stores: Stores) -> None:
@@ -125,9 +129,12 @@ def warn_local_stores_on_cluster(cfg: SweepConfig, stores: Stores) -> None:
         return
     local = [url for url in (stores.storage, stores.tracking_uri) if file_of(url) is not None]
     if local:
-        print(f"warning: Ray cluster {cfg.ray_address} with stores on this machine ({', '.join(local)}): "
-              "workers on other machines cannot reach them; use storage=postgresql://... and "
-              "tracking_uri=http://... there", file=sys.stderr)
+        print(
+            f"warning: Ray cluster {cfg.ray_address} with stores on this machine ({', '.join(local)}): "
+            "workers on other machines cannot reach them; use storage=postgresql://... and "
+            "tracking_uri=http://... there",
+            file=sys.stderr,
+        )
 
 
 def check_resources(cfg: SweepConfig) -> None:
@@ -139,12 +146,15 @@ def check_resources(cfg: SweepConfig) -> None:
         need = getattr(cfg, key)
         largest = max((node.get(resource, 0.0) for node in nodes), default=0.0)
         if need > largest:
-            raise ConfigError(key, f"each trial asks for {need:g} {resource}, but the largest Ray node has "
-                                   f"{largest:g}; lower {key}= or add nodes")
+            raise ConfigError(
+                key,
+                f"each trial asks for {need:g} {resource}, but the largest Ray node has "
+                f"{largest:g}; lower {key}= or add nodes",
+            )
 
 
 def _journal_path(stores: Stores) -> Path | None:
-    return Path(stores.storage[len("journal:///"):]) if stores.storage.startswith("journal:///") else None
+    return Path(stores.storage[len("journal:///") :]) if stores.storage.startswith("journal:///") else None
 
 
 def check_journal(stores: Stores) -> None:
@@ -155,8 +165,9 @@ def check_journal(stores: Stores) -> None:
     path = _journal_path(stores)
     torn = find_torn_tail(path) if path is not None else None
     if torn is not None:
-        print(f"warning: {path} ends in a damaged record; it will be set aside before the sweep goes on",
-              file=sys.stderr)
+        print(
+            f"warning: {path} ends in a damaged record; it will be set aside before the sweep goes on", file=sys.stderr
+        )
 
 
 def repair_journal(stores: Stores) -> None:

@@ -4,6 +4,7 @@ On a terminal it is a rich Live table redrawn in place; elsewhere (CI, logs) one
 trial, so output stays readable in a file. Counts and "best" come from ``outcome.Tally``, the
 same tally as the final table.
 """
+
 from __future__ import annotations
 
 import sys
@@ -53,9 +54,16 @@ class Progress:
         row.add(outcome)
         if self._live is None:
             shown = f" val_acc={outcome.metrics['val_accuracy']:.4f}" if "val_accuracy" in outcome.metrics else ""
-            note = f" ({outcome.reason})" if outcome.status in (Status.DIVERGED, Status.FAILED) and outcome.reason else ""
-            print(fitted(f"[{optimizer:>9}] trial {outcome.number:3d} {outcome.status.value:<11}{shown}{note}  "
-                         f"({row.done}/{row.budget} done, best {self._best(row)})"), flush=True)
+            note = (
+                f" ({outcome.reason})" if outcome.status in (Status.DIVERGED, Status.FAILED) and outcome.reason else ""
+            )
+            print(
+                fitted(
+                    f"[{optimizer:>9}] trial {outcome.number:3d} {outcome.status.value:<11}{shown}{note}  "
+                    f"({row.done}/{row.budget} done, best {self._best(row)})"
+                ),
+                flush=True,
+            )
         self._refresh()
 
     def note(self, optimizer: str, text: str) -> None:
@@ -82,6 +90,11 @@ class Progress:
         for column in columns:
             table.add_column(column, justify="right")
         for name, row in self.rows.items():
-            table.add_row(name, f"{row.done}/{row.budget}", str(row.running),
-                          *(str(row.counts[s]) for s in Status), self._best(row))
+            table.add_row(
+                name,
+                f"{row.done}/{row.budget}",
+                str(row.running),
+                *(str(row.counts[s]) for s in Status),
+                self._best(row),
+            )
         return table

@@ -12,6 +12,7 @@ Kept: every WARNING and ERROR except the ones in ``DROPPED``. Ray's own ``RAY_LO
 set, lets its INFO and DEBUG lines through again (for a diagnosis). Only the driver process is
 touched: workers' logs go to Ray's session files, not to the terminal (``log_to_driver=False``).
 """
+
 from __future__ import annotations
 
 import logging

@@ -5,12 +5,14 @@ died between the two writes leaves a run open for a trial Optuna has finished; a
 loses trials whose runs exist. Each repair can be repeated, so dying in the middle of one is
 safe too: the next driver does it again.
 """
+
 from __future__ import annotations
 
-from typing import Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from sweep.core.keys import Attr
 from sweep.core.config import SweepConfig
+from sweep.core.keys import Attr
 from sweep.core.outcome import Status, Tally, TrialOutcome
 from sweep.execution.lanes import Lane, say
 from sweep.execution.pack_worker import PackTask
@@ -24,8 +26,14 @@ INTERRUPTED_REASON = "interrupted: the driver stopped before the trial finished;
 
 
 class Recovery:
-    def __init__(self, cfg: SweepConfig, stores: Stores, tracker: tracking.SweepTracker, parents: dict[str, str],
-                 tracking_calls: Callable[[], ContextManager]):
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        stores: Stores,
+        tracker: tracking.SweepTracker,
+        parents: dict[str, str],
+        tracking_calls: Callable[[], AbstractContextManager],
+    ):
         self.cfg, self.stores, self.tracker, self.parents = cfg, stores, tracker, parents
         self.tracking_calls = tracking_calls  # the driver's MLflow calls: said when slow, StoreUnavailable on error
 
@@ -50,17 +58,30 @@ class Recovery:
             if number >= known:
                 with self.tracking_calls():
                     self.tracker.orphan(run_id, "its trial was lost from the Optuna storage (torn journal)")
-                say(lane.optimizer, f"{lane.role} {number}: its record was lost from the Optuna journal; "
-                                    "its MLflow run is kept, tagged sweep.orphaned, and the trial runs again")
+                say(
+                    lane.optimizer,
+                    f"{lane.role} {number}: its record was lost from the Optuna journal; "
+                    "its MLflow run is kept, tagged sweep.orphaned, and the trial runs again",
+                )
 
     def finish_interrupted(self, lane: Lane, trial, run_id: str | None) -> None:
         opt = lane.optimizer
         with self.tracking_calls():
-            run_id = (trial.user_attrs.get(Attr.MLFLOW_RUN) or run_id
-                      or self.tracker.trial_run(self.parents[opt], opt, trial.number, trial.params, role=lane.role))
+            run_id = (
+                trial.user_attrs.get(Attr.MLFLOW_RUN)
+                or run_id
+                or self.tracker.trial_run(self.parents[opt], opt, trial.number, trial.params, role=lane.role)
+            )
         # rewrite_run: a run already closed means the trial's tell was lost (torn journal)
-        finish_trial(lane.study, self.stores.tracking_uri, run_id, trial.number, Status.INTERRUPTED,
-                     INTERRUPTED_REASON, rewrite_run=True)
+        finish_trial(
+            lane.study,
+            self.stores.tracking_uri,
+            run_id,
+            trial.number,
+            Status.INTERRUPTED,
+            INTERRUPTED_REASON,
+            rewrite_run=True,
+        )
         say(opt, f"{lane.role} {trial.number} was interrupted: recorded as interrupted")
 
     def requeue_interrupted(self, lane: Lane) -> None:
@@ -102,6 +123,9 @@ class Recovery:
                 go_on.append(member)
             else:
                 finished.append((member.number, outcome))
-        say(lane.optimizer, f"the worker of pack {pack.label} died: trial{'s' if len(go_on) > 1 else ''} "
-                            f"{', '.join(str(m.number) for m in go_on)} go{'' if len(go_on) > 1 else 'es'} on solo")
+        say(
+            lane.optimizer,
+            f"the worker of pack {pack.label} died: trial{'s' if len(go_on) > 1 else ''} "
+            f"{', '.join(str(m.number) for m in go_on)} go{'' if len(go_on) > 1 else 'es'} on solo",
+        )
         return finished, go_on

@@ -5,6 +5,7 @@ Spaces come from the registries as data. Values fixed in the config (``optimizer
 the effective step lr/(1 - momentum) and lr is derived from it. With ``batch_sizes`` each trial
 also picks its batch size (Optuna parameter ``batch_size``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,11 @@ def sample_trial(trial, optimizer: str, cfg: SweepConfig) -> TrialConfig:
     schedules = cfg.schedules
     schedule = Choice(schedules).suggest(trial, "schedule") if len(schedules) > 1 else schedules[0]
     sched_fixed = {k: v for k, v in cfg.schedule.fixed.items() if k in accepted_keys("schedule", schedule)}
-    sched_params = {key: dist.suggest(trial, f"{schedule}.{key}")
-                    for key, dist in SCHEDULES[schedule].space.items() if key not in sched_fixed}
+    sched_params = {
+        key: dist.suggest(trial, f"{schedule}.{key}")
+        for key, dist in SCHEDULES[schedule].space.items()
+        if key not in sched_fixed
+    }
     sched_params.update(sched_fixed)
 
     tc = cfg.trial_config(optimizer, hp, schedule, sched_params)
@@ -48,12 +52,22 @@ def run_params(tc: TrialConfig, trial_params: dict[str, Any]) -> dict[str, Any]:
     """Everything that defines a trial, for MLflow: fixed settings, resolved values, sampled values."""
     from optim import resolve_hyperparameters, resolve_schedule_params
 
-    params = {"optimizer": tc.optimizer, "model": tc.model, "dataset": tc.dataset, "epochs": tc.epochs,
-              "batch_size": tc.batch_size, "seed": tc.seed, "l1": tc.l1, "schedule": tc.schedule}
+    params = {
+        "optimizer": tc.optimizer,
+        "model": tc.model,
+        "dataset": tc.dataset,
+        "epochs": tc.epochs,
+        "batch_size": tc.batch_size,
+        "seed": tc.seed,
+        "l1": tc.l1,
+        "schedule": tc.schedule,
+    }
     if tc.train_subset is not None:
         params["train_subset"] = tc.train_subset
     params.update(resolve_hyperparameters(tc.optimizer, tc.optimizer_params))
-    params.update({f"{tc.schedule}.{k}": v for k, v in resolve_schedule_params(tc.schedule, tc.schedule_params).items()})
+    params.update(
+        {f"{tc.schedule}.{k}": v for k, v in resolve_schedule_params(tc.schedule, tc.schedule_params).items()}
+    )
     params.update(trial_params)
     return params
 
@@ -62,5 +76,9 @@ def chosen_hyperparameters(tc: TrialConfig, cfg: SweepConfig | None = None) -> d
     """What a trial was given, in the optimizer's own terms (``momentum``, not ``one_minus_momentum``),
     and its batch size when the sweep ``cfg`` searches it."""
     searched = {"batch_size": tc.batch_size} if cfg is not None and cfg.batch_sizes else {}
-    return {**tc.optimizer_params, "schedule": tc.schedule,
-            **{f"{tc.schedule}.{k}": v for k, v in tc.schedule_params.items()}, **searched}
+    return {
+        **tc.optimizer_params,
+        "schedule": tc.schedule,
+        **{f"{tc.schedule}.{k}": v for k, v in tc.schedule_params.items()},
+        **searched,
+    }

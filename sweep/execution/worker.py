@@ -16,6 +16,7 @@ interrupted) is left as it is.
 An Optuna storage that fails (after its client's retries) raises ``StoreUnavailable`` out of the
 task: the driver stops the sweep, and the trial runs again on resume instead of counting as failed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -81,8 +82,16 @@ class Attempt:
     node recorded), its MLflow sender, the epochs an earlier attempt already recorded in each
     store, and ``report``, the trial's per-epoch reporter. A solo trial and a pack member alike."""
 
-    def __init__(self, task: TrialTask, study: SweepStudy, earlier, sender: TrackingSender,
-                 node: dict[str, str], tags: dict[str, str] | None = None, entered: float | None = None):
+    def __init__(
+        self,
+        task: TrialTask,
+        study: SweepStudy,
+        earlier,
+        sender: TrackingSender,
+        node: dict[str, str],
+        tags: dict[str, str] | None = None,
+        entered: float | None = None,
+    ):
         self.task, self.study, self.sender = task, study, sender
         self.entered = time.perf_counter() if entered is None else entered  # setup_seconds count from here
         with store_calls(OPTUNA):
@@ -150,8 +159,17 @@ class Attempt:
         self.sender.flush()
         failure = self.sender.failure
         status, reason = (Status.FAILED, failure) if failure else (result.status, result.reason)
-        return finish_trial(self.study, self.task.stores.tracking_uri, self.task.run_id, self.task.number, status,
-                            reason, result.metrics, result.value, close_run=self.sender.close_run)
+        return finish_trial(
+            self.study,
+            self.task.stores.tracking_uri,
+            self.task.run_id,
+            self.task.number,
+            status,
+            reason,
+            result.metrics,
+            result.value,
+            close_run=self.sender.close_run,
+        )
 
 
 def load_study(task: TrialTask) -> SweepStudy:
@@ -197,5 +215,7 @@ def device_memory():
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         gc.collect()
         torch.cuda.empty_cache()  # cached blocks back to the device: other processes may share it
-        memory.update(cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20,
-                      cuda_allocated_after_mb=torch.cuda.memory_allocated() / 2**20)
+        memory.update(
+            cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20,
+            cuda_allocated_after_mb=torch.cuda.memory_allocated() / 2**20,
+        )

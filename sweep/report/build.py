@@ -6,6 +6,7 @@ classifier, so a resumed sweep's report covers every trial it ever ran, and the 
 live view's. ``sweep run`` ends by building it; ``sweep report NAME`` builds it for any sweep,
 finished or still running.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,18 +25,19 @@ class Built:
     """A report on disk (and in MLflow): what it says, and where."""
 
     comparison: Comparison
-    folder: Path                 # <sweep>/report/: report.html, the PNGs, comparison.csv/.md
+    folder: Path  # <sweep>/report/: report.html, the PNGs, comparison.csv/.md
     html: Path
-    markdown: str                # the ranking table, as printed at the end of `sweep run`
-    run_id: str | None           # the sweep-level MLflow run holding it
+    markdown: str  # the ranking table, as printed at the end of `sweep run`
+    run_id: str | None  # the sweep-level MLflow run holding it
 
 
 def build(cfg, stores, sweep_dir, state: str, tracker=None, figures: bool = True) -> Built:
     """Read the sweep from its stores, write the report files and ``summary.json``, and publish
     them to MLflow: the report on the sweep-level run, each optimizer's result on its parent run.
     A finished sweep's runs are closed; a running one's are left running."""
-    from sweep.report import collect, files as report_files
     from sweep.core.errors import store_calls
+    from sweep.report import collect
+    from sweep.report import files as report_files
     from sweep.stores.finish import MLFLOW
 
     comparison = collect.comparison(cfg, stores, state, figures)
@@ -45,8 +47,12 @@ def build(cfg, stores, sweep_dir, state: str, tracker=None, figures: bool = True
         from sweep.stores.tracking import SweepTracker
 
         with store_calls(MLFLOW):
-            tracker = SweepTracker(stores.tracking_uri, cfg.name, sweep_dir.artifacts if stores.local_tracking else None,
-                                   sweep_dir.read_id() or "")
+            tracker = SweepTracker(
+                stores.tracking_uri,
+                cfg.name,
+                sweep_dir.artifacts if stores.local_tracking else None,
+                sweep_dir.read_id() or "",
+            )
     markdown = report_files.markdown_table(comparison)
     with store_calls(MLFLOW):  # a tracking store that fails stops the command, said as such
         run_id = publish(tracker, comparison, sweep_dir.report, markdown, state == FINISHED, stores.artifacts)
@@ -61,37 +67,64 @@ def summary(comparison: Comparison, stores, html: Path) -> dict[str, Any]:
     for rank, r in enumerate(comparison.results, 1):
         test = r.test
         optimizers[r.optimizer] = {
-            "rank": rank, "best_val_accuracy": r.best_val_accuracy, "best_trial": r.best_trial,
-            "test_accuracy_mean": test.mean if test else None, "test_accuracy_std": test.std if test else None,
-            "test_accuracy_ci95": [test.ci_low, test.ci_high] if test else None, "seeds": test.n if test else 0,
-            "tied": r.tied, "p_value": r.p_value, "best_params": dict(r.best_hyperparameters),
+            "rank": rank,
+            "best_val_accuracy": r.best_val_accuracy,
+            "best_trial": r.best_trial,
+            "test_accuracy_mean": test.mean if test else None,
+            "test_accuracy_std": test.std if test else None,
+            "test_accuracy_ci95": [test.ci_low, test.ci_high] if test else None,
+            "seeds": test.n if test else 0,
+            "tied": r.tied,
+            "p_value": r.p_value,
+            "best_params": dict(r.best_hyperparameters),
             "best_optuna_params": dict(r.best_optuna_params),
             "share_within_2pct": r.budget.share_within_2pct if r.budget else None,
             "trials_to_1pct": r.budget.trials_to_1pct if r.budget else None,
-            "model_uri": r.model_uri, "best_run_id": r.best_run_id, "train_seconds": r.train_seconds,
-            **r.counts}
-    return {"name": comparison.name, "dataset": comparison.dataset, "model": comparison.model,
-            "epochs": comparison.epochs, "trials_per_optimizer": comparison.trials,
-            "reeval_seeds": comparison.reeval_seeds, "state": comparison.state, "generated": comparison.generated,
-            "tie_rule": comparison.tie_rule, "storage": public(stores.storage),
-            "tracking_uri": public(stores.tracking_uri), "report": str(html), "optimizers": optimizers}
+            "model_uri": r.model_uri,
+            "best_run_id": r.best_run_id,
+            "train_seconds": r.train_seconds,
+            **r.counts,
+        }
+    return {
+        "name": comparison.name,
+        "dataset": comparison.dataset,
+        "model": comparison.model,
+        "epochs": comparison.epochs,
+        "trials_per_optimizer": comparison.trials,
+        "reeval_seeds": comparison.reeval_seeds,
+        "state": comparison.state,
+        "generated": comparison.generated,
+        "tie_rule": comparison.tie_rule,
+        "storage": public(stores.storage),
+        "tracking_uri": public(stores.tracking_uri),
+        "report": str(html),
+        "optimizers": optimizers,
+    }
 
 
 def parent_metrics(r: OptimizerResult) -> dict[str, float]:
     """The summary an optimizer's parent run carries (the runs table shows them side by side)."""
     metrics: dict[str, float | None] = {
-        "best_val_accuracy": r.best_val_accuracy, "train_seconds": r.train_seconds,
-        **{f"trials_{k}": v for k, v in r.counts.items()}}
+        "best_val_accuracy": r.best_val_accuracy,
+        "train_seconds": r.train_seconds,
+        **{f"trials_{k}": v for k, v in r.counts.items()},
+    }
     if r.test is not None:
-        metrics.update(test_accuracy_mean=r.test.mean, test_accuracy_std=r.test.std, test_accuracy_ci95_low=r.test.ci_low,
-                       test_accuracy_ci95_high=r.test.ci_high, reeval_seeds=r.test.n)
+        metrics.update(
+            test_accuracy_mean=r.test.mean,
+            test_accuracy_std=r.test.std,
+            test_accuracy_ci95_low=r.test.ci_low,
+            test_accuracy_ci95_high=r.test.ci_high,
+            reeval_seeds=r.test.n,
+        )
     if r.budget is not None and r.budget.share_within_2pct is not None:
         metrics["share_within_2pct"] = r.budget.share_within_2pct
     return {k: float(v) for k, v in metrics.items() if v is not None}
 
 
-def publish(tracker, comparison: Comparison, folder: Path, markdown: str, final: bool,
-            artifacts: str | None = None) -> str:
+def publish(
+    tracker, comparison: Comparison, folder: Path, markdown: str, final: bool, artifacts: str | None = None
+) -> str:
     """The report as artifacts of the sweep-level run (``report/report.html`` opens in the MLflow
     UI's artifact viewer), and each optimizer's summary, best trial and model on its parent."""
     from sweep.stores import tracking
@@ -103,21 +136,38 @@ def publish(tracker, comparison: Comparison, folder: Path, markdown: str, final:
     where = tracking.artifact_uri(tracker.uri, run_id, artifacts)
     get_artifact_repository(where, tracking_uri=tracker.uri).log_artifacts(str(folder), REPORT_ARTIFACTS)
     link = f"#/experiments/{exp}/runs/{run_id}/artifacts/{REPORT_ARTIFACTS}/report.html"
-    metrics = {f"{r.optimizer}.{k}": v for r in comparison.results for k, v in parent_metrics(r).items()
-               if k.startswith("test_accuracy") or k == "best_val_accuracy"}
-    tracker.describe(run_id, metrics, {}, f"Sweep {comparison.name!r} ({comparison.state}): "
-                                          f"[the report]({link})\n\n{markdown}\n\n{comparison.tie_rule}\n", final)
+    metrics = {
+        f"{r.optimizer}.{k}": v
+        for r in comparison.results
+        for k, v in parent_metrics(r).items()
+        if k.startswith("test_accuracy") or k == "best_val_accuracy"
+    }
+    tracker.describe(
+        run_id,
+        metrics,
+        {},
+        f"Sweep {comparison.name!r} ({comparison.state}): "
+        f"[the report]({link})\n\n{markdown}\n\n{comparison.tie_rule}\n",
+        final,
+    )
     for r in comparison.results:
         parent = tracker.find_parent(r.optimizer)
         if parent is None:
             continue
-        tags = {Tag.BEST_RUN: r.best_run_id or "", Tag.MODEL_URI: r.model_uri or "",
-                Tag.TIED: "-" if r.tied is None else str(r.tied).lower()}
+        tags = {
+            Tag.BEST_RUN: r.best_run_id or "",
+            Tag.MODEL_URI: r.model_uri or "",
+            Tag.TIED: "-" if r.tied is None else str(r.tied).lower(),
+        }
         best = f"[trial {r.best_trial}](#/experiments/{exp}/runs/{r.best_run_id})" if r.best_run_id else "none yet"
         model = f"\n\nBest re-evaluated model: `{r.model_uri}`" if r.model_uri else ""
-        tracker.describe(parent, parent_metrics(r), {k: v for k, v in tags.items() if v},
-                         f"**{r.optimizer}**: best configuration {best}{model}. Every optimizer "
-                         f"([report]({link})):\n\n{markdown}\n", final)
+        tracker.describe(
+            parent,
+            parent_metrics(r),
+            {k: v for k, v in tags.items() if v},
+            f"**{r.optimizer}**: best configuration {best}{model}. Every optimizer ([report]({link})):\n\n{markdown}\n",
+            final,
+        )
     return run_id
 
 
@@ -125,7 +175,9 @@ def best_of(summary: dict[str, Any] | None) -> str:
     """``optimizer: val acc`` of the best optimizer in a summary.json, or ''."""
     if not summary:
         return ""
-    scored = [(r["best_val_accuracy"], o) for o, r in summary["optimizers"].items() if r["best_val_accuracy"] is not None]
+    scored = [
+        (r["best_val_accuracy"], o) for o, r in summary["optimizers"].items() if r["best_val_accuracy"] is not None
+    ]
     if not scored:
         return ""
     value, name = max(scored)
@@ -142,6 +194,8 @@ def list_sweeps(output_dir: str | Path) -> str:
     lines = [f"{'name':<24} {'state':<12} {'optimizers':<10} {'trials':>7}  best (optimizer: val acc)"]
     for sweep_dir in sweeps:
         saved = sweep_dir.saved_config() or {}
-        lines.append(f"{sweep_dir.name:<24} {sweep_dir.state():<12} {len(saved.get('optimizers', [])):<10} "
-                     f"{saved.get('trials', '-'):>7}  {best_of(sweep_dir.summary())}")
+        lines.append(
+            f"{sweep_dir.name:<24} {sweep_dir.state():<12} {len(saved.get('optimizers', [])):<10} "
+            f"{saved.get('trials', '-'):>7}  {best_of(sweep_dir.summary())}"
+        )
     return "\n".join(lines)

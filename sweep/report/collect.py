@@ -5,6 +5,7 @@ hyperparameters, re-evaluation seeds and their test accuracies. MLflow is read o
 only it holds: the logged model's URI and, for a plateau schedule, the validation losses that
 drove it. Works on a finished or a still-running sweep, and reads nothing it would change.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,16 +13,14 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from sweep.core.keys import Attr
-from sweep.report import stats
-
-from sweep.stores import reeval, tracking
-from sweep.report.comparison import Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
 from sweep.core.config import SweepConfig
+from sweep.core.keys import Attr
 from sweep.core.outcome import Status, Tally
+from sweep.report import stats
+from sweep.report.comparison import Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
+from sweep.stores import reeval, tracking
 from sweep.stores.studies import SweepStudy, outcome_of, study_name
 from sweep.stores.sweepdir import Stores
-
 
 
 def comparison(cfg: SweepConfig, stores: Stores, state: str, figures: bool = True) -> Comparison:
@@ -34,10 +33,19 @@ def comparison(cfg: SweepConfig, stores: Stores, state: str, figures: bool = Tru
             again = SweepStudy.find(stores.storage, study_name(cfg.name, opt, reeval=True))
             results.append(optimizer_result(cfg, stores.tracking_uri, opt, search, again, figures))
     return Comparison(
-        name=cfg.name, dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, trials=cfg.trials,
-        reeval_seeds=cfg.reeval_seeds, state=state, generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        tie_rule=stats.TIE_RULE, results=tuple(ranked(results)), batch_sizes=tuple(cfg.batch_sizes or ()),
-        settings=cfg.to_dict())
+        name=cfg.name,
+        dataset=cfg.dataset,
+        model=cfg.model,
+        epochs=cfg.epochs,
+        trials=cfg.trials,
+        reeval_seeds=cfg.reeval_seeds,
+        state=state,
+        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        tie_rule=stats.TIE_RULE,
+        results=tuple(ranked(results)),
+        batch_sizes=tuple(cfg.batch_sizes or ()),
+        settings=cfg.to_dict(),
+    )
 
 
 def ranked(results: list[OptimizerResult]) -> list[OptimizerResult]:
@@ -61,35 +69,54 @@ def searched_trial(cfg: SweepConfig, trial, outcome) -> SearchedTrial:
     values = curve(trial)
     last = values[-1] if values else outcome.metrics.get("val_accuracy")
     return SearchedTrial(
-        number=trial.number, status=outcome.status,
+        number=trial.number,
+        status=outcome.status,
         value=outcome.value if outcome.record.scored else None,
         last_val_accuracy=last if last is not None and math.isfinite(last) else None,
-        lr=hp.get("lr"), schedule=str(hp.get("schedule", cfg.schedules[0])),
+        lr=hp.get("lr"),
+        schedule=str(hp.get("schedule", cfg.schedules[0])),
         batch_size=int(hp.get("batch_size", trial.params.get("batch_size", cfg.batch_size))),
-        hyperparameters=hp, val_curve=values)
+        hyperparameters=hp,
+        val_curve=values,
+    )
 
 
-def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
-                     again: SweepStudy | None, figures: bool = True) -> OptimizerResult:
+def optimizer_result(
+    cfg: SweepConfig, uri: str, opt: str, search: SweepStudy, again: SweepStudy | None, figures: bool = True
+) -> OptimizerResult:
     records = search.trials()
     outcomes = [(t, o) for t in records if (o := outcome_of(t)) is not None]
     trials = tuple(searched_trial(cfg, t, o) for t, o in outcomes if o.status != Status.INTERRUPTED)
     tally = Tally.of(cfg.trials, (o for _, o in outcomes))
     chosen = reeval.reported(search, again, cfg.reeval_top)
     source = search.record(chosen.source) if chosen.source is not None else None
-    seed_runs = tuple(SeedRun(source_trial=chosen.source, seed=reeval.key_of(t)[1], status=o.status,
-                              val_accuracy=o.value, test_accuracy=o.metrics.get("test_accuracy"),
-                              val_curve=curve(t), run_id=t.user_attrs.get(Attr.MLFLOW_RUN))
-                      for t, o in chosen.reevals if o.metrics.get("test_accuracy") is not None)
+    seed_runs = tuple(
+        SeedRun(
+            source_trial=chosen.source,
+            seed=reeval.key_of(t)[1],
+            status=o.status,
+            val_accuracy=o.value,
+            test_accuracy=o.metrics.get("test_accuracy"),
+            val_curve=curve(t),
+            run_id=t.user_attrs.get(Attr.MLFLOW_RUN),
+        )
+        for t, o in chosen.reevals
+        if o.metrics.get("test_accuracy") is not None
+    )
     reeval_seconds = sum(o.metrics.get("train_seconds", 0.0) for o in (again.outcomes() if again else ()))
     best_hp = dict(source.user_attrs.get(Attr.HYPERPARAMETERS, source.params)) if source is not None else {}
     steps = _steps_per_epoch(search, best_hp, cfg)
     return OptimizerResult(
-        optimizer=opt, counts={s.value: n for s, n in tally.counts.items()}, best_trial=chosen.source,
-        best_val_accuracy=source.value if source is not None else None, best_hyperparameters=best_hp,
-        trials=trials, reevals=seed_runs,
+        optimizer=opt,
+        counts={s.value: n for s, n in tally.counts.items()},
+        best_trial=chosen.source,
+        best_val_accuracy=source.value if source is not None else None,
+        best_hyperparameters=best_hp,
+        trials=trials,
+        reevals=seed_runs,
         test=accuracy_stats([s.test_accuracy for s in seed_runs]) if seed_runs else None,
-        tied=None, p_value=None,
+        tied=None,
+        p_value=None,
         budget=stats.budget_curve([t.value for t in trials]) if trials else None,
         importances=importances(search) if figures else {},
         lr_per_step=_lr_per_step(uri, source, best_hp, cfg, steps) if figures else (),
@@ -97,7 +124,8 @@ def optimizer_result(cfg: SweepConfig, uri: str, opt: str, search: SweepStudy,
         train_seconds=round(sum(o.metrics.get("train_seconds", 0.0) for _, o in outcomes) + reeval_seconds, 2),
         best_run_id=source.user_attrs.get(Attr.MLFLOW_RUN) if source is not None else None,
         best_optuna_params=dict(source.params) if source is not None else {},
-        model_uri=tracking.model_uri(uri, chosen.model_run) if chosen.model_run else None)
+        model_uri=tracking.model_uri(uri, chosen.model_run) if chosen.model_run else None,
+    )
 
 
 def accuracy_stats(values: list[float]) -> SeedStats:
@@ -117,7 +145,8 @@ def importances(search: SweepStudy) -> dict[str, float]:
         return {}
     try:
         found = optuna.importance.get_param_importances(
-            search.study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            search.study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
     except (RuntimeError, ValueError):
         return {}
     return {k: float(v) for k, v in found.items() if math.isfinite(v)}
@@ -141,4 +170,3 @@ def _lr_per_step(uri: str, source, hp: dict[str, Any], cfg: SweepConfig, steps: 
         history = tracking.client(uri).get_metric_history(source.user_attrs[Attr.MLFLOW_RUN], "val_loss")
         losses = tuple(m.value for m in sorted(history, key=lambda m: m.step))
     return tuple(lr_trace(float(hp["lr"]), schedule, params, cfg.epochs, steps, losses))
-

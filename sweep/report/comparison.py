@@ -5,10 +5,12 @@ The search finds each optimizer's best configuration on the validation set; the 
 trains that configuration again with fresh seeds and scores it on the test set. The ranking is by
 the mean of those test accuracies, never by the single lucky search trial.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from sweep.core.outcome import Status
 
@@ -19,8 +21,8 @@ class SeedStats:
 
     n: int
     mean: float
-    std: float            # sample standard deviation (ddof=1); 0.0 when n == 1
-    ci_low: float         # 95 % confidence interval of the mean (Student's t); equal to mean when n == 1
+    std: float  # sample standard deviation (ddof=1); 0.0 when n == 1
+    ci_low: float  # 95 % confidence interval of the mean (Student's t); equal to mean when n == 1
     ci_high: float
 
 
@@ -28,11 +30,11 @@ class SeedStats:
 class BudgetCurve:
     """How an optimizer's best validation accuracy grows with the tuning budget."""
 
-    expected_best: tuple[float, ...]   # index k-1: expected best after k trials, k = 1..n
-    low: tuple[float, ...]             # 5th percentile over random trial orders, per k
-    high: tuple[float, ...]            # 95th percentile, per k
-    share_within_2pct: float | None    # share of the trials within 2 % (relative) of the best; None: no scored trial
-    trials_to_1pct: int | None         # trials run (in the sweep's order) until one was within 1 % of the best
+    expected_best: tuple[float, ...]  # index k-1: expected best after k trials, k = 1..n
+    low: tuple[float, ...]  # 5th percentile over random trial orders, per k
+    high: tuple[float, ...]  # 95th percentile, per k
+    share_within_2pct: float | None  # share of the trials within 2 % (relative) of the best; None: no scored trial
+    trials_to_1pct: int | None  # trials run (in the sweep's order) until one was within 1 % of the best
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,8 @@ class SearchedTrial:
 
     number: int
     status: Status
-    value: float | None                # final validation accuracy if scored (status ok), else None
-    last_val_accuracy: float | None    # the last validation accuracy it reported (pruned ones too)
+    value: float | None  # final validation accuracy if scored (status ok), else None
+    last_val_accuracy: float | None  # the last validation accuracy it reported (pruned ones too)
     lr: float | None
     schedule: str
     batch_size: int
@@ -54,7 +56,7 @@ class SearchedTrial:
 class SeedRun:
     """One re-evaluation: a configuration of the search trained again with another seed."""
 
-    source_trial: int                  # the search trial whose configuration it re-runs
+    source_trial: int  # the search trial whose configuration it re-runs
     seed: int
     status: Status
     val_accuracy: float | None
@@ -66,23 +68,23 @@ class SeedRun:
 @dataclass(frozen=True)
 class OptimizerResult:
     optimizer: str
-    counts: Mapping[str, int]          # search trials per status value
-    best_trial: int | None             # the configuration re-evaluated and reported
-    best_val_accuracy: float | None    # of that trial in the search
+    counts: Mapping[str, int]  # search trials per status value
+    best_trial: int | None  # the configuration re-evaluated and reported
+    best_val_accuracy: float | None  # of that trial in the search
     best_hyperparameters: Mapping[str, Any]
     trials: tuple[SearchedTrial, ...]  # the search, in trial order
-    reevals: tuple[SeedRun, ...]       # re-evaluations of best_trial (finished ok)
-    test: SeedStats | None             # over ``reevals``; None until one finished
-    tied: bool | None                  # within noise of the top-ranked optimizer (True for it); None: not tested
-    p_value: float | None              # of the tie test against the top-ranked optimizer
+    reevals: tuple[SeedRun, ...]  # re-evaluations of best_trial (finished ok)
+    test: SeedStats | None  # over ``reevals``; None until one finished
+    tied: bool | None  # within noise of the top-ranked optimizer (True for it); None: not tested
+    p_value: float | None  # of the tie test against the top-ranked optimizer
     budget: BudgetCurve | None
-    importances: Mapping[str, float]   # Optuna's parameter importances ({} when too few trials)
-    lr_per_step: tuple[float, ...]     # the best configuration's learning rate at every step
+    importances: Mapping[str, float]  # Optuna's parameter importances ({} when too few trials)
+    lr_per_step: tuple[float, ...]  # the best configuration's learning rate at every step
     steps_per_epoch: int
-    train_seconds: float               # search and re-evaluation together
-    best_run_id: str | None = None     # MLflow run of the best search trial
+    train_seconds: float  # search and re-evaluation together
+    best_run_id: str | None = None  # MLflow run of the best search trial
     best_optuna_params: Mapping[str, Any] = field(default_factory=dict)  # as Optuna searched them (one_minus_beta1)
-    model_uri: str | None = None       # the logged best re-evaluated model (runs:/.../model)
+    model_uri: str | None = None  # the logged best re-evaluated model (runs:/.../model)
 
 
 @dataclass(frozen=True)
@@ -94,11 +96,11 @@ class Comparison:
     dataset: str
     model: str
     epochs: int
-    trials: int                        # search budget per optimizer
+    trials: int  # search budget per optimizer
     reeval_seeds: int
-    state: str                         # finished / running / interrupted
-    generated: str                     # ISO time the report was built
-    tie_rule: str                      # one line: which test marks ties
+    state: str  # finished / running / interrupted
+    generated: str  # ISO time the report was built
+    tie_rule: str  # one line: which test marks ties
     results: tuple[OptimizerResult, ...]
     batch_sizes: tuple[int, ...] = ()  # searched batch sizes; () when fixed
     settings: Mapping[str, Any] = field(default_factory=dict)  # the sweep's config, for the page's header

@@ -6,6 +6,7 @@ disk or from MLflow's artifact viewer, where links to sibling files break. Every
 from the data is escaped (HTML, and Markdown, which passes HTML through). The ranking table's rows
 are built once (``ranking_rows``) and rendered three ways, so CSV, Markdown and HTML agree.
 """
+
 from __future__ import annotations
 
 import base64
@@ -14,23 +15,49 @@ import html
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from sweep.report import plots
-from sweep.report.comparison import Comparison, OptimizerResult, SeedStats
 from sweep.core.credentials import redact
 from sweep.core.outcome import Status
+from sweep.report import plots
+from sweep.report.comparison import Comparison, OptimizerResult, SeedStats
 
 NOT_TESTED = "-"
 TOP, TIED = "best", "tied"
-CSV_COLUMNS = ("rank", "optimizer", "test_mean", "test_std", "ci95_low", "ci95_high", "seeds", "tied", "p_value",
-               "best_val_accuracy", "trials_to_1pct", "share_within_2pct", *(s.value for s in Status),
-               "train_seconds", "best_params")
-TABLE_COLUMNS = ("rank", "optimizer", "test accuracy", "95 % CI", "seeds", "tied", "best val (search)",
-                 "trials to within 1 %", "share within 2 %", "trials by status", "train s", "best hyperparameters")
+CSV_COLUMNS = (
+    "rank",
+    "optimizer",
+    "test_mean",
+    "test_std",
+    "ci95_low",
+    "ci95_high",
+    "seeds",
+    "tied",
+    "p_value",
+    "best_val_accuracy",
+    "trials_to_1pct",
+    "share_within_2pct",
+    *(s.value for s in Status),
+    "train_seconds",
+    "best_params",
+)
+TABLE_COLUMNS = (
+    "rank",
+    "optimizer",
+    "test accuracy",
+    "95 % CI",
+    "seeds",
+    "tied",
+    "best val (search)",
+    "trials to within 1 %",
+    "share within 2 %",
+    "trials by status",
+    "train s",
+    "best hyperparameters",
+)
 
 MEASURED = (
     "Each optimizer's Optuna study searched its hyperparameters with the same budget ({trials} trials) "
@@ -38,17 +65,18 @@ MEASURED = (
     "Its best configuration was then trained again with {seeds} fresh seeds and scored on the held-out "
     "test set: the ranking is by the mean of those test accuracies (95 % interval: Student's t), never "
     "by the single best search trial, and an optimizer within noise of the first is marked tied. "
-    "The budget curves are the exact expectation over random orders of the trials that ran, not a resampling.")
+    "The budget curves are the exact expectation over random orders of the trials that ran, not a resampling."
+)
 
 
 @dataclass(frozen=True)
 class RankingRow:
     """One optimizer's line of the ranking, as values; ``record`` and ``display`` render it."""
 
-    rank: int | None                   # by mean test accuracy; None until re-evaluated
+    rank: int | None  # by mean test accuracy; None until re-evaluated
     optimizer: str
     test: SeedStats | None
-    tie: str                           # TOP, TIED, "" (not tied) or NOT_TESTED
+    tie: str  # TOP, TIED, "" (not tied) or NOT_TESTED
     p_value: float | None
     best_val_accuracy: float | None
     trials_to_1pct: int | None
@@ -61,10 +89,15 @@ class RankingRow:
         """CSV cells: plain numbers (accuracies to 4 decimals), '' for none."""
         t = self.test
         return {
-            "rank": _or(self.rank, str, ""), "optimizer": self.optimizer,
-            "test_mean": _or(t and t.mean, _acc, ""), "test_std": _or(t and t.std, _acc, ""),
-            "ci95_low": _or(t and t.ci_low, _acc, ""), "ci95_high": _or(t and t.ci_high, _acc, ""),
-            "seeds": str(t.n) if t else "0", "tied": self.tie, "p_value": _or(self.p_value, _p, ""),
+            "rank": _or(self.rank, str, ""),
+            "optimizer": self.optimizer,
+            "test_mean": _or(t and t.mean, _acc, ""),
+            "test_std": _or(t and t.std, _acc, ""),
+            "ci95_low": _or(t and t.ci_low, _acc, ""),
+            "ci95_high": _or(t and t.ci_high, _acc, ""),
+            "seeds": str(t.n) if t else "0",
+            "tied": self.tie,
+            "p_value": _or(self.p_value, _p, ""),
             "best_val_accuracy": _or(self.best_val_accuracy, _acc, ""),
             "trials_to_1pct": _or(self.trials_to_1pct, str, ""),
             "share_within_2pct": _or(self.share_within_2pct, _acc, ""),
@@ -77,15 +110,19 @@ class RankingRow:
         """Markdown / HTML cells (unescaped): mean ± std, the interval, the tie with its p-value."""
         t = self.test
         return {
-            "rank": _or(self.rank, str, "-"), "optimizer": self.optimizer,
+            "rank": _or(self.rank, str, "-"),
+            "optimizer": self.optimizer,
             "test accuracy": f"{_acc(t.mean)} ± {_acc(t.std)}" if t else "-",
             "95 % CI": f"{_acc(t.ci_low)} – {_acc(t.ci_high)}" if t else "-",
-            "seeds": str(t.n) if t else "0", "tied": self.tie_label(),
+            "seeds": str(t.n) if t else "0",
+            "tied": self.tie_label(),
             "best val (search)": _or(self.best_val_accuracy, _acc, "-"),
             "trials to within 1 %": _or(self.trials_to_1pct, str, "-"),
             "share within 2 %": _or(self.share_within_2pct, lambda s: f"{100 * s:.0f} %", "-"),
-            "trials by status": ", ".join(f"{self.counts[s.value]}\u00a0{s.value}" for s in Status
-                                          if self.counts.get(s.value)) or "none",
+            "trials by status": ", ".join(
+                f"{self.counts[s.value]}\u00a0{s.value}" for s in Status if self.counts.get(s.value)
+            )
+            or "none",
             "train s": f"{self.train_seconds:.1f}",
             "best hyperparameters": params_text(self.best_hyperparameters),
         }
@@ -128,13 +165,22 @@ def ranking_rows(comparison: Comparison) -> list[RankingRow]:
     """The ranking, in the comparison's order: re-evaluated optimizers ranked by mean test accuracy."""
     tested = [r for r in comparison.results if r.test is not None]
     top = tested[0] if tested else None
-    return [RankingRow(
-        rank=tested.index(r) + 1 if r.test is not None else None, optimizer=r.optimizer, test=r.test,
-        tie=_tie(r, top), p_value=r.p_value, best_val_accuracy=r.best_val_accuracy,
-        trials_to_1pct=r.budget.trials_to_1pct if r.budget else None,
-        share_within_2pct=r.budget.share_within_2pct if r.budget else None,
-        counts=r.counts, train_seconds=r.train_seconds, best_hyperparameters=r.best_hyperparameters)
-        for r in comparison.results]
+    return [
+        RankingRow(
+            rank=tested.index(r) + 1 if r.test is not None else None,
+            optimizer=r.optimizer,
+            test=r.test,
+            tie=_tie(r, top),
+            p_value=r.p_value,
+            best_val_accuracy=r.best_val_accuracy,
+            trials_to_1pct=r.budget.trials_to_1pct if r.budget else None,
+            share_within_2pct=r.budget.share_within_2pct if r.budget else None,
+            counts=r.counts,
+            train_seconds=r.train_seconds,
+            best_hyperparameters=r.best_hyperparameters,
+        )
+        for r in comparison.results
+    ]
 
 
 @dataclass(frozen=True)
@@ -145,7 +191,7 @@ class ReportFiles:
     html: Path
     csv: Path
     markdown: Path
-    plots: Mapping[str, Path]          # figure name -> PNG (only the figures with something to draw)
+    plots: Mapping[str, Path]  # figure name -> PNG (only the figures with something to draw)
 
 
 def write_report(comparison: Comparison, folder: str | Path, figures: bool = True) -> ReportFiles:
@@ -186,8 +232,13 @@ def _state_line(comparison: Comparison) -> str:
 
 
 def _facts(comparison: Comparison) -> list[tuple[str, str]]:
-    facts = [("dataset", comparison.dataset), ("model", comparison.model), ("epochs", str(comparison.epochs)),
-             ("trials per optimizer", str(comparison.trials)), ("re-evaluation seeds", str(comparison.reeval_seeds))]
+    facts = [
+        ("dataset", comparison.dataset),
+        ("model", comparison.model),
+        ("epochs", str(comparison.epochs)),
+        ("trials per optimizer", str(comparison.trials)),
+        ("re-evaluation seeds", str(comparison.reeval_seeds)),
+    ]
     if comparison.batch_sizes:
         facts.append(("batch sizes", ", ".join(map(str, comparison.batch_sizes))))
     return facts + [("state", _state_line(comparison)), ("generated", comparison.generated)]
@@ -238,8 +289,10 @@ _SHORT_STATUS = {Status.DIVERGED: "div", Status.INTERRUPTED: "intr"}
 
 
 def _compact_counts(row: RankingRow, shown: dict[str, str]) -> str:
-    return ", ".join(f"{row.counts[s.value]} {_SHORT_STATUS.get(s, s.value)}" for s in Status
-                     if row.counts.get(s.value)) or "none"
+    return (
+        ", ".join(f"{row.counts[s.value]} {_SHORT_STATUS.get(s, s.value)}" for s in Status if row.counts.get(s.value))
+        or "none"
+    )
 
 
 _TERMINAL_COLUMNS = (
@@ -249,15 +302,23 @@ _TERMINAL_COLUMNS = (
     _Column("tied", _compact_tie),
     _Column("best val", lambda r, d: d["best val (search)"], right=True),
     _Column("trials", _compact_counts),
-    _Column("hyperparams", lambda r, d: d["best hyperparameters"]))
+    _Column("hyperparams", lambda r, d: d["best hyperparameters"]),
+)
 # When a table is too wide, columns are cut down to these widths, in this order, until it fits.
-_GIVES_WAY = (("hyperparams", 16), ("optimizer", 10), ("trials", 14), ("hyperparams", 10), ("tied", 4),
-              ("optimizer", 6), ("trials", 8))
+_GIVES_WAY = (
+    ("hyperparams", 16),
+    ("optimizer", 10),
+    ("trials", 14),
+    ("hyperparams", 10),
+    ("tied", 4),
+    ("optimizer", 6),
+    ("trials", 8),
+)
 _GAP = "  "
 
 
 def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
 def terminal_table(comparison: Comparison, width: int = TERMINAL_WIDTH) -> str:
@@ -279,8 +340,9 @@ def terminal_table(comparison: Comparison, width: int = TERMINAL_WIDTH) -> str:
 
     def line(cells: list[str]) -> str:
         fitted = ((columns[h], _fit(cell, widths[h])) for h, cell in zip(columns, cells))
-        return _GAP.join(cell.rjust(widths[c.header]) if c.right else cell.ljust(widths[c.header])
-                         for c, cell in fitted).rstrip()
+        return _GAP.join(
+            cell.rjust(widths[c.header]) if c.right else cell.ljust(widths[c.header]) for c, cell in fitted
+        ).rstrip()
 
     return "\n".join([line(list(columns)), *(line(cells) for cells in table)])
 
@@ -322,41 +384,59 @@ figcaption { color: #444; font-size: 14px; }
 
 def html_page(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str, Path], figures: bool = True) -> str:
     e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           f"<title>Sweep {e(comparison.name)}: optimizer comparison</title>", f"<style>{STYLE}</style>",
-           "</head><body>", f"<h1>Sweep {e(comparison.name)}</h1>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>Sweep {e(comparison.name)}: optimizer comparison</title>",
+        f"<style>{STYLE}</style>",
+        "</head><body>",
+        f"<h1>Sweep {e(comparison.name)}</h1>",
+    ]
     if comparison.state != "finished":
-        out.append(f'<p class="partial">{e(_state_line(comparison))}; this page shows what had finished '
-                   f"when it was generated.</p>")
-    out.append('<dl class="facts">' + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _facts(comparison))
-               + "</dl>")
+        out.append(
+            f'<p class="partial">{e(_state_line(comparison))}; this page shows what had finished '
+            f"when it was generated.</p>"
+        )
+    out.append(
+        '<dl class="facts">' + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _facts(comparison)) + "</dl>"
+    )
     if comparison.settings:
-        out.append("<details><summary>settings</summary><dl class=\"facts\">" + "".join(
-            f"<dt>{e(str(k))}</dt><dd>{e(redact(_setting(v)))}</dd>" for k, v in comparison.settings.items())
-            + "</dl></details>")
+        out.append(
+            '<details><summary>settings</summary><dl class="facts">'
+            + "".join(f"<dt>{e(str(k))}</dt><dd>{e(redact(_setting(v)))}</dd>" for k, v in comparison.settings.items())
+            + "</dl></details>"
+        )
     out.append("<h2>Ranking</h2>")
     if not rows:
         out.append(f"<p>{e(NO_RESULTS)}</p>")
     else:
         out.append(_html_table(rows))
-        out.append(f'<p class="note">{e(_tie_sentence(comparison))} Highlighted rows are the best '
-                   f"and those tied with it; &ldquo;-&rdquo;: not re-evaluated yet, so neither ranked nor tested.</p>")
+        out.append(
+            f'<p class="note">{e(_tie_sentence(comparison))} Highlighted rows are the best '
+            f"and those tied with it; &ldquo;-&rdquo;: not re-evaluated yet, so neither ranked nor tested.</p>"
+        )
     if rows:
         out.append("<h2>Figures</h2>")
         if not figures:
-            out.append(f"<p>Not drawn (report_figures=false); <code>sweep report {e(comparison.name)}</code> "
-                       "draws them.</p>")
+            out.append(
+                f"<p>Not drawn (report_figures=false); <code>sweep report {e(comparison.name)}</code> draws them.</p>"
+            )
         elif not pngs:
             out.append("<p>No figures yet: nothing has been reported to draw.</p>")
     for name, path in pngs.items():
         spec = plots.FIGURES[name]
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        out.append(f'<figure><img id="fig-{e(name)}" alt="{e(spec.alt)}" src="data:image/png;base64,{data}">'
-                   f"<figcaption>{e(spec.caption)}</figcaption></figure>")
+        out.append(
+            f'<figure><img id="fig-{e(name)}" alt="{e(spec.alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{e(spec.caption)}</figcaption></figure>"
+        )
     out.append("<h2>How this was measured</h2>")
-    out.append("<p>" + e(MEASURED.format(trials=comparison.trials, epochs=comparison.epochs,
-                                        seeds=comparison.reeval_seeds)) + "</p>")
+    out.append(
+        "<p>"
+        + e(MEASURED.format(trials=comparison.trials, epochs=comparison.epochs, seeds=comparison.reeval_seeds))
+        + "</p>"
+    )
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -367,15 +447,26 @@ def _setting(value: Any) -> str:
 
 def _html_table(rows: list[RankingRow]) -> str:
     e = html.escape
-    classes = {"optimizer": "text", "tied": "text", "trials by status": "text params",
-               "best hyperparameters": "text params"}
-    head = "".join((f'<th class="{classes[c]}">' if c in classes else "<th>")
-                   + e(c).replace(" %", "&nbsp;%") + "</th>" for c in TABLE_COLUMNS)
+    classes = {
+        "optimizer": "text",
+        "tied": "text",
+        "trials by status": "text params",
+        "best hyperparameters": "text params",
+    }
+    head = "".join(
+        (f'<th class="{classes[c]}">' if c in classes else "<th>") + e(c).replace(" %", "&nbsp;%") + "</th>"
+        for c in TABLE_COLUMNS
+    )
     body = []
     for row in rows:
         cells = row.display()
         klass = {TOP: ' class="top"', TIED: ' class="tied"'}.get(row.tie, "")
-        body.append(f"<tr{klass}>" + "".join(
-            f'<td class="{classes[c]}">{e(cells[c])}</td>' if c in classes else f"<td>{e(cells[c])}</td>"
-            for c in TABLE_COLUMNS) + "</tr>")
+        body.append(
+            f"<tr{klass}>"
+            + "".join(
+                f'<td class="{classes[c]}">{e(cells[c])}</td>' if c in classes else f"<td>{e(cells[c])}</td>"
+                for c in TABLE_COLUMNS
+            )
+            + "</tr>"
+        )
     return f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>' + "".join(body) + "</tbody></table></div>"

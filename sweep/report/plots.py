@@ -8,31 +8,46 @@ safe to draw from any thread; saving a PNG picks the Agg renderer by itself.
 An optimizer has one colour in every figure and every report: its position in the ``OPTIMIZERS``
 registry picks it, so sgd is the same blue whichever optimizers a sweep compares.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from optim import OPTIMIZERS, SCHEDULES
-from sweep.report.comparison import Comparison, OptimizerResult, SearchedTrial
 from sweep.core.outcome import Status
+from sweep.report.comparison import Comparison, OptimizerResult, SearchedTrial
 
 DPI = 110
-WIDTH = 9.5                     # inches: about 1045 px at DPI, a laptop screen's width with margins
-PANEL_HEIGHT = 2.6              # inches per row of small multiples
+WIDTH = 9.5  # inches: about 1045 px at DPI, a laptop screen's width with margins
+PANEL_HEIGHT = 2.6  # inches per row of small multiples
 
 # Tableau's ten, then the lighter tab20 hues: registry positions 0..6 take the first seven, names
 # outside the registry (a test's, a plugin's) the rest, in the order they appear.
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896")
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+)
 # One marker per schedule, by registry position, for the LR-sensitivity scatter.
 MARKERS = ("o", "s", "D", "v", "^", "P", "X", "*", "h", "<", ">", "p")
-LOG_RATIO = 20.0                # an LR range wider than this is drawn on a log axis
+LOG_RATIO = 20.0  # an LR range wider than this is drawn on a log axis
 
 
 def _assign(names: Iterable[str], registry: list[str], styles: list[str]) -> dict[str, str]:
@@ -114,16 +129,32 @@ def convergence(comparison: Comparison) -> Figure | None:
                 mean.append(sum(values) / len(values))
                 low.append(min(values))
                 high.append(max(values))
-            ax.plot(xs, mean, color=color, lw=2, marker="o", ms=3,
-                    label=f"{_t(result.optimizer)} ({len(curves)} seed{'s' if len(curves) != 1 else ''})")
+            ax.plot(
+                xs,
+                mean,
+                color=color,
+                lw=2,
+                marker="o",
+                ms=3,
+                label=f"{_t(result.optimizer)} ({len(curves)} seed{'s' if len(curves) != 1 else ''})",
+            )
             ax.fill_between(xs, low, high, color=color, alpha=0.18, lw=0)
             drawn += 1
             continue
         best = _trial(result, result.best_trial)
         if best is not None and best.val_curve:
             xs = range(1, len(best.val_curve) + 1)
-            ax.plot(xs, best.val_curve, color=color, lw=1.6, ls="--", marker="o", ms=3, mfc="none",
-                    label=f"{_t(result.optimizer)} (search trial, 1 seed)")
+            ax.plot(
+                xs,
+                best.val_curve,
+                color=color,
+                lw=1.6,
+                ls="--",
+                marker="o",
+                ms=3,
+                mfc="none",
+                label=f"{_t(result.optimizer)} (search trial, 1 seed)",
+            )
             drawn += 1
     if not drawn:
         return None
@@ -143,8 +174,12 @@ def _finish_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
 
 def lr_sensitivity(comparison: Comparison) -> Figure | None:
     """Final validation accuracy of every search trial against its learning rate."""
-    points = [(r.optimizer, t) for r in comparison.results for t in r.trials
-              if t.last_val_accuracy is not None and t.lr is not None and t.lr > 0]
+    points = [
+        (r.optimizer, t)
+        for r in comparison.results
+        for t in r.trials
+        if t.last_val_accuracy is not None and t.lr is not None and t.lr > 0
+    ]
     if not points:
         return None
     palette = _palette(comparison)
@@ -160,9 +195,17 @@ def lr_sensitivity(comparison: Comparison) -> Figure | None:
             if batch is not None and t.batch_size != batch:
                 continue
             ok = t.status is Status.OK
-            ax.scatter(t.lr, t.last_val_accuracy, marker=shapes[t.schedule], s=36, linewidths=1.2,
-                       edgecolors=palette[optimizer], facecolors=palette[optimizer] if ok else "none",
-                       alpha=0.85 if ok else 0.9, gid=f"{optimizer}:{t.number}")
+            ax.scatter(
+                t.lr,
+                t.last_val_accuracy,
+                marker=shapes[t.schedule],
+                s=36,
+                linewidths=1.2,
+                edgecolors=palette[optimizer],
+                facecolors=palette[optimizer] if ok else "none",
+                alpha=0.85 if ok else 0.9,
+                gid=f"{optimizer}:{t.number}",
+            )
         ax.set_xscale("log")
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel("final validation accuracy")
@@ -170,8 +213,11 @@ def lr_sensitivity(comparison: Comparison) -> Figure | None:
         if batch is not None:
             ax.set_title(f"batch size {batch}", fontsize="medium")
     fig.suptitle("Learning-rate sensitivity: every search trial")
-    handles = [Line2D([], [], ls="", marker="o", color=palette[r.optimizer], label=_t(r.optimizer))
-               for r in comparison.results if any(o == r.optimizer for o, _ in points)]
+    handles = [
+        Line2D([], [], ls="", marker="o", color=palette[r.optimizer], label=_t(r.optimizer))
+        for r in comparison.results
+        if any(o == r.optimizer for o, _ in points)
+    ]
     handles += [Line2D([], [], ls="", marker=m, color="0.35", label=f"schedule: {_t(s)}") for s, m in shapes.items()]
     handles.append(Line2D([], [], ls="", marker="o", mfc="none", color="0.35", label="hollow: not ok"))
     _legend_outside(fig, handles)
@@ -222,8 +268,12 @@ def budget(comparison: Comparison) -> Figure | None:
         ax.plot(ks, curve.expected_best, color=color, lw=2, label=_t(result.optimizer))
         if len(curve.low) == len(curve.high) == len(curve.expected_best):
             ax.fill_between(ks, curve.low, curve.high, color=color, alpha=0.15, lw=0)
-    _finish_axes(ax, "Tuning budget: expected best validation accuracy after k trials", "trials searched (k)",
-                 "expected best validation accuracy")
+    _finish_axes(
+        ax,
+        "Tuning budget: expected best validation accuracy after k trials",
+        "trials searched (k)",
+        "expected best validation accuracy",
+    )
     return fig
 
 
@@ -238,8 +288,12 @@ def importances(comparison: Comparison) -> Figure | None:
     axes = _grid(fig, len(drawn), sharex=True)
     for ax, result in zip(axes, drawn):
         ranked = sorted(result.importances.items(), key=lambda kv: kv[1])
-        ax.barh([_t(k) for k, _ in ranked], [v for _, v in ranked], color=palette[result.optimizer],
-                label=_t(result.optimizer))
+        ax.barh(
+            [_t(k) for k, _ in ranked],
+            [v for _, v in ranked],
+            color=palette[result.optimizer],
+            label=_t(result.optimizer),
+        )
         ax.set_title(_t(result.optimizer), fontsize="medium", color=palette[result.optimizer])
         ax.set_xlabel("importance")
         ax.tick_params(axis="y", labelsize="small")
@@ -262,8 +316,11 @@ def history(comparison: Comparison) -> Figure | None:
     for ax, result in zip(axes, drawn):
         color = palette[result.optimizer]
         ok = [(t.number, t.value) for t in result.trials if t.status is Status.OK and t.value is not None]
-        other = [(t.number, _shown(t)) for t in result.trials
-                 if not (t.status is Status.OK and t.value is not None) and _shown(t) is not None]
+        other = [
+            (t.number, _shown(t))
+            for t in result.trials
+            if not (t.status is Status.OK and t.value is not None) and _shown(t) is not None
+        ]
         if ok:
             ax.scatter(*zip(*ok), s=22, color=color, zorder=3)
             best, steps = -math.inf, []
@@ -279,13 +336,17 @@ def history(comparison: Comparison) -> Figure | None:
         ax.set_xlabel("trial number")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    for ax in axes[::min(3, len(drawn))]:
+    for ax in axes[:: min(3, len(drawn))]:
         ax.set_ylabel("validation accuracy")
     fig.suptitle("Optimization history: each trial, and the best so far")
-    _legend_outside(fig, [
-        Line2D([], [], ls="", marker="o", color="0.35", label="ok"),
-        Line2D([], [], ls="", marker="o", mfc="none", color="0.35", label="not ok (last reported)"),
-        Line2D([], [], color="0.35", drawstyle="steps-post", label="best so far")])
+    _legend_outside(
+        fig,
+        [
+            Line2D([], [], ls="", marker="o", color="0.35", label="ok"),
+            Line2D([], [], ls="", marker="o", mfc="none", color="0.35", label="not ok (last reported)"),
+            Line2D([], [], color="0.35", drawstyle="steps-post", label="best so far"),
+        ],
+    )
     return fig
 
 
@@ -297,8 +358,8 @@ def _shown(trial: SearchedTrial) -> float | None:
 @dataclass(frozen=True)
 class FigureSpec:
     draw: Callable[[Comparison], Figure | None]
-    caption: str            # how to read it, one line
-    alt: str                # what it shows, for a reader without the image
+    caption: str  # how to read it, one line
+    alt: str  # what it shows, for a reader without the image
 
 
 FIGURES: dict[str, FigureSpec] = {
@@ -307,34 +368,40 @@ FIGURES: dict[str, FigureSpec] = {
         "Validation accuracy per epoch of each optimizer's best configuration: the line is the mean over "
         "its re-evaluation seeds, the band their min-max range; a dashed line is the search trial alone "
         "(1 seed, not yet re-evaluated).",
-        "Validation accuracy per epoch for each optimizer's best configuration"),
+        "Validation accuracy per epoch for each optimizer's best configuration",
+    ),
     "lr_sensitivity": FigureSpec(
         lr_sensitivity,
         "Every search trial's last validation accuracy against its learning rate (log scale): colour is "
         "the optimizer, marker the LR schedule; hollow markers are trials that did not finish ok "
         "(pruned, diverged, failed), drawn at the last accuracy they reported.",
-        "Scatter of final validation accuracy against learning rate for every search trial"),
+        "Scatter of final validation accuracy against learning rate for every search trial",
+    ),
     "schedules": FigureSpec(
         schedules,
         "The learning rate each best configuration used at every optimizer step, in epochs; the y axis "
         "is logarithmic when the rates span more than a factor of 20.",
-        "Learning rate per step of each optimizer's best configuration"),
+        "Learning rate per step of each optimizer's best configuration",
+    ),
     "budget": FigureSpec(
         budget,
         "Expected best validation accuracy if only k trials had been searched (exact expectation over "
         "random orders of the trials run); the band spans the 5th to 95th percentile. A curve that "
         "flattens early needs little tuning.",
-        "Expected best validation accuracy against number of trials, per optimizer"),
+        "Expected best validation accuracy against number of trials, per optimizer",
+    ),
     "importances": FigureSpec(
         importances,
         "Optuna's parameter importances for each optimizer's search: the longer the bar, the more that "
         "hyperparameter explained the spread of validation accuracy; optimizers with too few trials are left out.",
-        "Horizontal bars of hyperparameter importance, one panel per optimizer"),
+        "Horizontal bars of hyperparameter importance, one panel per optimizer",
+    ),
     "history": FigureSpec(
         history,
         "Each search trial's validation accuracy by trial number (filled: finished ok; hollow: pruned, "
         "diverged or failed, at the last accuracy reported) and the best-so-far line.",
-        "Validation accuracy of every trial in search order, with the best so far, per optimizer"),
+        "Validation accuracy of every trial in search order, with the best so far, per optimizer",
+    ),
 }
 
 

@@ -7,11 +7,12 @@ top-ranked one is marked tied (``rank_and_tie``), and the search is summarised b
 result grows with the budget (``budget_curve``). Pure functions of numbers (numpy and scipy only),
 so ``sweep.report.collect`` can feed them from the stores and tests can feed them by hand.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -19,13 +20,14 @@ from scipy import stats as sps
 from sweep.report.comparison import BudgetCurve, SeedStats
 
 ALPHA = 0.05
-TIE_RULE = (f"tied: Welch's t-test against the top-ranked optimizer, two-sided, p >= {ALPHA:g}, "
-            "over the re-evaluation seeds")
+TIE_RULE = (
+    f"tied: Welch's t-test against the top-ranked optimizer, two-sided, p >= {ALPHA:g}, over the re-evaluation seeds"
+)
 
 CONFIDENCE = 0.95
-PERCENTILES = (5.0, 95.0)   # the budget curve's band over random trial orders
-WITHIN_SHARE = 0.02         # share_within_2pct: relative distance from the best
-WITHIN_FIRST = 0.01         # trials_to_1pct
+PERCENTILES = (5.0, 95.0)  # the budget curve's band over random trial orders
+WITHIN_SHARE = 0.02  # share_within_2pct: relative distance from the best
+WITHIN_FIRST = 0.01  # trials_to_1pct
 
 # Elements per working array (float64: 16 MiB), so a 100,000-trial search stays in bounded memory.
 _CHUNK_ELEMENTS = 1 << 21
@@ -71,8 +73,8 @@ class TieResult:
 
     name: str
     stats: SeedStats
-    tied: bool | None          # True for the top one; None: too few seeds on either side to test
-    p_value: float | None      # Welch's two-sided p against the top one; None for it and untested ones
+    tied: bool | None  # True for the top one; None: too few seeds on either side to test
+    p_value: float | None  # Welch's two-sided p against the top one; None for it and untested ones
 
 
 def _tie_test(top_stats: SeedStats, other_stats: SeedStats) -> float | None:
@@ -83,8 +85,17 @@ def _tie_test(top_stats: SeedStats, other_stats: SeedStats) -> float | None:
         return 1.0 if top_stats.mean == other_stats.mean else 0.0
     # Welch's test (as ttest_ind(top, other, equal_var=False)) from the exact statistics, so a
     # constant sample's variance is exactly 0, not scipy's rounding residue with its warning.
-    return float(sps.ttest_ind_from_stats(top_stats.mean, top_stats.std, top_stats.n, other_stats.mean,
-                                          other_stats.std, other_stats.n, equal_var=False).pvalue)
+    return float(
+        sps.ttest_ind_from_stats(
+            top_stats.mean,
+            top_stats.std,
+            top_stats.n,
+            other_stats.mean,
+            other_stats.std,
+            other_stats.n,
+            equal_var=False,
+        ).pvalue
+    )
 
 
 def rank_and_tie(samples: Mapping[str, Sequence[float]], alpha: float = ALPHA) -> list[TieResult]:
@@ -145,7 +156,7 @@ def _expected_best(ranked: np.ndarray) -> np.ndarray:
             steps = np.where(j > ks, np.log1p(-(ks - 1) / np.maximum(j - 1, 1)), -np.inf)
         log_w = np.zeros((rows, width))
         log_w[:, :-1] = np.cumsum(steps[:, ::-1], axis=1)[:, ::-1]
-        out[k - 1:k - 1 + rows] = np.exp(log_w + np.log(ks / n)) @ ranked[i_lo - 1:]
+        out[k - 1 : k - 1 + rows] = np.exp(log_w + np.log(ks / n)) @ ranked[i_lo - 1 :]
         k += rows
     return out
 

@@ -16,6 +16,7 @@ that cannot be read means resuming from an older one, or from the start.
 MLflow and the store are imported when first used, so ``sweep train`` does not pay for them, and
 torch too, so the sweep's driver (which only tidies checkpoints) never imports it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,6 +37,7 @@ _NAME = re.compile(r"^epoch-(\d+)\.pt$")
 
 
 # ---- the file ----
+
 
 def write(checkpoint: Checkpoint, path: Path) -> None:
     """Write atomically: a reader never sees half a file at ``path``."""
@@ -64,6 +66,7 @@ def _name(epoch: int) -> str:
 
 
 # ---- the run's artifacts ----
+
 
 @functools.lru_cache(maxsize=256)
 def _repository(uri: str, run_id: str, root: str | None = None):
@@ -99,8 +102,7 @@ def save(uri: str, run_id: str, checkpoint: Checkpoint, root: str | None = None)
             if epoch < checkpoint.epoch:
                 repository.delete_artifacts(f"{FOLDER}/{_name(epoch)}")
     except Exception as exc:  # noqa: BLE001 - a checkpoint is never worth a failed trial
-        _say(f"could not store epoch {checkpoint.epoch} of run {run_id} ({first_line(exc)}); "
-             "training goes on")
+        _say(f"could not store epoch {checkpoint.epoch} of run {run_id} ({first_line(exc)}); training goes on")
         return False
     return True
 

@@ -4,14 +4,15 @@ driver for a worker that died past its retries, and by recovery after a driver d
 Optuna is written first (it is the source of truth), then the trial's MLflow run is closed from
 what Optuna now holds. A process that dies between the two leaves a RUNNING run for a finished
 trial, which the next driver closes the same way (``close``)."""
+
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
-from sweep.stores import tracking
 from sweep.core.credentials import redact
 from sweep.core.errors import store_calls
 from sweep.core.outcome import Status, TrialOutcome
+from sweep.stores import tracking
 from sweep.stores.studies import SweepStudy, outcome_of
 
 OPTUNA, MLFLOW = "Optuna storage", "MLflow tracking store"
@@ -20,9 +21,18 @@ OPTUNA, MLFLOW = "Optuna storage", "MLflow tracking store"
 RunCloser = Callable[[TrialOutcome], None]
 
 
-def finish_trial(study: SweepStudy, tracking_uri: str, run_id: str, number: int, status: Status,
-                 reason: str = "", metrics: Mapping[str, float] = (), value: float | None = None,
-                 rewrite_run: bool = False, close_run: RunCloser | None = None) -> TrialOutcome:
+def finish_trial(
+    study: SweepStudy,
+    tracking_uri: str,
+    run_id: str,
+    number: int,
+    status: Status,
+    reason: str = "",
+    metrics: Mapping[str, float] = (),
+    value: float | None = None,
+    rewrite_run: bool = False,
+    close_run: RunCloser | None = None,
+) -> TrialOutcome:
     """Record ``status`` unless the trial already has an outcome (that one stands), then close its run.
 
     ``rewrite_run``: the run may already be closed with an outcome Optuna no longer holds (a
@@ -53,8 +63,9 @@ def _close(tracking_uri: str, run_id: str, outcome: TrialOutcome, close_run: Run
         close_run(outcome)
 
 
-def close_from_record(study: SweepStudy, tracking_uri: str, run_id: str, number: int,
-                      close_run: RunCloser | None = None) -> TrialOutcome | None:
+def close_from_record(
+    study: SweepStudy, tracking_uri: str, run_id: str, number: int, close_run: RunCloser | None = None
+) -> TrialOutcome | None:
     """Close the run of a trial Optuna already finished; None (nothing done) if it has not."""
     with store_calls(OPTUNA):
         outcome = outcome_of(study.record(number))

@@ -13,6 +13,7 @@ Call these only while no other process can append to the journal (the driver hol
 lock and has not started workers yet): a record being written at this moment by a live process
 looks exactly like a torn one.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,10 +44,11 @@ class TornTail:
         else:
             later = self.dropped_lines - 1
             records = f"record{'s' if later != 1 else ''}"
-            what = (f"a record is damaged and the {later} {records} after it cannot be replayed "
-                    f"({size}, {self.dropped_lines} records)")
-        return (f"{self.path.name}: {what}; the {self.valid_bytes} bytes before it are intact, "
-                f"the rest is set aside")
+            what = (
+                f"a record is damaged and the {later} {records} after it cannot be replayed "
+                f"({size}, {self.dropped_lines} records)"
+            )
+        return f"{self.path.name}: {what}; the {self.valid_bytes} bytes before it are intact, the rest is set aside"
 
 
 def _is_record(line: bytes) -> bool:
@@ -93,8 +95,7 @@ def find_torn_tail(path: Path) -> TornTail | None:
             newlines += chunk.count(b"\n")
             last = chunk
     dropped_lines = newlines + (0 if last.endswith(b"\n") else 1)
-    return TornTail(path=path, valid_bytes=valid, dropped_bytes=dropped_bytes,
-                    dropped_lines=dropped_lines)
+    return TornTail(path=path, valid_bytes=valid, dropped_bytes=dropped_bytes, dropped_lines=dropped_lines)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -133,8 +134,9 @@ def set_aside(torn: TornTail) -> Path:
     with open(journal, "r+b") as src:
         size = os.fstat(src.fileno()).st_size
         if size != expected:
-            raise RuntimeError(f"{journal} is {size} bytes, not the {expected} it was checked at; "
-                               f"another process is writing it")
+            raise RuntimeError(
+                f"{journal} is {size} bytes, not the {expected} it was checked at; another process is writing it"
+            )
         copy, fd = _create_copy(journal)
         try:
             with os.fdopen(fd, "wb") as dst:

@@ -20,6 +20,7 @@ not yet stored); tags are upserts; closing a closed run does nothing.
 The worker's own HTTP requests are kept short (``use_short_requests``): MLflow's client would
 otherwise retry each one for ~4 minutes inside the library, past any budget of ours.
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,15 +28,15 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 
 from sweep.core import credentials
-
-from sweep.stores import tracking
 from sweep.core.errors import StoreUnavailable, SweepError, first_line
-from sweep.stores.finish import MLFLOW
 from sweep.core.outcome import TrialOutcome
+from sweep.stores import tracking
+from sweep.stores.finish import MLFLOW
 
 REQUEST_TIMEOUT_S = 15  # one HTTP request; a log_batch takes milliseconds when the server answers
 FIRST_DELAY_S, MAX_DELAY_S = 0.5, 5.0  # backoff between tries: a returning server is found within 5 s
@@ -82,8 +83,13 @@ def is_outage(exc: Exception, tracking_uri: str) -> bool:
     return isinstance(exc, MlflowException)
 
 
-def retrying(action: Callable[[], T], budget_s: float, worth_retrying: Callable[[Exception], bool],
-             stop: threading.Event, on_retry: Callable[[], None] = lambda: None) -> T:
+def retrying(
+    action: Callable[[], T],
+    budget_s: float,
+    worth_retrying: Callable[[Exception], bool],
+    stop: threading.Event,
+    on_retry: Callable[[], None] = lambda: None,
+) -> T:
     """``action()``, tried again with backoff until it succeeds or ``budget_s`` has passed since its
     first failure; then its last error is raised (at once if not ``worth_retrying``, or on ``stop``).
     ``on_retry`` is called before each wait."""
@@ -175,8 +181,12 @@ class TrackingSender:
         if self.failure:
             return
         stamp = int(time.time() * 1000)
-        self.submit(Write("final metrics and status",
-                          lambda: tracking.close_run(self.uri, self.run_id, outcome, timestamp_ms=stamp)))
+        self.submit(
+            Write(
+                "final metrics and status",
+                lambda: tracking.close_run(self.uri, self.run_id, outcome, timestamp_ms=stamp),
+            )
+        )
         self.flush()
 
     def call(self, read: Callable[[], T], on_retry: Callable[[], None] = lambda: None) -> T:
@@ -190,8 +200,9 @@ class TrackingSender:
         in MLflow before Optuna hears of it, so a worker killed right after loses nothing (its
         retry logs only what MLflow lacks). During an outage, return at once: training goes on."""
         with self._changed:
-            self._changed.wait_for(lambda: not self._pending or self._retrying or self._stopped(),
-                                   timeout=REQUEST_TIMEOUT_S + 1)
+            self._changed.wait_for(
+                lambda: not self._pending or self._retrying or self._stopped(), timeout=REQUEST_TIMEOUT_S + 1
+            )
 
     def check(self) -> None:
         """Raise what stopped the sender: ``StoreUnavailable`` (the sweep stops, as for any store)

@@ -11,6 +11,7 @@ retried and resumed exactly like a search trial, and has its own MLflow run.
 The configuration reported is the one with the best mean *validation* accuracy over its seeds
 (the test set never chooses); its seeds' test accuracies are the optimizer's result.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,10 +37,10 @@ class Planned:
 class Reported:
     """The configuration an optimizer's result is about, and its finished re-evaluations."""
 
-    source: int | None                          # search trial number; None when nothing scored
+    source: int | None  # search trial number; None when nothing scored
     reevals: tuple[tuple[FrozenTrial, TrialOutcome], ...]  # status ok, in seed order
-    model_trial: int | None                     # the re-evaluation whose model is logged (best val)
-    model_run: str | None = None                # its MLflow run
+    model_trial: int | None  # the re-evaluation whose model is logged (best val)
+    model_run: str | None = None  # its MLflow run
 
 
 def seeds(sweep_seed: int, reeval_seeds: int) -> tuple[int, ...]:
@@ -48,8 +49,11 @@ def seeds(sweep_seed: int, reeval_seeds: int) -> tuple[int, ...]:
 
 def top_trials(search: SweepStudy, n: int) -> list[FrozenTrial]:
     """The search's ``n`` best scored trials (status ok), best first; earlier trial on a tie."""
-    scored = [(o.value, t) for t in search.trials() if (o := outcome_of(t)) is not None
-              and o.record.scored and o.value is not None]
+    scored = [
+        (o.value, t)
+        for t in search.trials()
+        if (o := outcome_of(t)) is not None and o.record.scored and o.value is not None
+    ]
     scored.sort(key=lambda vt: (-vt[0], vt[1].number))
     return [t for _, t in scored[:n]]
 
@@ -61,8 +65,7 @@ def key_of(trial: FrozenTrial) -> tuple[int, int] | None:
     return int(attrs[Attr.SOURCE_TRIAL]), int(attrs[Attr.REEVAL_SEED])
 
 
-def plan(search: SweepStudy, reeval: SweepStudy, sweep_seed: int, reeval_seeds: int,
-         reeval_top: int) -> list[Planned]:
+def plan(search: SweepStudy, reeval: SweepStudy, sweep_seed: int, reeval_seeds: int, reeval_top: int) -> list[Planned]:
     """The re-evaluations still to queue: each (configuration, seed) runs until it has an outcome
     that counts (ok, diverged, pruned, failed); one waiting, running or counted is not queued again.
     An interrupted one is queued again, naming the trial it retries."""
@@ -77,9 +80,12 @@ def plan(search: SweepStudy, reeval: SweepStudy, sweep_seed: int, reeval_seeds: 
             have.add(key)
         elif outcome.status == Status.INTERRUPTED:
             interrupted.setdefault(key, t.number)
-    return [Planned(source, seed, interrupted.get((source.number, seed)))
-            for source in top_trials(search, reeval_top) for seed in seeds(sweep_seed, reeval_seeds)
-            if (source.number, seed) not in have]
+    return [
+        Planned(source, seed, interrupted.get((source.number, seed)))
+        for source in top_trials(search, reeval_top)
+        for seed in seeds(sweep_seed, reeval_seeds)
+        if (source.number, seed) not in have
+    ]
 
 
 def enqueue(reeval: SweepStudy, planned: Planned) -> None:

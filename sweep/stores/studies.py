@@ -7,13 +7,15 @@ The one thing Optuna's public API cannot do is rebuild a live ``optuna.Trial`` i
 needs the storage's trial id, which only ``FrozenTrial._trial_id`` exposes. It stays in
 ``_trial_id`` below and nowhere else.
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import sqlite3
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -26,8 +28,16 @@ DIRECTION = "maximize"  # validation accuracy
 REEVAL = "reeval"  # the re-evaluation study's name suffix: <sweep>/<optimizer>/reeval
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-__all__ = ["SweepStudy", "open_storage", "study_name", "foreign_studies", "make_sampler", "make_pruner",
-           "SAMPLERS", "PRUNERS"]
+__all__ = [
+    "SweepStudy",
+    "open_storage",
+    "study_name",
+    "foreign_studies",
+    "make_sampler",
+    "make_pruner",
+    "SAMPLERS",
+    "PRUNERS",
+]
 
 
 @functools.lru_cache(maxsize=8)
@@ -36,9 +46,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("journal:///"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        return JournalStorage(JournalFileBackend(url[len("journal://"):]))
+        return JournalStorage(JournalFileBackend(url[len("journal://") :]))
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         if path and not Path(path).exists():
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(path) as conn:  # WAL lets readers and one writer work concurrently
@@ -71,9 +81,11 @@ def study_name(sweep_name: str, optimizer: str, reeval: bool = False) -> str:
 def foreign_studies(storage_url: str, sweep_name: str, sweep_id: str) -> list[str]:
     """Studies of this sweep's name in the storage that another sweep (another id) created."""
     prefix = study_name(sweep_name, "")
-    return [summary.study_name for summary in optuna.get_all_study_summaries(open_storage(storage_url),
-                                                                           include_best_trial=False)
-            if summary.study_name.startswith(prefix) and summary.user_attrs.get(Attr.SWEEP_ID, sweep_id) != sweep_id]
+    return [
+        summary.study_name
+        for summary in optuna.get_all_study_summaries(open_storage(storage_url), include_best_trial=False)
+        if summary.study_name.startswith(prefix) and summary.user_attrs.get(Attr.SWEEP_ID, sweep_id) != sweep_id
+    ]
 
 
 def _trial_id(trial: FrozenTrial) -> int:
@@ -89,10 +101,13 @@ def outcome_of(trial: FrozenTrial) -> TrialOutcome | None:
         return None
     attrs = trial.user_attrs
     return TrialOutcome(
-        number=trial.number, status=status, value=trial.value if trial.state == TrialState.COMPLETE else None,
+        number=trial.number,
+        status=status,
+        value=trial.value if trial.state == TrialState.COMPLETE else None,
         reason=str(attrs.get(Attr.REASON) or attrs.get("fail_reason") or ""),
-        metrics={k[len(FINAL_PREFIX):]: v for k, v in attrs.items() if k.startswith(FINAL_PREFIX)},
-        attempts=int(attrs.get(Attr.ATTEMPT, 1)))
+        metrics={k[len(FINAL_PREFIX) :]: v for k, v in attrs.items() if k.startswith(FINAL_PREFIX)},
+        attempts=int(attrs.get(Attr.ATTEMPT, 1)),
+    )
 
 
 class SweepStudy:
@@ -102,36 +117,58 @@ class SweepStudy:
         self.study = study
 
     @classmethod
-    def open(cls, storage_url: str, sweep_name: str, optimizer: str, sweep_id: str, *, sampler: str,
-             pruner: str, seed: int, trials: int, epochs: int) -> "SweepStudy":
+    def open(
+        cls,
+        storage_url: str,
+        sweep_name: str,
+        optimizer: str,
+        sweep_id: str,
+        *,
+        sampler: str,
+        pruner: str,
+        seed: int,
+        trials: int,
+        epochs: int,
+    ) -> SweepStudy:
         """Create or load the optimizer's study; its sampler goes on from where the last driver stopped.
 
         A fresh driver reseeds the sampler with ``seed + trials so far``: the bare seed again would
         replay the draws a resumed sweep already ran. On a new sweep every study starts from the
         same seed. TPE's start-up length is fixed by the first run's budget, so a top-up keeps it.
         """
-        study = optuna.create_study(study_name=study_name(sweep_name, optimizer), storage=open_storage(storage_url),
-                                    direction=DIRECTION, load_if_exists=True, pruner=make_pruner(pruner, epochs))
+        study = optuna.create_study(
+            study_name=study_name(sweep_name, optimizer),
+            storage=open_storage(storage_url),
+            direction=DIRECTION,
+            load_if_exists=True,
+            pruner=make_pruner(pruner, epochs),
+        )
         for key, value in ((Attr.SWEEP_ID, sweep_id), (Attr.SAMPLER_BUDGET, trials)):
             if key not in study.user_attrs:
                 study.set_user_attr(key, value)
-        study.sampler = make_sampler(sampler, seed + len(study.get_trials(deepcopy=False)),
-                                     study.user_attrs[Attr.SAMPLER_BUDGET])
+        study.sampler = make_sampler(
+            sampler, seed + len(study.get_trials(deepcopy=False)), study.user_attrs[Attr.SAMPLER_BUDGET]
+        )
         return cls(study)
 
     @classmethod
-    def open_reeval(cls, storage_url: str, sweep_name: str, optimizer: str, sweep_id: str) -> "SweepStudy":
+    def open_reeval(cls, storage_url: str, sweep_name: str, optimizer: str, sweep_id: str) -> SweepStudy:
         """Create or load the optimizer's re-evaluation study. Its trials are all enqueued with the
         search trial's parameters (no sampler draws them) and train every epoch (no pruner)."""
-        study = optuna.create_study(study_name=study_name(sweep_name, optimizer, reeval=True),
-                                    storage=open_storage(storage_url), direction=DIRECTION, load_if_exists=True,
-                                    pruner=make_pruner("none", 1), sampler=make_sampler("random", 0, 1))
+        study = optuna.create_study(
+            study_name=study_name(sweep_name, optimizer, reeval=True),
+            storage=open_storage(storage_url),
+            direction=DIRECTION,
+            load_if_exists=True,
+            pruner=make_pruner("none", 1),
+            sampler=make_sampler("random", 0, 1),
+        )
         if Attr.SWEEP_ID not in study.user_attrs:
             study.set_user_attr(Attr.SWEEP_ID, sweep_id)
         return cls(study)
 
     @classmethod
-    def find(cls, storage_url: str, name: str) -> "SweepStudy | None":
+    def find(cls, storage_url: str, name: str) -> SweepStudy | None:
         """A study to read (the report), or None when the storage has none of that name."""
         try:
             return cls(optuna.load_study(study_name=name, storage=open_storage(storage_url)))
@@ -139,10 +176,11 @@ class SweepStudy:
             return None
 
     @classmethod
-    def load(cls, storage_url: str, name: str, pruner: str, epochs: int) -> "SweepStudy":
+    def load(cls, storage_url: str, name: str, pruner: str, epochs: int) -> SweepStudy:
         """A worker's handle on the study: the same pruner decides there."""
-        return cls(optuna.load_study(study_name=name, storage=open_storage(storage_url),
-                                     pruner=make_pruner(pruner, epochs)))
+        return cls(
+            optuna.load_study(study_name=name, storage=open_storage(storage_url), pruner=make_pruner(pruner, epochs))
+        )
 
     @property
     def name(self) -> str:
@@ -189,22 +227,31 @@ class SweepStudy:
         """Queue a trial with fixed parameters (a re-evaluation); ``ask`` hands it out."""
         self.study.enqueue_trial(dict(params), user_attrs=dict(attrs))
 
-    def finish(self, number: int, status: Status, reason: str = "", metrics: Mapping[str, float] = (),
-               value: float | None = None) -> TrialOutcome:
+    def finish(
+        self,
+        number: int,
+        status: Status,
+        reason: str = "",
+        metrics: Mapping[str, float] = (),
+        value: float | None = None,
+    ) -> TrialOutcome:
         """Record a trial's outcome, unless it is already finished (then the record stands): the
         status, reason and final metrics as attributes, then the state through ``tell``.
         Returns the outcome Optuna now holds."""
         record = RECORDS[status]
         current = self.record(number)
         if not current.state.is_finished():
-            attrs = {Attr.STATUS: status.value, **{f"{FINAL_PREFIX}{k}": float(v) for k, v in dict(metrics).items()
-                                                  if math.isfinite(v)}}
+            attrs = {
+                Attr.STATUS: status.value,
+                **{f"{FINAL_PREFIX}{k}": float(v) for k, v in dict(metrics).items() if math.isfinite(v)},
+            }
             if reason:
                 attrs[Attr.REASON] = reason
             self.set_trial_attrs(number, attrs)
             if record.optuna_state == "COMPLETE":
-                told = self.study.tell(number, value if value is not None and math.isfinite(value) else 0.0,
-                                       skip_if_finished=True)
+                told = self.study.tell(
+                    number, value if value is not None and math.isfinite(value) else 0.0, skip_if_finished=True
+                )
             else:
                 told = self.study.tell(number, state=TrialState[record.optuna_state], skip_if_finished=True)
             current = told

@@ -11,6 +11,7 @@ One driver per sweep: ``claim`` takes an exclusive ``flock`` on ``lock`` and, un
 creates the id, in one step. The kernel drops the lock however the driver dies (SIGKILL, a
 container stopped), unlike a PID in a file (often 1 in a container, and alive again).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,10 @@ import os
 import socket
 import traceback
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -38,8 +40,8 @@ RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
 class Stores:
     """Where a sweep's trials are recorded; both always set once the sweep has a directory."""
 
-    storage: str        # Optuna storage URL (with its password, if given: in memory only)
-    tracking_uri: str   # MLflow tracking URI (likewise)
+    storage: str  # Optuna storage URL (with its password, if given: in memory only)
+    tracking_uri: str  # MLflow tracking URI (likewise)
     # Without a tracking server: the sweep directory's artifacts/ as it is now. Runs' artifacts are
     # read and written under it (``tracking.artifact_uri``), not where MLflow recorded them when
     # the experiment was created, so a moved sweep writes nothing to its old place.
@@ -61,7 +63,7 @@ class SweepDir:
         self._lock_fd: int | None = None
 
     @classmethod
-    def of(cls, output_dir: str, name: str) -> "SweepDir":
+    def of(cls, output_dir: str, name: str) -> SweepDir:
         return cls(Path(output_dir) / name)
 
     @property
@@ -81,8 +83,7 @@ class SweepDir:
 
     def write_config(self, values: dict[str, Any]) -> None:
         """The config as run, with ``output_dir`` where the sweep is now."""
-        (self.path / CONFIG).write_text(yaml.safe_dump({**values, "output_dir": str(self.path.parent)},
-                                                       sort_keys=True))
+        (self.path / CONFIG).write_text(yaml.safe_dump({**values, "output_dir": str(self.path.parent)}, sort_keys=True))
 
     def read_id(self) -> str | None:
         path = self.path / ID
@@ -91,8 +92,11 @@ class SweepDir:
     def stores(self, storage: str | None, tracking_uri: str | None) -> Stores:
         """Stores left unset live in this directory."""
         tracking = tracking_uri or f"sqlite:///{self.path / MLFLOW_DB}"
-        return Stores(storage or f"journal:///{self.path / JOURNAL}", tracking,
-                      None if is_server(tracking) else str(self.artifacts))
+        return Stores(
+            storage or f"journal:///{self.path / JOURNAL}",
+            tracking,
+            None if is_server(tracking) else str(self.artifacts),
+        )
 
     @property
     def journal(self) -> Path:

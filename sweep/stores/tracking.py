@@ -4,6 +4,7 @@ Runs are found by tags as well as by the run id kept in Optuna's user attributes
 killed between two writes never leaves a trial with two runs. Everything is logged with
 ``log_batch`` (one request per epoch, not one per metric).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,9 @@ import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -60,7 +62,7 @@ def seed_sqlite(uri: str) -> None:
     with it), and the time of the copy."""
     if not uri.startswith("sqlite:///"):
         return
-    target = Path(uri[len("sqlite:///"):])
+    target = Path(uri[len("sqlite:///") :])
     if target.exists() or not target.parent.is_dir():
         return
     try:
@@ -102,8 +104,11 @@ def _place_default_experiment(path: Path, location: str | None, when: int | None
     """Set the Default experiment's artifact location and its creation and update times (ms) in
     the SQLite file ``path`` (None: none)."""
     with contextlib.closing(sqlite3.connect(path)) as db, db:
-        db.execute("update experiments set artifact_location = ?, creation_time = ?, last_update_time = ? "
-                   "where experiment_id = 0", (location, when, when))
+        db.execute(
+            "update experiments set artifact_location = ?, creation_time = ?, last_update_time = ? "
+            "where experiment_id = 0",
+            (location, when, when),
+        )
 
 
 def _now_ms() -> int:
@@ -124,7 +129,10 @@ class SweepTracker:
         if found is None:
             location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
             self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location, tags={Tag.EXPERIMENT_KIND: MODEL_TRAINING, Tag.SWEEP_ID: sweep_id})
+                experiment,
+                artifact_location=location,
+                tags={Tag.EXPERIMENT_KIND: MODEL_TRAINING, Tag.SWEEP_ID: sweep_id},
+            )
         else:
             self.experiment_id = found.experiment_id
             if Tag.SWEEP_ID not in found.tags:
@@ -142,20 +150,35 @@ class SweepTracker:
             if run.info.status != "RUNNING":
                 self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
-        run = self.client.create_run(self.experiment_id, run_name=optimizer,
-                                     tags={Tag.ROLE: PARENT_ROLE, Tag.OPTIMIZER: optimizer})
+        run = self.client.create_run(
+            self.experiment_id, run_name=optimizer, tags={Tag.ROLE: PARENT_ROLE, Tag.OPTIMIZER: optimizer}
+        )
         self.client.log_batch(run.info.run_id, params=_params({**fixed_params, "optimizer": optimizer}))
         return run.info.run_id
 
-    def trial_run(self, parent_id: str, optimizer: str, number: int, params: Mapping[str, Any],
-                  retry_of: int | None = None, role: str = TRIAL_ROLE, extra_tags: Mapping[str, str] = (),
-                  run_name: str | None = None) -> str:
+    def trial_run(
+        self,
+        parent_id: str,
+        optimizer: str,
+        number: int,
+        params: Mapping[str, Any],
+        retry_of: int | None = None,
+        role: str = TRIAL_ROLE,
+        extra_tags: Mapping[str, str] = (),
+        run_name: str | None = None,
+    ) -> str:
         """The trial's run (a search trial's, or a re-evaluation's with ``role=reeval``): created
         once, found again by tags if it already exists."""
         existing = self.find_trial_run(optimizer, number, role)
         if existing is not None:
             return existing
-        tags = {Tag.ROLE: role, Tag.OPTIMIZER: optimizer, Tag.TRIAL: str(number), Tag.PARENT: parent_id, **dict(extra_tags)}
+        tags = {
+            Tag.ROLE: role,
+            Tag.OPTIMIZER: optimizer,
+            Tag.TRIAL: str(number),
+            Tag.PARENT: parent_id,
+            **dict(extra_tags),
+        }
         if retry_of is not None:
             tags[Tag.RETRY_OF] = str(retry_of)
         run = self.client.create_run(self.experiment_id, run_name=run_name or f"{optimizer}-{number}", tags=tags)
@@ -163,15 +186,24 @@ class SweepTracker:
         return run.info.run_id
 
     def find_trial_run(self, optimizer: str, number: int, role: str = TRIAL_ROLE) -> str | None:
-        runs = self.client.search_runs([self.experiment_id], max_results=10, filter_string=(
-            f"tags.`{Tag.ROLE}` = '{role}' and tags.`{Tag.OPTIMIZER}` = '{optimizer}' and tags.`{Tag.TRIAL}` = '{number}'"))
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            max_results=10,
+            filter_string=(
+                f"tags.`{Tag.ROLE}` = '{role}' and tags.`{Tag.OPTIMIZER}` = '{optimizer}' "
+                f"and tags.`{Tag.TRIAL}` = '{number}'"
+            ),
+        )
         runs = [r for r in runs if Tag.ORPHANED not in r.data.tags]
         return runs[0].info.run_id if runs else None
 
     def trial_runs(self, optimizer: str, role: str = TRIAL_ROLE) -> dict[int, str]:
         """Trial number -> run id of this optimizer's trial (or re-evaluation) runs, orphans left out."""
-        runs = self.client.search_runs([self.experiment_id], max_results=50_000, filter_string=(
-            f"tags.`{Tag.ROLE}` = '{role}' and tags.`{Tag.OPTIMIZER}` = '{optimizer}'"))
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            max_results=50_000,
+            filter_string=(f"tags.`{Tag.ROLE}` = '{role}' and tags.`{Tag.OPTIMIZER}` = '{optimizer}'"),
+        )
         return {int(r.data.tags[Tag.TRIAL]): r.info.run_id for r in runs if Tag.ORPHANED not in r.data.tags}
 
     def orphan(self, run_id: str, why: str) -> None:
@@ -182,10 +214,14 @@ class SweepTracker:
 
     def running_trial_runs(self) -> dict[tuple[str, str, int], str]:
         """(role, optimizer, trial number) -> run id of every trial and re-evaluation run still RUNNING."""
-        runs = self.client.search_runs([self.experiment_id], max_results=50_000,
-                                       filter_string="attributes.status = 'RUNNING'")
-        return {(r.data.tags[Tag.ROLE], r.data.tags[Tag.OPTIMIZER], int(r.data.tags[Tag.TRIAL])): r.info.run_id for r in runs
-                if r.data.tags.get(Tag.ROLE) in (TRIAL_ROLE, REEVAL_ROLE) and Tag.ORPHANED not in r.data.tags}
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=50_000, filter_string="attributes.status = 'RUNNING'"
+        )
+        return {
+            (r.data.tags[Tag.ROLE], r.data.tags[Tag.OPTIMIZER], int(r.data.tags[Tag.TRIAL])): r.info.run_id
+            for r in runs
+            if r.data.tags.get(Tag.ROLE) in (TRIAL_ROLE, REEVAL_ROLE) and Tag.ORPHANED not in r.data.tags
+        }
 
     def find_parent(self, optimizer: str) -> str | None:
         run = self._find(f"tags.`{Tag.ROLE}` = '{PARENT_ROLE}' and tags.`{Tag.OPTIMIZER}` = '{optimizer}'")
@@ -198,14 +234,17 @@ class SweepTracker:
             return run.info.run_id
         return self.client.create_run(self.experiment_id, run_name="report", tags={Tag.ROLE: SWEEP_ROLE}).info.run_id
 
-    def describe(self, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str], description: str,
-                 final: bool) -> None:
+    def describe(
+        self, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str], description: str, final: bool
+    ) -> None:
         """Summary metrics, tags, and a Markdown description (the run's note, shown in the UI; a tag,
         so it needs no artifact store). ``final``: the sweep is finished, so the run is closed."""
         now = _now_ms()
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                              tags=[RunTag(Tag.NOTE, description[:MAX_TAG_LENGTH]),
-                                    *(RunTag(k, str(v)) for k, v in tags.items())])
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            tags=[RunTag(Tag.NOTE, description[:MAX_TAG_LENGTH]), *(RunTag(k, str(v)) for k, v in tags.items())],
+        )
         if final:
             self.client.set_terminated(run_id, status="FINISHED")
 
@@ -227,8 +266,11 @@ def artifact_uri(uri: str, run_id: str, root: str | None = None) -> str:
 
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQL stores, with or without a +driver
 # Every artifact location an MLflow SQL store records, by table: (table, key column, location column).
-LOCATIONS = (("experiments", "experiment_id", "artifact_location"), ("runs", "run_uuid", "artifact_uri"),
-             ("logged_models", "model_id", "artifact_location"))
+LOCATIONS = (
+    ("experiments", "experiment_id", "artifact_location"),
+    ("runs", "run_uuid", "artifact_uri"),
+    ("logged_models", "model_id", "artifact_location"),
+)
 
 
 def relocate(uri: str, recorded: str | None, artifact_dir: Path) -> int:
@@ -261,12 +303,18 @@ def relocate(uri: str, recorded: str | None, artifact_dir: Path) -> int:
     try:
         with engine.begin() as db:
             for table, key, column in LOCATIONS:
-                rows = db.execute(text(f"select {key}, {column} from {table} where {column} = :old or "
-                                       f"substr({column}, 1, :n) = :prefix"),
-                                  {"old": old, "n": len(old) + 1, "prefix": old + "/"}).all()
+                rows = db.execute(
+                    text(
+                        f"select {key}, {column} from {table} where {column} = :old or "
+                        f"substr({column}, 1, :n) = :prefix"
+                    ),
+                    {"old": old, "n": len(old) + 1, "prefix": old + "/"},
+                ).all()
                 for row_key, location in rows:
-                    db.execute(text(f"update {table} set {column} = :new where {key} = :key"),
-                               {"new": new + location[len(old):], "key": row_key})
+                    db.execute(
+                        text(f"update {table} set {column} = :new where {key} = :key"),
+                        {"new": new + location[len(old) :], "key": row_key},
+                    )
                 moved += len(rows)
     finally:
         engine.dispose()
@@ -319,12 +367,17 @@ def close_run(uri: str, run_id: str, outcome: TrialOutcome, timestamp_ms: int | 
     final metrics are stored once."""
     if client(uri).get_run(run_id).info.status != "RUNNING":
         return
-    tags = {Tag.STATUS: outcome.status.value, Tag.STATE: outcome.record.optuna_state,
-            Tag.ATTEMPTS: str(outcome.attempts)}
+    tags = {
+        Tag.STATUS: outcome.status.value,
+        Tag.STATE: outcome.record.optuna_state,
+        Tag.ATTEMPTS: str(outcome.attempts),
+    }
     if outcome.reason:
         tags[Tag.REASON] = outcome.reason[:5000]
     now = _now_ms() if timestamp_ms is None else timestamp_ms
-    client(uri).log_batch(run_id, metrics=[Metric(f"{FINAL_PREFIX}{k}", float(v), now, 0)
-                                           for k, v in outcome.metrics.items()],
-                          tags=[RunTag(k, v) for k, v in tags.items()])
+    client(uri).log_batch(
+        run_id,
+        metrics=[Metric(f"{FINAL_PREFIX}{k}", float(v), now, 0) for k, v in outcome.metrics.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
     client(uri).set_terminated(run_id, status=outcome.record.mlflow_status)

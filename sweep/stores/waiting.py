@@ -4,6 +4,7 @@ Store clients retry quietly for minutes (MLflow's HTTP client backs off up to ~4
 sweep keeps going afterwards with nothing lost, but a silent terminal looks hung: these print
 one line when a wait starts and one when it ends.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 from sweep.core.credentials import is_server, public, redacted
 
@@ -44,8 +45,11 @@ def announce_if_slow(what: str, after_s: float = SLOW_S, local: bool = False) ->
         timer.cancel()
         if fired.is_set():
             took = f"{time.monotonic() - started:.0f} s"
-            print(f"{what} caught up after {took}" if local else f"{what} answered after {took}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{what} caught up after {took}" if local else f"{what} answered after {took}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def is_local_file(url: str) -> bool:
@@ -84,7 +88,7 @@ class TrackingWatch:
         if self.http:
             return f"the MLflow tracking server at {shown}"
         if self.local and shown.startswith("sqlite:///"):  # its file
-            shown = shown[len("sqlite:///"):]
+            shown = shown[len("sqlite:///") :]
         return f"the MLflow store {shown}"
 
     def call(self):
@@ -102,9 +106,15 @@ class TrackingWatch:
             healthy = False
         if not healthy and self.down_since is None:
             self.down_since = time.monotonic()
-            print(f"waiting for {self.what}: not answering; trials keep training and their clients keep "
-                  "retrying", file=sys.stderr, flush=True)
+            print(
+                f"waiting for {self.what}: not answering; trials keep training and their clients keep retrying",
+                file=sys.stderr,
+                flush=True,
+            )
         elif healthy and self.down_since is not None:
-            print(f"{self.what} answers again after {time.monotonic() - self.down_since:.0f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{self.what} answers again after {time.monotonic() - self.down_since:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
             self.down_since = None

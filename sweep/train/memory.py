@@ -10,6 +10,7 @@ fit in ``HEADROOM`` of the free memory is split into sub-packs run one after ano
 ``pack_memory_mb`` sets the memory a pack may use (to leave room for others on a shared device);
 unset, it is the free memory measured: the device's on CUDA, the host's available memory on a CPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,9 @@ HEADROOM = 0.8  # of the free memory: the allocator's fragmentation, evaluation 
 
 @dataclass(frozen=True)
 class Fit:
-    member_bytes: int     # one member's estimated memory
+    member_bytes: int  # one member's estimated memory
     available_bytes: int  # what the pack may use
-    members: int          # how many fit (at least 1)
+    members: int  # how many fit (at least 1)
 
 
 def available_bytes(device: torch.device, limit_mb: float | None = None, share: float = 1.0) -> int:
@@ -68,8 +69,8 @@ def member_bytes(cfg, data, device: torch.device) -> int:
         saved += tensor.numel() * tensor.element_size()
         return tensor
 
-    x = torch.as_tensor(data.train_x[:cfg.batch_size]).to(device)
-    y = torch.as_tensor(data.train_y[:cfg.batch_size]).to(device).long()
+    x = torch.as_tensor(data.train_x[: cfg.batch_size]).to(device)
+    y = torch.as_tensor(data.train_y[: cfg.batch_size]).to(device).long()
     with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
         loss = F.cross_entropy(pack(x).flatten(0, 1), y)
     loss.backward()

@@ -15,6 +15,7 @@ What only a whole pack can get wrong (an exception in the shared computation) en
 ``PackResult.error`` says why, and the members not finished by then have no result (the worker
 runs them again solo, from their checkpoints).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,11 @@ def unpackable(configs: Sequence[TrialConfig]) -> str | None:
     """Why these trials cannot run as one pack, or None if they can."""
     first = configs[0]
     for f in dataclasses.fields(first):
-        if f.name not in PER_MEMBER and f.name != "optimizer" and any(getattr(c, f.name) != getattr(first, f.name)
-                                                                      for c in configs):
+        if (
+            f.name not in PER_MEMBER
+            and f.name != "optimizer"
+            and any(getattr(c, f.name) != getattr(first, f.name) for c in configs)
+        ):
             return f"its trials differ in {f.name}"
     if any(c.optimizer != first.optimizer for c in configs):
         return "its trials differ in optimizer"
@@ -79,7 +83,7 @@ class PackResult:
 
 @dataclass
 class _Member:
-    index: int                      # position in the pack as given
+    index: int  # position in the pack as given
     cfg: TrialConfig
     reporter: Reporter | None
     save: Saver | None
@@ -88,8 +92,8 @@ class _Member:
     lr_holder: torch.optim.Optimizer  # the schedule steps this one-parameter optimizer's LR
     history: list[EpochMetrics] = field(default_factory=list)
     first_loss: float | None = None
-    loss_sum: float = 0.0           # this epoch's, on the host
-    epoch_lr: float = 0.0           # the schedule's LR at this epoch's start
+    loss_sum: float = 0.0  # this epoch's, on the host
+    epoch_lr: float = 0.0  # the schedule's LR at this epoch's start
     result: TrialResult | None = None
 
 
@@ -98,10 +102,13 @@ def _lr_holder(lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
 
 
-def run_pack(configs: Sequence[TrialConfig], data: DataSplits | None = None,
-             reporters: Sequence[Reporter | None] | None = None,
-             saves: Sequence[Saver | None] | None = None,
-             on_finish: Callable[[int, TrialResult], None] | None = None) -> PackResult:
+def run_pack(
+    configs: Sequence[TrialConfig],
+    data: DataSplits | None = None,
+    reporters: Sequence[Reporter | None] | None = None,
+    saves: Sequence[Saver | None] | None = None,
+    on_finish: Callable[[int, TrialResult], None] | None = None,
+) -> PackResult:
     """Train ``configs`` (trials that ``unpackable`` accepts) as one pack. Like ``run_trial``, it
     never raises for a trial's own failure; ``StoreUnavailable`` from a reporter passes through.
     ``on_finish(i, result)`` is called as soon as member ``i`` has its result (a member that leaves
@@ -131,19 +138,27 @@ class _Pack:
     an epoch's end) is a method of its own. ``members`` (the caller's list) gets each member as it
     is set up, so a pack that fails still has the results of those that finished."""
 
-    def __init__(self, configs: Sequence[TrialConfig], data: DataSplits | None, reporters, saves,
-                 members: list[_Member], timings: dict[str, float], started: float,
-                 on_finish: Callable[[int, TrialResult], None] | None):
+    def __init__(
+        self,
+        configs: Sequence[TrialConfig],
+        data: DataSplits | None,
+        reporters,
+        saves,
+        members: list[_Member],
+        timings: dict[str, float],
+        started: float,
+        on_finish: Callable[[int, TrialResult], None] | None,
+    ):
         self.cfg = cfg = configs[0]
         self.timings, self.started, self.on_finish = timings, started, on_finish
         self.device = device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.data = data if data is not None else load_data(cfg)
         self.t = device_tensors(self.data, device)
-        self.memory_format = (torch.channels_last if resolve_auto(cfg.channels_last, device)
-                              else torch.contiguous_format)
+        self.memory_format = torch.channels_last if resolve_auto(cfg.channels_last, device) else torch.contiguous_format
         model = build_model(cfg.model, self.data.in_shape, self.data.num_classes).to(
-            device, memory_format=self.memory_format)
+            device, memory_format=self.memory_format
+        )
         self.n_train = len(self.t["train_x"])
         self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
         hps = [resolve_hyperparameters(c.optimizer, c.optimizer_params) for c in configs]
@@ -226,8 +241,9 @@ class _Pack:
         unchecked: list[tuple[int, int, torch.Tensor]] = []
         lr = self.lrs()
         for step in range(self.steps_per_epoch):
-            x, y = draw_batch(self.t, order, step, cfg.batch_size, self.data.augment, self.generator,
-                              self.memory_format)
+            x, y = draw_batch(
+                self.t, order, step, cfg.batch_size, self.data.augment, self.generator, self.memory_format
+            )
             logits, losses = self.step(x, y, lr)
             lr = self.lrs()  # per step: warm-ups and one-cycle move it every batch
             self.correct += (logits.argmax(2) == y).sum(1)
@@ -273,8 +289,13 @@ class _Pack:
         val_losses, val_accs = self.evaluated("val")
         self.evaluating += time.perf_counter() - eval_started
         for position, reason in diverged.items():
-            self.finish(self.active[position], Status.DIVERGED, reason,
-                        val_loss=val_losses[position], val_accuracy=val_accs[position])
+            self.finish(
+                self.active[position],
+                Status.DIVERGED,
+                reason,
+                val_loss=val_losses[position],
+                val_accuracy=val_accs[position],
+            )
         keep = [i for i in range(len(self.active)) if i not in diverged]
         self.leave(set(diverged))
         self.correct = self.correct[torch.tensor(keep, device=self.device, dtype=torch.long)]
@@ -287,27 +308,53 @@ class _Pack:
         accuracies = self.correct.tolist()
         gone: set[int] = set()
         for position, m in enumerate(self.active):
-            metrics = EpochMetrics(epoch, m.loss_sum / self.n_train, accuracies[position] / self.n_train,
-                                   val_losses[position], val_accs[position], m.epoch_lr, seconds,
-                                   self.n_train / seconds)
+            metrics = EpochMetrics(
+                epoch,
+                m.loss_sum / self.n_train,
+                accuracies[position] / self.n_train,
+                val_losses[position],
+                val_accs[position],
+                m.epoch_lr,
+                seconds,
+                self.n_train / seconds,
+            )
             m.loss_sum = 0.0
             m.history.append(metrics)
             if not self.reported(m, metrics):
                 gone.add(position)
                 continue
             m.schedule.after_epoch(metrics.val_loss)
-            if m.save is not None and m.cfg.checkpoint_every and (
-                    epoch % m.cfg.checkpoint_every == 0 or epoch == m.cfg.epochs):
-                m.save(_member_checkpoint(epoch, m, position, self.pack, self.optimizer, self.generator, self.data,
-                                          self.device, self.memory_format))
+            if (
+                m.save is not None
+                and m.cfg.checkpoint_every
+                and (epoch % m.cfg.checkpoint_every == 0 or epoch == m.cfg.epochs)
+            ):
+                m.save(
+                    _member_checkpoint(
+                        epoch,
+                        m,
+                        position,
+                        self.pack,
+                        self.optimizer,
+                        self.generator,
+                        self.data,
+                        self.device,
+                        self.memory_format,
+                    )
+                )
         self.leave(gone)
 
     def reported(self, m: _Member, metrics: EpochMetrics) -> bool:
         """Report the member's epoch; False (its result recorded) when it stops here: its validation
         loss diverged, its reporter pruned it, or its own reporting failed."""
         if not math.isfinite(metrics.val_loss):
-            self.finish(m, Status.DIVERGED, f"validation loss {metrics.val_loss} at epoch {metrics.epoch}",
-                        val_loss=metrics.val_loss, val_accuracy=metrics.val_accuracy)
+            self.finish(
+                m,
+                Status.DIVERGED,
+                f"validation loss {metrics.val_loss} at epoch {metrics.epoch}",
+                val_loss=metrics.val_loss,
+                val_accuracy=metrics.val_accuracy,
+            )
             return False
         try:
             if m.reporter is not None:
@@ -323,9 +370,17 @@ class _Pack:
         return True
 
 
-def _member_checkpoint(epoch: int, m: _Member, position: int, pack: PackedModel,
-                       optimizer: FusedOptimizer | MemberOptimizers,
-                       generator: torch.Generator, data: DataSplits, device, memory_format) -> Checkpoint:
+def _member_checkpoint(
+    epoch: int,
+    m: _Member,
+    position: int,
+    pack: PackedModel,
+    optimizer: FusedOptimizer | MemberOptimizers,
+    generator: torch.Generator,
+    data: DataSplits,
+    device,
+    memory_format,
+) -> Checkpoint:
     """Member ``m`` (at ``position`` in the pack) as a solo trial's checkpoint: a solo trial, or a
     re-run of this one, resumes from it exactly."""
     with torch.random.fork_rng(devices=[]):  # building it must not move the global RNG the checkpoint saves
@@ -337,8 +392,13 @@ def _member_checkpoint(epoch: int, m: _Member, position: int, pack: PackedModel,
     solo = build_optimizer(m.cfg.optimizer, model.parameters(), m.hp)
     group = solo.param_groups[0]
     # the LR and what the member's scheduler keeps beside it (initial_lr, one-cycle's max_lr, ...)
-    group.update({k: v for k, v in m.lr_holder.param_groups[0].items()
-                  if k == "lr" or (k != "params" and k not in m.lr_holder.defaults)})
+    group.update(
+        {
+            k: v
+            for k, v in m.lr_holder.param_groups[0].items()
+            if k == "lr" or (k != "params" and k not in m.lr_holder.defaults)
+        }
+    )
     names = [name for name, _ in model.named_parameters()]
     for index, state in optimizer.member_state(position, names).items():
         solo.state[group["params"][index]] = state

@@ -12,6 +12,7 @@ Every ``checkpoint_every`` epochs and after the last one, once the epoch is repo
 diverged epoch is not kept), ``save`` gets a ``Checkpoint`` (the last one is the trained model);
 a trial given one as ``resume`` goes on from it exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,13 @@ class _Diverged(Exception):
         self.val_loss, self.val_accuracy = val_loss, val_accuracy
 
 
-def run_trial(cfg: TrialConfig, data: DataSplits | None = None, reporter: Reporter | None = None,
-              resume: Checkpoint | None = None, save: Saver | None = None) -> TrialResult:
+def run_trial(
+    cfg: TrialConfig,
+    data: DataSplits | None = None,
+    reporter: Reporter | None = None,
+    resume: Checkpoint | None = None,
+    save: Saver | None = None,
+) -> TrialResult:
     """Train ``cfg`` and return its outcome; ``data`` may be preloaded (the sweep shares it).
     ``resume``: go on after the checkpoint's epoch (its epochs are not reported again)."""
     history: list[EpochMetrics] = []
@@ -78,8 +84,15 @@ class _Trial:
     """One trial's training objects and running state, so that each part of the loop (a step, an
     epoch, its end) is a method of its own. Built in the order that draws the RNGs as before."""
 
-    def __init__(self, cfg: TrialConfig, data: DataSplits | None, reporter: Reporter | None, save: Saver | None,
-                 history: list[EpochMetrics], timings: dict[str, float]):
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        data: DataSplits | None,
+        reporter: Reporter | None,
+        save: Saver | None,
+        history: list[EpochMetrics],
+        timings: dict[str, float],
+    ):
         self.cfg, self.reporter, self.save, self.history, self.timings = cfg, reporter, save, history, timings
         self.device = device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
@@ -88,15 +101,20 @@ class _Trial:
         channels_last = resolve_auto(cfg.channels_last, device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = build_model(cfg.model, self.data.in_shape, self.data.num_classes).to(
-            device, memory_format=self.memory_format)
+            device, memory_format=self.memory_format
+        )
         self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters(), cfg.optimizer_params)
         # the compiled module shares the model's parameters; checkpoints and the optimizer use the model
-        self.forward = (torch.compile(self.model, backend=os.environ.get(COMPILE_BACKEND, "inductor"))
-                        if cfg.compile else self.model)
+        self.forward = (
+            torch.compile(self.model, backend=os.environ.get(COMPILE_BACKEND, "inductor"))
+            if cfg.compile
+            else self.model
+        )
         self.n_train = len(self.t["train_x"])
         self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
-        self.schedule = ScheduleDriver(self.optimizer, cfg.schedule, cfg.schedule_params, cfg.epochs,
-                                       self.steps_per_epoch)
+        self.schedule = ScheduleDriver(
+            self.optimizer, cfg.schedule, cfg.schedule_params, cfg.epochs, self.steps_per_epoch
+        )
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.bf16 = resolve_auto(cfg.bf16, device)
         self.check_every = divergence_check_steps(cfg, device)
@@ -132,8 +150,13 @@ class _Trial:
             loss_sum, correct, seconds = self.run_epoch(epoch)
             self.end_epoch(epoch, epoch == done + 1, lr, loss_sum, correct, seconds)
         test_loss, test_acc = self.evaluated("test")
-        return TrialResult(Status.OK, "", len(self.history),
-                           {**final(), "test_loss": test_loss, "test_accuracy": test_acc}, self.history)
+        return TrialResult(
+            Status.OK,
+            "",
+            len(self.history),
+            {**final(), "test_loss": test_loss, "test_accuracy": test_acc},
+            self.history,
+        )
 
     def run_epoch(self, epoch: int) -> tuple[float, torch.Tensor, float]:
         """Train one epoch: its loss sum (read on the host), its correct predictions (on the device)
@@ -147,8 +170,9 @@ class _Trial:
         for step in range(self.steps_per_epoch):
             warming_up = cfg.compile and self.compile_seconds == 0.0
             step_started = time.perf_counter()
-            x, y = draw_batch(self.t, order, step, cfg.batch_size, self.data.augment, self.generator,
-                              self.memory_format)
+            x, y = draw_batch(
+                self.t, order, step, cfg.batch_size, self.data.augment, self.generator, self.memory_format
+            )
             logits, loss = self.step(x, y)
             correct += (logits.argmax(1) == y).sum()
             unchecked.append((step, len(y), loss.detach()))
@@ -181,8 +205,9 @@ class _Trial:
         self.schedule.after_batch()
         return logits, loss
 
-    def end_epoch(self, epoch: int, first: bool, lr: float, loss_sum: float, correct: torch.Tensor,
-                  seconds: float) -> None:
+    def end_epoch(
+        self, epoch: int, first: bool, lr: float, loss_sum: float, correct: torch.Tensor, seconds: float
+    ) -> None:
         """Validate, record and report the epoch, step the schedule, and checkpoint when due."""
         cfg, n_train = self.cfg, self.n_train
         eval_started = time.perf_counter()
@@ -190,15 +215,22 @@ class _Trial:
         if cfg.compile and first:  # the evaluation graph compiled on this first call
             self.compile_seconds += time.perf_counter() - eval_started
             self.timings["compile_seconds"] = self.compile_seconds
-        metrics = EpochMetrics(epoch, loss_sum / n_train, correct.item() / n_train, val_loss, val_acc,
-                               lr, seconds, n_train / seconds)
+        metrics = EpochMetrics(
+            epoch, loss_sum / n_train, correct.item() / n_train, val_loss, val_acc, lr, seconds, n_train / seconds
+        )
         self.history.append(metrics)
         if not math.isfinite(val_loss):
             raise _Diverged(f"validation loss {val_loss} at epoch {epoch}", val_loss, val_acc)
         if self.reporter is not None:
             self.reporter(metrics)
         self.schedule.after_epoch(val_loss)
-        if self.save is not None and cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0
-                                                               or epoch == cfg.epochs):
-            self.save(Checkpoint.capture(epoch, self.model, self.optimizer, self.schedule, self.generator,
-                                         self.first_losses[0], self.history))
+        if (
+            self.save is not None
+            and cfg.checkpoint_every
+            and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs)
+        ):
+            self.save(
+                Checkpoint.capture(
+                    epoch, self.model, self.optimizer, self.schedule, self.generator, self.first_losses[0], self.history
+                )
+            )

@@ -2,6 +2,7 @@
 a pack's member must follow exactly the trajectory of its solo trial (tests/test_pack.py), so the
 device, the batches, the evaluation, the divergence check and the final metrics are the same code.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,11 +53,18 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) 
     return torch.where(flip[:, None, None, None], cropped.flip(-1), cropped)
 
 
-def draw_batch(t: dict[str, torch.Tensor], order: torch.Tensor, step: int, batch_size: int, augment: bool,
-               generator: torch.Generator, memory_format) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_batch(
+    t: dict[str, torch.Tensor],
+    order: torch.Tensor,
+    step: int,
+    batch_size: int,
+    augment: bool,
+    generator: torch.Generator,
+    memory_format,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The epoch's ``step``-th batch (augmented where the data is): a solo trial and a pack draw
     theirs here, so a pack's members see exactly the batches their solo trials would."""
-    idx = order[step * batch_size:(step + 1) * batch_size]
+    idx = order[step * batch_size : (step + 1) * batch_size]
     x, y = t["train_x"][idx], t["train_y"][idx]
     if augment:
         x = random_crop_flip(x, generator)
@@ -76,11 +84,14 @@ def evaluate(model, x, y, autocast, images: int = EVAL_IMAGES) -> tuple[list[flo
     correct = torch.zeros(members, device=x.device, dtype=torch.long)
     with torch.no_grad(), autocast():
         for start in range(0, len(x), batch_size):
-            logits = model(x[start:start + batch_size]).float()
-            target = y[start:start + batch_size]
+            logits = model(x[start : start + batch_size]).float()
+            target = y[start : start + batch_size]
             if packed:
-                loss_sum += F.cross_entropy(logits.flatten(0, 1), target.repeat(members),
-                                            reduction="none").view(members, -1).sum(1)
+                loss_sum += (
+                    F.cross_entropy(logits.flatten(0, 1), target.repeat(members), reduction="none")
+                    .view(members, -1)
+                    .sum(1)
+                )
                 correct += (logits.argmax(2) == target).sum(1)
             else:  # the solo trial's own reduction: its sums must not change with packing
                 loss_sum += F.cross_entropy(logits, target, reduction="sum")
@@ -89,8 +100,13 @@ def evaluate(model, x, y, autocast, images: int = EVAL_IMAGES) -> tuple[list[flo
     return [v / len(x) for v in loss_sum.tolist()], [c / len(x) for c in correct.tolist()]
 
 
-def read_losses(unchecked: list[tuple[int, int, torch.Tensor]], first_losses: list[float | None],
-                loss_sums: list[float], factor: float, epoch: int) -> dict[int, str]:
+def read_losses(
+    unchecked: list[tuple[int, int, torch.Tensor]],
+    first_losses: list[float | None],
+    loss_sums: list[float],
+    factor: float,
+    epoch: int,
+) -> dict[int, str]:
     """The divergence check: read the losses of the batches since the last check on the host (one
     sync), as (step, batch size, loss) entries whose loss holds one value per member (a scalar for a
     solo trial). Each member's ``first_losses`` (set at its first batch) and ``loss_sums`` (the
@@ -117,8 +133,11 @@ def read_losses(unchecked: list[tuple[int, int, torch.Tensor]], first_losses: li
 
 def final_metrics(history: list[EpochMetrics], seconds: float, **last: float) -> dict[str, float]:
     """Final metrics: the last epoch's (or ``last`` where the trial stopped mid-epoch)."""
-    metrics = {"epochs": float(len(history)), "seconds": seconds,
-               "train_seconds": sum(h.epoch_seconds for h in history)}
+    metrics = {
+        "epochs": float(len(history)),
+        "seconds": seconds,
+        "train_seconds": sum(h.epoch_seconds for h in history),
+    }
     if history:
         metrics.update(val_accuracy=history[-1].val_accuracy, val_loss=history[-1].val_loss)
     metrics.update(last)
