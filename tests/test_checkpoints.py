@@ -103,6 +103,7 @@ def test_resumed_trial_equals_uninterrupted(digits, tmp_path, optimizer, optimiz
     _same_weights(resumed_saves[-1].model, uninterrupted_saves[-1].model)  # the final weights
 
 
+@pytest.mark.slow  # trains
 def test_checkpoint_every_and_no_checkpoint_of_a_pruned_epoch(digits):
     saved = []
 

@@ -114,6 +114,7 @@ DRIVER_MODULES = (
 )
 
 
+@pytest.mark.slow  # a fresh interpreter imports the driver
 def test_the_sweep_driver_does_not_import_torch():
     """Only the workers train: a driver that imported torch would pay 2-3 s at every start (and its
     teardown at exit) for nothing. Everything the driver imports, in a fresh interpreter."""

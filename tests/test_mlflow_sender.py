@@ -25,6 +25,7 @@ def store(tmp_path_factory):
     return uri, client, client.create_experiment("sender")
 
 
+@pytest.mark.slow  # writes to a fresh MLflow store
 def test_an_epoch_sent_twice_is_stored_once(store):
     """What a resend after a lost response does: the same Metric objects (one timestamp) again."""
     uri, client, experiment = store
@@ -36,6 +37,7 @@ def test_an_epoch_sent_twice_is_stored_once(store):
         assert [(m.step, m.value) for m in client.get_metric_history(run_id, key)] == [(1, METRICS[key])]
 
 
+@pytest.mark.slow  # writes to a fresh MLflow store
 def test_writes_go_out_in_order_and_the_run_is_closed(store):
     from sweep.core.outcome import Status, TrialOutcome
 
@@ -55,6 +57,7 @@ def test_writes_go_out_in_order_and_the_run_is_closed(store):
     assert run.data.metrics["final_epochs"] == 3.0
 
 
+@pytest.mark.slow  # writes to a fresh MLflow store
 def test_a_store_error_is_not_an_outage_and_stops_the_sweep(store):
     """A local store's error (here: a run it does not have) is raised at once, not retried."""
     uri, _, _ = store

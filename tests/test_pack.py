@@ -156,6 +156,7 @@ def _approx(a, b) -> bool:
 @pytest.mark.parametrize(
     "optimizer,formulation,schedules", RULE_CASES, ids=[f"{o}-{f or 'plain'}-{'-'.join(s)}" for o, f, s in RULE_CASES]
 )
+@pytest.mark.slow  # trains a pack and its solo trials
 def test_each_member_follows_its_solo_trajectory(small, optimizer, formulation, schedules):
     configs = _configs(optimizer, formulation, schedules)
     solo, packed, solo_saved, pack_saved = _trained(configs, small)
@@ -166,6 +167,7 @@ def test_each_member_follows_its_solo_trajectory(small, optimizer, formulation, 
         assert packed[i].metrics["test_accuracy"] == solo[i].metrics["test_accuracy"]
 
 
+@pytest.mark.slow  # trains a pack and its solo trials
 def test_a_member_checkpoint_resumes_solo_exactly(small):
     configs = _configs("adam", None, ["onecycle", "plateau", "cosine"])
     solo, packed, solo_saved, pack_saved = _trained(configs, small)
@@ -175,6 +177,7 @@ def test_a_member_checkpoint_resumes_solo_exactly(small):
         _assert_same_trajectory(solo[i], resumed, solo_saved[i][-1], resumed_saved[-1])
 
 
+@pytest.mark.slow  # trains a pack and its solo trials
 def test_a_diverging_member_leaves_and_the_others_are_untouched(small):
     configs = _configs("sgd", None, ["constant", "cosine", "constant"])
     configs[1] = dataclasses.replace(configs[1], optimizer_params={"lr": 100.0})
@@ -187,6 +190,7 @@ def test_a_diverging_member_leaves_and_the_others_are_untouched(small):
         _assert_same_trajectory(solo[i], packed[i], solo_saved[i][-1], pack_saved[i][-1])
 
 
+@pytest.mark.slow  # trains a pack and its solo trials
 def test_pruned_and_failing_members_leave_alone(small):
     configs = _configs("momentum", "pytorch", ["constant", "step", "exponential"])
 
@@ -222,6 +226,7 @@ def test_pruned_and_failing_members_leave_alone(small):
     assert kept.metrics["test_accuracy"] == solo[1].metrics["test_accuracy"]
 
 
+@pytest.mark.slow  # trains a pack and its solo trials
 def test_a_failure_of_the_pack_itself_leaves_its_members_unfinished(small):
     configs = _configs("adagrad", None, ["constant", "constant", "constant"])
 
@@ -242,6 +247,7 @@ def test_what_cannot_be_packed_is_said():
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.slow  # runs every registry model, resnet18 included
 def test_every_registry_model_packs_with_per_member_batchnorm(name):
     """Each member's logits, gradients and BatchNorm running statistics are its own, as the solo
     model computes them (resnet18 and fastnet through vmap, the Sequential models fused)."""
@@ -314,6 +320,7 @@ def test_the_fused_update_is_the_registry_optimizer_per_member(optimizer, formul
 
 
 @pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+@pytest.mark.slow  # trains a pack and its solo trials
 def test_a_fused_pack_follows_its_solo_trajectories(small, optimizer):
     """The fused update within float rounding over 2 epochs, its checkpoints in the solo format
     (where rounding is not amplified: an adaptive optimizer turns rounding in a gradient near its

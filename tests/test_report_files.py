@@ -251,6 +251,7 @@ def report(tmp_path_factory) -> tuple[Comparison, ReportFiles]:
     return comparison, write_report(comparison, tmp_path_factory.mktemp("report") / "out")
 
 
+@pytest.mark.slow  # draws the report's figures
 def test_every_file_is_written(report):
     _, files = report
     assert files.folder.is_dir()
@@ -261,6 +262,7 @@ def test_every_file_is_written(report):
 
 
 @pytest.mark.parametrize("name", list(plots.FIGURES))
+@pytest.mark.slow  # draws the report's figures
 def test_every_png_decodes_and_shows_something(report, name):
     _, files = report
     assert files.plots[name].read_bytes()[:8] == PNG_MAGIC
@@ -272,6 +274,7 @@ def test_every_png_decodes_and_shows_something(report, name):
     assert len(colours) > 50, f"{name}: {len(colours)} colours"
 
 
+@pytest.mark.slow  # draws the report's figures
 def test_html_is_one_self_contained_page(report):
     comparison, files = report
     html = files.html.read_text(encoding="utf-8")
@@ -297,6 +300,7 @@ def test_html_is_one_self_contained_page(report):
         assert escape(spec.caption) in html
 
 
+@pytest.mark.slow  # draws the report's figures
 def test_ties_are_marked_in_html_csv_and_markdown(report):
     comparison, files = report
     rows = {r["optimizer"]: r for r in csv.DictReader(files.csv.open(encoding="utf-8"))}
@@ -315,6 +319,7 @@ def test_ties_are_marked_in_html_csv_and_markdown(report):
         assert f"![{name}]({name}.png)" in md
 
 
+@pytest.mark.slow  # draws the report's figures
 def test_rows_format_accuracies_to_four_decimals(report):
     comparison, _ = report
     rows = ranking_rows(comparison)
@@ -324,6 +329,7 @@ def test_rows_format_accuracies_to_four_decimals(report):
     assert rows[2].display()["test accuracy"] == "-"
 
 
+@pytest.mark.slow  # draws the report's figures
 def test_data_is_escaped_everywhere(tmp_path):
     base = make_comparison()
     evil = OptimizerResult(
@@ -431,6 +437,7 @@ def test_figures_with_nothing_to_draw_are_left_out():
     assert sorted(ax.get_title() for ax in full.axes if ax.get_title()) == ["adam", "momentum"]  # sgd has none
 
 
+@pytest.mark.slow  # draws the report's figures
 def test_without_figures_the_page_says_how_to_draw_them_and_old_pngs_go(tmp_path):
     comparison = make_comparison()
     drawn = write_report(comparison, tmp_path / "out")
@@ -442,6 +449,7 @@ def test_without_figures_the_page_says_how_to_draw_them_and_old_pngs_go(tmp_path
     assert files.csv.read_text() == drawn.csv.read_text()  # the table is the same either way
 
 
+@pytest.mark.slow  # draws the report's figures
 def test_the_terminal_table_fits_100_columns_and_the_markdown_keeps_everything(report):
     """`sweep run` / `sweep report` print a compact ranking; comparison.md keeps all 12 columns."""
     from sweep.report.files import TABLE_COLUMNS, terminal_table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 from mlflow import MlflowClient
 
 from sweep.stores import tracking
@@ -20,6 +21,7 @@ def _schema(path) -> list[tuple]:
         )
 
 
+@pytest.mark.slow  # builds MLflow stores (migrations)
 def test_new_store_is_a_copy_of_what_mlflow_builds_and_an_existing_one_is_kept(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     built = tmp_path / "built.db"
@@ -42,6 +44,7 @@ def test_new_store_is_a_copy_of_what_mlflow_builds_and_an_existing_one_is_kept(t
     assert not list(tmp_path.glob(".*.part"))
 
 
+@pytest.mark.slow  # builds MLflow stores (migrations)
 def test_without_a_writable_cache_mlflow_builds_the_store_as_before(tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
@@ -66,6 +69,7 @@ def _text_cells(path) -> list[str]:
         ]
 
 
+@pytest.mark.slow  # builds MLflow stores (migrations)
 def test_the_template_holds_no_place_and_a_new_store_s_default_experiment_lives_beside_it(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)  # where MLflow puts ./mlruns when it builds the template
@@ -83,6 +87,7 @@ def test_the_template_holds_no_place_and_a_new_store_s_default_experiment_lives_
     assert default.creation_time is not None and not (tmp_path / "mlruns").exists()
 
 
+@pytest.mark.slow  # builds MLflow stores (migrations)
 def test_a_moved_store_s_artifact_locations_follow_the_sweep_directory(tmp_path, monkeypatch):
     """Every location the store records under the old artifacts/ (the experiment's, its runs', its
     logged models', the Default experiment's) moves; others' stay."""

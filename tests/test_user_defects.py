@@ -150,6 +150,7 @@ logging.getLogger("ray").error("Failed to connect to GCS at 127.0.0.1:1")
 """
 
 
+@pytest.mark.slow  # a fresh interpreter imports Ray
 def test_ray_warnings_and_errors_still_reach_the_terminal():
     """The filter on Ray's own handler, in a fresh interpreter as the driver has it: INFO and the
     token notice go, Ray's other warnings and its errors stay."""

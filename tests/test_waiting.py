@@ -7,6 +7,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from sweep.stores.waiting import TrackingWatch, announce_if_slow, announce_slow_store
 
 
@@ -59,6 +61,7 @@ def test_a_slow_call_is_announced_and_its_end_too(capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow  # waits on a locked store
 def test_a_slow_local_store_is_said_slow_never_not_answering(tmp_path, capsys):
     """A real SQLite MLflow store kept busy by another writer's lock: the call is slow, and says so
     once it passes the watch's threshold; a short one says nothing. The server wording stays."""
@@ -106,10 +109,10 @@ def test_a_slow_local_store_is_said_slow_never_not_answering(tmp_path, capsys):
 
 def test_the_optuna_storage_is_said_slow_when_it_is_a_local_file_and_not_answering_when_a_server(tmp_path, capsys):
     for url in (f"journal:///{tmp_path}/optuna.journal", f"sqlite:///{tmp_path}/optuna.db"):
-        with announce_slow_store("the Optuna storage", url, after_s=0.1):
-            time.sleep(0.4)
+        with announce_slow_store("the Optuna storage", url, after_s=0.05):
+            time.sleep(0.2)
         err = capsys.readouterr().err
         assert "the Optuna storage is slow (busy disk or CPU); still waiting" in err and "not answering" not in err
-    with announce_slow_store("the Optuna storage", "postgresql://me@db/optuna", after_s=0.1):
-        time.sleep(0.4)
+    with announce_slow_store("the Optuna storage", "postgresql://me@db/optuna", after_s=0.05):
+        time.sleep(0.2)
     assert "waiting for the Optuna storage: not answering" in capsys.readouterr().err
