@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     (``_end_without_teardown``); a caller's list just returns the exit code."""
     if argv is not None:
         return _main(argv)
-    code = [1]  # an unexpected exception leaves 1, as Python's own exit would
+    code: list[int | None] = [None]  # None: _main raised (Ctrl-C, sys.exit(n), a bug): Python exits as it would
     atexit.register(_end_without_teardown, code)  # registered first, so it runs after every other exit handler
     code[0] = _main(sys.argv[1:])
     return code[0]
@@ -418,13 +418,14 @@ def main(argv: list[str] | None = None) -> int:
 HEAVY = ("torch", "ray", "mlflow")
 
 
-def _end_without_teardown(code: list[int]) -> None:
+def _end_without_teardown(code: list[int | None]) -> None:
     """The last exit handler: once a command has loaded torch, Ray or MLflow, freeing those
     modules' objects one by one takes seconds (about 2 s on 2 cores, more under load) after the
     command is done. By now the other exit handlers have run (Ray shuts its processes down,
     logging flushes) and non-daemon threads have ended, so the output is flushed and the process
-    ends here with the command's code."""
-    if not any(name in sys.modules for name in HEAVY):
+    ends here with the command's code. A command that raised (Ctrl-C: 130, ``sys.exit(n)``: n, an
+    unexpected error: 1) exits as Python decides, teardown and all."""
+    if code[0] is None or not any(name in sys.modules for name in HEAVY):
         return
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -116,3 +116,27 @@ def test_a_moved_store_s_artifact_locations_follow_the_sweep_directory(tmp_path,
     assert moved.get_logged_model(model).artifact_location == f"{here}/models/{model}/artifacts"
     assert moved.get_experiment(other).artifact_location == (tmp_path / "old" / "sweep-2").as_uri()
     assert not [c for c in _text_cells(new / "mlflow.db") if str(old) + "/" in c or c.endswith(str(old))]
+
+
+@pytest.mark.slow  # builds MLflow stores (migrations)
+def test_a_shared_store_is_never_relocated(tmp_path, monkeypatch):
+    """A store that is not the sweep's own file (a SQLite file elsewhere, like a shared PostgreSQL
+    store) records other drivers' runs too, perhaps seen from hosts that mount the sweep at another
+    path: opening the sweep from here must not rewrite it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    uri = f"sqlite:///{shared / 'mlflow.db'}"
+    client = tracking.client(uri)
+    elsewhere = (tmp_path / "mounted-elsewhere" / "sweep" / "artifacts").as_uri()
+    exp = client.create_experiment("s", artifact_location=elsewhere)
+    run = client.create_run(exp).info.run_id
+    here = tmp_path / "here" / "sweep"
+    here.mkdir(parents=True)
+    assert not tracking.own_store(uri, here / "artifacts")
+    assert tracking.relocate(uri, elsewhere, here / "artifacts") == 0
+    assert tracking.follow(uri, "s", here / "artifacts") == 0
+    assert client.get_experiment(exp).artifact_location == elsewhere
+    assert client.get_run(run).info.artifact_uri == f"{elsewhere}/{run}/artifacts"
+    assert not tracking.own_store("postgresql://me@db/mlflow", here / "artifacts")
+    assert tracking.own_store(f"sqlite:///{here / 'mlflow.db'}", here / "artifacts")

@@ -14,9 +14,9 @@ Where the pack's own computation raises (nothing any one member did), each membe
 goes on alone in this task from its last checkpoint, and records the pack's error as
 ``pack_error``. A pack task is never re-run by Ray: when its worker dies, the driver sends each
 unfinished member as a solo task, which goes on from that member's checkpoint
-(``engine.Driver.collect``).
+(``driver.Driver.collect``).
 
-A pack too big for the device's memory runs as sub-packs, one after another (``pack_memory``).
+A pack too big for the device's memory runs as sub-packs, one after another (``sweep.train.memory``).
 """
 
 from __future__ import annotations

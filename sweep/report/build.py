@@ -1,4 +1,4 @@
-"""The sweep's report: built from the stores (``collect``), written as files (``report_files``),
+"""The sweep's report: built from the stores (``collect``), written as files (``files``),
 published to MLflow; and ``sweep ls``.
 
 All figures are read back from the Optuna studies, the source of truth, through the one outcome

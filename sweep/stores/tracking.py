@@ -264,13 +264,19 @@ def artifact_uri(uri: str, run_id: str, root: str | None = None) -> str:
     return client(uri).get_run(run_id).info.artifact_uri
 
 
-SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQL stores, with or without a +driver
 # Every artifact location an MLflow SQL store records, by table: (table, key column, location column).
 LOCATIONS = (
     ("experiments", "experiment_id", "artifact_location"),
     ("runs", "run_uuid", "artifact_uri"),
     ("logged_models", "model_id", "artifact_location"),
 )
+
+
+def own_store(uri: str, artifact_dir: Path) -> bool:
+    """Whether ``uri`` is a sweep directory's own SQLite store: the file beside its ``artifacts/``."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    return Path(uri[len("sqlite:///") :]).resolve().parent == artifact_dir.resolve().parent
 
 
 def relocate(uri: str, recorded: str | None, artifact_dir: Path) -> int:
@@ -283,9 +289,13 @@ def relocate(uri: str, recorded: str | None, artifact_dir: Path) -> int:
     So once a moved or copied sweep is opened by a sweep command (``run``, ``resume``, ``report``,
     ``ui``), every location under ``recorded`` (the experiment's, e.g. ``file:///old/artifacts``)
     is rewritten to the same place under ``artifact_dir``. Returns how many were; 0 when nothing
-    moved, for a store that is not a SQL database, or a location that is not a local path."""
+    moved, or a location that is not a local path.
+
+    Only the sweep's own store is rewritten: the SQLite file beside ``artifact_dir`` (it moved
+    with the sweep). A shared store (PostgreSQL, or a SQLite file elsewhere) is other drivers'
+    record too, perhaps read from hosts that mount the sweep at another path: it is never touched."""
     here = artifact_dir.resolve()
-    if not recorded:
+    if not recorded or not own_store(uri, here):
         return 0
     if recorded.startswith("file:"):
         new = here.as_uri()
@@ -294,7 +304,7 @@ def relocate(uri: str, recorded: str | None, artifact_dir: Path) -> int:
     else:  # an object store or a server's proxy: nothing of it lives in the sweep directory
         return 0
     old = recorded.rstrip("/")
-    if old == new or uri.split(":", 1)[0].split("+", 1)[0] not in SQL_SCHEMES:
+    if old == new:
         return 0
     from sqlalchemy import create_engine, text
 
