@@ -64,3 +64,18 @@ def sweep_with_a_killed_worker(cfg, find_victim, what: str):
     os.kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     driver.join(timeout=240)
     return victim, outcome.get("code")
+
+
+def text_cells(path) -> list[str]:
+    """Every text value in every table of a SQLite file (to look for a path or a secret in it)."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        tables = [name for (name,) in db.execute("select name from sqlite_master where type = 'table'")]
+        return [
+            cell
+            for table in tables
+            for row in db.execute(f'select * from "{table}"')
+            for cell in row
+            if isinstance(cell, str)
+        ]

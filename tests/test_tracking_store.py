@@ -8,6 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from sweep.stores import tracking
+from tests.sweep_helpers import text_cells
 
 
 def _schema(path) -> list[tuple]:
@@ -56,19 +57,6 @@ def test_without_a_writable_cache_mlflow_builds_the_store_as_before(tmp_path, mo
     assert target.exists()
 
 
-def _text_cells(path) -> list[str]:
-    """Every text value in every table of a SQLite file."""
-    with sqlite3.connect(path) as db:
-        tables = [name for (name,) in db.execute("select name from sqlite_master where type = 'table'")]
-        return [
-            cell
-            for table in tables
-            for row in db.execute(f'select * from "{table}"')
-            for cell in row
-            if isinstance(cell, str)
-        ]
-
-
 @pytest.mark.slow  # builds MLflow stores (migrations)
 def test_the_template_holds_no_place_and_a_new_store_s_default_experiment_lives_beside_it(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -77,7 +65,7 @@ def test_the_template_holds_no_place_and_a_new_store_s_default_experiment_lives_
     store.parent.mkdir()
     tracking.seed_sqlite(f"sqlite:///{store}")
     [template] = (tmp_path / "cache" / "optimizer-sweep").glob("mlflow-*-empty.db")
-    cells = _text_cells(template)
+    cells = text_cells(template)
     assert cells and not [c for c in cells if "/" in c or "mlruns" in c], cells  # no path of any kind
     with sqlite3.connect(template) as db:
         assert db.execute("select artifact_location, creation_time from experiments").fetchall() == [(None, None)]
@@ -115,7 +103,7 @@ def test_a_moved_store_s_artifact_locations_follow_the_sweep_directory(tmp_path,
     assert moved.get_run(run).info.artifact_uri == f"{here}/{run}/artifacts"
     assert moved.get_logged_model(model).artifact_location == f"{here}/models/{model}/artifacts"
     assert moved.get_experiment(other).artifact_location == (tmp_path / "old" / "sweep-2").as_uri()
-    assert not [c for c in _text_cells(new / "mlflow.db") if str(old) + "/" in c or c.endswith(str(old))]
+    assert not [c for c in text_cells(new / "mlflow.db") if str(old) + "/" in c or c.endswith(str(old))]
 
 
 @pytest.mark.slow  # builds MLflow stores (migrations)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -32,18 +31,6 @@ def _too_wide(output: str, *paths: Path) -> list[str]:
     return [line for line in output.splitlines() if len(shown(line)) > WIDTH]
 
 
-def _text_cells(path: Path) -> list[str]:
-    with sqlite3.connect(path) as db:
-        tables = [name for (name,) in db.execute("select name from sqlite_master where type = 'table'")]
-        return [
-            cell
-            for table in tables
-            for row in db.execute(f'select * from "{table}"')
-            for cell in row
-            if isinstance(cell, str)
-        ]
-
-
 @pytest.mark.slow
 def test_best_model_is_the_sweep_s_named_after_its_optimizer_and_loads_after_a_move(ray_address, tmp_path, capsys):
     import mlflow
@@ -51,7 +38,7 @@ def test_best_model_is_the_sweep_s_named_after_its_optimizer_and_loads_after_a_m
     from mlflow import MlflowClient
 
     from sweep.core.datasets import load_dataset
-    from tests.sweep_helpers import default_tracking_uri
+    from tests.sweep_helpers import default_tracking_uri, text_cells
 
     out_dir = tmp_path / "sweeps"
     assert main(["run", "quickstart", f"output_dir={out_dir}", "name=models", *TINY, f"ray_address={ray_address}"]) == 0
@@ -80,7 +67,7 @@ def test_best_model_is_the_sweep_s_named_after_its_optimizer_and_loads_after_a_m
     assert main(["report", "models", "--output-dir", str(moved.parent)]) == 0
     printed = capsys.readouterr().out
     assert not _too_wide(printed, moved.parent), _too_wide(printed, moved.parent)
-    assert not [c for c in _text_cells(moved / "mlflow.db") if str(sweep_dir) in c]  # no trace of the old place
+    assert not [c for c in text_cells(moved / "mlflow.db") if str(sweep_dir) in c]  # no trace of the old place
     mlflow.set_tracking_uri(default_tracking_uri(moved))
     net = mlflow.pytorch.load_model(summary["model_uri"])
     data = load_dataset("digits", seed=0)
