@@ -92,9 +92,7 @@ class TrackingWatch:
         return f"the MLflow store {shown}"
 
     def call(self):
-        if self.local:
-            return announce_if_slow(self.what, self.local_slow_s, local=True)
-        return announce_if_slow(self.what, self.slow_s)
+        return announce_slow_store(self.what, self.uri, self.local_slow_s if self.local else self.slow_s)
 
     def check(self) -> None:
         if not self.http:
