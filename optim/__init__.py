@@ -4,7 +4,14 @@ Importing the package (registries, ``resolve_*``, ``ScheduleDriver``) does not i
 building an optimizer or a schedule does, on first use.
 """
 
-from optim.optimizers import OPTIMIZERS, OptimizerSpec, build_optimizer, get_optimizer, resolve_hyperparameters
+from optim.optimizers import (
+    OPTIMIZERS,
+    OptimizerSpec,
+    build_optimizer,
+    get_optimizer,
+    resolve_hyperparameters,
+    usable_schedules,
+)
 from optim.schedules import SCHEDULES, ScheduleDriver, ScheduleSpec, get_schedule, resolve_schedule_params
 
 __all__ = [
@@ -13,6 +20,7 @@ __all__ = [
     "build_optimizer",
     "get_optimizer",
     "resolve_hyperparameters",
+    "usable_schedules",
     "SCHEDULES",
     "ScheduleDriver",
     "ScheduleSpec",

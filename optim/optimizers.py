@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from optim import modern
 from optim.errors import SpecError, UnknownEntry
 from optim.momentum import FORMULATIONS
-from optim.ranges import NON_NEGATIVE, OPEN_UNIT, POSITIVE, UNIT, Interval
+from optim.ranges import NON_NEGATIVE, NON_POSITIVE, OPEN_UNIT, POSITIVE, UNIT, Interval
 from optim.space import Distribution, LogUniform, OneMinusLogUniform
 
 if TYPE_CHECKING:
@@ -32,10 +33,20 @@ class OptimizerSpec:
     space: Mapping[str, Distribution] = field(default_factory=dict)
     description: str = ""
     ranges: Mapping[str, Interval] = field(default_factory=dict)  # overrides NUMERIC_RANGES
+    # momentum multiplies the step by 1/(1 - momentum) (heavy ball): ``search_effective_lr`` applies
+    momentum_scales_step: bool = False
+    # the optimizer sets its own step size: ``lr`` stays at its default (a multiplier the schedule
+    # scales) and is never searched
+    lr_free: bool = False
+    # Schedule-Free: evaluates at averaged weights (``optimizer.eval()``/``.train()`` around every
+    # evaluation and checkpoint) and takes no LR schedule beyond a warm-up
+    schedule_free: bool = False
+    # ``pack_update=fused`` has its update (optim/fused.py's RULES; tests/test_pack.py checks they agree)
+    fused: bool = False
 
     @property
     def has_momentum(self) -> bool:
-        return "momentum" in self.defaults
+        return self.momentum_scales_step
 
 
 def _torch_optim():
@@ -81,6 +92,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             {"lr": 0.1, "weight_decay": 0.0},
             {"lr": _LR_SGD},
             "plain mini-batch SGD",
+            fused=True,
         ),
         OptimizerSpec(
             "momentum",
@@ -88,6 +100,8 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             {"lr": 0.01, "momentum": 0.9, "formulation": "pytorch", "weight_decay": 0.0},
             {"lr": _LR_SGD, "momentum": _MOMENTUM},
             "SGD with classical (heavy-ball) momentum; formulation selects pytorch/heavy_ball/ema",
+            momentum_scales_step=True,
+            fused=True,
         ),
         OptimizerSpec(
             "nesterov",
@@ -96,6 +110,8 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             {"lr": _LR_SGD, "momentum": _MOMENTUM},
             "SGD with Nesterov look-ahead momentum",
             ranges={"momentum": OPEN_UNIT},  # torch refuses Nesterov without momentum
+            momentum_scales_step=True,
+            fused=True,
         ),
         OptimizerSpec(
             "adagrad",
@@ -103,6 +119,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             {"lr": 0.01, "weight_decay": 0.0},
             {"lr": _LR_ADAGRAD},
             "per-parameter step sizes from the sum of squared gradients",
+            fused=True,
         ),
         OptimizerSpec(
             "rmsprop",
@@ -112,6 +129,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             {"lr": 0.001, "alpha": 0.99, "weight_decay": 0.0},
             {"lr": _LR_ADAPTIVE, "alpha": OneMinusLogUniform(0.8, 0.999)},
             "step sizes from a moving average of squared gradients",
+            fused=True,
         ),
         OptimizerSpec(
             "adam",
@@ -121,6 +139,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0},
             {"lr": _LR_ADAPTIVE, "beta1": OneMinusLogUniform(0.5, 0.99)},
             "Adam with coupled L2 weight decay",
+            fused=True,
         ),
         OptimizerSpec(
             "adamw",
@@ -130,11 +149,87 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
             {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01},
             {"lr": _LR_ADAPTIVE, "beta1": OneMinusLogUniform(0.5, 0.99), "weight_decay": LogUniform(1e-5, 0.1)},
             "Adam with decoupled weight decay",
+            fused=True,
+        ),
+        OptimizerSpec(
+            "muon",
+            modern.muon,
+            {"lr": 0.005, "momentum": 0.95, "nesterov": True, "weight_decay": 0.0, "beta1": 0.9, "beta2": 0.95},
+            modern.SPACES["muon"],
+            "Muon (timm): orthogonalized momentum for conv and dense kernels, AdamW for the rest",
+        ),
+        OptimizerSpec(
+            "lion",
+            modern.lion,
+            {"lr": 3e-4, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.1},
+            modern.SPACES["lion"],
+            "Lion (timm): the sign of an interpolated momentum, decoupled weight decay",
+        ),
+        OptimizerSpec(
+            "nadamw",
+            modern.nadamw,
+            {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01},
+            modern.SPACES["nadamw"],
+            "AdamW with Nesterov momentum (timm; AlgoPerf's baseline)",
+        ),
+        OptimizerSpec(
+            "lamb",
+            modern.lamb,
+            {"lr": 0.01, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.01},
+            modern.SPACES["lamb"],
+            "LAMB (timm): Adam steps scaled per layer by a trust ratio",
+        ),
+        OptimizerSpec(
+            "lars",
+            modern.lars,
+            {"lr": 1.0, "momentum": 0.9, "weight_decay": 0.0, "trust_coeff": 0.001},
+            modern.SPACES["lars"],
+            "LARS (timm): momentum SGD with a layer-wise trust ratio",
+            momentum_scales_step=True,
+        ),
+        OptimizerSpec(
+            "adan",
+            modern.adan,
+            {"lr": 0.001, "beta1": 0.98, "beta2": 0.92, "beta3": 0.99, "weight_decay": 0.0},
+            modern.SPACES["adan"],
+            "Adan (timm): Nesterov-style momentum of the gradient and its difference",
+        ),
+        OptimizerSpec(
+            "adafactor",
+            modern.adafactor,
+            {"lr": 0.01, "beta2_decay": -0.8, "weight_decay": 0.0},
+            modern.SPACES["adafactor"],
+            "Adafactor (torch.optim): factored second moments, relative step sizes",
+        ),
+        OptimizerSpec(
+            "sf_sgd",
+            modern.sf_sgd,
+            {"lr": 0.5, "momentum": 0.9, "weight_decay": 0.0},
+            modern.SPACES["sf_sgd"],
+            "Schedule-Free SGD (schedulefree): no schedule, evaluated at averaged weights",
+            ranges={"momentum": OPEN_UNIT},  # the library refuses 0
+            schedule_free=True,
+        ),
+        OptimizerSpec(
+            "sf_adamw",
+            modern.sf_adamw,
+            {"lr": 0.0025, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0},
+            modern.SPACES["sf_adamw"],
+            "Schedule-Free AdamW (schedulefree; AlgoPerf 2024 self-tuning winner)",
+            schedule_free=True,
+        ),
+        OptimizerSpec(
+            "prodigy",
+            modern.prodigy,
+            {"lr": 1.0, "d_coef": 1.0, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0},
+            modern.SPACES["prodigy"],
+            "Prodigy (prodigyopt): learning-rate-free Adam, D estimated on the fly",
+            lr_free=True,
         ),
     ]
 }
 
-CATEGORICAL_HYPERPARAMETERS = {"formulation": FORMULATIONS}
+CATEGORICAL_HYPERPARAMETERS = {"formulation": FORMULATIONS, "nesterov": (False, True)}
 NUMERIC_RANGES = {
     "lr": POSITIVE,
     "weight_decay": NON_NEGATIVE,
@@ -142,6 +237,10 @@ NUMERIC_RANGES = {
     "alpha": UNIT,
     "beta1": UNIT,
     "beta2": UNIT,
+    "beta3": UNIT,
+    "d_coef": POSITIVE,
+    "trust_coeff": POSITIVE,
+    "beta2_decay": NON_POSITIVE,
 }
 
 
@@ -155,12 +254,24 @@ def resolve_hyperparameters(name: str, given: Mapping[str, Any]) -> dict[str, An
     for key, value in given.items():
         allowed = CATEGORICAL_HYPERPARAMETERS.get(key)
         if allowed is not None:
-            if value not in allowed:
-                raise SpecError(f"optimizer.{key}", f"must be one of {', '.join(allowed)}, got {value!r}")
+            if not any(type(value) is type(a) and value == a for a in allowed):
+                choices = ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)
+                raise SpecError(f"optimizer.{key}", f"must be one of {choices}, got {value!r}")
         else:
             spec.ranges.get(key, NUMERIC_RANGES[key]).check(f"optimizer.{key}", value)
         hp[key] = value
     return hp
+
+
+SCHEDULE_FREE_SCHEDULES = ("constant",)  # a warm-up (schedule.warmup_epochs) may still run in front
+
+
+def usable_schedules(name: str, schedules: Iterable[str]) -> list[str]:
+    """The ``schedules`` optimizer ``name`` takes: a schedule-free one only ``constant`` (its
+    study searches that alone; an empty answer is refused by the config)."""
+    if get_optimizer(name).schedule_free:
+        return [s for s in schedules if s in SCHEDULE_FREE_SCHEDULES]
+    return list(schedules)
 
 
 def get_optimizer(name: str) -> OptimizerSpec:

@@ -35,6 +35,7 @@ class Interval:
 
 POSITIVE = Interval(low_open=True)
 NON_NEGATIVE = Interval()
+NON_POSITIVE = Interval(-math.inf, 0.0, high_open=False)
 UNIT = Interval(0.0, 1.0)  # [0, 1): momentum-like averaging factors
 OPEN_UNIT = Interval(0.0, 1.0, low_open=True)  # (0, 1)
 NON_NEGATIVE_INT = Interval(integer=True)

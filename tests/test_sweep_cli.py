@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 BAD_VALUES = [
     ("name", "name=has space"),
-    ("optimizers", "optimizers=[sgd,lion]"),
+    ("optimizers", "optimizers=[sgd,bogus_opt]"),
     ("optimizers", "optimizers=[]"),
     ("trials", "trials=0"),
     ("trials", "trials=two"),

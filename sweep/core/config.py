@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import yaml
 
 from models import MODELS
-from optim import OPTIMIZERS, SCHEDULES, resolve_hyperparameters, resolve_schedule_params
+from optim import OPTIMIZERS, SCHEDULES, resolve_hyperparameters, resolve_schedule_params, usable_schedules
 from optim.errors import SpecError
 from optim.schedules import WARMUP_DEFAULTS
 from sweep.core import credentials
@@ -711,11 +711,41 @@ def _check_together(cfg: SweepConfig, mode: str) -> None:
             "a pack's trials share every batch, so they cannot search the batch size: "
             "set batch_sizes=[] (batch_size=N), or pack=1",
         )
+    _check_optimizer_needs(cfg, mode)
     if mode == SWEEP and cfg.device.startswith("cuda") and cfg.num_gpus == 0:
         raise ConfigError(
             "device",
             f"device={cfg.device} in a sweep needs num_gpus > 0 (Ray gives a trial "
             "only the GPUs it asks for); set num_gpus=1 (or a fraction), or device=auto",
+        )
+
+
+def _check_optimizer_needs(cfg: SweepConfig, mode: str) -> None:
+    """What some optimizers cannot do: Schedule-Free takes no LR schedule but a warm-up (its
+    averaging is the schedule), and ``pack_update=fused`` implements the classic optimizers only."""
+    names = list(cfg.optimizers) if mode == SWEEP else [cfg.optimizer.name or GROUPS["optimizer"][0]]
+    schedules = list(cfg.schedules) if mode == SWEEP else [cfg.schedule.name or GROUPS["schedule"][0]]
+    refused = [n for n in names if not usable_schedules(n, schedules)]
+    if refused:
+        key = "schedules" if mode == SWEEP else "schedule"
+        they = "it takes" if len(refused) == 1 else "they take"
+        raise ConfigError(
+            key,
+            f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} schedule-free: {they} no LR schedule "
+            f"but constant (a warm-up is schedule.warmup_epochs=N), got {', '.join(schedules)}; "
+            + (
+                "add constant to schedules (the others' studies still search the rest)"
+                if mode == SWEEP
+                else "set schedule=constant"
+            ),
+        )
+    unfused = [n for n in names if not OPTIMIZERS[n].fused]
+    if mode == SWEEP and cfg.pack != 1 and cfg.pack_update == FUSED and unfused:
+        fused = ", ".join(n for n in OPTIMIZERS if OPTIMIZERS[n].fused)
+        raise ConfigError(
+            "pack_update",
+            f"fused has no update for {', '.join(unfused)} (it has one for {fused}): "
+            "set pack_update=exact (each member its own optimizer), or pack=1",
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from optim import OPTIMIZERS, SCHEDULES
+from optim import OPTIMIZERS, SCHEDULES, usable_schedules
 from optim.space import Choice
 from sweep.core.config import SweepConfig, TrialConfig, accepted_keys
 
@@ -32,7 +32,7 @@ def sample_trial(trial, optimizer: str, cfg: SweepConfig) -> TrialConfig:
         hp["lr"] = step if ema else step * (1.0 - momentum)
     hp.update(fixed)
 
-    schedules = cfg.schedules
+    schedules = usable_schedules(optimizer, cfg.schedules)
     schedule = Choice(schedules).suggest(trial, "schedule") if len(schedules) > 1 else schedules[0]
     sched_fixed = {k: v for k, v in cfg.schedule.fixed.items() if k in accepted_keys("schedule", schedule)}
     sched_params = {
