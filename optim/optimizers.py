@@ -257,8 +257,10 @@ def resolve_hyperparameters(name: str, given: Mapping[str, Any]) -> dict[str, An
             if not any(type(value) is type(a) and value == a for a in allowed):
                 choices = ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)
                 raise SpecError(f"optimizer.{key}", f"must be one of {choices}, got {value!r}")
-        else:
-            spec.ranges.get(key, NUMERIC_RANGES[key]).check(f"optimizer.{key}", value)
+        elif key in spec.ranges or key in NUMERIC_RANGES:
+            spec.ranges.get(key, NUMERIC_RANGES.get(key)).check(f"optimizer.{key}", value)
+        else:  # a declared optimizer's own hyperparameter: the kind of its default
+            _check_kind(f"optimizer.{key}", value, spec.defaults[key])
         hp[key] = value
     return hp
 
@@ -272,6 +274,14 @@ def usable_schedules(name: str, schedules: Iterable[str]) -> list[str]:
     if get_optimizer(name).schedule_free:
         return [s for s in schedules if s in SCHEDULE_FREE_SCHEDULES]
     return list(schedules)
+
+
+def _check_kind(key: str, value: Any, default: Any) -> None:
+    if isinstance(default, bool) or isinstance(default, str):
+        if type(value) is not type(default):
+            raise SpecError(key, f"must be {'true or false' if isinstance(default, bool) else 'text'}, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise SpecError(key, f"must be a finite number, got {value!r}")
 
 
 def get_optimizer(name: str) -> OptimizerSpec:

@@ -26,7 +26,8 @@ from urllib.parse import urlparse
 import yaml
 
 from models import MODELS
-from optim import OPTIMIZERS, SCHEDULES, resolve_hyperparameters, resolve_schedule_params, usable_schedules
+from optim import OPTIMIZERS, SCHEDULES, declared, resolve_hyperparameters, resolve_schedule_params, usable_schedules
+from optim.declared import BUILT_IN, Declaration
 from optim.errors import SpecError
 from optim.schedules import WARMUP_DEFAULTS
 from sweep.core import credentials
@@ -153,6 +154,27 @@ def _names(options) -> Check:
 
     check.allowed = f"list of: {', '.join(sorted(options))}"
     return check
+
+
+def _custom_optimizers(key, value):
+    """Declarations (``optim.declared``) by name, each checked and put in the registry."""
+    if value is None:
+        return ()
+    if isinstance(value, tuple) and all(isinstance(d, Declaration) for d in value):
+        declarations = value
+    elif isinstance(value, dict):
+        try:
+            declarations = tuple(declared.parse(name, raw, f"{key}.{name}") for name, raw in value.items())
+        except SpecError as exc:
+            raise ConfigError(exc.key, exc.message) from None
+    else:
+        raise ConfigError(key, f"must map each optimizer's name to its declaration, got {value!r}")
+    for declaration in declarations:
+        declared.register(declaration)
+    return declarations
+
+
+_custom_optimizers.allowed = "NAME: {class, hyperparameters, space, ...}"
 
 
 def _train_subset(key, value):
@@ -394,7 +416,17 @@ class SweepConfig:
     # a sweep
     name: str = key("sweep", _name, "sweep name: <output_dir>/<name>/, the MLflow experiment", text=True)
     output_dir: str = key("./sweeps", _text, "folder that holds sweeps", text=True)
-    optimizers: tuple[str, ...] = key(tuple(sorted(OPTIMIZERS)), _names(OPTIMIZERS), "one Optuna study per optimizer")
+    custom_optimizers: tuple[Declaration, ...] = key(
+        (),
+        _custom_optimizers,
+        "your own optimizers: NAME: {class: pkg.module:Class, hyperparameters, space}; "
+        "a file named in optimizers= lands here too (see Your own optimizer)",
+    )
+    optimizers: tuple[str, ...] = key(
+        tuple(sorted(BUILT_IN)),
+        _names(OPTIMIZERS),
+        "one Optuna study per optimizer (a name, conf/optimizer/NAME.yaml, or a path to a .yaml)",
+    )
     schedules: tuple[str, ...] = key(("constant",), _names(SCHEDULES), "LR schedules searched between", frozen=True)
     batch_sizes: tuple[int, ...] | None = key(
         None,
@@ -455,6 +487,8 @@ class SweepConfig:
             out[f.name] = (
                 value.to_dict()
                 if isinstance(value, GroupChoice)
+                else {d.name: d.to_dict() for d in value}
+                if f.name == "custom_optimizers"
                 else list(value)
                 if isinstance(value, tuple)
                 else urls(value)
@@ -480,7 +514,8 @@ class SweepConfig:
         (by default the chosen ones with their fixed values, as ``sweep train`` runs them)."""
         return TrialConfig(
             **{f.name: getattr(self, f.name) for f in TRIAL_FIELDS},
-            optimizer=optimizer or self.optimizer.name or GROUPS["optimizer"][0],
+            optimizer=(chosen := optimizer or self.optimizer.name or GROUPS["optimizer"][0]),
+            custom_optimizer=next((d for d in self.custom_optimizers if d.name == chosen), None),
             optimizer_params=dict(self.optimizer.fixed if optimizer_params is None else optimizer_params),
             schedule=schedule or self.schedule.name or GROUPS["schedule"][0],
             schedule_params=dict(self.schedule.fixed if schedule_params is None else schedule_params),
@@ -522,6 +557,7 @@ class TrialConfig:
     tracking_retry_s: float = 300.0
     optimizer: str = GROUPS["optimizer"][0]
     optimizer_params: dict[str, Any] = field(default_factory=dict)
+    custom_optimizer: Declaration | None = None  # the declaration of a user's optimizer, for its worker
     schedule: str = GROUPS["schedule"][0]
     schedule_params: dict[str, Any] = field(default_factory=dict)
 
@@ -602,15 +638,22 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 
 def load_config(
-    config: str | None = None, overrides: list[str] = (), default: str = "train", mode: str = TRAIN
+    config: str | None = None,
+    overrides: list[str] = (),
+    default: str = "train",
+    mode: str = TRAIN,
+    values: Mapping[str, Any] | None = None,
 ) -> SweepConfig:
-    """Defaults <- YAML file <- overrides, then validated. Raises ConfigError on any bad value."""
+    """Defaults <- YAML file <- overrides <- ``values`` (Python values by key, from ``sweep.api``),
+    then validated. Raises ConfigError on any bad value."""
     path = find_config(config, default)
     raw: dict[str, Any] = {name: None for name in GROUPS}
     for name, value in read_yaml(path).items():
         _set(raw, name, value, source=str(path))
     for name, value in parse_overrides(list(overrides)):
         _set(raw, name, value, source="command line")
+    for name, value in (values or {}).items():
+        _set(raw, name, value, source="Python")
     return validate(raw, mode)
 
 
@@ -637,6 +680,7 @@ def validate(raw: Mapping[str, Any], mode: str = TRAIN) -> SweepConfig:
     """Check each key, then the keys against each other. ``mode=train``: a group's fixed values
     must fit its chosen entry; ``sweep``: each must fit at least one of ``optimizers``/``schedules``,
     and choosing one entry (``optimizer=adam``) is refused: the sweep searches the list."""
+    raw = _declared_references(raw, mode)
     defaults = SweepConfig()
     values: dict[str, Any] = {}
     for name, f in KEYS.items():
@@ -651,6 +695,58 @@ def validate(raw: Mapping[str, Any], mode: str = TRAIN) -> SweepConfig:
     cfg = SweepConfig(**values)
     _check_together(cfg, mode)
     return cfg
+
+
+def _declared_references(raw: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    """Optimizers named by file (``optimizers=[sgd,my_lion]`` with conf/optimizer/my_lion.yaml, or
+    ``./my_lion.yaml``): each file's declaration joins ``custom_optimizers`` and its name replaces
+    the reference, so the saved config holds the declaration itself."""
+    raw = dict(raw)
+    given = raw.get("custom_optimizers") or {}
+    customs = dict(given) if isinstance(given, dict) else None  # anything else is refused by its check
+    group = raw.get("optimizer") if isinstance(raw.get("optimizer"), dict) else None
+
+    def resolve(key: str, reference: Any) -> Any:
+        if not isinstance(reference, str) or reference in BUILT_IN or (customs and reference in customs):
+            return reference
+        path = _optimizer_file(key, reference)
+        try:
+            declaration = declared.load_file(path)
+        except SpecError as exc:
+            raise ConfigError(exc.key, exc.message) from None
+        if customs is None:
+            raise ConfigError("custom_optimizers", "must be a mapping when optimizers name files")
+        customs[declaration.name] = declaration.to_dict()
+        return declaration.name
+
+    names = raw.get("optimizers")
+    if isinstance(names, str):
+        names = [names]
+    if isinstance(names, list | tuple) and mode == SWEEP:
+        raw["optimizers"] = [resolve("optimizers", n) for n in names]
+    if group is not None and group.get("name") is not None and mode == TRAIN:
+        raw["optimizer"] = {**group, "name": resolve("optimizer", group["name"])}
+    if customs:
+        raw["custom_optimizers"] = customs
+    return raw
+
+
+def _optimizer_file(key: str, reference: str) -> Path:
+    path = Path(reference)
+    if path.suffix in (".yaml", ".yml"):
+        if path.is_file():
+            return path
+        raise ConfigError(key, f"no optimizer file {reference} (a path to a .yaml declaring one)")
+    candidate = CONF_DIR / "optimizer" / f"{reference}.yaml"
+    if candidate.is_file():
+        return candidate
+    files = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
+    raise ConfigError(
+        key,
+        f"unknown {reference!r}; choose from: {', '.join(sorted(OPTIMIZERS))}"
+        + (f", the files in conf/optimizer/ ({', '.join(files)})" if files else "")
+        + ", or a path to a .yaml declaring one",
+    )
 
 
 def _validate_group(group_name: str, given: Any, mode: str, values: Mapping[str, Any]) -> GroupChoice:

@@ -65,6 +65,14 @@ def check_resumable(cfg: SweepConfig, saved: dict[str, Any] | None) -> SweepConf
                 f"sweep {cfg.name!r} exists with {key}={saved.get(key)!r}, not {values[key]!r}; "
                 f"resume with that value or pick a new name=",
             )
+    for name, declaration in (saved.get("custom_optimizers") or {}).items():
+        given = values["custom_optimizers"].get(name)
+        if given is not None and given != declaration:
+            raise ConfigError(
+                "custom_optimizers",
+                f"sweep {cfg.name!r} declares {name} otherwise (its studies were run with that "
+                "declaration); resume with it, or give yours another name",
+            )
     dropped = [opt for opt in saved["optimizers"] if opt not in cfg.optimizers]
     if dropped:
         raise ConfigError(
@@ -178,6 +186,9 @@ def init_ray(cfg: SweepConfig, stores: Stores | None = None) -> None:
     import ray
 
     if ray.is_initialized():
+        from sweep.execution import shipping
+
+        shipping.pickle_by_value(cfg)
         return
     prefetch = threading.Thread(
         target=_import_quietly, args=(driver_imports(stores),), name="sweep-prefetch", daemon=True
@@ -194,7 +205,7 @@ def _ray_init(cfg: SweepConfig) -> None:
 
     import ray
 
-    from sweep.execution import ray_logs
+    from sweep.execution import ray_logs, shipping
 
     ray_logs.quiet()  # Ray's start-up INFO lines and token notice off the terminal; its errors stay
     address = cfg.ray_address
@@ -204,19 +215,18 @@ def _ray_init(cfg: SweepConfig) -> None:
         # (tests/test_cluster.py). An environment that sets these wins.
         for name, value in KEEPALIVE.items():
             os.environ.setdefault(name, value)
-        import models
-        import optim
-        import sweep
-
         # paths, not module objects: inside a Ray job (`sweep submit`) Ray deep-copies this
         # runtime_env to merge it with the job's, and a module object cannot be copied
-        ray.init(
-            address=address,
-            log_to_driver=False,
-            runtime_env={"py_modules": [os.path.dirname(m.__file__) for m in (sweep, models, optim)]},
-        )
+        code = shipping.project_code() + shipping.user_code(cfg)
+        ray.init(address=address, log_to_driver=False, runtime_env={"py_modules": code})
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        user = shipping.user_code(cfg)
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"py_modules": user} if user else None,
+        )
 
 
 # Imported by the driver after Ray starts (Driver's tracker, the report), seconds on 2 cores; none

@@ -30,7 +30,15 @@ from sweep.core import credentials
 from sweep.core.errors import StoreUnavailable, store_calls
 from sweep.core.keys import Attr
 from sweep.core.outcome import Status, TrialOutcome
-from sweep.execution.worker import Attempt, TrialTask, device_memory, load_study, run_attempt, this_node
+from sweep.execution.worker import (
+    Attempt,
+    TrialTask,
+    device_memory,
+    install_declared,
+    load_study,
+    run_attempt,
+    this_node,
+)
 from sweep.stores.finish import OPTUNA
 from sweep.stores.mlflow_sender import TrackingSender, use_short_requests
 
@@ -50,6 +58,7 @@ class PackTask:
 def execute_pack(task: PackTask, data) -> list[TrialOutcome]:
     """The members' outcomes, in the task's order. Credentials and store errors as ``worker.execute``."""
     use_short_requests()
+    install_declared(task.members[0].config)
     with credentials.environment(task.members[0].credentials):
         try:
             return _execute_pack(task, data)

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 from optim import OPTIMIZERS, SCHEDULES, usable_schedules
-from optim.space import Choice
+from optim.space import Choice, Conditional
 from sweep.core.config import SweepConfig, TrialConfig, accepted_keys
 
 
@@ -24,6 +24,8 @@ def sample_trial(trial, optimizer: str, cfg: SweepConfig) -> TrialConfig:
     for key, dist in spec.space.items():
         if key in fixed or (key == "lr" and effective):
             continue
+        if isinstance(dist, Conditional) and not dist.applies({**spec.defaults, **hp, **fixed}):
+            continue  # e.g. a damping searched only with nesterov on: absent from this trial's params
         hp[key] = dist.suggest(trial, key)
     if effective:  # EMA momentum's lr already is the effective step; the others' is lr / (1 - mu)
         momentum = fixed.get("momentum", hp.get("momentum", spec.defaults["momentum"]))

@@ -26,6 +26,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from optim import declared
 from sweep.core import credentials
 from sweep.core.config import TrialConfig
 from sweep.core.errors import StoreUnavailable, store_calls
@@ -63,12 +64,19 @@ def this_node() -> dict[str, str]:
     return {Attr.NODE_ID: context.get_node_id(), Attr.NODE_ADDRESS: ray.util.get_node_ip_address()}
 
 
+def install_declared(config: TrialConfig) -> None:
+    """A user's optimizer reaches this worker inside its trial: register it before anything looks it up."""
+    if config.custom_optimizer is not None:
+        declared.register(config.custom_optimizer)
+
+
 def execute(task: TrialTask, data) -> TrialOutcome:
     """Run the trial with the driver's credentials in this process's environment for its duration
     (a worker on another node has none of its own), its MLflow writes through a sender that rides
     out a tracking-server outage. A store error leaves without its cause: the cause's text may hold
     a URL, and Ray keeps a failed task's traceback in its GCS."""
     use_short_requests()
+    install_declared(task.config)
     with credentials.environment(task.credentials):
         try:
             with TrackingSender(task.stores.tracking_uri, task.run_id, task.config.tracking_retry_s) as sender:
