@@ -41,7 +41,9 @@ def cluster(tmp_path_factory):
         built.close()
 
 
-def start_sweep(cluster: Cluster, name: str, database: str, overrides: list[str], log) -> subprocess.Popen:
+def start_sweep(
+    cluster: Cluster, name: str, database: str, overrides: list[str], log, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """``sweep run`` as a driver process on the head host, using this checkout's code."""
     command = [
         sys.executable,
@@ -63,7 +65,8 @@ def start_sweep(cluster: Cluster, name: str, database: str, overrides: list[str]
         "report_figures=false",
         *overrides,
     ]
-    return subprocess.Popen(command, cwd=ROOT, env=cluster.driver_env(), stdout=log, stderr=subprocess.STDOUT)
+    env = {**cluster.driver_env(), **(env or {})}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish(driver: subprocess.Popen, log_path) -> None:
@@ -105,13 +108,18 @@ def check_exact(cluster: Cluster, name: str, studies: dict[str, optuna.Study], t
 
 
 def test_sweep_spreads_over_both_nodes(cluster, tmp_path):
+    """With a user's optimizer beside the built-in ones: its module (tests/user_code, on the driver's
+    path only; the nodes have this checkout's root) reaches both nodes in the job's runtime_env."""
     database = cluster.create_database("spread")
     log_path = tmp_path / "driver.log"
+    user_code = ROOT / "tests" / "user_code"
+    overrides = [f"optimizers=[sgd,adam,{user_code / 'sign_momentum.yaml'}]", "trials=2", "epochs=1"]
     with open(log_path, "wb") as log:
-        driver = start_sweep(cluster, "spread", database, ["optimizers=[sgd,adam]", "trials=2", "epochs=1"], log)
+        driver = start_sweep(cluster, "spread", database, overrides, log, {"PYTHONPATH": f"{ROOT}:{user_code}"})
         finish(driver, log_path)
-    studies = load_studies("spread", database, ["sgd", "adam"])
+    studies = load_studies("spread", database, ["sgd", "adam", "sign_momentum"])
     check_exact(cluster, "spread", studies, trials=2)
+    assert all(t.state == TrialState.COMPLETE for t in studies["sign_momentum"].trials)
     per_node = Counter(t.user_attrs[Attr.NODE_ADDRESS] for s in studies.values() for t in s.trials)
     print(f"trials per node: {dict(per_node)}")
     assert set(per_node) == {cluster.head_ip, cluster.host.address}, per_node
