@@ -27,23 +27,14 @@ DPI = 110
 WIDTH = 9.5  # inches: about 1045 px at DPI, a laptop screen's width with margins
 PANEL_HEIGHT = 2.6  # inches per row of small multiples
 
-# Tableau's ten, then the lighter tab20 hues: registry positions 0..6 take the first seven, names
-# outside the registry (a test's, a plugin's) the rest, in the order they appear.
+# Tableau's ten, their lighter tab20 hues, then tab20b's twenty: the registry's entries take one
+# each by position (17 built-in optimizers, then the declared ones as registered), names outside
+# the registry (a test's) the next unused ones, so no two optimizers of a report share a colour.
 PALETTE = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-    "#aec7e8",
-    "#ffbb78",
-    "#98df8a",
-    "#ff9896",
+    *("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"),
+    *("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"),
+    *("#393b79", "#5254a3", "#6b6ecf", "#9c9ede", "#637939", "#8ca252", "#b5cf6b", "#cedb9c", "#8c6d31", "#bd9e39"),
+    *("#e7ba52", "#e7cb94", "#843c39", "#ad494a", "#d6616b", "#e7969c", "#7b4173", "#a55194", "#ce6dad", "#de9ed6"),
 )
 # One marker per schedule, by registry position, for the LR-sensitivity scatter.
 MARKERS = ("o", "s", "D", "v", "^", "P", "X", "*", "h", "<", ">", "p")
