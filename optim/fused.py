@@ -12,6 +12,9 @@ and EMA formulations. tests/test_pack.py checks each against the solo optimizer.
 The state keeps torch.optim's names (``momentum_buffer``, ``exp_avg`` ...), so one member's state
 becomes a solo optimizer's ``state_dict`` (``member_state``): a member's checkpoint is a solo
 trial's checkpoint, and a pack that has to be re-run goes on solo from it.
+
+``MemberOptimizers`` (``pack_update=exact``) steps each member with its own registry optimizer
+instead: every optimizer of the registry packs that way, the ones without a rule here included.
 """
 
 from __future__ import annotations
@@ -206,50 +209,65 @@ class FusedOptimizer:
 
 
 class MemberOptimizers:
-    """Each member stepped by its own registry optimizer (torch.optim, or ``MomentumSGD``), built
-    as for a solo trial, over views of the member's slice of the stacked parameters: the very
-    update a solo trial makes, so a member is bit-identical to its solo trial on the CPU.
+    """Each member stepped by its own registry optimizer (any of them: torch.optim, ``MomentumSGD``,
+    timm's, Schedule-Free, Prodigy), built as for a solo trial: the very update a solo trial makes,
+    so a member is bit-identical to its solo trial on the CPU.
 
-    It costs one optimizer step per member (a loop over the members, each over the parameters)
+    Each member's optimizer steps the member's own copy of its parameters (and of their gradients),
+    not views of its slice of the stacked tensors: a slice starts wherever the members before it
+    end, and a BLAS reduction (Prodigy's ``torch.dot``) sums an unaligned vector in another order
+    than the aligned tensor a solo trial has. So each step copies the member's gradients in and its
+    parameters back (exact copies); the pack compacting (``select``) moves nothing. It costs one
+    optimizer step per member (a loop over the members, each over the parameters) and the copies,
     where ``FusedOptimizer`` makes one pass for all; bench/packing.py measures the difference.
+
     ``holder(i)`` is member ``i``'s optimizer: its schedule sets its LR, its ``state_dict()`` is the
-    member's optimizer checkpoint as is."""
+    member's optimizer checkpoint as is. A Schedule-Free one's ``eval()``/``train()`` move the
+    member's own parameters: ``publish`` then copies them into the stacked tensors."""
 
     def __init__(self, optimizer: str, hyperparameters: Sequence[Mapping], params: Mapping[str, Tensor]):
         from optim.optimizers import build_optimizer
 
         self.optimizer = optimizer
         self.params = dict(params)
-        self.members = [build_optimizer(optimizer, self._views(i), hp) for i, hp in enumerate(hyperparameters)]
-
-    def _views(self, member: int) -> list[Tensor]:
-        """Member ``member``'s parameters: leaf views sharing the stacked tensors' storage."""
-        return [p.data[member] for p in self.params.values()]
+        # per member, by parameter name in the model's order (a solo optimizer's state_dict order)
+        members = range(len(hyperparameters))
+        self.own = [{name: p.detach()[i].clone() for name, p in self.params.items()} for i in members]
+        self.grads = [{name: torch.empty_like(p) for name, p in own.items()} for own in self.own]
+        self.members = [build_optimizer(optimizer, list(p.values()), hp) for p, hp in zip(self.own, hyperparameters)]
 
     def holder(self, member: int) -> torch.optim.Optimizer:
         return self.members[member]
 
+    @torch.no_grad()
     def step(self, lr: Tensor | None = None) -> None:
         """One update of every member, each at its own optimizer's LR (``lr`` is not needed)."""
-        for member, optimizer in enumerate(self.members):
-            for view, p in zip(optimizer.param_groups[0]["params"], self.params.values()):
-                view.grad = None if p.grad is None else p.grad[member]
+        for member, (own, grads, optimizer) in enumerate(zip(self.own, self.grads, self.members)):
+            for name, p in own.items():
+                grad = self.params[name].grad
+                p.grad = None if grad is None else grads[name].copy_(grad[member])
             optimizer.step()
+            self._copy_back(member)
+
+    def publish(self, optimizer: torch.optim.Optimizer) -> None:
+        """Copy the parameters of member ``optimizer`` (after its ``eval()``/``train()``) into the
+        stacked tensors."""
+        with torch.no_grad():
+            self._copy_back(next(i for i, o in enumerate(self.members) if o is optimizer))
+
+    def _copy_back(self, member: int) -> None:
+        for name, p in self.own[member].items():
+            self.params[name].data[member].copy_(p)
 
     def zero_grad(self) -> None:
         for p in self.params.values():
             p.grad = None
-        for optimizer in self.members:
-            for view in optimizer.param_groups[0]["params"]:
-                view.grad = None
 
     def select(self, keep: Tensor, params: Mapping[str, Tensor]) -> None:
-        """Keep members ``keep``; their optimizers (and state) move to the compacted ``params``."""
-        self.members = [self.members[k] for k in keep.tolist()]
+        """Keep members ``keep``; their optimizers, each over its own parameters, step the
+        compacted ``params`` from now on."""
+        kept = keep.tolist()
+        self.members = [self.members[k] for k in kept]
+        self.own = [self.own[k] for k in kept]
+        self.grads = [self.grads[k] for k in kept]
         self.params = dict(params)
-        for member, optimizer in enumerate(self.members):
-            old, new = optimizer.param_groups[0]["params"], self._views(member)
-            for before, after in zip(old, new):
-                if before in optimizer.state:
-                    optimizer.state[after] = optimizer.state.pop(before)
-            optimizer.param_groups[0]["params"] = new

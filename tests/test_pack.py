@@ -1,12 +1,15 @@
 """Packed trials: every member of a pack follows the trajectory it follows trained alone.
 
-For every optimizer of the registry (each momentum formulation, Nesterov included) and every
-schedule family, a pack of 3 members with different hyperparameters and schedules against the
-same 3 trials trained solo: the same per-epoch validation accuracy and LR, and the same
-parameters and optimizer state, on the CPU in float32 over 2 epochs. With ``pack_update=exact``
-(the default) they are bit-identical; the reported losses agree within 1e-5 (the mean over a
+For every optimizer of the registry (each momentum formulation, Nesterov included; a new entry
+is covered without being listed here) and every schedule family, a pack of 3 members with
+different hyperparameters and schedules against the same 3 trials trained solo: the same
+per-epoch validation accuracy and LR, and the same parameters and optimizer state, on the CPU in
+float32 over 2 epochs. With ``pack_update=exact`` (the default) they are bit-identical, the
+Schedule-Free optimizers (constant schedule, a warm-up on one member) moved to their evaluation
+point and back as their solo trials are; the reported losses agree within 1e-5 (the mean over a
 batch is summed in another order). ``pack_update=fused`` (one update for all members, with
-tensors of per-member hyperparameters) agrees with torch.optim within float rounding per step.
+tensors of per-member hyperparameters) exists for the optimizers whose spec says ``fused`` and
+agrees with torch.optim within float rounding per step.
 Then members leaving the pack (divergence, pruning, a failing reporter), a member's checkpoint
 resumed solo, memory sizing, and the fused model for every registry model.
 """
@@ -30,6 +33,8 @@ from sweep.train.packed import run_pack, unpackable
 from sweep.train.solo import TrialConfig, run_trial
 
 TOLERANCE = 1e-5
+# the registry as imported: tests elsewhere declare optimizers of their own into it at run time
+REGISTRY = dict(OPTIMIZERS)
 BASE = TrialConfig(epochs=2, batch_size=32)
 TRAIN_IMAGES = 384  # of digits' 1,150: 12 steps per epoch, enough for every schedule to move
 
@@ -58,6 +63,18 @@ HYPERPARAMETERS = {
     "adam": [{"lr": 0.001}, {"lr": 0.003, "beta1": 0.8, "beta2": 0.99}, {"lr": 0.0005, "weight_decay": 1e-3}],
     "adamw": [{"lr": 0.001}, {"lr": 0.003, "beta1": 0.8}, {"lr": 0.0005, "weight_decay": 0.1}],
 }
+
+
+def _hyperparameters(optimizer: str) -> list[dict]:
+    """The members' hyperparameters: the hand-picked ones above, or for any other registry entry
+    its defaults, half and twice its LR (with some weight decay where it takes one)."""
+    if optimizer in HYPERPARAMETERS:
+        return HYPERPARAMETERS[optimizer]
+    defaults = REGISTRY[optimizer].defaults
+    decay = {"weight_decay": 1e-3} if "weight_decay" in defaults else {}
+    return [{}, {"lr": defaults["lr"] / 2}, {"lr": defaults["lr"] * 2, **decay}]
+
+
 # every schedule family, with parameters that change the LR within 2 epochs; warm-up on one
 SCHEDULE_PARAMS = {
     "step": {"step_epochs": 1},
@@ -65,6 +82,8 @@ SCHEDULE_PARAMS = {
     "plateau": {"patience": 0},
     "cosine": {"warmup_epochs": 1},
 }
+# a Schedule-Free optimizer takes the constant schedule only, with or without a warm-up
+SCHEDULE_FREE = [("constant", {}), ("constant", {"warmup_epochs": 1}), ("constant", {})]
 
 
 def _rule_cases():
@@ -78,24 +97,47 @@ def _rule_cases():
 RULE_CASES = list(_rule_cases())
 
 
-def test_the_cases_cover_every_optimizer_formulation_and_schedule():
-    assert {o for o, _, _ in RULE_CASES} == set(OPTIMIZERS) == set(HYPERPARAMETERS)
-    assert {s for _, _, schedules in RULE_CASES for s in schedules} == set(SCHEDULES)
-    assert {f for o, f, _ in RULE_CASES if o == "nesterov"} == {"pytorch", "heavy_ball", "ema"}
+def _exact_cases():
+    """Every registry optimizer (every formulation of those that have them, as the fused rules
+    list them): 3 schedules cycling through every family; a Schedule-Free one ``SCHEDULE_FREE``."""
+    yield from RULE_CASES
+    schedules = itertools.cycle(sorted(SCHEDULES)[::-1])
+    for name, spec in sorted(REGISTRY.items()):
+        if not spec.fused:
+            yield name, None, SCHEDULE_FREE if spec.schedule_free else [next(schedules) for _ in range(3)]
 
 
-def _configs(optimizer: str, formulation: str | None, schedules: list[str]) -> list[TrialConfig]:
+EXACT_CASES = list(_exact_cases())
+
+
+def _case_id(optimizer, formulation, schedules) -> str:
+    names = [s if isinstance(s, str) else s[0] + ("+warmup" if s[1] else "") for s in schedules]
+    return f"{optimizer}-{formulation or 'plain'}-{'-'.join(names)}"
+
+
+def test_the_fused_rules_are_the_optimizers_whose_spec_says_fused():
+    assert {o for o, _ in RULES} == {n for n, s in REGISTRY.items() if s.fused}
+    assert {o for o, _, _ in RULE_CASES} <= set(HYPERPARAMETERS)
+    assert {f for o, f in RULES if o == "nesterov"} == {"pytorch", "heavy_ball", "ema"}
+
+
+def test_the_exact_cases_cover_every_optimizer_formulation_and_schedule():
+    assert {o for o, _, _ in EXACT_CASES} == set(REGISTRY)
+    assert {s for _, _, schedules in EXACT_CASES for s in schedules if isinstance(s, str)} == set(SCHEDULES)
+    assert {f for o, f, _ in EXACT_CASES if o == "nesterov"} == {"pytorch", "heavy_ball", "ema"}
+    for optimizer, _, schedules in EXACT_CASES:  # what the config lets a schedule-free optimizer take
+        if REGISTRY[optimizer].schedule_free:
+            assert {s for s, _ in schedules} == {"constant"} and any(p for _, p in schedules)
+
+
+def _configs(optimizer: str, formulation: str | None, schedules: list) -> list[TrialConfig]:
+    """One config per member; a schedule is a name (with ``SCHEDULE_PARAMS``) or (name, params)."""
     configs = []
-    for hp, schedule in zip(HYPERPARAMETERS[optimizer], schedules):
+    for hp, schedule in zip(_hyperparameters(optimizer), schedules):
         hp = {**hp, **({"formulation": formulation} if formulation else {})}
+        name, params = (schedule, SCHEDULE_PARAMS.get(schedule, {})) if isinstance(schedule, str) else schedule
         configs.append(
-            dataclasses.replace(
-                BASE,
-                optimizer=optimizer,
-                optimizer_params=hp,
-                schedule=schedule,
-                schedule_params=SCHEDULE_PARAMS.get(schedule, {}),
-            )
+            dataclasses.replace(BASE, optimizer=optimizer, optimizer_params=hp, schedule=name, schedule_params=params)
         )
     return configs
 
@@ -131,12 +173,15 @@ def _assert_same_trajectory(solo, packed, solo_checkpoint, pack_checkpoint, tole
     for index, entry in solo_state.items():
         assert entry.keys() == pack_state[index].keys()  # the solo optimizer's own state layout
         for key, value in entry.items():
-            assert torch.allclose(pack_state[index][key], value, rtol=0, atol=tolerance), (index, key)
-    for key, value in solo_checkpoint.optimizer["param_groups"][0].items():
-        if key != "params":
-            assert pack_checkpoint.optimizer["param_groups"][0][key] == (
-                pytest.approx(value, rel=1e-12) if isinstance(value, float) else value
-            ), key
+            if isinstance(value, torch.Tensor):
+                assert torch.allclose(pack_state[index][key], value, rtol=0, atol=tolerance), (index, key)
+            else:  # what an optimizer keeps beside its tensors (timm's Muon: use_muon)
+                assert pack_state[index][key] == value, (index, key)
+    solo_groups, pack_groups = solo_checkpoint.optimizer["param_groups"], pack_checkpoint.optimizer["param_groups"]
+    assert len(pack_groups) == len(solo_groups)
+    for solo_group, pack_group in zip(solo_groups, pack_groups):
+        for key, value in solo_group.items():  # a Schedule-Free one's mode and averaging weights too
+            assert pack_group[key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
     assert _approx(pack_checkpoint.schedule, solo_checkpoint.schedule)  # a plateau keeps the best loss
     assert torch.equal(pack_checkpoint.generator, solo_checkpoint.generator)  # the batch order goes on alike
     assert torch.equal(pack_checkpoint.rng, solo_checkpoint.rng)
@@ -153,9 +198,7 @@ def _approx(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize(
-    "optimizer,formulation,schedules", RULE_CASES, ids=[f"{o}-{f or 'plain'}-{'-'.join(s)}" for o, f, s in RULE_CASES]
-)
+@pytest.mark.parametrize("optimizer,formulation,schedules", EXACT_CASES, ids=[_case_id(*c) for c in EXACT_CASES])
 @pytest.mark.slow  # trains a pack and its solo trials
 def test_each_member_follows_its_solo_trajectory(small, optimizer, formulation, schedules):
     configs = _configs(optimizer, formulation, schedules)
@@ -167,9 +210,15 @@ def test_each_member_follows_its_solo_trajectory(small, optimizer, formulation, 
         assert packed[i].metrics["test_accuracy"] == solo[i].metrics["test_accuracy"]
 
 
+@pytest.mark.parametrize(
+    "optimizer,schedules",
+    [("adam", ["onecycle", "plateau", "cosine"]), ("sf_adamw", SCHEDULE_FREE)],
+    ids=["adam", "sf_adamw"],
+)
 @pytest.mark.slow  # trains a pack and its solo trials
-def test_a_member_checkpoint_resumes_solo_exactly(small):
-    configs = _configs("adam", None, ["onecycle", "plateau", "cosine"])
+def test_a_member_checkpoint_resumes_solo_exactly(small, optimizer, schedules):
+    """A Schedule-Free member's checkpoint is at its evaluation point; its solo resume knows it."""
+    configs = _configs(optimizer, None, schedules)
     solo, packed, solo_saved, pack_saved = _trained(configs, small)
     for i, config in enumerate(configs):
         resumed_saved = []
@@ -177,9 +226,16 @@ def test_a_member_checkpoint_resumes_solo_exactly(small):
         _assert_same_trajectory(solo[i], resumed, solo_saved[i][-1], resumed_saved[-1])
 
 
+@pytest.mark.parametrize(
+    "optimizer,schedules",
+    [("sgd", ["constant", "cosine", "constant"]), ("sf_sgd", SCHEDULE_FREE)],
+    ids=["sgd", "sf_sgd"],
+)
 @pytest.mark.slow  # trains a pack and its solo trials
-def test_a_diverging_member_leaves_and_the_others_are_untouched(small):
-    configs = _configs("sgd", None, ["constant", "cosine", "constant"])
+def test_a_diverging_member_leaves_and_the_others_are_untouched(small, optimizer, schedules):
+    """A Schedule-Free member evaluated where it diverged is moved to its evaluation point alone:
+    the others go on training at theirs."""
+    configs = _configs(optimizer, None, schedules)
     configs[1] = dataclasses.replace(configs[1], optimizer_params={"lr": 100.0})
     solo, packed, solo_saved, pack_saved = _trained(configs, small)
     assert solo[1].status == packed[1].status == Status.DIVERGED

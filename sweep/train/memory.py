@@ -1,9 +1,11 @@
 """How many members of a pack fit in the device's memory, estimated from one training step.
 
-One member needs its parameters, their gradients, the optimizer's state (one to two tensors the
-size of the parameters) and the activations the backward pass keeps. The activations are
-measured, not guessed: one forward pass of a one-member pack on a real batch, with
-``torch.autograd.graph.saved_tensors_hooks`` adding up what autograd saves. A pack that would not
+One member needs its parameters, their gradients (with ``pack_update=exact`` twice each: the
+member's optimizer steps a copy of its own), the optimizer's state and the activations the
+backward pass keeps. Both of the last are measured, not guessed: one forward pass of a one-member
+pack on a real batch, with ``torch.autograd.graph.saved_tensors_hooks`` adding up what autograd
+saves, and one step of the member's registry optimizer on the gradients it gives (from none for
+SGD to several tensors the size of the parameters for Prodigy or Adan). A pack that would not
 fit in ``HEADROOM`` of the free memory is split into sub-packs run one after another
 (``split``), so it is slower, not crashed.
 
@@ -21,8 +23,8 @@ import torch.nn.functional as F
 
 from models import build_model
 from models.packed import PackedModel
-from optim import resolve_hyperparameters
-from optim.fused import rule_for
+from optim import build_optimizer
+from sweep.core.config import EXACT
 
 HEADROOM = 0.8  # of the free memory: the allocator's fragmentation, evaluation batches, the data's copy
 
@@ -60,7 +62,6 @@ def member_bytes(cfg, data, device: torch.device) -> int:
     training step keeps for its backward pass (measured on a batch of ``cfg.batch_size``)."""
     model = build_model(cfg.model, data.in_shape, data.num_classes).to(device)
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
-    state_tensors = len(rule_for(cfg.optimizer, [resolve_hyperparameters(cfg.optimizer, cfg.optimizer_params)]).state)
     pack = PackedModel(model, 1)
     saved = 0
 
@@ -74,7 +75,23 @@ def member_bytes(cfg, data, device: torch.device) -> int:
     with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
         loss = F.cross_entropy(pack(x).flatten(0, 1), y)
     loss.backward()
-    return parameters * (2 + state_tensors) + saved
+    copies = 2 if cfg.pack_update == EXACT else 1  # MemberOptimizers' own parameters and gradients
+    return parameters * 2 * copies + _state_bytes(cfg, model, pack) + saved
+
+
+def _state_bytes(cfg, model, pack: PackedModel) -> int:
+    """The optimizer state of one member: its registry optimizer over ``model``'s parameters,
+    stepped once with the one-member ``pack``'s gradients (the state is made at the first step)."""
+    for name, p in model.named_parameters():
+        p.grad = pack.params[name].grad[0]
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), cfg.optimizer_params)
+    optimizer.step()
+    return sum(
+        value.numel() * value.element_size()
+        for entry in optimizer.state.values()
+        for value in entry.values()
+        if isinstance(value, torch.Tensor)
+    )
 
 
 def fit(cfg, data, device: torch.device, share: float = 1.0) -> Fit:

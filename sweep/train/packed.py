@@ -14,11 +14,20 @@ members left stop paying for the ones gone.
 What only a whole pack can get wrong (an exception in the shared computation) ends the pack:
 ``PackResult.error`` says why, and the members not finished by then have no result (the worker
 runs them again solo, from their checkpoints).
+
+With ``pack_update=exact`` every registry optimizer packs: each member has its own, a solo trial's
+optimizer over its own copy of its parameters (``optim.fused.MemberOptimizers``). A Schedule-Free
+member is moved to its evaluation point and back exactly when its solo trial is
+(``steps.EvalPoint``, one per member), and the pack's BatchNorm statistics are recalibrated per
+member as a solo trial's are (``steps.recalibrate_batchnorm``). A member evaluated because it
+diverged is the only one moved; the pack's recalibration then also resets the others' running
+statistics, which they do not read before their own next recalibration.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 import warnings
@@ -39,12 +48,14 @@ from sweep.core.errors import StoreUnavailable
 from sweep.core.outcome import Status
 from sweep.core.records import Checkpoint, EpochMetrics, PruneTrial, Reporter, Saver, TrialResult
 from sweep.train.steps import (
+    EvalPoint,
     divergence_check_steps,
     draw_batch,
     evaluate,
     final_metrics,
     pick_device,
     read_losses,
+    recalibrate_batchnorm,
     resolve_auto,
 )
 
@@ -90,6 +101,7 @@ class _Member:
     hp: dict
     schedule: ScheduleDriver
     lr_holder: torch.optim.Optimizer  # the schedule steps this one-parameter optimizer's LR
+    point: EvalPoint  # a Schedule-Free member's training or evaluation point
     history: list[EpochMetrics] = field(default_factory=list)
     first_loss: float | None = None
     loss_sum: float = 0.0  # this epoch's, on the host
@@ -168,7 +180,8 @@ class _Pack:
         for i, (c, hp) in enumerate(zip(configs, hps)):
             holder = _lr_holder(hp["lr"]) if self.fused else self.optimizer.holder(i)
             schedule = ScheduleDriver(holder, c.schedule, c.schedule_params, c.epochs, self.steps_per_epoch)
-            members.append(_Member(i, c, reporters[i], saves[i], hp, schedule, holder))
+            point = EvalPoint(holder, None if self.fused else functools.partial(self.optimizer.publish, holder))
+            members.append(_Member(i, c, reporters[i], saves[i], hp, schedule, holder, point))
         self.active = list(members)  # in the pack's current order
         self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.bf16 = resolve_auto(cfg.bf16, device)
@@ -180,10 +193,15 @@ class _Pack:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def evaluated(self, split: str) -> tuple[list[float], list[float]]:
-        """Each member's mean loss and accuracy on ``split`` (val, test), its time counted as eval_seconds."""
+    def evaluated(self, split: str, members: list[_Member] | None = None) -> tuple[list[float], list[float]]:
+        """Each member's mean loss and accuracy on ``split`` (val, test), its time counted as
+        eval_seconds; ``members`` (default: all) are moved to their evaluation point first."""
         eval_started = time.perf_counter()
         try:
+            moved = [m.point.to_eval() for m in (self.active if members is None else members)]
+            if any(moved):
+                cfg = self.cfg
+                recalibrate_batchnorm(self.pack, self.t["train_x"], cfg.batch_size, self.memory_format, self.autocast)
             return evaluate(self.pack, self.t[f"{split}_x"], self.t[f"{split}_y"], self.autocast)
         finally:
             self.timings["eval_seconds"] += time.perf_counter() - eval_started
@@ -235,6 +253,8 @@ class _Pack:
         for m in self.active:
             m.epoch_lr = m.schedule.lr
         epoch_started = time.perf_counter()
+        for m in self.active:
+            m.point.to_train()
         self.evaluating = 0.0
         order = torch.randperm(self.n_train, device=self.device, generator=self.generator)
         self.correct = torch.zeros(len(self.active), device=self.device, dtype=torch.long)
@@ -286,7 +306,7 @@ class _Pack:
         if not diverged:
             return False
         eval_started = time.perf_counter()
-        val_losses, val_accs = self.evaluated("val")
+        val_losses, val_accs = self.evaluated("val", [self.active[position] for position in diverged])
         self.evaluating += time.perf_counter() - eval_started
         for position, reason in diverged.items():
             self.finish(

@@ -11,6 +11,12 @@ Epochs are numbered from 1 everywhere (reports, MLflow steps, Optuna steps, mess
 Every ``checkpoint_every`` epochs and after the last one, once the epoch is reported (a pruned or
 diverged epoch is not kept), ``save`` gets a ``Checkpoint`` (the last one is the trained model);
 a trial given one as ``resume`` goes on from it exactly.
+
+A Schedule-Free optimizer (``steps.EvalPoint``) is moved to its evaluation point inside every
+evaluation, stays there through the epoch's report and checkpoint (a checkpoint holds the weights
+to evaluate), and goes back to its training point when the next epoch starts. A model with
+BatchNorm then gets its statistics recomputed at the evaluation weights
+(``steps.recalibrate_batchnorm``), counted in ``eval_seconds``.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ from sweep.core.errors import StoreUnavailable
 from sweep.core.outcome import Status
 from sweep.core.records import Checkpoint, EpochMetrics, PruneTrial, Reporter, Saver, TrialResult
 from sweep.train.steps import (
+    EvalPoint,
     divergence_check_steps,
     draw_batch,
     evaluate,
     final_metrics,
     pick_device,
     read_losses,
+    recalibrate_batchnorm,
     resolve_auto,
 )
 
@@ -104,6 +112,7 @@ class _Trial:
             device, memory_format=self.memory_format
         )
         self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters(), cfg.optimizer_params)
+        self.point = EvalPoint(self.optimizer)  # Schedule-Free: where its parameters are
         # the compiled module shares the model's parameters; checkpoints and the optimizer use the model
         self.forward = (
             torch.compile(self.model, backend=os.environ.get(COMPILE_BACKEND, "inductor"))
@@ -130,9 +139,14 @@ class _Trial:
             torch.cuda.synchronize(self.device)
 
     def evaluated(self, split: str) -> tuple[float, float]:
-        """Mean loss and accuracy on ``split`` (val, test), its time counted as eval_seconds."""
+        """Mean loss and accuracy on ``split`` (val, test) at the optimizer's evaluation point, its
+        time (BatchNorm's recalibration there included) counted as eval_seconds."""
         eval_started = time.perf_counter()
         try:
+            if self.point.to_eval():
+                recalibrate_batchnorm(
+                    self.model, self.t["train_x"], self.cfg.batch_size, self.memory_format, self.autocast
+                )
             losses, accuracies = evaluate(self.forward, self.t[f"{split}_x"], self.t[f"{split}_y"], self.autocast)
             return losses[0], accuracies[0]
         finally:
@@ -142,6 +156,7 @@ class _Trial:
         done = 0
         if resume is not None:
             resume.restore(self.model, self.optimizer, self.schedule, self.generator)
+            self.point.restored()
             self.first_losses[0], done = resume.first_loss, resume.epoch
             self.history.extend(resume.history)
         self.model.train()
@@ -163,6 +178,7 @@ class _Trial:
         and its training seconds (the compile step left out)."""
         cfg = self.cfg
         started = time.perf_counter()
+        self.point.to_train()
         order = torch.randperm(self.n_train, device=self.device, generator=self.generator)
         loss_sums = [0.0]
         correct = torch.zeros((), device=self.device, dtype=torch.long)

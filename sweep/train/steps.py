@@ -1,14 +1,22 @@
 """The steps a solo trial (``solo.run_trial``) and a pack (``packed.run_pack``) share, in one place:
 a pack's member must follow exactly the trajectory of its solo trial (tests/test_pack.py), so the
 device, the batches, the evaluation, the divergence check and the final metrics are the same code.
+
+Schedule-Free optimizers (and any optimizer with ``train()`` and ``eval()`` methods, which
+torch.optim's have not) train at one point and are evaluated at another. ``EvalPoint`` moves one
+to its evaluation point before every evaluation and checkpoint, and back before training resumes,
+each only when it is elsewhere; the trial's model is then evaluated at weights it never trained
+at, so ``recalibrate_batchnorm`` first recomputes its BatchNorm statistics there.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from models.packed import PackedModel
 from sweep.core.config import AUTO, TrialConfig
@@ -16,6 +24,10 @@ from sweep.core.records import EpochMetrics
 
 GPU_CHECK_STEPS = 32
 EVAL_IMAGES = 1024  # images per evaluation batch (a pack's members share them)
+# Training batches (the first ones of the training set, at the trial's batch size) whose mean
+# BatchNorm statistics a Schedule-Free trial evaluates with: ``recalibrate_batchnorm``
+BN_RECALIBRATION_BATCHES = 20
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def pick_device(name: str) -> torch.device:
@@ -98,6 +110,93 @@ def evaluate(model, x, y, autocast, images: int = EVAL_IMAGES) -> tuple[list[flo
                 correct += (logits.argmax(1) == target).sum()
     model.train()
     return [v / len(x) for v in loss_sum.tolist()], [c / len(x) for c in correct.tolist()]
+
+
+def switches_modes(optimizer) -> bool:
+    """Whether ``optimizer`` is evaluated at other weights than it trains at (Schedule-Free): it
+    has callable ``train`` and ``eval`` methods. Duck typed, so an optimizer of one's own works."""
+    return callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
+
+
+class EvalPoint:
+    """Which point a Schedule-Free(-like) optimizer's parameters are at: the one it trains at, or
+    the one it is evaluated at. ``to_eval`` before every evaluation (and so before a checkpoint,
+    which follows the epoch's validation), ``to_train`` before training steps resume; each switches
+    only when the optimizer is elsewhere, so calling it twice changes nothing. For any other
+    optimizer both do nothing. A trial that does the same calls in the same order does the same
+    arithmetic: a resumed trial is bit-identical to one that never stopped. ``moved`` is called
+    after each switch (a pack's member copies its parameters into the pack's)."""
+
+    def __init__(self, optimizer, moved: Callable[[], None] | None = None):
+        self.optimizer = optimizer if switches_modes(optimizer) else None
+        self.moved = moved
+        self.at_eval = False  # the registry hands a Schedule-Free optimizer over in train mode
+
+    def restored(self) -> None:
+        """After ``Checkpoint.restore``: a checkpoint is captured at the evaluation point.
+        schedulefree records the mode in each param group (``train_mode``); an optimizer that
+        does not is taken to be where checkpoints are captured."""
+        if self.optimizer is not None:
+            modes = [group["train_mode"] for group in self.optimizer.param_groups if "train_mode" in group]
+            self.at_eval = not any(modes)
+
+    def to_eval(self) -> bool:
+        """Move to the evaluation point; True when the parameters moved now (their BatchNorm
+        statistics are then stale: ``recalibrate_batchnorm``)."""
+        if self.optimizer is None or self.at_eval:
+            return False
+        self.optimizer.eval()
+        self.at_eval = True
+        if self.moved is not None:
+            self.moved()
+        return True
+
+    def to_train(self) -> None:
+        if self.optimizer is not None and self.at_eval:
+            self.optimizer.train()
+            self.at_eval = False
+            if self.moved is not None:
+                self.moved()
+
+
+def recalibrate_batchnorm(model, train_x: torch.Tensor, batch_size: int, memory_format, autocast) -> int:
+    """Recompute the BatchNorm running statistics of ``model`` (a model, or a ``PackedModel``:
+    each member its own) at its current weights; returns the batches used (0 without BatchNorm).
+
+    The statistics are reset, then the first ``BN_RECALIBRATION_BATCHES`` batches of ``train_x``
+    (in the stored order, at ``batch_size``, not augmented: no RNG stream moves) go forward with
+    only the BatchNorm layers in train mode, under ``torch.no_grad()``, the k-th (from 0) with
+    each layer's ``momentum`` at 1/(k+1): the running statistics end as the exact mean of the
+    batches' statistics. The layers' momentum is restored afterwards."""
+    packed = isinstance(model, PackedModel)
+    template = model.template if packed else model
+    layers = {n: m for n, m in template.named_modules() if isinstance(m, BATCHNORMS) and m.track_running_stats}
+    if not layers:
+        return 0
+    for name, layer in layers.items():
+        if packed:  # the pack's stacked buffers, as reset_running_stats resets a layer's own
+            model.buffers[f"{name}.running_mean"].zero_()
+            model.buffers[f"{name}.running_var"].fill_(1.0)
+            model.buffers[f"{name}.num_batches_tracked"].zero_()
+        else:
+            layer.reset_running_stats()
+    momenta = {name: layer.momentum for name, layer in layers.items()}
+    training = model.training
+    model.train()  # a pack's fused BatchNorm follows the pack's mode
+    for module in template.modules():  # only BatchNorm trains: any dropout stays off
+        module.training = isinstance(module, BATCHNORMS)
+    batches = min(BN_RECALIBRATION_BATCHES, math.ceil(len(train_x) / batch_size))
+    try:
+        with torch.no_grad(), autocast():
+            for k in range(batches):
+                for layer in layers.values():
+                    layer.momentum = 1.0 / (k + 1)
+                model(train_x[k * batch_size : (k + 1) * batch_size].contiguous(memory_format=memory_format))
+    finally:
+        for name, layer in layers.items():
+            layer.momentum = momenta[name]
+        model.train(training)
+    return batches
 
 
 def read_losses(
