@@ -193,3 +193,43 @@ def test_postgresql_storage(ray_address, sweep_overrides, pg_storage):
     assert run_sweep(cfg).rows
     study = studies(cfg, cfg.storage)["adam"]
     assert len([t for t in study.trials if t.state.is_finished()]) == 2
+
+
+def test_every_registry_optimizer_runs_in_a_sweep_and_shows_up_in_the_report(ray_address, sweep_overrides):
+    """One trial of every built-in optimizer (constant and cosine offered: the schedule-free ones
+    take constant alone), re-evaluated once: each has its row in the ranking, the Markdown table,
+    the HTML page and an MLflow parent run."""
+    from optim import OPTIMIZERS
+    from optim.declared import BUILT_IN
+
+    names = [n for n in OPTIMIZERS if n in BUILT_IN]
+    overrides = [o for o in sweep_overrides if not o.startswith(("epochs=", "reeval_seeds=", "report_figures="))]
+    cfg = load_config(
+        "quickstart",
+        overrides
+        + [
+            "name=registry",
+            f"optimizers=[{','.join(names)}]",
+            "trials=1",
+            "epochs=1",
+            "reeval_seeds=1",
+            "schedules=[constant,cosine]",
+            "pruner=none",
+        ],
+        mode="sweep",
+    )
+    result = run_sweep(cfg)
+    assert sorted(row.optimizer for row in result.rows) == sorted(names)
+    assert all(row.test is not None and row.test.n == 1 for row in result.rows), [
+        (r.optimizer, r.counts) for r in result.rows
+    ]
+    sweep_dir = sweep_dir_of(cfg)
+    markdown = (sweep_dir / "report" / "comparison.md").read_text()
+    html = (sweep_dir / "report" / "report.html").read_text()
+    for name in names:
+        assert f"| {name} |" in markdown and name in html, name
+    for name, study in studies(cfg, default_storage(sweep_dir)).items():
+        if OPTIMIZERS[name].schedule_free:
+            assert {t.params.get("schedule", "constant") for t in study.trials} == {"constant"}
+    _, parents, _ = mlflow_runs(default_tracking_uri(sweep_dir), cfg.name)
+    assert sorted(r.data.tags["sweep.optimizer"] for r in parents) == sorted(names)
