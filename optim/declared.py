@@ -82,6 +82,27 @@ class Declaration:
         )
 
 
+def as_data(
+    target: str,
+    hyperparameters: Mapping[str, Any],
+    space: Mapping[str, Any],
+    arguments: Mapping[str, Any],
+    description: str = "",
+    schedule_free: bool = False,
+    lr_free: bool = False,
+) -> dict[str, Any]:
+    """A declaration's fields as a file would hold them (what ``parse`` reads)."""
+    return {
+        "class": target,
+        "hyperparameters": dict(hyperparameters),
+        "space": dict(space),
+        "arguments": {k: list(v) for k, v in arguments.items()},
+        "description": description,
+        "schedule_free": schedule_free,
+        "lr_free": lr_free,
+    }
+
+
 def parse(name: str, raw: Any, source: str) -> Declaration:
     """A declaration from data; raises ``SpecError`` naming the source and field and what is allowed."""
     where = f"{source}:" if source else ""

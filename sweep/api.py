@@ -62,14 +62,13 @@ def declare_optimizer(
                 "move it to a .py file beside the notebook",
             )
         target = f"{module}:{target.__qualname__}"
-    raw: dict[str, Any] = {"class": target, "hyperparameters": dict(hyperparameters)}
-    if space:
-        raw["space"] = {k: v if isinstance(v, Mapping) else to_data(v) for k, v in space.items()}
-    if arguments:
-        raw["arguments"] = {k: list(v) for k, v in arguments.items()}
-    raw.update(description=description, schedule_free=schedule_free, lr_free=lr_free)
+    data = {k: v if isinstance(v, Mapping) else to_data(v) for k, v in (space or {}).items()}
     try:
-        return declared.parse(name, raw, f"custom_optimizers.{name}")
+        return declared.parse(
+            name,
+            declared.as_data(target, hyperparameters, data, arguments or {}, description, schedule_free, lr_free),
+            f"custom_optimizers.{name}",
+        )
     except SpecError as exc:
         raise ConfigError(exc.key, exc.message) from None
 

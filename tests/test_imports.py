@@ -29,7 +29,7 @@ assert MODELS and all(spec.description for spec in MODELS.values())
 for name, spec in OPTIMIZERS.items():
     assert resolve_hyperparameters(name, {}) == dict(spec.defaults)
     spec.space, spec.ranges, spec.has_momentum, spec.description
-    if spec.has_momentum:
+    if "formulation" in spec.defaults:
         for formulation in FORMULATIONS:
             resolve_hyperparameters(name, {"formulation": formulation})
 for name, spec in SCHEDULES.items():
@@ -81,7 +81,7 @@ def test_builders_still_work_from_the_same_import_paths():
 
     params = [torch.nn.Parameter(torch.ones(3))]
     for name, spec in OPTIMIZERS.items():
-        for formulation in FORMULATIONS if spec.has_momentum else [None]:
+        for formulation in FORMULATIONS if "formulation" in spec.defaults else [None]:
             hp = {"formulation": formulation} if formulation else {}
             opt = build_optimizer(name, params, hp)
             assert isinstance(opt, torch.optim.Optimizer)

@@ -13,7 +13,7 @@ def test_trial_config_has_every_trial_key_with_its_type_and_default():
         assert key.name in declared, f"TrialConfig lacks the trial key {key.name}"
         assert (declared[key.name].type, declared[key.name].default) == (key.type, key.default), key.name
     extra = set(declared) - {f.name for f in TRIAL_FIELDS}
-    assert extra == {"optimizer", "optimizer_params", "schedule", "schedule_params"}
+    assert extra == {"optimizer", "optimizer_params", "custom_optimizer", "schedule", "schedule_params"}
     assert TrialConfig().optimizer == GROUPS["optimizer"][0] and TrialConfig().schedule == GROUPS["schedule"][0]
 
 
