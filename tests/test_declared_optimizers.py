@@ -251,3 +251,14 @@ def test_the_cli_ships_the_users_code_to_workers_that_never_saw_it(ray_address, 
     # on this one machine the workers could import the original too (Ray puts the driver's
     # sys.path on theirs); they took the copy the runtime_env shipped, which comes first
     assert sources and all("runtime_resources" in s and str(USER_CODE) not in s for s in sources), sources
+
+
+def test_a_resume_may_not_declare_a_saved_optimizer_otherwise():
+    from sweep.execution.launch import check_resumable
+
+    cfg = load_config("quickstart", ["optimizers=[adam,my_lion]"], mode=SWEEP)
+    saved = cfg.to_dict()
+    assert check_resumable(cfg, saved) == cfg
+    saved["custom_optimizers"]["my_lion"]["hyperparameters"]["lr"] = 1e-3
+    with pytest.raises(api.ConfigError, match="declares my_lion otherwise"):
+        check_resumable(cfg, saved)
