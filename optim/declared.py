@@ -21,10 +21,19 @@ from typing import Any
 import yaml
 
 from optim.errors import SpecError
-from optim.optimizers import OPTIMIZERS, OptimizerSpec
-from optim.space import Conditional, Distribution, from_data, to_data
+from optim.optimizers import OPTIMIZERS, OptimizerSpec, check_hyperparameter
+from optim.space import Choice, Conditional, Distribution, from_data, to_data
 
 BUILT_IN = frozenset(OPTIMIZERS)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML that reads ``1e-3`` as a number, as the command line does (YAML 1.1 says text)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
 FIELDS = ("name", "class", "description", "hyperparameters", "arguments", "space", "schedule_free", "lr_free")
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -69,7 +78,10 @@ class Declaration:
         target = load_target(self)
 
         def build(params, hp):
-            return target(params, **self.keyword_arguments(hp))
+            optimizer = target(params, **self.keyword_arguments(hp))
+            if callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None)):
+                optimizer.train()  # handed over ready to train, as the built-in Schedule-Free ones are
+            return optimizer
 
         return OptimizerSpec(
             self.name,
@@ -107,7 +119,7 @@ def parse(name: str, raw: Any, source: str) -> Declaration:
     """A declaration from data; raises ``SpecError`` naming the source and field and what is allowed."""
     where = f"{source}:" if source else ""
     if not isinstance(raw, Mapping):
-        raise SpecError(f"{where}{name}", "must be a mapping with class, hyperparameters and space")
+        raise SpecError(source or name, "must be a mapping with class, hyperparameters and space")
     unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
         raise SpecError(f"{where}{unknown[0]}", f"unknown field; an optimizer declares {', '.join(FIELDS)}")
@@ -144,9 +156,18 @@ def _hyperparameters(where: str, raw: Any) -> dict[str, Any]:
             raise SpecError(f"{where}hyperparameters", f"names must be identifiers, got {key!r}")
         if not isinstance(value, (bool, int, float, str)):
             raise SpecError(f"{where}hyperparameters.{key}", f"must be a number, true/false or text, got {value!r}")
-    if isinstance(raw["lr"], bool) or not isinstance(raw["lr"], (int, float)) or raw["lr"] <= 0:
-        raise SpecError(f"{where}hyperparameters.lr", f"must be a number > 0, got {raw['lr']!r}")
+    for key, value in raw.items():
+        _check_value(f"{where}hyperparameters.{key}", key, value, value)
     return dict(raw)
+
+
+def _check_value(field_name: str, key: str, value: Any, default: Any) -> None:
+    """``value`` as ``optimizer.KEY=value`` would be checked (a known name's range, else the kind
+    of the default), reported under ``field_name``."""
+    try:
+        check_hyperparameter(key, value, default)
+    except SpecError as exc:
+        raise SpecError(field_name, exc.message) from None
 
 
 def _arguments(where: str, raw: Any, hyperparameters: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -154,6 +175,8 @@ def _arguments(where: str, raw: Any, hyperparameters: Mapping[str, Any]) -> dict
         raise SpecError(f"{where}arguments", f"must map an argument to a list of hyperparameters, got {raw!r}")
     out = {}
     for argument, names in raw.items():
+        if argument in hyperparameters:
+            raise SpecError(f"{where}arguments.{argument}", "is a hyperparameter's name; give the argument its own")
         if not isinstance(names, list) or not names or any(n not in hyperparameters for n in names):
             raise SpecError(
                 f"{where}arguments.{argument}",
@@ -171,6 +194,9 @@ def _space(where: str, raw: Any, hyperparameters: Mapping[str, Any]) -> dict[str
         if key not in hyperparameters:
             raise SpecError(f"{where}space.{key}", f"not a hyperparameter; declared: {', '.join(hyperparameters)}")
         dist = from_data(f"{where}space.{key}", data)
+        inner = dist.inner if isinstance(dist, Conditional) else dist
+        for value in inner.values if isinstance(inner, Choice) else (inner.low, inner.high):
+            _check_value(f"{where}space.{key}", key, value, hyperparameters[key])
         if isinstance(dist, Conditional) and (
             dist.on not in hyperparameters or dist.on == key or dist.on in raw and dist.on not in space
         ):
@@ -222,7 +248,7 @@ def _check_target(where: str, declaration: Declaration):
 def load_file(path: Path) -> Declaration:
     """A declaration from a YAML file; its name is the file's stem unless it says ``name:``."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
@@ -240,6 +266,7 @@ _REGISTERED: dict[str, Declaration] = {}
 def register(declaration: Declaration) -> None:
     """Put the declaration in the registry under its name (a newer one of the same name replaces
     it); a worker registers each trial's, so registering the same one again costs nothing."""
-    if _REGISTERED.get(declaration.name) != declaration:
+    known = _REGISTERED.get(declaration.name)
+    if known != declaration or (declaration.loaded is not None and known.loaded is not declaration.loaded):
         OPTIMIZERS[declaration.name] = declaration.spec()
         _REGISTERED[declaration.name] = declaration

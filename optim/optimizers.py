@@ -260,19 +260,15 @@ def resolve_hyperparameters(name: str, given: Mapping[str, Any]) -> dict[str, An
         raise UnknownEntry(f"optimizer.{unknown[0]}", f"{name} takes {', '.join(sorted(spec.defaults))}")
     hp = dict(spec.defaults)
     for key, value in given.items():
-        allowed = CATEGORICAL_HYPERPARAMETERS.get(key)
-        if allowed is not None:
-            if not any(type(value) is type(a) and value == a for a in allowed):
-                choices = ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)
-                raise SpecError(f"optimizer.{key}", f"must be one of {choices}, got {value!r}")
-        elif key in spec.ranges or key in NUMERIC_RANGES:
-            spec.ranges.get(key, NUMERIC_RANGES.get(key)).check(f"optimizer.{key}", value)
-        else:  # a declared optimizer's own hyperparameter: the kind of its default
-            _check_kind(f"optimizer.{key}", value, spec.defaults[key])
+        check_hyperparameter(key, value, spec.defaults[key], spec.ranges)
         hp[key] = value
     return hp
 
 
+# A sweep's default ``optimizers``: the seven of the optimizer articles, as before the modern ones
+# joined (a default of every entry would make each config without a list run 17 studies, and refuse
+# any schedules without constant); ``conf/modern.yaml`` lists all of them
+CLASSIC = ("adagrad", "adam", "adamw", "momentum", "nesterov", "rmsprop", "sgd")
 SCHEDULE_FREE_SCHEDULES = ("constant",)  # a warm-up (schedule.warmup_epochs) may still run in front
 
 
@@ -282,6 +278,21 @@ def usable_schedules(name: str, schedules: Iterable[str]) -> list[str]:
     if get_optimizer(name).schedule_free:
         return [s for s in schedules if s in SCHEDULE_FREE_SCHEDULES]
     return list(schedules)
+
+
+def check_hyperparameter(key: str, value: Any, default: Any, ranges: Mapping[str, Interval] | None = None) -> None:
+    """Raise ``SpecError(optimizer.KEY, ...)`` unless ``value`` suits hyperparameter ``key``: one
+    of its choices, in its range (``ranges`` overrides ``NUMERIC_RANGES``), or, for a declared
+    optimizer's own name, of its default's kind."""
+    allowed = CATEGORICAL_HYPERPARAMETERS.get(key)
+    if allowed is not None:
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            choices = ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)
+            raise SpecError(f"optimizer.{key}", f"must be one of {choices}, got {value!r}")
+    elif key in (ranges or {}) or key in NUMERIC_RANGES:
+        (ranges or {}).get(key, NUMERIC_RANGES.get(key)).check(f"optimizer.{key}", value)
+    else:
+        _check_kind(f"optimizer.{key}", value, default)
 
 
 def _check_kind(key: str, value: Any, default: Any) -> None:

@@ -111,7 +111,7 @@ def from_data(key: str, data: Any) -> Distribution:
 
     words = ", ".join(VOCABULARY)
     if not isinstance(data, dict):
-        raise SpecError(key, f"must be a mapping like {{log_uniform: [1e-4, 1e-1]}} ({words}), got {data!r}")
+        raise SpecError(key, f"must be a mapping like {{log_uniform: [1.0e-4, 0.1]}} ({words}), got {data!r}")
     data = dict(data)
     when = data.pop("when", None)
     if len(data) != 1 or next(iter(data)) not in VOCABULARY:

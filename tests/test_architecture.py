@@ -10,6 +10,7 @@ runs on a small tree that breaks its rule, so a checker that finds nothing canno
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ LONG = 60  # lines; a longer function says why in its docstring ("Long because .
 NOT_KEYS = {("sweep.core.config", "pack"): "the config key pack=, which a ConfigError names"}
 
 
+@functools.lru_cache  # parsed once for all the checks (read only)
 def modules(root: Path) -> dict[str, ast.Module]:
     """Dotted module name (``sweep.core.config``) -> its syntax tree, for every file under ``root``."""
     found = {}

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from optim import OPTIMIZERS
+from optim.declared import BUILT_IN
 from sweep.core.config import load_config
 from sweep.core.outcome import Tally
 from sweep.core.records import PruneTrial
@@ -126,7 +127,7 @@ RESUME_IMAGES = 512  # of digits' 1,150 training images: 8 batches of 64 per epo
 
 
 @pytest.mark.slow  # a 3-epoch training and a 2-epoch resume per optimizer: about 1 s each
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("optimizer", sorted(BUILT_IN))
 def test_every_optimizer_resumes_bit_identically(digits, tmp_path, optimizer):
     """Each registry optimizer at its defaults, stopped after epoch 1 (the end of a one-epoch
     warm-up) and resumed from the checkpoint file: every epoch's metrics, the test metrics, the

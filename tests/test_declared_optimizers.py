@@ -3,6 +3,7 @@ run beside the built-in ones, by workers that import it from code Ray ships them
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -54,11 +55,17 @@ BAD_FILES = [
     ("hyperparameters", {**GOOD, "hyperparameters": {"beta": 0.9}}, "lr included"),
     ("hyperparameters.lr", {**GOOD, "hyperparameters": {"lr": 0, "beta": 0.9}}, "> 0"),
     ("hyperparameters", {**GOOD, "hyperparameters": {"lr": 0.1, "gamma": 1.0}}, "takes no argument 'gamma'"),
+    ("hyperparameters.lr", {**GOOD, "hyperparameters": {"lr": float("inf"), "beta": 0.9}}, "> 0"),
     ("space.lr", {**GOOD, "space": {"lr": {"log_uniform": [0, 1]}}}, "0 < low"),
     ("space.lr", {**GOOD, "space": {"lr": {"loguniform": [1e-4, 1e-2]}}}, "log_uniform"),
     ("space.momentum", {**GOOD, "space": {"momentum": {"uniform": [0, 1]}}}, "not a hyperparameter"),
     ("space.beta.when", {**GOOD, "space": {"beta": {"uniform": [0.1, 0.9], "when": {"nesterov": True}}}}, "earlier"),
     ("space.lr", {**GOOD, "lr_free": True}, "lr is fixed"),
+    ("space.weight_decay", {**GOOD, "space": {"weight_decay": {"uniform": [-1, 1]}}}, ">= 0, got -1"),
+    ("space.lr", {**GOOD, "space": {"lr": {"uniform": [-1, 1]}}}, "> 0"),
+    ("space.weight_decay", {**GOOD, "space": {"weight_decay": {"choice": ["a", "b"]}}}, "got 'a'"),
+    ("hyperparameters.momentum", {**GOOD, "hyperparameters": {"lr": 0.1, "momentum": 1.5}}, "[0, 1)"),
+    ("arguments.lr", {**GOOD, "arguments": {"lr": ["beta"]}}, "hyperparameter's name"),
     ("name", {**GOOD, "name": "adam"}, "built-in"),
     ("colour", {**GOOD, "colour": "red"}, "unknown field"),
 ]
@@ -102,6 +109,7 @@ def test_an_unknown_name_lists_the_built_ins_and_the_files(capsys):
     assert "muon" in err and "conf/optimizer/" in err and "my_lion" in err and "path to a .yaml" in err
 
 
+@pytest.mark.slow  # my_lion is timm's Lion: importing timm takes about 2 s
 def test_a_file_in_conf_optimizer_is_named_like_a_built_in_and_saved_whole():
     cfg = load_config("quickstart", ["optimizers=[adam,my_lion]"], mode=SWEEP)
     assert cfg.optimizers == ("adam", "my_lion")
@@ -114,6 +122,7 @@ def test_a_file_in_conf_optimizer_is_named_like_a_built_in_and_saved_whole():
     assert cfg.trial_config("adam").custom_optimizer is None
 
 
+@pytest.mark.slow  # my_lion is timm's Lion: importing timm takes about 2 s
 def test_a_declared_lion_is_timms_lion(tmp_path):
     """The declaration's arguments pack beta1, beta2 into Lion's betas: the same optimizer as the registry's."""
     import torch
@@ -253,12 +262,75 @@ def test_the_cli_ships_the_users_code_to_workers_that_never_saw_it(ray_address, 
     assert sources and all("runtime_resources" in s and str(USER_CODE) not in s for s in sources), sources
 
 
-def test_a_resume_may_not_declare_a_saved_optimizer_otherwise():
+def test_a_resume_may_not_declare_a_saved_optimizer_otherwise(user_code):
     from sweep.execution.launch import check_resumable
 
-    cfg = load_config("quickstart", ["optimizers=[adam,my_lion]"], mode=SWEEP)
+    cfg = load_config("quickstart", [f"optimizers=[adam,{SIGN_MOMENTUM}]"], mode=SWEEP)
     saved = cfg.to_dict()
     assert check_resumable(cfg, saved) == cfg
-    saved["custom_optimizers"]["my_lion"]["hyperparameters"]["lr"] = 1e-3
-    with pytest.raises(api.ConfigError, match="declares my_lion otherwise"):
+    saved["custom_optimizers"]["sign_momentum"]["hyperparameters"]["lr"] = 1e-2
+    with pytest.raises(api.ConfigError, match="declares sign_momentum otherwise"):
         check_resumable(cfg, saved)
+
+
+def test_a_file_reads_1e_minus_3_as_a_number(tmp_path, user_code):
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "class: sign_optimizers:SignMomentum\nhyperparameters: {lr: 1e-3, beta: 0.9}\n"
+        "space: {lr: {log_uniform: [1e-4, 1e-1]}}\n"
+    )
+    declaration = declared.load_file(path)
+    assert declaration.hyperparameters["lr"] == 1e-3 and declaration.space["lr"] == LogUniform(1e-4, 0.1)
+
+
+@pytest.mark.slow  # trains two epochs
+def test_a_declared_schedule_free_optimizer_trains_and_is_evaluated_at_its_average(tmp_path, digits):
+    """schedulefree builds its optimizers in eval mode: a declared one is handed over ready to
+    train, and the trial switches it around each evaluation like the built-in ones."""
+    from sweep.train.solo import TrialConfig, run_trial
+
+    raw = {
+        "class": "schedulefree:AdamWScheduleFree",
+        "hyperparameters": {"lr": 0.0025, "beta1": 0.9, "beta2": 0.999},
+        "arguments": {"betas": ["beta1", "beta2"]},
+        "schedule_free": True,
+    }
+    cfg = load_config(
+        "quickstart",
+        ["schedules=[constant]"],
+        mode=SWEEP,
+        values={"custom_optimizers": {"my_sf": raw}, "optimizers": ["my_sf"]},
+    )
+    saved = []
+    result = run_trial(
+        TrialConfig(optimizer="my_sf", custom_optimizer=cfg.custom_optimizers[0], epochs=2), digits, save=saved.append
+    )
+    assert result.status == "ok", result.reason
+    assert result.metrics["val_accuracy"] > 0.5
+    assert [g["train_mode"] for g in saved[-1].optimizer["param_groups"]] == [False]  # saved at its average
+    with pytest.raises(api.ConfigError, match="schedule-free"):
+        load_config(
+            "quickstart",
+            ["schedules=[cosine]"],
+            mode=SWEEP,
+            values={"custom_optimizers": {"my_sf": raw}, "optimizers": ["my_sf"]},
+        )
+
+
+def test_declaring_an_edited_class_again_replaces_the_old_one():
+    import torch
+
+    class First(torch.optim.SGD):
+        pass
+
+    class Second(torch.optim.SGD):
+        pass
+
+    for cls in (First, Second):
+        cls.__module__ = __name__  # as if defined in this module, which the workers can import
+        globals()[cls.__name__] = cls
+    one = declared.parse("edited", {"class": f"{__name__}:First", "hyperparameters": {"lr": 0.1}}, "x")
+    two = dataclasses.replace(one, loaded=Second)
+    declared.register(one)
+    declared.register(two)
+    assert isinstance(OPTIMIZERS["edited"].build([torch.nn.Parameter(torch.ones(1))], {"lr": 0.1}), Second)

@@ -56,6 +56,7 @@ def test_registries_and_validation_do_not_import_torch():
     assert result.stdout.strip() == "torch-free"
 
 
+@pytest.mark.slow  # a fresh interpreter builds every optimizer: timm's import alone takes about 2 s
 def test_builders_still_work_from_the_same_import_paths():
     import torch
 

@@ -16,7 +16,6 @@ import numpy as np
 import prodigyopt
 import pytest
 import schedulefree
-import timm.optim
 import torch
 
 import models
@@ -24,6 +23,18 @@ import optim
 from optim import modern
 from optim.optimizers import OPTIMIZERS
 
+
+class _LazyTimm:
+    """``timm.optim``, imported when a test first builds from it: importing timm costs about 2 s
+    (its model registry), which the quick tier does not pay (the timm tests are ``slow``)."""
+
+    def __getattr__(self, name):
+        import timm.optim
+
+        return getattr(timm.optim, name)
+
+
+TIMM = _LazyTimm()
 STEPS = 10
 # Prodigy starts from D = d0 = 1e-6 and keeps it for its first ~10 steps on simple_cnn (weights
 # move by ~1e-5): 30 steps let D grow, so d_coef shows in the weights, beyond ATOL
@@ -44,49 +55,49 @@ CASES = [
         "muon",
         {"lr": 0.02, "momentum": 0.9, "nesterov": False, "weight_decay": 0.05, "beta1": 0.8, "beta2": 0.9},
         (),
-        lambda ps: timm.optim.Muon(ps, lr=0.02, momentum=0.9, nesterov=False, weight_decay=0.05, betas=(0.8, 0.9)),
+        lambda ps: TIMM.Muon(ps, lr=0.02, momentum=0.9, nesterov=False, weight_decay=0.05, betas=(0.8, 0.9)),
     ),
     (  # Nesterov: Muon's Nesterov step, and NAdamW (not AdamW) for the fallback tensors
         "muon",
         {"lr": 0.02, "momentum": 0.85, "weight_decay": 0.05, "beta1": 0.8, "beta2": 0.9},
         ("nesterov",),
-        lambda ps: timm.optim.Muon(ps, lr=0.02, momentum=0.85, nesterov=True, weight_decay=0.05, betas=(0.8, 0.9)),
+        lambda ps: TIMM.Muon(ps, lr=0.02, momentum=0.85, nesterov=True, weight_decay=0.05, betas=(0.8, 0.9)),
     ),
     (
         "lion",
         {"lr": 2e-3, "beta1": 0.8, "beta2": 0.95, "weight_decay": 0.3},
         (),
-        lambda ps: timm.optim.Lion(ps, lr=2e-3, betas=(0.8, 0.95), weight_decay=0.3),
+        lambda ps: TIMM.Lion(ps, lr=2e-3, betas=(0.8, 0.95), weight_decay=0.3),
     ),
     (
         "nadamw",
         {"lr": 0.01, "beta1": 0.8, "beta2": 0.95, "weight_decay": 0.05},
         (),
-        lambda ps: timm.optim.NAdamW(ps, lr=0.01, betas=(0.8, 0.95), weight_decay=0.05),
+        lambda ps: TIMM.NAdamW(ps, lr=0.01, betas=(0.8, 0.95), weight_decay=0.05),
     ),
     (
         "lamb",
         {"lr": 0.05, "beta1": 0.8, "beta2": 0.95, "weight_decay": 0.05},
         (),
-        lambda ps: timm.optim.Lamb(ps, lr=0.05, betas=(0.8, 0.95), weight_decay=0.05),
+        lambda ps: TIMM.Lamb(ps, lr=0.05, betas=(0.8, 0.95), weight_decay=0.05),
     ),
     (
         "lars",
         {"lr": 0.5, "momentum": 0.8, "weight_decay": 0.01, "trust_coeff": 0.01},
         (),
-        lambda ps: timm.optim.Lars(ps, lr=0.5, momentum=0.8, weight_decay=0.01, trust_coeff=0.01, always_adapt=True),
+        lambda ps: TIMM.Lars(ps, lr=0.5, momentum=0.8, weight_decay=0.01, trust_coeff=0.01, always_adapt=True),
     ),
     (  # no weight decay: timm skips the trust ratio there unless always_adapt, which the registry sets
         "lars",
         {"lr": 0.5, "momentum": 0.8, "trust_coeff": 0.01},
         ("weight_decay",),
-        lambda ps: timm.optim.Lars(ps, lr=0.5, momentum=0.8, weight_decay=0.0, trust_coeff=0.01, always_adapt=True),
+        lambda ps: TIMM.Lars(ps, lr=0.5, momentum=0.8, weight_decay=0.0, trust_coeff=0.01, always_adapt=True),
     ),
     (
         "adan",
         {"lr": 0.01, "beta1": 0.9, "beta2": 0.8, "beta3": 0.95, "weight_decay": 0.05},
         (),
-        lambda ps: timm.optim.Adan(ps, lr=0.01, betas=(0.9, 0.8, 0.95), weight_decay=0.05),
+        lambda ps: TIMM.Adan(ps, lr=0.01, betas=(0.9, 0.8, 0.95), weight_decay=0.05),
     ),
     (
         "adafactor",
@@ -205,6 +216,7 @@ def test_cases_cover_every_modern_optimizer():
             assert value != defaults[key], f"{name}.{key} is its default"
 
 
+@pytest.mark.slow  # ten steps of simple_cnn per case, 12 cases: seconds with the imports, kept off the quick tier
 @pytest.mark.parametrize(("name", "hp", "kept", "by_hand"), CASES, ids=CASE_IDS)
 def test_registry_build_matches_library(name, hp, kept, by_hand):
     steps = STEPS_FOR.get(name, STEPS)
@@ -228,14 +240,14 @@ def test_registry_build_matches_library(name, hp, kept, by_hand):
 # a wrong mapping of each kind: swapped betas, ignored momentum, dropped weight decay, a lost flag,
 # a dropped d_coef
 WRONG = [
-    ("lion", lambda ps: timm.optim.Lion(ps, lr=2e-3, betas=(0.95, 0.8), weight_decay=0.3)),
+    ("lion", lambda ps: TIMM.Lion(ps, lr=2e-3, betas=(0.95, 0.8), weight_decay=0.3)),
     (
         "muon",
-        lambda ps: timm.optim.Muon(ps, lr=0.02, momentum=0.95, nesterov=False, weight_decay=0.05, betas=(0.8, 0.9)),
+        lambda ps: TIMM.Muon(ps, lr=0.02, momentum=0.95, nesterov=False, weight_decay=0.05, betas=(0.8, 0.9)),
     ),
-    ("nadamw", lambda ps: timm.optim.NAdamW(ps, lr=0.01, betas=(0.8, 0.95))),
-    ("adan", lambda ps: timm.optim.Adan(ps, lr=0.01, betas=(0.9, 0.95, 0.8), weight_decay=0.05)),
-    ("lars-1", lambda ps: timm.optim.Lars(ps, lr=0.5, momentum=0.8, weight_decay=0.0, trust_coeff=0.01)),
+    ("nadamw", lambda ps: TIMM.NAdamW(ps, lr=0.01, betas=(0.8, 0.95))),
+    ("adan", lambda ps: TIMM.Adan(ps, lr=0.01, betas=(0.9, 0.95, 0.8), weight_decay=0.05)),
+    ("lars-1", lambda ps: TIMM.Lars(ps, lr=0.5, momentum=0.8, weight_decay=0.0, trust_coeff=0.01)),
     ("prodigy", lambda ps: prodigyopt.Prodigy(ps, lr=1.0, betas=(0.8, 0.95), weight_decay=0.05)),
     (
         "sf_adamw",
@@ -244,6 +256,7 @@ WRONG = [
 ]
 
 
+@pytest.mark.slow  # as above
 @pytest.mark.parametrize(("case", "wrong"), WRONG, ids=[c for c, _ in WRONG])
 def test_helper_catches_a_wrong_mapping(case, wrong):
     """The comparison fails, on the weights themselves, against a deliberately wrong reference."""
@@ -259,6 +272,7 @@ def test_helper_catches_a_wrong_mapping(case, wrong):
 # ---- Muon: which tensors timm orthogonalizes ----------------------------------------------------------
 
 
+@pytest.mark.slow  # imports timm
 def test_muon_routes_kernels_to_muon_and_the_rest_to_the_fallback():
     model, opt = _train(_registry("muon", {"momentum": 0.9, "nesterov": False}), steps=1)
     routed = {name: opt.state[p]["use_muon"] for name, p in model.named_parameters()}
@@ -293,6 +307,7 @@ GRADS = np.array(
 )
 
 
+@pytest.mark.slow  # imports timm
 def test_lion_matches_published_rule():
     """Chen et al. 2023, Algorithm 2: c = b1*m + (1-b1)*g; p -= lr*(sign(c) + wd*p); m = b2*m + (1-b2)*g."""
     lr, b1, b2, wd = 0.1, 0.8, 0.95, 0.5

@@ -29,6 +29,7 @@ from models import MODELS
 from optim import OPTIMIZERS, SCHEDULES, declared, resolve_hyperparameters, resolve_schedule_params, usable_schedules
 from optim.declared import BUILT_IN, Declaration
 from optim.errors import SpecError
+from optim.optimizers import CLASSIC
 from optim.schedules import WARMUP_DEFAULTS
 from sweep.core import credentials
 from sweep.core.datasets import DATASETS
@@ -423,7 +424,7 @@ class SweepConfig:
         "a file named in optimizers= lands here too (see Your own optimizer)",
     )
     optimizers: tuple[str, ...] = key(
-        tuple(sorted(BUILT_IN)),
+        CLASSIC,
         _names(OPTIMIZERS),
         "one Optuna study per optimizer (a name, conf/optimizer/NAME.yaml, or a path to a .yaml)",
     )

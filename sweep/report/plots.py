@@ -28,8 +28,9 @@ WIDTH = 9.5  # inches: about 1045 px at DPI, a laptop screen's width with margin
 PANEL_HEIGHT = 2.6  # inches per row of small multiples
 
 # Tableau's ten, their lighter tab20 hues, then tab20b's twenty: the registry's entries take one
-# each by position (17 built-in optimizers, then the declared ones as registered), names outside
-# the registry (a test's) the next unused ones, so no two optimizers of a report share a colour.
+# each by position (the 17 built-in optimizers always the same; declared ones in the order this
+# process registered them), names outside the registry (a test's) the next unused ones, so up to
+# 40 optimizers in one report never share a colour.
 PALETTE = (
     *("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"),
     *("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"),
