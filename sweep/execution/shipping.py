@@ -31,9 +31,9 @@ def pickle_by_value(cfg: SweepConfig) -> None:
     from ray import cloudpickle
 
     for declaration in cfg.custom_optimizers:
-        module = importlib.import_module(declaration.target.partition(":")[0])
-        if _local_source(module.__name__.split(".")[0]) is not None:
-            cloudpickle.register_pickle_by_value(module)
+        top = declaration.target.partition(":")[0].split(".")[0]
+        if _local_source(top) is not None:  # the whole package: a helper module of it travels too
+            cloudpickle.register_pickle_by_value(importlib.import_module(top))
 
 
 def _local_source(top: str):
