@@ -27,13 +27,15 @@ from optim.space import Choice, Conditional, Distribution, from_data, to_data
 BUILT_IN = frozenset(OPTIMIZERS)
 
 
+# ``1e-3``: a number, though YAML 1.1 reads it as text (the command line's values use it too)
+SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML that reads ``1e-3`` as a number, as the command line does (YAML 1.1 says text)."""
+    """YAML that reads ``1e-3`` as a number, as the command line does."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
-)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^{SCIENTIFIC.pattern}$"), list("-+0123456789."))
 FIELDS = ("name", "class", "description", "hyperparameters", "arguments", "space", "schedule_free", "lr_free")
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")

@@ -42,16 +42,20 @@ def muon(params, hp):
     )
 
 
-def lion(params, hp):
-    return _timm("Lion")(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), weight_decay=hp["weight_decay"])
+def _lr_betas_decay(name: str):
+    """A builder for timm's ``name`` taking lr, (beta1, beta2) and weight decay, as Lion, NAdamW
+    and LAMB do."""
+
+    def build(params, hp):
+        return _timm(name)(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), weight_decay=hp["weight_decay"])
+
+    build.__name__ = build.__qualname__ = name.lower()
+    return build
 
 
-def nadamw(params, hp):
-    return _timm("NAdamW")(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), weight_decay=hp["weight_decay"])
-
-
-def lamb(params, hp):
-    return _timm("Lamb")(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), weight_decay=hp["weight_decay"])
+lion = _lr_betas_decay("Lion")
+nadamw = _lr_betas_decay("NAdamW")
+lamb = _lr_betas_decay("Lamb")
 
 
 def lars(params, hp):

@@ -21,7 +21,7 @@ from optim import declared
 from optim.declared import Declaration
 from optim.errors import SpecError
 from optim.space import Choice, Conditional, Distribution, IntRange, LogUniform, OneMinusLogUniform, Uniform, to_data
-from sweep.core.config import SWEEP, from_saved, load_config
+from sweep.core.config import SWEEP, load_config
 from sweep.core.errors import ConfigError
 
 __all__ = [
@@ -95,10 +95,6 @@ def resume(name: str, *overrides: str, output_dir: str = "./sweeps"):
     """``sweep resume NAME``: the saved sweep goes on (its declared optimizers come from its
     ``sweep.yaml``); returns the ``SweepResult`` as ``run`` does."""
     from sweep.execution.launch import run_sweep
-    from sweep.stores.sweepdir import SweepDir
+    from sweep.stores.sweepdir import saved_sweep
 
-    sweep_dir = SweepDir.of(output_dir, name)
-    saved = sweep_dir.saved_config()
-    if saved is None:
-        raise ConfigError("name", f"no sweep {name!r} under {sweep_dir.path.parent}")
-    return run_sweep(from_saved(saved, [*overrides, f"output_dir={sweep_dir.path.parent}"]))
+    return run_sweep(saved_sweep(output_dir, name, list(overrides))[1])

@@ -187,17 +187,10 @@ class _Refused(Exception):
 def _saved_sweep(args, overrides: list[str]):
     """The sweep directory ``args.name`` under ``--output-dir`` and its saved config with
     ``overrides``; raises ``_Refused`` (said in one line) when there is none or an override is bad."""
-    from sweep.core.config import from_saved
-    from sweep.stores.sweepdir import SweepDir
+    from sweep.stores.sweepdir import saved_sweep
 
-    sweep_dir = SweepDir.of(args.output_dir, args.name)
-    saved = sweep_dir.saved_config()
-    if saved is None:
-        raise _Refused(
-            _fail(f"name: no sweep {args.name!r} under {sweep_dir.path.parent} (see `sweep ls --output-dir DIR`)")
-        )
     try:
-        return sweep_dir, from_saved(saved, [*overrides, f"output_dir={sweep_dir.path.parent}"])
+        return saved_sweep(args.output_dir, args.name, overrides)
     except ConfigError as exc:
         raise _Refused(_fail(str(exc))) from None
 

@@ -585,7 +585,7 @@ def key_table() -> str:
 
 def parse_value(text: str) -> Any:
     """YAML scalars and lists (``[sgd,adam]``); ``1e-3`` is a float (YAML 1.1 would say string)."""
-    if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", text.strip()):
+    if declared.SCIENTIFIC.fullmatch(text.strip()):
         return float(text)
     try:
         return yaml.safe_load(text) if text.strip() else None

@@ -28,7 +28,9 @@ from typing import Any
 
 import yaml
 
+from sweep.core.config import SweepConfig, from_saved
 from sweep.core.credentials import is_server, redact, redacted
+from sweep.core.errors import ConfigError
 
 CONFIG, ID, STATE, LOCK = "sweep.yaml", "id", "state", "lock"
 JOURNAL, MLFLOW_DB, ARTIFACTS = "optuna.journal", "mlflow.db", "artifacts"
@@ -196,3 +198,14 @@ def latest_sweep(output_dir: str | Path) -> SweepDir | None:
     root = Path(output_dir)
     found = sorted(root.glob(f"*/{CONFIG}"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
     return SweepDir(found[-1].parent) if found else None
+
+
+def saved_sweep(output_dir: str | Path, name: str, overrides: list[str]) -> tuple[SweepDir, SweepConfig]:
+    """The sweep ``name`` under ``output_dir`` and its saved config with ``overrides`` (``sweep
+    resume``, ``sweep report``, ``sweep.api.resume``); ``ConfigError`` when there is none or an
+    override is bad."""
+    sweep_dir = SweepDir.of(output_dir, name)
+    saved = sweep_dir.saved_config()
+    if saved is None:
+        raise ConfigError("name", f"no sweep {name!r} under {sweep_dir.path.parent} (see `sweep ls --output-dir DIR`)")
+    return sweep_dir, from_saved(saved, [*overrides, f"output_dir={sweep_dir.path.parent}"])
