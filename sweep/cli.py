@@ -27,6 +27,13 @@ def _fail(message: str, code: int = USAGE_ERROR, urls: tuple[str | None, ...] = 
     return code
 
 
+def _print_config_values(values) -> int:
+    import yaml
+
+    print(yaml.safe_dump(values, sort_keys=False), end="")
+    return 0
+
+
 def _print_config(cfg) -> int:
     import yaml
 
@@ -80,8 +87,9 @@ def cmd_train(args) -> int:
     return FAILED if result.status.value == "failed" else 0
 
 
-def _drive(cfg, start) -> int:
-    """Run ``start()`` (a sweep) and turn how it ended into output and an exit code."""
+def _drive(cfg, start, show=None) -> int:
+    """Run ``start()`` (a sweep, or a benchmark whose shared keys ``cfg`` holds under its name)
+    and turn how it ended into output and an exit code; ``show`` prints a benchmark's result."""
     from sweep.stores.sweepdir import SweepDir
 
     sweep_dir = SweepDir.of(cfg.output_dir, cfg.name)
@@ -107,7 +115,10 @@ def _drive(cfg, start) -> int:
             where = f"the traceback could not be written to {sweep_dir / 'driver.log'} ({log_error.strerror})"
         message = redact(str(exc), *urls).strip()[:200]  # masked before the cut: no half password
         return _fail(f"unexpected {type(exc).__name__}: {message}\n{where}; {hint}", FAILED, urls)
-    _print_report(result.report, cfg.name, result.sweep_dir.path.parent)
+    if show is not None:
+        show(result)
+    else:
+        _print_report(result.report, cfg.name, result.sweep_dir.path.parent)
     return 0
 
 
@@ -124,7 +135,13 @@ def _print_report(built, name: str, output_dir) -> None:
 
 
 def cmd_report(args) -> int:
-    """Build the report of a finished or still-running sweep from its stores."""
+    """Build the report of a finished or still-running sweep (or benchmark) from its stores."""
+    try:
+        found = _saved_benchmark(args, [])
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if found is not None:
+        return _report_benchmark(found[0])
     sweep_dir, cfg = _saved_sweep(args, [])
     stores = sweep_dir.stores(cfg.storage, cfg.tracking_uri)
     from sweep.report import build as report
@@ -137,14 +154,79 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _report_benchmark(bench) -> int:
+    import time
+
+    from sweep.execution.benchmark import BenchmarkResult
+    from sweep.report import benchmark as report
+    from sweep.stores.sweepdir import SweepDir
+
+    started = time.perf_counter()
+    try:
+        built = report.build(bench)
+    except StoreUnavailable as exc:
+        return _fail(str(exc), FAILED, (bench.base.storage, bench.base.tracking_uri))
+    _print_benchmark(BenchmarkResult(SweepDir(bench.path), built, time.perf_counter() - started))
+    return 0
+
+
 def _with_output_dir(args) -> list[str]:
     """The overrides, with ``--output-dir`` as ``output_dir=`` (the option and the key are one setting)."""
     return list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
 
 
+def _run_benchmark(bench, values) -> int:
+    """A benchmark (``sweep.core.benchmark``): its sweeps one after another, then its report. A
+    stop or store failure is said as for a sweep, with the benchmark's resume command."""
+    from sweep.execution.benchmark import run_benchmark
+
+    where = bench.base.replace(name=bench.name, output_dir=bench.output_dir)
+    return _drive(where, lambda: run_benchmark(bench, values), show=_print_benchmark)
+
+
+def _print_benchmark(result) -> None:
+    from sweep.report.benchmark_files import SCORE_COLUMNS, score_rows
+
+    rows = score_rows(result.report)
+    print(f"{'rank':>4}  {'optimizer':<12} {'score':>6}  {'interval':<34} reached")
+    for r in rows:
+        print(
+            f"{r['rank']:>4}  {r['optimizer']:<12} {r['score']:>6}  {r[SCORE_COLUMNS[3]]:<34} {r['workloads reached']}"
+        )
+    folder = result.report.folder
+    print(
+        f"\nreport:  {folder / 'benchmark.html'} ({result.seconds:.0f} s)\n         profile.png, front.png, "
+        f"scores.csv, workloads.csv, trials.csv and benchmark.md beside it\n"
+        f"MLflow:  sweep ui {result.report.name} --output-dir {folder.parent.parent}"
+    )
+
+
+def _benchmark(config: str | None, overrides: list[str]):
+    """The benchmark a config file declares, or None when it declares a sweep."""
+    from sweep.core.benchmark import is_benchmark, load_benchmark
+
+    return load_benchmark(config, overrides) if is_benchmark(config) else None
+
+
+def _saved_benchmark(args, overrides: list[str]):
+    """The benchmark ``args.name`` under ``--output-dir`` as saved, or None when it is a sweep."""
+    from sweep.core.benchmark import from_values
+    from sweep.execution.benchmark import BENCHMARK_FILE, saved
+    from sweep.stores.sweepdir import SweepDir
+
+    folder = SweepDir.of(args.output_dir, args.name)
+    values = saved(folder)
+    if values is None:
+        return None
+    return from_values(values, str(folder / BENCHMARK_FILE), [*overrides, f"output_dir={folder.path.parent}"])
+
+
 def cmd_run(args) -> int:
     overrides = _with_output_dir(args)
     try:
+        found = _benchmark(args.config, overrides)
+        if found is not None:
+            return _print_config_values(found[1]) if args.print_config else _run_benchmark(*found)
         cfg = load_config(args.config, overrides, default="quickstart", mode=SWEEP)
     except ConfigError as exc:
         return _fail(str(exc))
@@ -196,6 +278,12 @@ def _saved_sweep(args, overrides: list[str]):
 
 
 def cmd_resume(args) -> int:
+    try:
+        found = _saved_benchmark(args, args.overrides)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if found is not None:
+        return _print_config_values(found[1]) if args.print_config else _run_benchmark(*found)
     _, cfg = _saved_sweep(args, args.overrides)
     if args.print_config:
         return _print_config(cfg)
@@ -208,13 +296,58 @@ def cmd_ls(args) -> int:
     from sweep.report.build import list_sweeps
 
     print(list_sweeps(args.output_dir))
+    benchmarks = _list_benchmarks(args.output_dir)
+    if benchmarks:
+        print(f"\n{benchmarks}")
     return 0
+
+
+def _list_benchmarks(output_dir) -> str:
+    """The benchmarks under ``output_dir``: name, state, workloads, ruleset, the best score (files only)."""
+    import json
+    from pathlib import Path
+
+    from sweep.stores.sweepdir import SUMMARY, SweepDir
+
+    found = sorted(Path(output_dir).glob("*/benchmark.yaml")) if Path(output_dir).is_dir() else []
+    if not found:
+        return ""
+    lines = [f"{'benchmark':<24} {'state':<12} {'workloads':<10} {'ruleset':<9} best (optimizer: score)"]
+    for path in found:
+        folder = SweepDir(path.parent)
+        section = (_yaml_file(path) or {}).get("benchmark") or {}
+        summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).exists() else {}
+        scores = summary.get("scores") or {}
+        best = next((f"{name}: {row['score']:.3f}" for name, row in scores.items()), "")  # ranked first
+        lines.append(
+            f"{folder.name:<24} {folder.state():<12} {len(section.get('workloads') or {}):<10} "
+            f"{section.get('ruleset', '-'):<9} {best}"
+        )
+    return "\n".join(lines)
+
+
+def _yaml_file(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
 
 
 def cmd_ui(args) -> int:
     from sweep.stores.sweepdir import SweepDir, latest_sweep
 
     sweep_dir = SweepDir.of(args.output_dir, args.name) if args.name else latest_sweep(args.output_dir)
+    if args.name and sweep_dir is not None and not sweep_dir.exists():
+        try:
+            found = _saved_benchmark(args, [])
+        except ConfigError as exc:
+            return _fail(str(exc))
+        if found is not None:  # a benchmark: its one MLflow store, opened on its report's experiment
+            from sweep.ui import ServerStartError, serve
+
+            try:
+                return serve(found[0].base.tracking_uri, found[0].name, args.host, args.port, args.verbose)
+            except ServerStartError as exc:
+                return _fail(f"ui: {exc}", FAILED)
     if sweep_dir is None or not sweep_dir.exists():
         which = f"no sweep {args.name!r}" if args.name else "no sweeps"
         return _fail(f"name: {which} under {SweepDir(args.output_dir).path}; run `sweep run` first")

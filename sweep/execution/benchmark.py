@@ -81,7 +81,7 @@ def run_benchmark(bench: BenchmarkConfig, values: dict[str, Any]) -> BenchmarkRe
                     continue
                 say(bench.name, f"sweep {i + 1}/{len(bench.children)}: {child.workload} study {child.study}")
                 launch.start(first if i == 0 else launch.prepare(child.config))
-            built = report.build(bench, bench_id)
+            built = report.build(bench, bench_id, FINISHED)
         except BaseException:
             folder.write_state(INTERRUPTED)
             raise
