@@ -62,6 +62,15 @@ def _same_outcome(resumed, uninterrupted) -> None:
                 assert value == pytest.approx(theirs.logged()[key], abs=1e-6), (mine.epoch, key)
     # train_seconds covers every epoch, the ones before the checkpoint too
     assert resumed.metrics["train_seconds"] == pytest.approx(sum(h.epoch_seconds for h in resumed.history))
+    _same_curve(resumed, uninterrupted)
+
+
+def _same_curve(resumed, uninterrupted) -> None:
+    """The same evaluations (training seconds aside), the checkpoint's ones carried over."""
+    assert [(p.steps, p.images, p.val_accuracy) for p in resumed.curve] == [
+        (p.steps, p.images, p.val_accuracy) for p in uninterrupted.curve
+    ]
+    assert [p.train_seconds for p in resumed.curve] == sorted(p.train_seconds for p in resumed.curve)
 
 
 # ---- in-process: stop after epoch 2, resume from its checkpoint file ---------------------------------
@@ -124,6 +133,7 @@ def _identical(a, b, where: str = "") -> None:
 
 
 RESUME_IMAGES = 512  # of digits' 1,150 training images: 8 batches of 64 per epoch
+EVAL_EVERY = 3  # steps: mid-epoch evaluations after steps 3, 6 | 9, 12, 15 | 18, 21 (epoch ends: 8, 16, 24)
 
 
 @pytest.mark.slow  # a 3-epoch training and a 2-epoch resume per optimizer: about 1 s each
@@ -131,8 +141,9 @@ RESUME_IMAGES = 512  # of digits' 1,150 training images: 8 batches of 64 per epo
 def test_every_optimizer_resumes_bit_identically(digits, tmp_path, optimizer):
     """Each registry optimizer at its defaults, stopped after epoch 1 (the end of a one-epoch
     warm-up) and resumed from the checkpoint file: every epoch's metrics, the test metrics, the
-    final weights and optimizer state equal bit for bit. A Schedule-Free optimizer trains with
-    the constant schedule (the only one it takes)."""
+    evaluation curve, the final weights and optimizer state equal bit for bit. A Schedule-Free
+    optimizer trains with the constant schedule (the only one it takes), and is evaluated mid-epoch
+    (``eval_every_steps``) at its evaluation point, then goes on training at its training point."""
     data = dataclasses.replace(digits, train_x=digits.train_x[:RESUME_IMAGES], train_y=digits.train_y[:RESUME_IMAGES])
     cfg = TrialConfig(
         optimizer=optimizer,
@@ -140,6 +151,7 @@ def test_every_optimizer_resumes_bit_identically(digits, tmp_path, optimizer):
         schedule_params={"warmup_epochs": 1},
         epochs=3,
         batch_size=64,
+        eval_every_steps=EVAL_EVERY,
     )
     uninterrupted_saves: list[checkpoints.Checkpoint] = []
 
@@ -162,6 +174,8 @@ def test_every_optimizer_resumes_bit_identically(digits, tmp_path, optimizer):
             k: v for k, v in theirs.logged().items() if k not in TIMING
         }, mine.epoch
     assert [c.epoch for c in resumed_saves] == [2, 3]
+    assert [p.steps for p in uninterrupted.curve] == [3, 6, 8, 9, 12, 15, 16, 18, 21, 24]
+    _same_curve(resumed, uninterrupted)
     _identical(resumed_saves[-1].model, uninterrupted_saves[-1].model, "model")
     _identical(resumed_saves[-1].optimizer, uninterrupted_saves[-1].optimizer, "optimizer")
 

@@ -164,6 +164,9 @@ def _assert_same_trajectory(solo, packed, solo_checkpoint, pack_checkpoint, tole
         assert p.val_accuracy == s.val_accuracy and p.train_accuracy == s.train_accuracy
         assert p.scheduled_lr == pytest.approx(s.scheduled_lr, rel=1e-12)
         assert p.val_loss == pytest.approx(s.val_loss, abs=TOLERANCE)
+    assert [(c.steps, c.images, c.val_accuracy) for c in packed.curve] == [
+        (c.steps, c.images, c.val_accuracy) for c in solo.curve
+    ]
     if solo_checkpoint is None:
         return
     for name, value in solo_checkpoint.model.items():
@@ -217,10 +220,14 @@ def test_each_member_follows_its_solo_trajectory(small, optimizer, formulation, 
 )
 @pytest.mark.slow  # trains a pack and its solo trials
 def test_a_member_checkpoint_resumes_solo_exactly(small, optimizer, schedules):
-    """A Schedule-Free member's checkpoint is at its evaluation point; its solo resume knows it."""
-    configs = _configs(optimizer, None, schedules)
+    """A Schedule-Free member's checkpoint is at its evaluation point; its solo resume knows it.
+    Evaluated every 5 steps too (12 per epoch: after 5, 10 | 15, 20), the pack and its members'
+    resumes are evaluated where their solo trials are, and at the same weights."""
+    configs = [dataclasses.replace(c, eval_every_steps=5) for c in _configs(optimizer, None, schedules)]
     solo, packed, solo_saved, pack_saved = _trained(configs, small)
+    assert [c.steps for c in packed[0].curve] == [5, 10, 12, 15, 20, 24]
     for i, config in enumerate(configs):
+        _assert_same_trajectory(solo[i], packed[i], solo_saved[i][-1], pack_saved[i][-1])
         resumed_saved = []
         resumed = run_trial(config, small, resume=pack_saved[i][0], save=_keeper(resumed_saved))
         _assert_same_trajectory(solo[i], resumed, solo_saved[i][-1], resumed_saved[-1])

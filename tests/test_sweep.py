@@ -12,6 +12,8 @@ from optuna.trial import TrialState
 
 from sweep.cli import main
 from sweep.core.config import load_config
+from sweep.core.keys import Attr, Tag
+from sweep.core.target import parse_curve, time_to_target
 from sweep.execution.launch import run_sweep
 from tests.sweep_helpers import (
     default_storage,
@@ -38,6 +40,8 @@ def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
             "optimizer.lr=0.01",
             "schedules=[constant,cosine]",
             "batch_sizes=[32,64]",
+            "target_accuracy=0.5",
+            "eval_every_steps=10",
         ],
         mode="sweep",
     )
@@ -70,6 +74,7 @@ def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
         assert math.isclose(history[-1].value if history[-1].step == 2 else history[0].value, trial.value)
         assert run.data.tags["sweep.status"] == trial.user_attrs["status"] == "ok"
         assert run.data.metrics["final_test_accuracy"] > 0
+        _assert_time_to_target(trial, run, cfg)
 
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert set(summary["optimizers"]) == {"sgd", "adam"}
@@ -82,6 +87,27 @@ def test_two_optimizers_four_trials_two_workers(ray_address, sweep_overrides):
     assert math.isclose(adam["best_params"]["beta1"], 1 - adam["best_optuna_params"]["one_minus_beta1"])
     assert (sweep_dir / "report" / "comparison.csv").read_text().count("\n") == 3
     assert "| adam |" in (sweep_dir / "report" / "comparison.md").read_text()
+
+
+def _assert_time_to_target(trial, run, cfg) -> None:
+    """The trial's curve (every 10 steps and each epoch's end) is its attribute, its time to the
+    target its final metrics in both stores, and the run's tag says it in words."""
+    curve = parse_curve(trial.user_attrs[Attr.CURVE])
+    steps_per_epoch = math.ceil(curve[-1].images / cfg.epochs / trial.params["batch_size"])
+    ends = {steps_per_epoch, 2 * steps_per_epoch}
+    assert [p.steps for p in curve] == sorted({*range(10, 2 * steps_per_epoch, 10), *ends})
+    assert curve[-1].val_accuracy == trial.value
+    assert math.isclose(curve[-1].train_seconds, run.data.metrics["final_train_seconds"], rel_tol=1e-9)
+    assert run.data.params["target_accuracy"] == "0.5" and run.data.params["eval_every_steps"] == "10"
+    reached = time_to_target(curve, 0.5)
+    assert run.data.metrics["final_target_reached"] == trial.user_attrs["final_target_reached"] == (reached is not None)
+    if reached is not None:
+        assert run.data.metrics["final_steps_to_target"] == reached.steps
+        assert run.data.metrics["final_time_to_target_s"] == pytest.approx(reached.seconds)
+        assert run.data.tags[Tag.TARGET].startswith("reached 0.5 at ")
+    else:
+        assert "final_time_to_target_s" not in run.data.metrics
+        assert run.data.tags[Tag.TARGET].startswith("not reached: best ")
 
 
 def test_pruned_trials_are_pruned_in_optuna_and_mlflow(ray_address, sweep_overrides):

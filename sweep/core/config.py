@@ -222,6 +222,18 @@ def _device(key, value):
 _device.allowed = "auto | cpu | cuda | cuda:N"
 
 
+def _target_accuracy(key, value):
+    """A validation accuracy to measure time to (``core.target``), or None for none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(key, f"must be a validation accuracy in (0, 1], or null for none, got {value!r}")
+    return float(value)
+
+
+_target_accuracy.allowed = "number in (0, 1], or null (none)"
+
+
 def _optional(check: Check) -> Check:
     def optional(key, value):
         return None if value is None else check(key, value)
@@ -414,6 +426,21 @@ class SweepConfig:
     tracking_retry_s: float = key(
         300.0, _float(0.0), "how long a trial keeps retrying MLflow before it fails", trial=True
     )
+    eval_every_steps: int = key(
+        0,
+        _int(0, 10_000_000),
+        "also evaluate on the validation set every N optimizer steps (0: once per epoch); "
+        "its time is counted in eval_seconds, not training time",
+        frozen=True,
+        trial=True,
+    )
+    target_accuracy: float | None = key(
+        None,
+        _target_accuracy,
+        "validation accuracy a trial's time_to_target_s is measured to (unset: none)",
+        frozen=True,
+        trial=True,
+    )
     # a sweep
     name: str = key("sweep", _name, "sweep name: <output_dir>/<name>/, the MLflow experiment", text=True)
     output_dir: str = key("./sweeps", _text, "folder that holds sweeps", text=True)
@@ -556,6 +583,8 @@ class TrialConfig:
     divergence_factor: float = 10.0
     checkpoint_every: int = 1
     tracking_retry_s: float = 300.0
+    eval_every_steps: int = 0
+    target_accuracy: float | None = None
     optimizer: str = GROUPS["optimizer"][0]
     optimizer_params: dict[str, Any] = field(default_factory=dict)
     custom_optimizer: Declaration | None = None  # the declaration of a user's optimizer, for its worker

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sweep.core.outcome import Status
+from sweep.core.target import CurvePoint
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +47,7 @@ class TrialResult:
     epochs_run: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # final metrics, whatever the outcome
     history: list[EpochMetrics] = field(default_factory=list)
+    curve: list[CurvePoint] = field(default_factory=list)  # every validation evaluation (``core.target``)
 
     @property
     def value(self) -> float:
@@ -69,10 +71,20 @@ class Checkpoint:
     device_rng: torch.Tensor | None  # the CUDA RNG, when training there
     first_loss: float | None  # the divergence check compares against it
     history: tuple[EpochMetrics, ...]  # the epochs so far: final metrics come out as without a stop
+    # the evaluations so far (mid-epoch ones too); a default, so checkpoints from before still load
+    curve: tuple[CurvePoint, ...] = ()
 
     @classmethod
     def capture(
-        cls, epoch: int, model, optimizer, schedule, generator: torch.Generator, first_loss: float | None, history
+        cls,
+        epoch: int,
+        model,
+        optimizer,
+        schedule,
+        generator: torch.Generator,
+        first_loss: float | None,
+        history,
+        curve=(),
     ) -> Checkpoint:
         import torch
 
@@ -87,6 +99,7 @@ class Checkpoint:
             torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             first_loss,
             tuple(history),
+            tuple(curve),
         )
 
     def detached(self) -> Checkpoint:
@@ -109,7 +122,12 @@ class Checkpoint:
             None if self.device_rng is None else own(self.device_rng),
             self.first_loss,
             self.history,
+            self.points(),
         )
+
+    def points(self) -> tuple[CurvePoint, ...]:
+        """The curve so far; a checkpoint pickled before curves were kept has none."""
+        return getattr(self, "curve", ())
 
     def restore(self, model, optimizer, schedule, generator: torch.Generator) -> None:
         """Put freshly built training objects where this checkpoint left them."""

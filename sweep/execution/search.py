@@ -66,6 +66,10 @@ def run_params(tc: TrialConfig, trial_params: dict[str, Any]) -> dict[str, Any]:
     }
     if tc.train_subset is not None:
         params["train_subset"] = tc.train_subset
+    if tc.eval_every_steps:
+        params["eval_every_steps"] = tc.eval_every_steps
+    if tc.target_accuracy is not None:
+        params["target_accuracy"] = tc.target_accuracy
     params.update(resolve_hyperparameters(tc.optimizer, tc.optimizer_params))
     params.update(
         {f"{tc.schedule}.{k}": v for k, v in resolve_schedule_params(tc.schedule, tc.schedule_params).items()}

@@ -4,7 +4,9 @@ The worker reports each epoch's validation accuracy to the trial (so the study's
 with every other trial's history) and queues the epoch for the trial's MLflow run in one batch
 (``mlflow_sender``: sent in the background, so a tracking server that is away for a while never
 stalls training; past ``tracking_retry_s`` the trial fails with the epochs it could not log).
-At the end it finishes the trial through ``finish.finish_trial``: Optuna first, then the run.
+At the end it finishes the trial through ``finish.finish_trial``: Optuna first, then the run. Just
+before, the trial's evaluation curve (``core.target``) becomes its ``eval_curve`` attribute, and
+with a ``target_accuracy`` the run is tagged with whether and when the trial reached it.
 
 Ray re-runs the task when its worker process dies (``max_retries``). The re-run is the same
 Optuna trial and the same MLflow run: it counts the attempt, resumes from the run's last
@@ -30,9 +32,10 @@ from optim import declared
 from sweep.core import credentials
 from sweep.core.config import TrialConfig
 from sweep.core.errors import StoreUnavailable, store_calls
-from sweep.core.keys import MIRRORED, Attr
+from sweep.core.keys import MIRRORED, Attr, Tag
 from sweep.core.outcome import Status, TrialOutcome
-from sweep.core.records import EpochMetrics, PruneTrial
+from sweep.core.records import EpochMetrics, PruneTrial, TrialResult
+from sweep.core.target import described
 from sweep.stores import checkpoints, tracking
 from sweep.stores.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
 from sweep.stores.mlflow_sender import TrackingSender, use_short_requests
@@ -164,6 +167,7 @@ class Attempt:
         then Optuna, then the run."""
         result.metrics.update(memory)
         result.metrics.update(self.spent)
+        self.record_curve(result)
         self.sender.flush()
         failure = self.sender.failure
         status, reason = (Status.FAILED, failure) if failure else (result.status, result.reason)
@@ -178,6 +182,15 @@ class Attempt:
             result.value,
             close_run=self.sender.close_run,
         )
+
+    def record_curve(self, result: TrialResult) -> None:
+        """The curve as the trial's attribute, set before the trial is finished (so a finished trial
+        has it), and with a target the run's tag saying whether and when it was reached."""
+        with store_calls(OPTUNA):
+            self.trial.set_user_attr(Attr.CURVE, [p.as_list() for p in result.curve])
+        target = self.task.config.target_accuracy
+        if target is not None:
+            self.sender.tag({Tag.TARGET: described(result.curve, target, result.epochs_run)})
 
 
 def load_study(task: TrialTask) -> SweepStudy:

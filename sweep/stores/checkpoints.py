@@ -3,8 +3,8 @@
 A ``Checkpoint`` (``sweep.core.records``) holds everything the next epoch depends on: the model's
 and optimizer's state, the LR schedule's, the generator that orders batches and draws
 augmentations, the global torch RNG, the first batch loss (the divergence check's yardstick) and
-the epochs run so far (the final metrics are computed from them). On the CPU a trial resumed from
-it ends bit-identical to one that never stopped.
+the epochs run so far (the final metrics are computed from them) with the evaluation curve so far
+(``core.target``). On the CPU a trial resumed from it ends bit-identical to one that never stopped.
 
 Checkpoints live in the run's artifacts (``checkpoints/epoch-0003.pt``), through MLflow's
 artifact repository of the run: the sweep directory's ``artifacts/`` locally, the tracking
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from sweep.core.errors import first_line
 from sweep.core.records import Checkpoint, EpochMetrics
+from sweep.core.target import CurvePoint
 
 FOLDER = "checkpoints"
 FORMAT = 1  # bumped when the file's layout changes; another layout is not read
@@ -44,7 +45,11 @@ def write(checkpoint: Checkpoint, path: Path) -> None:
     import torch
 
     part = path.with_name(path.name + ".part")
-    fields = {**checkpoint.__dict__, "history": [asdict(m) for m in checkpoint.history]}
+    fields = {
+        **checkpoint.__dict__,
+        "history": [asdict(m) for m in checkpoint.history],
+        "curve": [p.as_list() for p in checkpoint.points()],
+    }
     torch.save({"format": FORMAT, **fields}, part)
     os.replace(part, path)
 
@@ -58,6 +63,7 @@ def read(path: Path) -> Checkpoint:
     if fields.pop("format", None) != FORMAT:
         raise ValueError(f"not a checkpoint of format {FORMAT}")
     fields["history"] = tuple(EpochMetrics(**m) for m in fields["history"])
+    fields["curve"] = tuple(CurvePoint.of(p) for p in fields.get("curve", ()))  # none in a file from before
     return Checkpoint(**fields)
 
 

@@ -3,8 +3,9 @@
 Each member is a whole trial as ``run_trial`` runs it: the same seed, so the same initial weights
 and the same batches in the same order, its own hyperparameters (``optim.fused``), its own LR
 schedule (a torch scheduler per member, stepped exactly as in a solo trial), its own per-epoch
-reports, divergence check, checkpoints and outcome. tests/test_pack.py checks that every member
-follows the trajectory it would follow alone.
+reports, divergence check, checkpoints and outcome, and its own evaluation curve (with
+``eval_every_steps``, the whole pack is evaluated mid-epoch at the steps a solo trial is).
+tests/test_pack.py checks that every member follows the trajectory it would follow alone.
 
 Members leave the pack: one whose loss diverges is evaluated where it stopped and dropped at the
 check that finds it (its NaN stays in its own slice of every tensor meanwhile); one its reporter
@@ -47,16 +48,20 @@ from sweep.core.datasets import DataSplits, device_tensors, load_data
 from sweep.core.errors import StoreUnavailable
 from sweep.core.outcome import Status
 from sweep.core.records import Checkpoint, EpochMetrics, PruneTrial, Reporter, Saver, TrialResult
+from sweep.core.target import CurvePoint
 from sweep.train.steps import (
     EvalPoint,
+    curve_point,
     divergence_check_steps,
     draw_batch,
     evaluate,
     final_metrics,
+    mid_epoch_evaluation,
     pick_device,
     read_losses,
     recalibrate_batchnorm,
     resolve_auto,
+    target_metrics,
 )
 
 # What members of one pack may differ in; everything else (data, model, seed, epochs, batch size,
@@ -103,6 +108,7 @@ class _Member:
     lr_holder: torch.optim.Optimizer  # the schedule steps this one-parameter optimizer's LR
     point: EvalPoint  # a Schedule-Free member's training or evaluation point
     history: list[EpochMetrics] = field(default_factory=list)
+    curve: list[CurvePoint] = field(default_factory=list)  # its evaluations, as its solo trial's
     first_loss: float | None = None
     loss_sum: float = 0.0  # this epoch's, on the host
     epoch_lr: float = 0.0  # the schedule's LR at this epoch's start
@@ -207,8 +213,14 @@ class _Pack:
             self.timings["eval_seconds"] += time.perf_counter() - eval_started
 
     def finish(self, member: _Member, status: Status, reason: str, **last: float) -> None:
-        metrics = {**final_metrics(member.history, time.perf_counter() - self.started, **last), **self.timings}
-        member.result = TrialResult(status, reason, len(member.history), metrics, list(member.history))
+        metrics = {
+            **final_metrics(member.history, time.perf_counter() - self.started, **last),
+            **target_metrics(member.curve, member.cfg.target_accuracy),
+            **self.timings,
+        }
+        member.result = TrialResult(
+            status, reason, len(member.history), metrics, list(member.history), list(member.curve)
+        )
         if self.on_finish is not None:
             self.on_finish(member.index, member.result)
 
@@ -268,16 +280,39 @@ class _Pack:
             lr = self.lrs()  # per step: warm-ups and one-cycle move it every batch
             self.correct += (logits.argmax(2) == y).sum(1)
             unchecked.append((step, len(y), losses.detach()))
-            if len(unchecked) < self.check_every and step + 1 < self.steps_per_epoch:
-                continue
-            if self.check(unchecked, epoch):
-                lr = self.lrs()
-                if not self.active:
-                    return 0.0
-            unchecked.clear()
+            if len(unchecked) >= self.check_every or step + 1 == self.steps_per_epoch:
+                if self.check(unchecked, epoch):
+                    lr = self.lrs()
+                    if not self.active:
+                        return 0.0
+                unchecked.clear()
+            if mid_epoch_evaluation(cfg.eval_every_steps, self.steps_per_epoch, epoch, step):
+                self.evaluate_mid_epoch(epoch, step + 1, epoch_started)
+        self.sync()
+        return time.perf_counter() - epoch_started - self.evaluating
+
+    def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return time.perf_counter() - epoch_started - self.evaluating
+
+    def evaluate_mid_epoch(self, epoch: int, steps: int, epoch_started: float) -> None:
+        """Each member's validation after the epoch's ``steps``-th step (``eval_every_steps``), a
+        point of its curve as in its solo trial; then back to training (a Schedule-Free member to
+        its training point). Its time is eval_seconds, left out of the epoch's training time."""
+        self.sync()
+        stopped, eval_seconds = time.perf_counter(), self.timings["eval_seconds"]
+        trained = stopped - epoch_started - self.evaluating
+        _, val_accs = self.evaluated("val")
+        cfg = self.cfg
+        for m, accuracy in zip(self.active, val_accs):
+            m.point.to_train()
+            seconds = sum(h.epoch_seconds for h in m.history) + trained
+            m.curve.append(
+                curve_point(epoch, steps, self.steps_per_epoch, cfg.batch_size, self.n_train, seconds, accuracy)
+            )
+        spent = time.perf_counter() - stopped
+        self.timings["eval_seconds"] = eval_seconds + spent
+        self.evaluating += spent
 
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step of every member on the batch; the logits and each member's loss."""
@@ -340,6 +375,18 @@ class _Pack:
             )
             m.loss_sum = 0.0
             m.history.append(metrics)
+            trained = sum(h.epoch_seconds for h in m.history)
+            m.curve.append(
+                curve_point(
+                    epoch,
+                    self.steps_per_epoch,
+                    self.steps_per_epoch,
+                    self.cfg.batch_size,
+                    self.n_train,
+                    trained,
+                    metrics.val_accuracy,
+                )
+            )
             if not self.reported(m, metrics):
                 gone.add(position)
                 continue
@@ -408,7 +455,7 @@ def _member_checkpoint(
     model = model.to(device, memory_format=memory_format)
     model.load_state_dict(pack.member_state_dict(position))
     if isinstance(optimizer, MemberOptimizers):  # the member's optimizer is a solo optimizer already
-        return Checkpoint.capture(epoch, model, m.lr_holder, m.schedule, generator, m.first_loss, m.history)
+        return Checkpoint.capture(epoch, model, m.lr_holder, m.schedule, generator, m.first_loss, m.history, m.curve)
     solo = build_optimizer(m.cfg.optimizer, model.parameters(), m.hp)
     group = solo.param_groups[0]
     # the LR and what the member's scheduler keeps beside it (initial_lr, one-cycle's max_lr, ...)
@@ -422,4 +469,4 @@ def _member_checkpoint(
     names = [name for name, _ in model.named_parameters()]
     for index, state in optimizer.member_state(position, names).items():
         solo.state[group["params"][index]] = state
-    return Checkpoint.capture(epoch, model, solo, m.schedule, generator, m.first_loss, m.history)
+    return Checkpoint.capture(epoch, model, solo, m.schedule, generator, m.first_loss, m.history, m.curve)

@@ -8,15 +8,20 @@ trial's fault, and must not use up its optimizer's budget.
 
 Epochs are numbered from 1 everywhere (reports, MLflow steps, Optuna steps, messages).
 
+Every validation evaluation is a point of the trial's curve (``core.target``): each epoch's end,
+and with ``eval_every_steps`` > 0 one after every N-th optimizer step too (counted across epochs),
+whose time, like every evaluation's, is eval_seconds and left out of the epoch's training seconds.
+With ``target_accuracy`` set, the final metrics say whether and when the curve reached it.
+
 Every ``checkpoint_every`` epochs and after the last one, once the epoch is reported (a pruned or
 diverged epoch is not kept), ``save`` gets a ``Checkpoint`` (the last one is the trained model);
 a trial given one as ``resume`` goes on from it exactly.
 
 A Schedule-Free optimizer (``steps.EvalPoint``) is moved to its evaluation point inside every
 evaluation, stays there through the epoch's report and checkpoint (a checkpoint holds the weights
-to evaluate), and goes back to its training point when the next epoch starts. A model with
-BatchNorm then gets its statistics recomputed at the evaluation weights
-(``steps.recalibrate_batchnorm``), counted in ``eval_seconds``.
+to evaluate), and goes back to its training point when the next epoch starts (or, evaluated
+mid-epoch, at once). A model with BatchNorm then gets its statistics recomputed at the evaluation
+weights (``steps.recalibrate_batchnorm``), counted in ``eval_seconds``.
 """
 
 from __future__ import annotations
@@ -36,16 +41,20 @@ from sweep.core.datasets import DataSplits, device_tensors, load_data
 from sweep.core.errors import StoreUnavailable
 from sweep.core.outcome import Status
 from sweep.core.records import Checkpoint, EpochMetrics, PruneTrial, Reporter, Saver, TrialResult
+from sweep.core.target import CurvePoint
 from sweep.train.steps import (
     EvalPoint,
+    curve_point,
     divergence_check_steps,
     draw_batch,
     evaluate,
     final_metrics,
+    mid_epoch_evaluation,
     pick_device,
     read_losses,
     recalibrate_batchnorm,
     resolve_auto,
+    target_metrics,
 )
 
 __all__ = ["TrialConfig", "run_trial"]
@@ -69,23 +78,28 @@ def run_trial(
     """Train ``cfg`` and return its outcome; ``data`` may be preloaded (the sweep shares it).
     ``resume``: go on after the checkpoint's epoch (its epochs are not reported again)."""
     history: list[EpochMetrics] = []
+    curve: list[CurvePoint] = []  # every validation evaluation, mid-epoch ones too
     timings: dict[str, float] = {}  # where the time went besides training: eval_seconds, compile_seconds
     started = time.perf_counter()
 
-    def final(**last: float) -> dict[str, float]:
-        return {**final_metrics(history, time.perf_counter() - started, **last), **timings}
+    def ended(status: Status, reason: str, **last: float) -> TrialResult:
+        metrics = {
+            **final_metrics(history, time.perf_counter() - started, **last),
+            **target_metrics(curve, cfg.target_accuracy),
+            **timings,
+        }
+        return TrialResult(status, reason, len(history), metrics, history, curve)
 
     try:
-        return _Trial(cfg, data, reporter, save, history, timings).train(resume, final)
+        return _Trial(cfg, data, reporter, save, history, curve, timings).train(resume, ended)
     except PruneTrial as exc:
-        return TrialResult(Status.PRUNED, str(exc) or "pruned", len(history), final(), history)
+        return ended(Status.PRUNED, str(exc) or "pruned")
     except _Diverged as exc:  # measured where it stopped: even a first-epoch divergence has metrics
-        metrics = final(val_loss=exc.val_loss, val_accuracy=exc.val_accuracy)
-        return TrialResult(Status.DIVERGED, str(exc), len(history), metrics, history)
+        return ended(Status.DIVERGED, str(exc), val_loss=exc.val_loss, val_accuracy=exc.val_accuracy)
     except StoreUnavailable:
         raise
     except Exception as exc:  # a failed trial is an outcome, not a crashed sweep
-        return TrialResult(Status.FAILED, f"{type(exc).__name__}: {exc}", len(history), final(), history)
+        return ended(Status.FAILED, f"{type(exc).__name__}: {exc}")
 
 
 class _Trial:
@@ -99,9 +113,11 @@ class _Trial:
         reporter: Reporter | None,
         save: Saver | None,
         history: list[EpochMetrics],
+        curve: list[CurvePoint],
         timings: dict[str, float],
     ):
         self.cfg, self.reporter, self.save, self.history, self.timings = cfg, reporter, save, history, timings
+        self.curve = curve
         self.device = device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.data = data if data is not None else load_data(cfg)
@@ -129,6 +145,7 @@ class _Trial:
         self.check_every = divergence_check_steps(cfg, device)
         self.compile_seconds = 0.0
         self.first_losses: list[float | None] = [None]  # read_losses' per-member list, of one member
+        self.eval_compiled = False  # under torch.compile: the first validation compiles its graph
         timings["eval_seconds"] = 0.0
 
     def autocast(self):
@@ -152,30 +169,36 @@ class _Trial:
         finally:
             self.timings["eval_seconds"] += time.perf_counter() - eval_started
 
-    def train(self, resume: Checkpoint | None, final: Callable[..., dict[str, float]]) -> TrialResult:
+    def validated(self) -> tuple[float, float]:
+        """``evaluated("val")``; under torch.compile the first one compiles the evaluation graph,
+        its time then counted as compile_seconds too."""
+        eval_started = time.perf_counter()
+        val_loss, val_acc = self.evaluated("val")
+        if self.cfg.compile and not self.eval_compiled:
+            self.eval_compiled = True
+            self.compile_seconds += time.perf_counter() - eval_started
+            self.timings["compile_seconds"] = self.compile_seconds
+        return val_loss, val_acc
+
+    def train(self, resume: Checkpoint | None, ended: Callable[..., TrialResult]) -> TrialResult:
         done = 0
         if resume is not None:
             resume.restore(self.model, self.optimizer, self.schedule, self.generator)
             self.point.restored()
             self.first_losses[0], done = resume.first_loss, resume.epoch
             self.history.extend(resume.history)
+            self.curve.extend(resume.points())
         self.model.train()
         for epoch in range(done + 1, self.cfg.epochs + 1):
             lr = self.schedule.lr
             loss_sum, correct, seconds = self.run_epoch(epoch)
-            self.end_epoch(epoch, epoch == done + 1, lr, loss_sum, correct, seconds)
+            self.end_epoch(epoch, lr, loss_sum, correct, seconds)
         test_loss, test_acc = self.evaluated("test")
-        return TrialResult(
-            Status.OK,
-            "",
-            len(self.history),
-            {**final(), "test_loss": test_loss, "test_accuracy": test_acc},
-            self.history,
-        )
+        return ended(Status.OK, "", test_loss=test_loss, test_accuracy=test_acc)
 
     def run_epoch(self, epoch: int) -> tuple[float, torch.Tensor, float]:
         """Train one epoch: its loss sum (read on the host), its correct predictions (on the device)
-        and its training seconds (the compile step left out)."""
+        and its training seconds (the compile step and mid-epoch evaluations left out)."""
         cfg = self.cfg
         started = time.perf_counter()
         self.point.to_train()
@@ -196,14 +219,15 @@ class _Trial:
                 self.sync()
                 self.compile_seconds = self.timings["compile_seconds"] = time.perf_counter() - step_started
                 started += self.compile_seconds
-            if len(unchecked) < self.check_every and step + 1 < self.steps_per_epoch:
-                continue
-            # one host sync for the batches since the last check; the first divergent one is named
-            diverged = read_losses(unchecked, self.first_losses, loss_sums, cfg.divergence_factor, epoch)
-            if diverged:
-                val_loss, val_acc = self.evaluated("val")
-                raise _Diverged(diverged[0], val_loss, val_acc)
-            unchecked.clear()
+            if len(unchecked) >= self.check_every or step + 1 == self.steps_per_epoch:
+                # one host sync for the batches since the last check; the first divergent one is named
+                diverged = read_losses(unchecked, self.first_losses, loss_sums, cfg.divergence_factor, epoch)
+                if diverged:
+                    val_loss, val_acc = self.evaluated("val")
+                    raise _Diverged(diverged[0], val_loss, val_acc)
+                unchecked.clear()
+            if mid_epoch_evaluation(cfg.eval_every_steps, self.steps_per_epoch, epoch, step):
+                started += self.evaluate_mid_epoch(epoch, step + 1, started)
         self.sync()
         return loss_sums[0], correct, time.perf_counter() - started
 
@@ -221,20 +245,35 @@ class _Trial:
         self.schedule.after_batch()
         return logits, loss
 
-    def end_epoch(
-        self, epoch: int, first: bool, lr: float, loss_sum: float, correct: torch.Tensor, seconds: float
-    ) -> None:
+    def evaluate_mid_epoch(self, epoch: int, steps: int, started: float) -> float:
+        """The validation after the epoch's ``steps``-th step (``eval_every_steps``), its epoch's
+        training timed from ``started``, as a curve point; then back to training (a Schedule-Free
+        optimizer to its training point). Returns its seconds: eval_seconds, not training time."""
+        self.sync()
+        stopped, eval_seconds = time.perf_counter(), self.timings["eval_seconds"]
+        seconds = sum(h.epoch_seconds for h in self.history) + stopped - started
+        _, val_acc = self.validated()
+        self.point.to_train()
+        cfg = self.cfg
+        self.curve.append(
+            curve_point(epoch, steps, self.steps_per_epoch, cfg.batch_size, self.n_train, seconds, val_acc)
+        )
+        spent = time.perf_counter() - stopped
+        self.timings["eval_seconds"] = eval_seconds + spent
+        return spent
+
+    def end_epoch(self, epoch: int, lr: float, loss_sum: float, correct: torch.Tensor, seconds: float) -> None:
         """Validate, record and report the epoch, step the schedule, and checkpoint when due."""
         cfg, n_train = self.cfg, self.n_train
-        eval_started = time.perf_counter()
-        val_loss, val_acc = self.evaluated("val")
-        if cfg.compile and first:  # the evaluation graph compiled on this first call
-            self.compile_seconds += time.perf_counter() - eval_started
-            self.timings["compile_seconds"] = self.compile_seconds
+        val_loss, val_acc = self.validated()
         metrics = EpochMetrics(
             epoch, loss_sum / n_train, correct.item() / n_train, val_loss, val_acc, lr, seconds, n_train / seconds
         )
         self.history.append(metrics)
+        trained = sum(h.epoch_seconds for h in self.history)
+        self.curve.append(
+            curve_point(epoch, self.steps_per_epoch, self.steps_per_epoch, cfg.batch_size, n_train, trained, val_acc)
+        )
         if not math.isfinite(val_loss):
             raise _Diverged(f"validation loss {val_loss} at epoch {epoch}", val_loss, val_acc)
         if self.reporter is not None:
@@ -247,6 +286,13 @@ class _Trial:
         ):
             self.save(
                 Checkpoint.capture(
-                    epoch, self.model, self.optimizer, self.schedule, self.generator, self.first_losses[0], self.history
+                    epoch,
+                    self.model,
+                    self.optimizer,
+                    self.schedule,
+                    self.generator,
+                    self.first_losses[0],
+                    self.history,
+                    self.curve,
                 )
             )

@@ -21,6 +21,7 @@ from torch import nn
 from models.packed import PackedModel
 from sweep.core.config import AUTO, TrialConfig
 from sweep.core.records import EpochMetrics
+from sweep.core.target import CurvePoint, time_to_target
 
 GPU_CHECK_STEPS = 32
 EVAL_IMAGES = 1024  # images per evaluation batch (a pack's members share them)
@@ -244,3 +245,31 @@ def final_metrics(history: list[EpochMetrics], seconds: float, **last: float) ->
     if accuracies:
         metrics["best_val_accuracy"] = max(a for a in accuracies)
     return metrics
+
+
+def target_metrics(curve: list[CurvePoint], target: float | None) -> dict[str, float]:
+    """The final metrics of time to ``target`` (``core.target``), none when no target is set:
+    ``target_reached`` (1 or 0) always, the time, steps and images to it when reached."""
+    if target is None:
+        return {}
+    reached = time_to_target(curve, target)
+    found = {} if reached is None else {k: float(v) for k, v in reached.metrics().items()}
+    return {"target_reached": float(reached is not None), **found}
+
+
+def mid_epoch_evaluation(every: int, steps_per_epoch: int, epoch: int, step: int) -> bool:
+    """Whether the validation set is evaluated after the epoch's ``step``-th step (from 0): after
+    every ``every``-th optimizer step counted across epochs, but not at the epoch's last step,
+    whose end evaluates it anyway. The same steps in a solo trial, a pack and a resumed trial."""
+    global_step = (epoch - 1) * steps_per_epoch + step + 1
+    return every > 0 and step + 1 < steps_per_epoch and global_step % every == 0
+
+
+def curve_point(
+    epoch: int, steps: int, steps_per_epoch: int, batch_size: int, n_train: int, seconds: float, accuracy: float
+) -> CurvePoint:
+    """The evaluation after ``steps`` optimizer steps of epoch ``epoch`` (from 1), with ``seconds``
+    of training so far: steps and images counted across epochs (a last partial batch counts its
+    real size)."""
+    images = (epoch - 1) * n_train + min(steps * batch_size, n_train)
+    return CurvePoint((epoch - 1) * steps_per_epoch + steps, images, seconds, accuracy)
