@@ -110,14 +110,14 @@ def trial_rows(report: BenchmarkReport) -> list[dict[str, object]]:
             "optimizer": r.optimizer,
             "study": r.study,
             "trial": r.number,
-            "status": r.status.value,
+            "outcome": r.status.value,
             "best_val_accuracy": r.best_val,
             "train_seconds": r.train_seconds,
             "time_to_target_s": r.reached.seconds if r.reached else "",
             "steps_to_target": r.reached.steps if r.reached else "",
             "images_to_target": r.reached.images if r.reached else "",
             "test_accuracy": r.metrics.get("test_accuracy", ""),
-            "hyperparameters": params_text(r.hyperparameters),
+            "configuration": params_text(r.hyperparameters),
             "mlflow_run": r.run_id or "",
         }
         for r in report.records
