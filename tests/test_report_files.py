@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import math
 import random
 from html import escape
@@ -22,8 +23,15 @@ from matplotlib.image import imread
 from optim import OPTIMIZERS
 from sweep.core.outcome import Status
 from sweep.report import plots
-from sweep.report.comparison import BudgetCurve, Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
-from sweep.report.files import ReportFiles, html_page, ranking_rows, write_report
+from sweep.report.comparison import (
+    BudgetCurve,
+    Comparison,
+    OptimizerResult,
+    SearchedTrial,
+    SeedRun,
+    SeedStats,
+)
+from sweep.report.files import RankingRow, ReportFiles, html_page, ranking_rows, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EPOCHS, STEPS = 8, 36
@@ -307,15 +315,15 @@ def test_ties_are_marked_in_html_csv_and_markdown(report):
     rows = {r["optimizer"]: r for r in csv.DictReader(files.csv.open(encoding="utf-8"))}
     assert list(rows) == [r.optimizer for r in comparison.results]
     assert rows["adam"]["tied"] == "best" and rows["adam"]["rank"] == "1"
-    assert rows["momentum"]["tied"] == "tied" and rows["momentum"]["p_value"] == "0.410"
+    assert rows["momentum"]["tied"] == "not distinguishable" and rows["momentum"]["p_value"] == "0.410"
     assert rows["sgd"]["tied"] == "-" and rows["sgd"]["test_mean"] == "" and rows["sgd"]["rank"] == ""
     assert rows["adam"]["test_mean"] == f"{comparison.results[0].test.mean:.4f}"
     assert rows["sgd"]["pruned"] == "2" and rows["sgd"]["failed"] == "1"
     html = files.html.read_text(encoding="utf-8")
     assert html.count('class="tied"') == 1 and html.count('class="top"') == 1
-    assert "tied (p = 0.410)" in html
+    assert "not distinguishable with 3 seeds (p = 0.410)" in html
     md = files.markdown.read_text(encoding="utf-8")
-    assert "tied (p = 0.410)" in md
+    assert "not distinguishable with 3 seeds (p = 0.410)" in md
     for name in files.plots:
         assert f"![{name}]({name}.png)" in md
 
@@ -460,7 +468,7 @@ def test_the_terminal_table_fits_100_columns_and_the_markdown_keeps_everything(r
     by_name = {line.split()[1]: line for line in lines[1:]}
     assert set(by_name) == {"adam", "momentum", "sgd"}
     assert by_name["adam"].split()[:5] == ["1", "adam", "0.9600", "±", "0.0016"] and " best " in by_name["adam"]
-    assert "tied p=0.410" in by_name["momentum"] and by_name["sgd"].split()[:3] == ["-", "sgd", "-"]
+    assert "not dist. p=0.410" in by_name["momentum"] and by_name["sgd"].split()[:3] == ["-", "sgd", "-"]
     assert all(line.endswith("…") for line in lines[1:])  # the long hyperparameters are cut, visibly
     md = files.markdown.read_text(encoding="utf-8")
     assert "| " + " | ".join(TABLE_COLUMNS) + " |" in md and "cosine.min_lr_factor=0.031" in md
@@ -469,3 +477,102 @@ def test_the_terminal_table_fits_100_columns_and_the_markdown_keeps_everything(r
         **{**comparison.__dict__, "results": (type(wide)(**{**wide.__dict__, "best_hyperparameters": {"lr": 0.01}}),)}
     )
     assert terminal_table(narrow).splitlines()[1].endswith("lr=0.01")  # what fits is not cut
+
+
+# --- ties and intervals with few seeds -----------------------------------------------------------
+
+
+def few_seeds() -> Comparison:
+    """The researcher's report: 2 seeds each, 50 points apart, and one row whose seeds scored the
+    same; ranked and tested as ``collect.ranked`` does, by ``stats.rank_and_tie``."""
+    from sweep.report.stats import rank_and_tie
+
+    base = make_comparison()
+    samples = {"adam": [0.97, 0.96], "momentum": [0.9, 0.9], "sgd": [0.20, 0.72]}
+    by_name = {r.optimizer: r for r in base.results}
+    results = tuple(
+        dataclasses.replace(
+            by_name[t.name],
+            reevals=tuple(
+                SeedRun(by_name[t.name].best_trial, seed, Status.OK, a, a) for seed, a in enumerate(samples[t.name], 1)
+            ),
+            test=t.stats,
+            tied=t.tied,
+            p_value=t.p_value,
+        )
+        for t in rank_and_tie(samples)
+    )
+    return dataclasses.replace(base, results=results, reeval_seeds=2)
+
+
+def test_two_seeds_call_no_tie_and_say_why():
+    rows = {row.optimizer: row for row in ranking_rows(few_seeds())}
+    assert rows["adam"].display()["tied"] == "best"
+    assert rows["sgd"].display()["tied"] == "n/a: 2 seeds (< 3)"  # was 'tied (p = 0.303)'
+    assert rows["momentum"].display()["tied"] == "n/a: 2 seeds (< 3)"
+    assert rows["sgd"].record()["tied"] == "n/a" and rows["sgd"].record()["p_value"] == ""
+    from sweep.report.files import terminal_table
+
+    table = terminal_table(few_seeds())
+    assert "n/a (2 seeds)" in table and "tied" not in table.split("\n", 1)[1]
+
+
+def test_a_zero_width_interval_is_never_shown_as_certainty():
+    rows = {row.optimizer: row for row in ranking_rows(few_seeds())}
+    same = rows["momentum"]
+    assert same.display()["95 % CI"] == "– (2 identical seeds)"
+    assert same.display()["test accuracy"] == "0.9000 (no spread)"  # not '0.9000 ± 0.0000'
+    assert same.record()["ci95_low"] == same.record()["ci95_high"] == "" and same.record()["test_std"] == "0.0000"
+    one = RankingRow(**{**same.__dict__, "test": SeedStats(n=1, mean=0.9, std=0.0, ci_low=0.9, ci_high=0.9)})
+    assert (one.display()["test accuracy"], one.display()["95 % CI"]) == ("0.9000 (1 seed)", "– (1 seed)")
+    assert one.record()["test_std"] == ""
+    from sweep.report.build import parent_metrics
+
+    logged = parent_metrics(next(r for r in few_seeds().results if r.optimizer == "momentum"))
+    assert "test_accuracy_ci95_low" not in logged and logged["test_accuracy_std"] == 0.0
+
+
+def test_the_tie_cell_names_whose_seeds_are_too_few_and_how_many_were_compared():
+    base = few_seeds()
+    rows = ranking_rows(base)
+    top, other = rows[0], rows[1]
+    three = SeedStats(n=3, mean=0.5, std=0.1, ci_low=0.3, ci_high=0.7)
+    assert RankingRow(**{**other.__dict__, "test": three}).tie_label() == "n/a: best has 2 seeds (< 3)"
+    seen = RankingRow(**{**other.__dict__, "test": three, "tie": "not distinguishable", "p_value": 0.2, "top_seeds": 5})
+    assert seen.tie_label() == "not distinguishable with 3 and 5 seeds (p = 0.200)"
+    assert top.tie_label() == "best"
+
+
+@pytest.mark.slow  # writes the report's artifacts through MLflow
+def test_the_parent_runs_tie_tag_says_what_the_table_says(tmp_path):
+    from sweep.core.keys import Tag
+    from sweep.report.build import publish
+    from sweep.report.files import markdown_table
+
+    comparison = few_seeds()
+    files = write_report(comparison, tmp_path / "report", figures=False)
+    tracker = _Tracker([r.optimizer for r in comparison.results])
+    publish(tracker, comparison, files.folder, markdown_table(comparison), True, str(tmp_path / "artifacts"))
+    labels = {row.optimizer: row.tie_label() for row in ranking_rows(comparison)}
+    for optimizer, label in labels.items():
+        assert tracker.logged[f"parent-{optimizer}"][1][Tag.TIED] == label
+    assert tracker.logged["parent-sgd"][1][Tag.TIED] == "n/a: 2 seeds (< 3)"  # was 'true'
+
+
+class _Tracker:
+    """What ``publish`` writes, kept: run id -> (metrics, tags)."""
+
+    uri, experiment_id = "sqlite:///unused.db", "1"
+
+    def __init__(self, optimizers):
+        self.optimizers = optimizers
+        self.logged: dict[str, tuple[dict, dict]] = {}
+
+    def sweep_run(self):
+        return "report-run"
+
+    def find_parent(self, optimizer):
+        return f"parent-{optimizer}" if optimizer in self.optimizers else None
+
+    def describe(self, run_id, metrics, tags, description, final):
+        self.logged[run_id] = (dict(metrics), dict(tags))

@@ -62,7 +62,9 @@ def build(cfg, stores, sweep_dir, state: str, tracker=None, figures: bool = True
 def summary(comparison: Comparison, stores, html: Path) -> dict[str, Any]:
     """``summary.json``: the comparison's figures, without the per-trial detail."""
     from sweep.core.credentials import public
+    from sweep.report.files import ranking_rows
 
+    ties = {row.optimizer: row.tie_label() for row in ranking_rows(comparison)}
     optimizers = {}
     for rank, r in enumerate(comparison.results, 1):
         test = r.test
@@ -72,9 +74,10 @@ def summary(comparison: Comparison, stores, html: Path) -> dict[str, Any]:
             "best_trial": r.best_trial,
             "test_accuracy_mean": test.mean if test else None,
             "test_accuracy_std": test.std if test else None,
-            "test_accuracy_ci95": [test.ci_low, test.ci_high] if test else None,
+            "test_accuracy_ci95": [test.ci_low, test.ci_high] if test and test.spread_measured else None,
             "seeds": test.n if test else 0,
             "tied": r.tied,
+            "tie": ties[r.optimizer],  # the table's words: 'not distinguishable with 3 seeds (p = ...)', 'n/a: ...'
             "p_value": r.p_value,
             "best_params": dict(r.best_hyperparameters),
             "best_optuna_params": dict(r.best_optuna_params),
@@ -110,13 +113,11 @@ def parent_metrics(r: OptimizerResult) -> dict[str, float]:
         **{f"trials_{k}": v for k, v in r.counts.items()},
     }
     if r.test is not None:
-        metrics.update(
-            test_accuracy_mean=r.test.mean,
-            test_accuracy_std=r.test.std,
-            test_accuracy_ci95_low=r.test.ci_low,
-            test_accuracy_ci95_high=r.test.ci_high,
-            reeval_seeds=r.test.n,
-        )
+        metrics.update(test_accuracy_mean=r.test.mean, reeval_seeds=r.test.n)
+        if r.test.n > 1:
+            metrics["test_accuracy_std"] = r.test.std
+        if r.test.spread_measured:  # a zero-width interval is no measurement: left out, not logged as certainty
+            metrics.update(test_accuracy_ci95_low=r.test.ci_low, test_accuracy_ci95_high=r.test.ci_high)
     if r.budget is not None and r.budget.share_within_2pct is not None:
         metrics["share_within_2pct"] = r.budget.share_within_2pct
     return {k: float(v) for k, v in metrics.items() if v is not None}
@@ -127,8 +128,10 @@ def publish(
 ) -> str:
     """The report as artifacts of the sweep-level run (``report/report.html`` opens in the MLflow
     UI's artifact viewer), and each optimizer's summary, best trial and model on its parent."""
+    from sweep.report.files import ranking_rows
     from sweep.stores import tracking
 
+    ties = {row.optimizer: row.tie_label() for row in ranking_rows(comparison)}
     run_id = tracker.sweep_run()
     exp = tracker.experiment_id
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -157,7 +160,7 @@ def publish(
         tags = {
             Tag.BEST_RUN: r.best_run_id or "",
             Tag.MODEL_URI: r.model_uri or "",
-            Tag.TIED: "-" if r.tied is None else str(r.tied).lower(),
+            Tag.TIED: ties[r.optimizer],  # the ranking table's tie cell, word for word
         }
         best = f"[trial {r.best_trial}](#/experiments/{exp}/runs/{r.best_run_id})" if r.best_run_id else "none yet"
         model = f"\n\nBest re-evaluated model: `{r.model_uri}`" if r.model_uri else ""

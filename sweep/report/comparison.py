@@ -25,6 +25,12 @@ class SeedStats:
     ci_low: float  # 95 % confidence interval of the mean (Student's t); equal to mean when n == 1
     ci_high: float
 
+    @property
+    def spread_measured(self) -> bool:
+        """Whether the seeds measured any spread: one seed, or seeds that all scored the same, give
+        a zero-width interval that must not read as certainty."""
+        return self.n >= 2 and self.std > 0.0
+
 
 @dataclass(frozen=True)
 class BudgetCurve:

@@ -24,9 +24,11 @@ from sweep.core.credentials import redact
 from sweep.core.outcome import Status
 from sweep.report import plots
 from sweep.report.comparison import Comparison, OptimizerResult, SeedStats
+from sweep.report.stats import MIN_TIE_SEEDS
 
-NOT_TESTED = "-"
-TOP, TIED = "best", "tied"
+NOT_TESTED = "-"  # not re-evaluated yet
+TOO_FEW = "n/a"  # re-evaluated, but with fewer seeds than the tie test needs (stats.MIN_TIE_SEEDS)
+TOP, TIED = "best", "not distinguishable"
 CSV_COLUMNS = (
     "rank",
     "optimizer",
@@ -64,7 +66,9 @@ MEASURED = (
     "and the same sampler seed, scoring every trial on the validation split after {epochs} epochs. "
     "Its best configuration was then trained again with {seeds} fresh seeds and scored on the held-out "
     "test set: the ranking is by the mean of those test accuracies (95 % interval: Student's t), never "
-    "by the single best search trial, and an optimizer within noise of the first is marked tied. "
+    "by the single best search trial. An optimizer whose seeds Welch's t-test cannot tell from the first "
+    "is marked not distinguishable (which is not proof of equal means); with fewer than {min_seeds} seeds no "
+    "test is made. "
     "The budget curves are the exact expectation over random orders of the trials that ran, not a resampling."
 )
 
@@ -76,7 +80,7 @@ class RankingRow:
     rank: int | None  # by mean test accuracy; None until re-evaluated
     optimizer: str
     test: SeedStats | None
-    tie: str  # TOP, TIED, "" (not tied) or NOT_TESTED
+    tie: str  # TOP, TIED, "" (distinguishable: worse), TOO_FEW or NOT_TESTED
     p_value: float | None
     best_val_accuracy: float | None
     trials_to_1pct: int | None
@@ -84,17 +88,20 @@ class RankingRow:
     counts: Mapping[str, int]
     train_seconds: float
     best_hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    top_seeds: int = 0  # the top-ranked optimizer's seeds: the other side of the tie test
 
     def record(self) -> dict[str, str]:
-        """CSV cells: plain numbers (accuracies to 4 decimals), '' for none."""
+        """CSV cells: plain numbers (accuracies to 4 decimals), '' for none; no interval where the
+        seeds measured no spread (a zero-width one would read as certainty)."""
         t = self.test
+        interval = t if t is not None and t.spread_measured else None
         return {
             "rank": _or(self.rank, str, ""),
             "optimizer": self.optimizer,
             "test_mean": _or(t and t.mean, _acc, ""),
-            "test_std": _or(t and t.std, _acc, ""),
-            "ci95_low": _or(t and t.ci_low, _acc, ""),
-            "ci95_high": _or(t and t.ci_high, _acc, ""),
+            "test_std": _or(t.std if t is not None and t.n > 1 else None, _acc, ""),
+            "ci95_low": _or(interval and interval.ci_low, _acc, ""),
+            "ci95_high": _or(interval and interval.ci_high, _acc, ""),
             "seeds": str(t.n) if t else "0",
             "tied": self.tie,
             "p_value": _or(self.p_value, _p, ""),
@@ -112,8 +119,8 @@ class RankingRow:
         return {
             "rank": _or(self.rank, str, "-"),
             "optimizer": self.optimizer,
-            "test accuracy": f"{_acc(t.mean)} ± {_acc(t.std)}" if t else "-",
-            "95 % CI": f"{_acc(t.ci_low)} – {_acc(t.ci_high)}" if t else "-",
+            "test accuracy": _accuracy_text(t),
+            "95 % CI": _interval_text(t),
             "seeds": str(t.n) if t else "0",
             "tied": self.tie_label(),
             "best val (search)": _or(self.best_val_accuracy, _acc, "-"),
@@ -128,12 +135,37 @@ class RankingRow:
         }
 
     def tie_label(self) -> str:
+        """The tie cell, which says how much the test could see: 'not distinguishable with 3 seeds
+        (p = 0.41)', 'no (p = 0.003)', 'n/a: 2 seeds (< 3)'."""
         p = f" (p = {_p(self.p_value)})" if self.p_value is not None else ""
+        own = self.test.n if self.test is not None else 0
         if self.tie == TIED:
-            return TIED + p
+            seeds = f"{own} seeds" if own == self.top_seeds else f"{own} and {self.top_seeds} seeds"
+            return f"{TIED} with {seeds}{p}"
         if self.tie == "":
             return f"no{p}"
+        if self.tie == TOO_FEW:
+            few = f"{own} seeds" if own < MIN_TIE_SEEDS else f"best has {self.top_seeds} seeds"
+            return f"{TOO_FEW}: {few} (< {MIN_TIE_SEEDS})"
         return self.tie
+
+
+def _accuracy_text(t: SeedStats | None) -> str:
+    """Mean ± std; without a measured spread, why there is none instead of '± 0.0000'."""
+    if t is None:
+        return "-"
+    if t.spread_measured:
+        return f"{_acc(t.mean)} ± {_acc(t.std)}"
+    return f"{_acc(t.mean)} (1 seed)" if t.n == 1 else f"{_acc(t.mean)} (no spread)"
+
+
+def _interval_text(t: SeedStats | None) -> str:
+    """The 95 % interval; never a zero-width one, which would read as certainty."""
+    if t is None:
+        return "-"
+    if t.spread_measured:
+        return f"{_acc(t.ci_low)} – {_acc(t.ci_high)}"
+    return "– (1 seed)" if t.n == 1 else f"– ({t.n} identical seeds)"
 
 
 def _or(value, fmt, none: str) -> str:
@@ -154,10 +186,12 @@ def params_text(params: Mapping[str, Any]) -> str:
 
 
 def _tie(result: OptimizerResult, top: OptimizerResult | None) -> str:
-    if result.test is None or result.tied is None:
+    if result.test is None:
         return NOT_TESTED
     if result is top:
         return TOP
+    if result.tied is None:
+        return TOO_FEW
     return TIED if result.tied else ""
 
 
@@ -178,6 +212,7 @@ def ranking_rows(comparison: Comparison) -> list[RankingRow]:
             counts=r.counts,
             train_seconds=r.train_seconds,
             best_hyperparameters=r.best_hyperparameters,
+            top_seeds=top.test.n if top is not None and top.test is not None else 0,
         )
         for r in comparison.results
     ]
@@ -282,7 +317,15 @@ class _Column:
 
 
 def _compact_tie(row: RankingRow, shown: dict[str, str]) -> str:
-    return row.tie_label().replace(" (p = ", " p=").rstrip(")")
+    """'not dist. p=0.410', 'no p=0.003', 'n/a (2 seeds)': the table's words, shorter."""
+    p = f" p={_p(row.p_value)}" if row.p_value is not None else ""
+    if row.tie == TIED:
+        return f"not dist.{p}"
+    if row.tie == "":
+        return f"no{p}"
+    if row.tie == TOO_FEW:
+        return f"{TOO_FEW} ({min(row.test.n if row.test else 0, row.top_seeds)} seeds)"
+    return row.tie
 
 
 _SHORT_STATUS = {Status.DIVERGED: "div", Status.INTERRUPTED: "intr"}
@@ -414,7 +457,8 @@ def html_page(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str,
         out.append(_html_table(rows))
         out.append(
             f'<p class="note">{e(_tie_sentence(comparison))} Highlighted rows are the best '
-            f"and those tied with it; &ldquo;-&rdquo;: not re-evaluated yet, so neither ranked nor tested.</p>"
+            f"and those not distinguishable from it; &ldquo;-&rdquo;: not re-evaluated yet, so neither ranked "
+            f"nor tested; &ldquo;n/a&rdquo;: too few seeds to test.</p>"
         )
     if rows:
         out.append("<h2>Figures</h2>")
@@ -431,14 +475,15 @@ def html_page(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str,
             f'<figure><img id="fig-{e(name)}" alt="{e(spec.alt)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{e(spec.caption)}</figcaption></figure>"
         )
-    out.append("<h2>How this was measured</h2>")
-    out.append(
-        "<p>"
-        + e(MEASURED.format(trials=comparison.trials, epochs=comparison.epochs, seeds=comparison.reeval_seeds))
-        + "</p>"
-    )
+    out += ["<h2>How this was measured</h2>", f"<p>{e(_measured(comparison))}</p>"]
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _measured(comparison: Comparison) -> str:
+    return MEASURED.format(
+        trials=comparison.trials, epochs=comparison.epochs, seeds=comparison.reeval_seeds, min_seeds=MIN_TIE_SEEDS
+    )
 
 
 def _setting(value: Any) -> str:

@@ -2,10 +2,11 @@
 
 Published comparisons (Schmidt et al. 2021, DeepOBS) show that optimizer rankings flip with the
 tuning budget and the seed. So the report never ranks by one lucky number: each best
-configuration is re-trained over several seeds (``seed_stats``), an optimizer within noise of the
-top-ranked one is marked tied (``rank_and_tie``), and the search is summarised by how the best
-result grows with the budget (``budget_curve``). Pure functions of numbers (numpy and scipy only),
-so ``sweep.report.collect`` can feed them from the stores and tests can feed them by hand.
+configuration is re-trained over several seeds (``seed_stats``), an optimizer the seeds cannot
+tell from the top-ranked one is marked not distinguishable (``rank_and_tie``), and the search is
+summarised by how the best result grows with the budget (``budget_curve``). Pure functions of
+numbers (numpy and scipy only), so ``sweep.report.collect`` can feed them from the stores and tests
+can feed them by hand.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from scipy import stats as sps
 from sweep.report.comparison import BudgetCurve, SeedStats
 
 ALPHA = 0.05
+# Below 3 seeds a side, Welch's test has 1-2 degrees of freedom: it rejects almost nothing, so a
+# non-rejection says nothing about the means and no tie (or difference) is called at all.
+MIN_TIE_SEEDS = 3
 TIE_RULE = (
-    f"tied: Welch's t-test against the top-ranked optimizer, two-sided, p >= {ALPHA:g}, over the re-evaluation seeds"
+    f"not distinguishable: Welch's t-test against the top-ranked optimizer, two-sided, p >= {ALPHA:g}, over the "
+    f"re-evaluation seeds (not a proof of equal means); with fewer than {MIN_TIE_SEEDS} seeds on either side "
+    "no test is made (n/a)"
 )
 
 CONFIDENCE = 0.95
@@ -49,9 +55,10 @@ def seed_stats(values: Sequence[float]) -> SeedStats:
 
     The sample std (ddof=1) and Student's t are used because re-evaluations are few (3-10 seeds):
     the normal interval would be far too narrow. One seed has no spread: std 0.0 and an interval
-    collapsed on the mean, which the report shows as 'n = 1' rather than as certainty. A sample of
-    identical values gets exactly that value as its mean and 0.0 as its std (no rounding residue),
-    so the tie rule's zero-variance case is recognised exactly.
+    collapsed on the mean (``SeedStats.spread_measured`` is False), which the report shows as
+    '1 seed', never as certainty. A sample of identical values gets exactly that value as its mean
+    and 0.0 as its std (no rounding residue), so the tie rule's zero-variance case is recognised
+    exactly; its collapsed interval is shown as 'identical seeds', not as a measured one.
     """
     array = _finite(values, "values")
     n = int(array.size)
@@ -73,12 +80,12 @@ class TieResult:
 
     name: str
     stats: SeedStats
-    tied: bool | None  # True for the top one; None: too few seeds on either side to test
+    tied: bool | None  # True: not distinguishable (and for the top one); None: too few seeds to test
     p_value: float | None  # Welch's two-sided p against the top one; None for it and untested ones
 
 
-def _tie_test(top_stats: SeedStats, other_stats: SeedStats) -> float | None:
-    if top_stats.n < 2 or other_stats.n < 2:
+def _tie_test(top_stats: SeedStats, other_stats: SeedStats, min_seeds: int) -> float | None:
+    if top_stats.n < min_seeds or other_stats.n < min_seeds:
         return None
     if top_stats.std == 0.0 and other_stats.std == 0.0:
         # Welch's statistic is 0/0 here; with no noise on either side only equality is a tie.
@@ -98,19 +105,24 @@ def _tie_test(top_stats: SeedStats, other_stats: SeedStats) -> float | None:
     )
 
 
-def rank_and_tie(samples: Mapping[str, Sequence[float]], alpha: float = ALPHA) -> list[TieResult]:
-    """Rank optimizers by mean test accuracy (best first) and mark those within noise of the top.
+def rank_and_tie(
+    samples: Mapping[str, Sequence[float]], alpha: float = ALPHA, min_seeds: int = MIN_TIE_SEEDS
+) -> list[TieResult]:
+    """Rank optimizers by mean test accuracy (best first) and mark those not distinguishable from the top.
 
     Welch's t-test (scipy, unequal variances) because optimizers differ in seed sensitivity as
     much as in mean; two-sided and against the top one only, so the question is 'could this one be as good as
-    the winner?', one test per optimizer. Not rejecting at ``alpha`` means tied: with few seeds
-    that is the honest reading. Decided edge cases: fewer than 2 values on either side cannot be
-    tested (tied None, p None; the top one is still tied with itself); zero variance on both
-    sides is tied exactly when the means are equal (p 1.0, else 0.0); equal means are ordered by
-    name, so the ranking never depends on the mapping's order.
+    the winner?', one test per optimizer. Not rejecting at ``alpha`` is ``tied``, read as 'not
+    distinguishable with these seeds', not as equal. Decided edge cases: fewer than ``min_seeds``
+    values on either side are not tested (tied None, p None; the top one is still tied with
+    itself), because with 2 seeds a side the test rejects almost nothing and every row would read
+    tied; zero variance on both sides is tied exactly when the means are equal (p 1.0, else 0.0);
+    equal means are ordered by name, so the ranking never depends on the mapping's order.
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha is {alpha}: it must lie strictly between 0 and 1")
+    if min_seeds < 2:
+        raise ValueError(f"min_seeds is {min_seeds}: Welch's test needs at least 2 values a side")
     computed = {}
     for name, values in samples.items():
         try:
@@ -123,7 +135,7 @@ def rank_and_tie(samples: Mapping[str, Sequence[float]], alpha: float = ALPHA) -
     top = order[0]
     results = [TieResult(top, computed[top], tied=True, p_value=None)]
     for name in order[1:]:
-        p = _tie_test(computed[top], computed[name])
+        p = _tie_test(computed[top], computed[name], min_seeds)
         results.append(TieResult(name, computed[name], tied=None if p is None else p >= alpha, p_value=p))
     return results
 
