@@ -34,7 +34,9 @@ from optim.schedules import WARMUP_DEFAULTS
 from sweep.core import credentials
 from sweep.core.datasets import DATASETS
 from sweep.core.errors import ConfigError
-from sweep.core.registries import PRUNER_NAMES, SAMPLER_NAMES
+from sweep.core.objectives import DEFAULT as DEFAULT_OBJECTIVES
+from sweep.core.objectives import OBJECTIVES, VAL_ACCURACY
+from sweep.core.registries import MULTI_OBJECTIVE_SAMPLERS, NO_PRUNER, PRUNER_NAMES, SAMPLER_NAMES
 
 __all__ = ["SweepConfig", "TrialConfig", "GroupChoice", "load_config", "FROZEN_KEYS"]
 
@@ -319,6 +321,23 @@ def _ray_address(key, value):
 _ray_address.allowed = "auto | local | HOST:PORT | ray://HOST:PORT"
 
 
+def _objectives(key, value):
+    """What each study optimizes (``core.objectives``), validation accuracy first: the ranking,
+    the re-evaluation and the pruner stay on it."""
+    names = _names(OBJECTIVES)(key, value)
+    if names[0] != VAL_ACCURACY.name:
+        others = ",".join(n for n in names if n != VAL_ACCURACY.name)
+        raise ConfigError(
+            key,
+            f"must start with {VAL_ACCURACY.name} (the ranking, re-evaluation and pruning use it), "
+            f"got [{','.join(names)}]; e.g. {key}=[{VAL_ACCURACY.name},{others}]",
+        )
+    return names
+
+
+_objectives.allowed = f"list of: {', '.join(OBJECTIVES)}, starting with {VAL_ACCURACY.name}"
+
+
 # ---- the config ------------------------------------------------------------------------------
 
 
@@ -463,6 +482,13 @@ class SweepConfig:
         frozen=True,
     )
     search_effective_lr: bool = key(False, _bool, "search lr/(1-momentum) instead of lr", frozen=True)
+    search: bool = key(
+        True,
+        _bool,
+        "search each optimizer's space (false: every trial trains at the optimizer's defaults, "
+        "the self-tuning ruleset of a benchmark)",
+        frozen=True,
+    )
     trials: int = key(6, _int(1, 100_000), "finished trials per optimizer")
     workers: int = key(2, _int(1, 10_000), "trials (or packs of trials) in flight at once")
     pack: int | str = key(
@@ -497,6 +523,13 @@ class SweepConfig:
     )
     sampler: str = key("tpe", _choice(SAMPLER_NAMES), "Optuna sampler", frozen=True)
     pruner: str = key("median", _choice(PRUNER_NAMES), "Optuna pruner (one epoch = one step)", frozen=True)
+    objectives: tuple[str, ...] = key(
+        DEFAULT_OBJECTIVES,
+        _objectives,
+        "what each study optimizes: [val_accuracy], or [val_accuracy,train_seconds] for a "
+        "multi-objective search (needs pruner=none; the report shows each Pareto set)",
+        frozen=True,
+    )
     storage: str | None = key(
         None, _optional(_storage_url), "Optuna storage URL", frozen=True, text=True, store_url=True
     )
@@ -677,14 +710,22 @@ def load_config(
     """Defaults <- YAML file <- overrides <- ``values`` (Python values by key, from ``sweep.api``),
     then validated. Raises ConfigError on any bad value."""
     path = find_config(config, default)
+    return validate(raw_values(read_yaml(path), str(path), overrides, values), mode)
+
+
+def raw_values(
+    from_file: Mapping[str, Any], source: str, overrides: list[str] = (), values: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A file's values <- overrides <- Python values, each key checked to exist, none validated
+    yet (a benchmark validates one copy per workload: ``sweep.core.benchmark``)."""
     raw: dict[str, Any] = {name: None for name in GROUPS}
-    for name, value in read_yaml(path).items():
-        _set(raw, name, value, source=str(path))
+    for name, value in from_file.items():
+        _set(raw, name, value, source=source)
     for name, value in parse_overrides(list(overrides)):
         _set(raw, name, value, source="command line")
     for name, value in (values or {}).items():
         _set(raw, name, value, source="Python")
-    return validate(raw, mode)
+    return raw
 
 
 def _set(raw: dict[str, Any], name: str, value: Any, source: str) -> None:
@@ -838,6 +879,7 @@ def _check_together(cfg: SweepConfig, mode: str) -> None:
             "set batch_sizes=[] (batch_size=N), or pack=1",
         )
     _check_optimizer_needs(cfg, mode)
+    _check_objectives(cfg)
     if mode == SWEEP and cfg.device.startswith("cuda") and cfg.num_gpus == 0:
         raise ConfigError(
             "device",
@@ -872,6 +914,22 @@ def _check_optimizer_needs(cfg: SweepConfig, mode: str) -> None:
             "pack_update",
             f"fused has no update for {', '.join(unfused)} (it has one for {fused}): "
             "set pack_update=exact (each member its own optimizer), or pack=1",
+        )
+
+
+def _check_objectives(cfg: SweepConfig) -> None:
+    """A multi-objective study takes no pruner (Optuna prunes on one value per step) and not
+    every sampler (CMA-ES refuses one)."""
+    if len(cfg.objectives) < 2:
+        return
+    given = f"objectives=[{','.join(cfg.objectives)}]"
+    if cfg.pruner != NO_PRUNER:
+        raise ConfigError("pruner", f"Optuna cannot prune multi-objective trials ({given}): set pruner={NO_PRUNER}")
+    if cfg.sampler not in MULTI_OBJECTIVE_SAMPLERS:
+        raise ConfigError(
+            "sampler",
+            f"{cfg.sampler} cannot search a multi-objective study ({given}): "
+            f"set sampler to one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)}",
         )
 
 

@@ -29,9 +29,16 @@ def _random(seed: int, trials: int) -> BaseSampler:
 
 
 def _qmc(seed: int, trials: int) -> BaseSampler:
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
     from optuna.samplers import QMCSampler
 
-    return QMCSampler(seed=seed, warn_independent_sampling=False)
+    with warnings.catch_warnings():  # experimental since Optuna 3.0, and the external ruleset's sampler
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        # scrambled: without it every seed draws the same Sobol points, and studies that should be
+        # independent (a benchmark's, seeds seed + k) would search the very same configurations
+        return QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
 
 
 def _cmaes(seed: int, trials: int) -> BaseSampler:
@@ -86,3 +93,7 @@ PRUNERS: dict[str, Callable[[int], BasePruner]] = {
     "none": _none,
 }
 SAMPLER_NAMES, PRUNER_NAMES = tuple(SAMPLERS), tuple(PRUNERS)
+# The samplers that search a multi-objective study (``objectives=[val_accuracy,train_seconds]``);
+# Optuna's CmaEsSampler refuses one.
+MULTI_OBJECTIVE_SAMPLERS = ("gp", "qmc", "random", "tpe")
+NO_PRUNER = "none"  # the only pruner of a multi-objective study: Optuna prunes single-objective trials only

@@ -3,7 +3,9 @@
 Spaces come from the registries as data. Values fixed in the config (``optimizer.momentum=0.9``,
 ``schedule.warmup_epochs=1``) are not searched. With ``search_effective_lr`` the sampler picks
 the effective step lr/(1 - momentum) and lr is derived from it. With ``batch_sizes`` each trial
-also picks its batch size (Optuna parameter ``batch_size``).
+also picks its batch size (Optuna parameter ``batch_size``). With ``search=false`` (a benchmark's
+self-tuning ruleset) nothing is drawn: each trial trains at the optimizer's defaults and the first
+usable schedule's, with the fixed values on top.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from sweep.core.config import SweepConfig, TrialConfig, accepted_keys
 def sample_trial(trial, optimizer: str, cfg: SweepConfig) -> TrialConfig:
     spec = OPTIMIZERS[optimizer]
     fixed = {k: v for k, v in cfg.optimizer.fixed.items() if k in spec.defaults}
-    effective = cfg.search_effective_lr and spec.has_momentum and "lr" not in fixed
+    effective = cfg.search and cfg.search_effective_lr and spec.has_momentum and "lr" not in fixed
     hp: dict[str, Any] = {}
-    for key, dist in spec.space.items():
+    for key, dist in spec.space.items() if cfg.search else ():  # no search: the spec's defaults
         if key in fixed or (key == "lr" and effective):
             continue
         if isinstance(dist, Conditional) and not dist.applies({**spec.defaults, **hp, **fixed}):
@@ -35,11 +37,12 @@ def sample_trial(trial, optimizer: str, cfg: SweepConfig) -> TrialConfig:
     hp.update(fixed)
 
     schedules = usable_schedules(optimizer, cfg.schedules)
-    schedule = Choice(schedules).suggest(trial, "schedule") if len(schedules) > 1 else schedules[0]
+    searched = len(schedules) > 1 and cfg.search
+    schedule = Choice(schedules).suggest(trial, "schedule") if searched else schedules[0]
     sched_fixed = {k: v for k, v in cfg.schedule.fixed.items() if k in accepted_keys("schedule", schedule)}
     sched_params = {
         key: dist.suggest(trial, f"{schedule}.{key}")
-        for key, dist in SCHEDULES[schedule].space.items()
+        for key, dist in (SCHEDULES[schedule].space.items() if cfg.search else ())
         if key not in sched_fixed
     }
     sched_params.update(sched_fixed)
