@@ -28,6 +28,7 @@ class Attr:
     SWEEP_ID = "sweep_id"  # study: which sweep of that name owns it
     SAMPLER_BUDGET = "sampler_budget"  # study: the trial budget its sampler was built for
     TRAIN_IMAGES = "train_images"  # study: the training split's size (steps per epoch, in the report)
+    OBJECTIVES = "objectives"  # study: what a multi-objective study optimizes (``core.objectives``), in order
 
 
 class Tag:

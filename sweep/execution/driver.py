@@ -109,6 +109,7 @@ class Driver:
                 seed=cfg.seed,
                 trials=cfg.trials,
                 epochs=cfg.epochs,
+                objectives=cfg.objectives,
             )
             if cfg.reeval_seeds:
                 self.reevals[opt] = SweepStudy.open_reeval(stores.storage, cfg.name, opt, sweep_id)

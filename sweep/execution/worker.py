@@ -134,8 +134,8 @@ class Attempt:
         self.sender.check()  # MLflow away past tracking_retry_s: the trial fails (a store error stops the sweep)
         with store_calls(OPTUNA):
             if m.epoch not in self.reported:
-                self.trial.report(m.val_accuracy, m.epoch)
-            prune = self.trial.should_prune()
+                self.study.report(self.trial, m.val_accuracy, m.epoch)
+            prune = self.study.should_prune(self.trial)
         if prune:
             raise PruneTrial(f"pruned after epoch {m.epoch} (val accuracy {m.val_accuracy:.4f})")
 
@@ -156,7 +156,7 @@ class Attempt:
                 sender.log_epoch(m.epoch, m.logged())
             if m.epoch not in self.reported:
                 with store_calls(OPTUNA):
-                    self.trial.report(m.val_accuracy, m.epoch)
+                    self.study.report(self.trial, m.val_accuracy, m.epoch)
         return resume
 
     def saver(self) -> checkpoints.saver:

@@ -16,10 +16,10 @@ from typing import Any
 from sweep.core.config import SweepConfig
 from sweep.core.keys import Attr
 from sweep.core.outcome import Status, Tally
-from sweep.report import stats
+from sweep.report import pareto, stats
 from sweep.report.comparison import Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
 from sweep.stores import reeval, tracking
-from sweep.stores.studies import SweepStudy, outcome_of, study_name
+from sweep.stores.studies import SweepStudy, accuracy, outcome_of, study_name
 from sweep.stores.sweepdir import Stores
 
 
@@ -45,6 +45,7 @@ def comparison(cfg: SweepConfig, stores: Stores, state: str, figures: bool = Tru
         results=tuple(ranked(results)),
         batch_sizes=tuple(cfg.batch_sizes or ()),
         settings=cfg.to_dict(),
+        pareto=pareto.fronts(cfg, stores),
     )
 
 
@@ -110,7 +111,7 @@ def optimizer_result(
         optimizer=opt,
         counts={s.value: n for s, n in tally.counts.items()},
         best_trial=chosen.source,
-        best_val_accuracy=source.value if source is not None else None,
+        best_val_accuracy=accuracy(source) if source is not None else None,
         best_hyperparameters=best_hp,
         trials=trials,
         reevals=seed_runs,
@@ -145,7 +146,9 @@ def importances(search: SweepStudy) -> dict[str, float]:
         return {}
     try:
         found = optuna.importance.get_param_importances(
-            search.study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            search.study,
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+            target=accuracy if search.multi_objective else None,  # validation accuracy's importances
         )
     except (RuntimeError, ValueError):
         return {}

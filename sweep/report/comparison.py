@@ -94,6 +94,30 @@ class OptimizerResult:
 
 
 @dataclass(frozen=True)
+class ParetoTrial:
+    """A finished trial of a multi-objective search, by the values its study was told."""
+
+    number: int
+    values: Mapping[str, float]  # objective name (``core.objectives``) -> value
+    hyperparameters: Mapping[str, Any]  # as the optimizer took them
+    ok: bool  # finished ok (a diverged one was told every objective's worst value)
+    pareto: bool  # in the study's Pareto set (Optuna's ``best_trials``)
+
+
+@dataclass(frozen=True)
+class ParetoFront:
+    """One optimizer's multi-objective search: its Pareto set among its finished trials."""
+
+    optimizer: str
+    objectives: tuple[str, ...]
+    trials: tuple[ParetoTrial, ...]  # the trials finished ok and the Pareto set, in trial order
+
+    @property
+    def best(self) -> tuple[ParetoTrial, ...]:
+        return tuple(t for t in self.trials if t.pareto)
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Everything the report shows, optimizers in ranking order (best mean test accuracy first;
     those without re-evaluation after, by best validation accuracy)."""
@@ -110,3 +134,4 @@ class Comparison:
     results: tuple[OptimizerResult, ...]
     batch_sizes: tuple[int, ...] = ()  # searched batch sizes; () when fixed
     settings: Mapping[str, Any] = field(default_factory=dict)  # the sweep's config, for the page's header
+    pareto: tuple[ParetoFront, ...] = ()  # per optimizer, with objectives=[val_accuracy,train_seconds] only

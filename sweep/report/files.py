@@ -22,7 +22,7 @@ from typing import Any
 
 from sweep.core.credentials import redact
 from sweep.core.outcome import Status
-from sweep.report import plots
+from sweep.report import pareto, plots
 from sweep.report.comparison import Comparison, OptimizerResult, SeedStats
 from sweep.report.stats import MIN_TIE_SEEDS
 
@@ -399,6 +399,7 @@ def markdown_text(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[
     else:
         lines += _table_lines(rows)
         lines += ["", _md(_tie_sentence(comparison)), ""]
+    lines += pareto.markdown(comparison, _md)  # a multi-objective search's Pareto sets
     for name in pngs:
         lines += [f"![{name}]({name}.png)", "", _md(plots.FIGURES[name].caption), ""]
     return "\n".join(lines)
@@ -460,8 +461,8 @@ def html_page(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str,
             f"and those not distinguishable from it; &ldquo;-&rdquo;: not re-evaluated yet, so neither ranked "
             f"nor tested; &ldquo;n/a&rdquo;: too few seeds to test.</p>"
         )
-    if rows:
-        out.append("<h2>Figures</h2>")
+    if rows:  # a multi-objective search's Pareto sets, then the figures
+        out += [*pareto.html_section(comparison), "<h2>Figures</h2>"]
         if not figures:
             out.append(
                 f"<p>Not drawn (report_figures=false); <code>sweep report {e(comparison.name)}</code> draws them.</p>"

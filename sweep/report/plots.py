@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 
 from optim import OPTIMIZERS, SCHEDULES
 from sweep.core.outcome import Status
+from sweep.report import pareto
 from sweep.report.comparison import Comparison, OptimizerResult, SearchedTrial
 
 DPI = 110
@@ -394,6 +395,7 @@ FIGURES: dict[str, FigureSpec] = {
         "diverged or failed, at the last accuracy reported) and the best-so-far line.",
         "Validation accuracy of every trial in search order, with the best so far, per optimizer",
     ),
+    "pareto": FigureSpec(pareto.figure, pareto.CAPTION, pareto.ALT),  # a multi-objective search only
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.core.keys import Attr
+from sweep.core.objectives import DEFAULT as DEFAULT_OBJECTIVES
+from sweep.core.objectives import directions, values_of
 from sweep.core.outcome import FINAL_PREFIX, RECORDS, Status, TrialOutcome, status_from_optuna
 from sweep.core.registries import PRUNERS, SAMPLERS
 
@@ -94,6 +96,12 @@ def _trial_id(trial: FrozenTrial) -> int:
     return trial._trial_id
 
 
+def accuracy(trial: FrozenTrial) -> float | None:
+    """The validation accuracy a finished trial was told: its first value, so that a
+    multi-objective study reads like a single-objective one (``FrozenTrial.value`` raises there)."""
+    return trial.values[0] if trial.values else None
+
+
 def outcome_of(trial: FrozenTrial) -> TrialOutcome | None:
     """The one classifier: a finished trial's outcome from its Optuna record; None if unfinished."""
     status = status_from_optuna(trial.state.name, trial.user_attrs)
@@ -103,7 +111,7 @@ def outcome_of(trial: FrozenTrial) -> TrialOutcome | None:
     return TrialOutcome(
         number=trial.number,
         status=status,
-        value=trial.value if trial.state == TrialState.COMPLETE else None,
+        value=accuracy(trial) if trial.state == TrialState.COMPLETE else None,
         reason=str(attrs.get(Attr.REASON) or attrs.get("fail_reason") or ""),
         metrics={k[len(FINAL_PREFIX) :]: v for k, v in attrs.items() if k.startswith(FINAL_PREFIX)},
         attempts=int(attrs.get(Attr.ATTEMPT, 1)),
@@ -113,8 +121,9 @@ def outcome_of(trial: FrozenTrial) -> TrialOutcome | None:
 class SweepStudy:
     """One optimizer's study and the trial operations the engine needs."""
 
-    def __init__(self, study: optuna.Study):
+    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage | None = None):
         self.study = study
+        self.storage = storage  # where a multi-objective trial's curve is written (``report``)
 
     @classmethod
     def open(
@@ -129,27 +138,33 @@ class SweepStudy:
         seed: int,
         trials: int,
         epochs: int,
+        objectives: Sequence[str] = DEFAULT_OBJECTIVES,
     ) -> SweepStudy:
         """Create or load the optimizer's study; its sampler goes on from where the last driver stopped.
 
         A fresh driver reseeds the sampler with ``seed + trials so far``: the bare seed again would
         replay the draws a resumed sweep already ran. On a new sweep every study starts from the
         same seed. TPE's start-up length is fixed by the first run's budget, so a top-up keeps it.
+        Two ``objectives`` make it multi-objective, named in its attributes for the workers' tells
+        (``objectives`` is frozen on resume, so a resumed sweep reopens it with the same directions).
         """
         study = optuna.create_study(
             study_name=study_name(sweep_name, optimizer),
             storage=open_storage(storage_url),
-            direction=DIRECTION,
+            directions=directions(objectives),
             load_if_exists=True,
             pruner=make_pruner(pruner, epochs),
         )
-        for key, value in ((Attr.SWEEP_ID, sweep_id), (Attr.SAMPLER_BUDGET, trials)):
+        attrs = [(Attr.SWEEP_ID, sweep_id), (Attr.SAMPLER_BUDGET, trials)]
+        if len(objectives) > 1:
+            attrs.append((Attr.OBJECTIVES, list(objectives)))
+        for key, value in attrs:
             if key not in study.user_attrs:
                 study.set_user_attr(key, value)
         study.sampler = make_sampler(
             sampler, seed + len(study.get_trials(deepcopy=False)), study.user_attrs[Attr.SAMPLER_BUDGET]
         )
-        return cls(study)
+        return cls(study, open_storage(storage_url))
 
     @classmethod
     def open_reeval(cls, storage_url: str, sweep_name: str, optimizer: str, sweep_id: str) -> SweepStudy:
@@ -165,22 +180,22 @@ class SweepStudy:
         )
         if Attr.SWEEP_ID not in study.user_attrs:
             study.set_user_attr(Attr.SWEEP_ID, sweep_id)
-        return cls(study)
+        return cls(study, open_storage(storage_url))
 
     @classmethod
     def find(cls, storage_url: str, name: str) -> SweepStudy | None:
         """A study to read (the report), or None when the storage has none of that name."""
         try:
-            return cls(optuna.load_study(study_name=name, storage=open_storage(storage_url)))
+            storage = open_storage(storage_url)
+            return cls(optuna.load_study(study_name=name, storage=storage), storage)
         except KeyError:
             return None
 
     @classmethod
     def load(cls, storage_url: str, name: str, pruner: str, epochs: int) -> SweepStudy:
         """A worker's handle on the study: the same pruner decides there."""
-        return cls(
-            optuna.load_study(study_name=name, storage=open_storage(storage_url), pruner=make_pruner(pruner, epochs))
-        )
+        storage = open_storage(storage_url)
+        return cls(optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(pruner, epochs)), storage)
 
     @property
     def name(self) -> str:
@@ -188,6 +203,22 @@ class SweepStudy:
 
     def set_attr(self, key: str, value: Any) -> None:
         self.study.set_user_attr(key, value)
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """What the study optimizes, in order (``core.objectives``); validation accuracy alone
+        unless it was opened with more."""
+        return tuple(self.study.user_attrs.get(Attr.OBJECTIVES, DEFAULT_OBJECTIVES))
+
+    @functools.cached_property
+    def multi_objective(self) -> bool:
+        """Read once: a study's directions never change, and each read may be a storage call."""
+        return len(self.study.directions) > 1
+
+    def pareto(self) -> list[FrozenTrial]:
+        """The Pareto set of a multi-objective study (Optuna's ``best_trials``); [] for a
+        single-objective one, whose best is the report's ranking."""
+        return list(self.study.best_trials) if self.multi_objective else []
 
     # ---- reading ----
     def trials(self, states: Iterable[TrialState] | None = None) -> list[FrozenTrial]:
@@ -214,6 +245,20 @@ class SweepStudy:
         """The running trial ``number`` as a live ``optuna.Trial`` (report, should_prune, attrs)."""
         return optuna.trial.Trial(self.study, _trial_id(self.record(number)))
 
+    def report(self, trial: optuna.Trial, value: float, step: int) -> None:
+        """A running trial's validation accuracy at ``step``: the pruner's input, and the curve the
+        report draws and a retried attempt reads. Optuna's ``Trial.report`` refuses a
+        multi-objective study (it exists for pruning, which such a study has not); its storage
+        keeps the curve all the same."""
+        if not self.multi_objective:
+            trial.report(value, step)
+        elif self.storage is not None:
+            self.storage.set_trial_intermediate_value(_trial_id(self.record(trial.number)), step, value)
+
+    def should_prune(self, trial: optuna.Trial) -> bool:
+        """The pruner's verdict; never for a multi-objective trial (``Trial.should_prune`` raises)."""
+        return not self.multi_objective and trial.should_prune()
+
     def set_trial_attrs(self, number: int, attrs: Mapping[str, Any]) -> None:
         trial = self.live_trial(number)
         for key, value in attrs.items():
@@ -236,7 +281,8 @@ class SweepStudy:
         value: float | None = None,
     ) -> TrialOutcome:
         """Record a trial's outcome, unless it is already finished (then the record stands): the
-        status, reason and final metrics as attributes, then the state through ``tell``.
+        status, reason and final metrics as attributes, then the state through ``tell``: one value
+        (the validation accuracy), or one per objective (``core.objectives.values_of``).
         Returns the outcome Optuna now holds."""
         record = RECORDS[status]
         current = self.record(number)
@@ -249,9 +295,11 @@ class SweepStudy:
                 attrs[Attr.REASON] = reason
             self.set_trial_attrs(number, attrs)
             if record.optuna_state == "COMPLETE":
-                told = self.study.tell(
-                    number, value if value is not None and math.isfinite(value) else 0.0, skip_if_finished=True
-                )
+                told_value = value if value is not None and math.isfinite(value) else 0.0
+                if self.multi_objective:
+                    diverged = status is Status.DIVERGED
+                    told_value = values_of(self.objectives, told_value, dict(metrics), diverged)
+                told = self.study.tell(number, told_value, skip_if_finished=True)
             else:
                 told = self.study.tell(number, state=TrialState[record.optuna_state], skip_if_finished=True)
             current = told
