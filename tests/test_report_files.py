@@ -27,8 +27,6 @@ from sweep.report.comparison import (
     BudgetCurve,
     Comparison,
     OptimizerResult,
-    ParetoFront,
-    ParetoTrial,
     SearchedTrial,
     SeedRun,
     SeedStats,
@@ -187,23 +185,6 @@ def _result(
     )
 
 
-def _pareto(results: tuple[OptimizerResult, ...]) -> tuple[ParetoFront, ...]:
-    """A multi-objective search's fronts (``objectives=[val_accuracy,train_seconds]``): each ok
-    trial's time grows with its accuracy, so every optimizer has a front of a few trials."""
-    fronts = []
-    for r in results:
-        told = [(t, t.value, 5.0 + 40 * t.value**4 + t.number % 3) for t in r.trials if t.status is Status.OK]
-        best = {
-            t.number for t, acc, s in told if not any(a >= acc and x <= s and (a, x) != (acc, s) for _, a, x in told)
-        }
-        trials = tuple(
-            ParetoTrial(t.number, {"val_accuracy": acc, "train_seconds": s}, t.hyperparameters, True, t.number in best)
-            for t, acc, s in told
-        )
-        fronts.append(ParetoFront(r.optimizer, ("val_accuracy", "train_seconds"), trials))
-    return tuple(fronts)
-
-
 def make_comparison(state: str = "finished") -> Comparison:
     rng = random.Random(7)
     results = (
@@ -253,7 +234,6 @@ def make_comparison(state: str = "finished") -> Comparison:
         results=results,
         batch_sizes=(32, 64),
         settings={"sampler": "tpe", "pruner": "median", "tracking_uri": "http://me:hunter2@mlflow:5000"},
-        pareto=_pareto(results),  # every figure is drawn, the Pareto sets' too
     )
 
 
@@ -577,6 +557,26 @@ def test_the_parent_runs_tie_tag_says_what_the_table_says(tmp_path):
     for optimizer, label in labels.items():
         assert tracker.logged[f"parent-{optimizer}"][1][Tag.TIED] == label
     assert tracker.logged["parent-sgd"][1][Tag.TIED] == "n/a: 2 seeds (< 3)"  # was 'true'
+
+
+@pytest.mark.slow  # writes the report's artifacts through MLflow
+def test_per_optimizer_summaries_are_logged_on_the_parents_only(tmp_path):
+    """The report run carried every parent's summary again (``adam.best_val_accuracy``, ...): ~20
+    single-bar charts on top of MLflow's chart view. Now a few sweep-level metrics, no optimizer's."""
+    from sweep.report.build import parent_metrics, publish
+    from sweep.report.files import markdown_table
+
+    comparison = make_comparison()
+    files = write_report(comparison, tmp_path / "report", figures=False)
+    tracker = _Tracker([r.optimizer for r in comparison.results])
+    publish(tracker, comparison, files.folder, markdown_table(comparison), True, str(tmp_path / "artifacts"))
+    on_report = tracker.logged["report-run"][0]
+    best_val = max(r.best_val_accuracy for r in comparison.results)
+    assert on_report == {"best_test_accuracy_mean": comparison.results[0].test.mean, "best_val_accuracy": best_val}
+    assert not any(m.startswith(f"{r.optimizer}.") for m in on_report for r in comparison.results)
+    for r in comparison.results:
+        assert tracker.logged[f"parent-{r.optimizer}"][0] == parent_metrics(r)
+    assert (tmp_path / "artifacts" / "report-run" / "artifacts" / "report" / "report.html").is_file()
 
 
 class _Tracker:
