@@ -172,12 +172,25 @@ def _scores_by_hand(trials_csv: Path, r_max: float = 4.0) -> dict[str, float]:
     return scores
 
 
+@pytest.fixture(scope="module")
+def tiny_benchmark(ray_address, tmp_path_factory):
+    """The tiny benchmark, run once in this process on the session's Ray: (its config, its output
+    folder, what `sweep run` printed)."""
+    import io
+    from contextlib import redirect_stdout
+
+    tmp = tmp_path_factory.mktemp("bench")
+    config, out = _write_tiny(tmp), tmp / "out"
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        code = main(["run", str(config), "--output-dir", str(out), f"ray_address={ray_address}"])
+    assert code == 0, printed.getvalue()
+    return config, out, printed.getvalue()
+
+
 @pytest.mark.slow
-def test_a_benchmark_runs_to_its_report_and_the_report_rebuilds_from_the_stores(ray_address, tmp_path, capsys):
-    config = _write_tiny(tmp_path)
-    out = tmp_path / "out"
-    assert main(["run", str(config), "--output-dir", str(out), f"ray_address={ray_address}"]) == 0
-    printed = capsys.readouterr().out
+def test_a_benchmark_runs_to_its_report_and_the_report_rebuilds_from_the_stores(tiny_benchmark, capsys):
+    config, out, printed = tiny_benchmark
     folder = out / "tiny"
     assert f"report:  {folder / 'report' / 'benchmark.html'}" in printed
     bench, _ = load_benchmark(str(config), [f"output_dir={out}"])
@@ -191,15 +204,7 @@ def test_a_benchmark_runs_to_its_report_and_the_report_rebuilds_from_the_stores(
             assert all("final_target_reached" in t.user_attrs for t in trials), key
 
     report = folder / "report"
-    for name in (
-        "benchmark.html",
-        "benchmark.md",
-        "profile.png",
-        "front.png",
-        "scores.csv",
-        "workloads.csv",
-        "trials.csv",
-    ):
+    for name in ("benchmark.html", "benchmark.md", "profile.png", "front.png", "scores.csv", "workloads.csv"):
         assert (report / name).stat().st_size > 0, name
     trials = list(csv.DictReader((report / "trials.csv").open()))
     assert len(trials) == 2 * 2 * 2 * 2  # workloads x studies x optimizers x trials
@@ -215,7 +220,76 @@ def test_a_benchmark_runs_to_its_report_and_the_report_rebuilds_from_the_stores(
     assert main(["report", "tiny", "--output-dir", str(out)]) == 0
     assert {n: (report / n).read_text() for n in before} == before  # from the stores alone
     assert main(["ls", "--output-dir", str(out)]) == 0
-    assert "tiny" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "tiny" in listing and "external" in listing
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_benchmark_report_opens_in_mlflow_with_every_image(tiny_benchmark):
+    """`sweep ui BENCH` serves the benchmark's one store; its report run's benchmark.html opens in
+    MLflow's artifact viewer with every image loaded (screenshots to $SWEEP_TEST_SCREENSHOTS)."""
+    import json
+    import urllib.request
+
+    from tests import services
+    from tests.test_sweep_cli import IMAGES, SCREENSHOTS, _free_port, _wait_for
+
+    _, out, _ = tiny_benchmark
+    shots = Path(SCREENSHOTS) if SCREENSHOTS else out / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sweep.cli", "ui", "tiny", "--output-dir", str(out), "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    browser = None
+    try:
+        base = f"http://127.0.0.1:{port}"
+        next(line for line in server.stdout if base in line)  # printed once /health answers
+
+        def search(path: str, body: dict) -> dict:
+            request = urllib.request.Request(
+                f"{base}/api/2.0/mlflow/{path}",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            return json.load(urllib.request.urlopen(request, timeout=10))
+
+        experiments = {e["name"]: e for e in search("experiments/search", {"max_results": 50})["experiments"]}
+        assert {
+            "tiny",
+            "tiny.digits_cnn.s0",
+            "tiny.digits_cnn.s1",
+            "tiny.digits_lenet.s0",
+            "tiny.digits_lenet.s1",
+        } <= set(experiments)
+        exp = experiments["tiny"]["experiment_id"]
+        (run,) = search("runs/search", {"experiment_ids": [exp]})["runs"]
+        browser = services.browser()
+        browser.get(f"{base}/#/experiments/{exp}/runs/{run['info']['run_id']}/artifacts/report/benchmark.html")
+        frame = _wait_for(browser, lambda b: b.find_elements("tag name", "iframe"), "the artifact viewer's frame")[0]
+        browser.save_screenshot(str(shots / "benchmark-in-mlflow.png"))
+        browser.switch_to.frame(frame)
+        images = _wait_for(
+            browser,
+            lambda b: (lambda i: i if i and all(c for _, c, _, _ in i) else None)(b.execute_script(IMAGES)),
+            "the benchmark report's images",
+        )
+        assert sorted(i[0] for i in images) == ["fig-front", "fig-profile"], images
+        assert all(width > 0 for _, _, width, _ in images), images
+        body = browser.find_element("tag name", "body").text
+        assert "Score" in body and "digits_lenet: target 0.3000" in body
+        browser.switch_to.default_content()
+    finally:
+        if browser is not None:
+            browser.quit()
+        os.kill(server.pid, 15)
+        assert server.wait(timeout=30) == 0
 
 
 @pytest.mark.slow
