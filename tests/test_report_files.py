@@ -27,6 +27,8 @@ from sweep.report.comparison import (
     BudgetCurve,
     Comparison,
     OptimizerResult,
+    ParetoFront,
+    ParetoTrial,
     SearchedTrial,
     SeedRun,
     SeedStats,
@@ -185,6 +187,23 @@ def _result(
     )
 
 
+def _pareto(results: tuple[OptimizerResult, ...]) -> tuple[ParetoFront, ...]:
+    """A multi-objective search's fronts (``objectives=[val_accuracy,train_seconds]``): each ok
+    trial's time grows with its accuracy, so every optimizer has a front of a few trials."""
+    fronts = []
+    for r in results:
+        told = [(t, t.value, 5.0 + 40 * t.value**4 + t.number % 3) for t in r.trials if t.status is Status.OK]
+        best = {
+            t.number for t, acc, s in told if not any(a >= acc and x <= s and (a, x) != (acc, s) for _, a, x in told)
+        }
+        trials = tuple(
+            ParetoTrial(t.number, {"val_accuracy": acc, "train_seconds": s}, t.hyperparameters, True, t.number in best)
+            for t, acc, s in told
+        )
+        fronts.append(ParetoFront(r.optimizer, ("val_accuracy", "train_seconds"), trials))
+    return tuple(fronts)
+
+
 def make_comparison(state: str = "finished") -> Comparison:
     rng = random.Random(7)
     results = (
@@ -234,6 +253,7 @@ def make_comparison(state: str = "finished") -> Comparison:
         results=results,
         batch_sizes=(32, 64),
         settings={"sampler": "tpe", "pruner": "median", "tracking_uri": "http://me:hunter2@mlflow:5000"},
+        pareto=_pareto(results),  # every figure is drawn, the Pareto sets' too
     )
 
 
