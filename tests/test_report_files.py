@@ -177,7 +177,7 @@ def _result(
         test=test,
         tied=tied,
         p_value=p_value,
-        budget=_budget([t.value for t in scored]),
+        budget=_budget([t.value if t.value is not None else 0.0 for t in trials]),  # unscored: 0, as budget_curve
         importances=importances,
         lr_per_step=_lr_steps(best.lr, param),
         steps_per_epoch=STEPS,
@@ -431,20 +431,26 @@ def test_convergence_falls_back_to_the_search_trial_when_not_reevaluated():
     assert len(fig.axes[0].collections) == 2  # a band for each re-evaluated optimizer
 
 
-def test_lr_sensitivity_has_a_panel_per_batch_size_and_hollow_non_ok_trials():
+def test_lr_sensitivity_colours_batch_sizes_and_hollows_non_ok_trials():
     comparison = make_comparison()
     fig = plots.lr_sensitivity(comparison)
     panels = [ax for ax in fig.axes if ax.get_xscale() == "log"]
-    assert [ax.get_title() for ax in panels] == ["batch size 32", "batch size 64"]
+    assert len(panels) == len(comparison.results)
     points = {c.get_gid(): c for ax in panels for c in ax.collections}
+    by_batch = {32: set(), 64: set()}
     for result in comparison.results:
         for t in result.trials:
             if t.last_val_accuracy is None:
                 continue
-            face = points[f"{result.optimizer}:{t.number}"].get_facecolor()
+            point = points[f"{result.optimizer}:{t.number}"]
+            face = point.get_facecolor()
             assert (len(face) == 0 or face[0][3] == 0) == (t.status is not Status.OK), (result.optimizer, t)
-    single = Comparison(**{**comparison.__dict__, "batch_sizes": (32,)})
-    assert len(plots.lr_sensitivity(single).axes) == 1
+            by_batch[t.batch_size].add(tuple(point.get_edgecolor()[0]))
+    assert len(by_batch[32]) == len(by_batch[64]) == 1 and by_batch[32] != by_batch[64]
+    labels = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert labels[:2] == ["batch size 32", "batch size 64"]
+    single = plots.lr_sensitivity(Comparison(**{**comparison.__dict__, "batch_sizes": (32,)}))
+    assert not any(text.get_text().startswith("batch size") for text in single.legends[0].get_texts())
 
 
 def test_figures_with_nothing_to_draw_are_left_out():
@@ -616,3 +622,111 @@ class _Tracker:
 
     def describe(self, run_id, metrics, tags, description, final):
         self.logged[run_id] = (dict(metrics), dict(tags))
+
+
+# --- small multiples: no line, band or point hides another ---------------------------------------
+
+
+def _panels(fig) -> list:
+    """The data panels of a figure (the legend and super-labels are not axes)."""
+    return [ax for ax in fig.axes if ax.get_title()]
+
+
+@pytest.mark.parametrize("name", ["schedules", "budget", "lr_sensitivity"])
+def test_one_panel_per_optimizer_on_shared_axes(name):
+    """Studies share their sampler seed, so optimizers often try the same rate and schedule: on one
+    axes their lines, bands and points lay exactly on top of each other."""
+    comparison = make_comparison()
+    fig = plots.FIGURES[name].draw(comparison)
+    panels = _panels(fig)
+    assert [ax.get_title().split(":")[0] for ax in panels] == [r.optimizer for r in comparison.results]
+    for ax in panels[1:]:
+        assert ax.get_shared_x_axes().joined(panels[0], ax) and ax.get_shared_y_axes().joined(panels[0], ax)
+    if name == "lr_sensitivity":
+        for ax, result in zip(panels, comparison.results):
+            assert {c.get_gid().split(":")[0] for c in ax.collections} == {result.optimizer}
+    else:
+        assert all(len(ax.get_lines()) == 1 and len(ax.collections) <= 1 for ax in panels)  # one band at most
+
+
+def test_schedules_log_axis_stays_within_four_decades_of_the_peak():
+    comparison = make_comparison()  # momentum's one-cycle ends 25e4 below its peak (4e-6)
+    assert min(comparison.results[1].lr_per_step) / max(comparison.results[1].lr_per_step) < 1e-5
+    fig = plots.schedules(comparison)
+    panels = _panels(fig)
+    low, high = panels[0].get_ylim()
+    assert panels[0].get_yscale() == "log" and math.log10(high / low) <= 4.1 and low >= plots.LR_FLOOR
+    assert "cut at 0.0001" in fig.get_supylabel() and "peak" in fig.get_supylabel()
+    assert panels[1].get_title() == f"momentum: onecycle, peak {max(comparison.results[1].lr_per_step):.3g}"
+
+
+def test_the_budget_figure_says_unscored_trials_count_as_zero():
+    comparison = make_comparison()
+    fig = plots.budget(comparison)
+    assert "pruned, diverged and failed trials count as accuracy 0" in fig.get_supxlabel()
+    assert "unscored = 0" in fig.get_supylabel()
+    for ax, result in zip(_panels(fig), comparison.results):
+        unscored = sum(t.value is None for t in result.trials)
+        assert ax.get_title().endswith(f"{unscored} of {len(result.trials)} unscored (= 0)")
+    assert "count as accuracy 0" in plots.FIGURES["budget"].caption
+
+
+# --- importances: by the table's names, never from a handful of trials ---------------------------
+
+
+def test_importances_are_named_as_the_table_names_the_hyperparameters():
+    from sweep.report.collect import shown_name
+
+    assert shown_name("one_minus_beta1", {"lr", "beta1"}) == "beta1"
+    assert shown_name("cosine.one_minus_decay", {"cosine.decay"}) == "cosine.decay"
+    assert shown_name("one_minus_mine", {"one_minus_mine"}) == "one_minus_mine"  # a user's own name, kept
+    assert shown_name("lr", {"lr"}) == "lr"
+
+
+def test_importances_from_too_few_finished_trials_are_left_out_and_named():
+    base = make_comparison()
+    adam, momentum, sgd = base.results
+    few = dataclasses.replace(momentum, importances={}, importance_trials=2)
+    comparison = dataclasses.replace(
+        base,
+        results=(dataclasses.replace(adam, importance_trials=12), few, dataclasses.replace(sgd, importance_trials=0)),
+    )
+    fig = plots.importances(comparison)
+    assert [ax.get_title() for ax in _panels(fig)] == ["adam (12 finished trials)"]
+    assert fig.get_supxlabel() == "Left out, from fewer than 4 finished trials (not meaningful): momentum (2)."
+
+
+@pytest.mark.slow  # fits fANOVA
+def test_importances_of_a_study_come_under_the_table_names_and_need_four_finished_trials():
+    import optuna
+
+    from sweep.report.collect import importances
+    from sweep.stores.studies import SweepStudy
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(3):
+        trial = study.ask()
+        value = trial.suggest_float("lr", 1e-4, 1.0, log=True) + trial.suggest_float("one_minus_beta1", 1e-3, 0.5)
+        study.tell(trial, value)
+    assert importances(SweepStudy(study), {"lr", "beta1"}) == {}  # 3 finished trials: not meaningful
+    study.enqueue_trial({"lr": 0.01, "one_minus_beta1": 0.1})
+    trial = study.ask()
+    study.tell(
+        trial, trial.suggest_float("lr", 1e-4, 1.0, log=True) + trial.suggest_float("one_minus_beta1", 1e-3, 0.5)
+    )
+    assert set(importances(SweepStudy(study), {"lr", "beta1"})) == {"lr", "beta1"}
+
+
+def test_the_page_says_why_importances_are_missing():
+    base = make_comparison()
+    few = tuple(dataclasses.replace(r, importances={}, importance_trials=2) for r in base.results)
+    comparison = dataclasses.replace(base, results=few)
+    pngs = {"convergence": None}  # markdown_text only names the figures drawn
+    page = html_page(comparison, ranking_rows(comparison), {})
+    assert "Parameter importances" not in page  # no figures drawn at all: nothing to explain
+    from sweep.report.files import markdown_text
+
+    text = markdown_text(comparison, ranking_rows(comparison), pngs)
+    assert "Parameter importances: not drawn. Left out, from fewer than 4 finished trials" in text
+    assert "adam (2), momentum (2), sgd (2)" in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,7 +18,14 @@ from sweep.core.config import SweepConfig
 from sweep.core.keys import Attr
 from sweep.core.outcome import Status, Tally
 from sweep.report import pareto, stats
-from sweep.report.comparison import Comparison, OptimizerResult, SearchedTrial, SeedRun, SeedStats
+from sweep.report.comparison import (
+    MIN_IMPORTANCE_TRIALS,
+    Comparison,
+    OptimizerResult,
+    SearchedTrial,
+    SeedRun,
+    SeedStats,
+)
 from sweep.stores import reeval, tracking
 from sweep.stores.studies import SweepStudy, accuracy, outcome_of, study_name
 from sweep.stores.sweepdir import Stores
@@ -119,7 +127,8 @@ def optimizer_result(
         tied=None,
         p_value=None,
         budget=stats.budget_curve([t.value for t in trials]) if trials else None,
-        importances=importances(search) if figures else {},
+        importances=importances(search, {k for t in trials for k in t.hyperparameters}) if figures else {},
+        importance_trials=_finished(records),
         lr_per_step=_lr_per_step(uri, source, best_hp, cfg, steps) if figures else (),
         steps_per_epoch=steps,
         train_seconds=round(sum(o.metrics.get("train_seconds", 0.0) for _, o in outcomes) + reeval_seconds, 2),
@@ -136,13 +145,14 @@ def accuracy_stats(values: list[float]) -> SeedStats:
     return dataclasses.replace(found, ci_low=max(0.0, found.ci_low), ci_high=min(1.0, found.ci_high))
 
 
-def importances(search: SweepStudy) -> dict[str, float]:
-    """Optuna's fANOVA importances (seeded: the same sweep gives the same figure); {} when the
-    study has too few finished trials or nothing varied."""
+def importances(search: SweepStudy, shown: Collection[str] = ()) -> dict[str, float]:
+    """Optuna's fANOVA importances (seeded: the same sweep gives the same figure), each under the
+    name the table shows (``shown_name``); {} when the study has fewer than
+    ``MIN_IMPORTANCE_TRIALS`` finished trials (a forest fitted to 1-3 points ranks noise) or
+    nothing varied."""
     import optuna
 
-    complete = [t for t in search.trials() if t.state.name == "COMPLETE"]
-    if len(complete) < 2:
+    if _finished(search.trials()) < MIN_IMPORTANCE_TRIALS:
         return {}
     try:
         found = optuna.importance.get_param_importances(
@@ -152,7 +162,23 @@ def importances(search: SweepStudy) -> dict[str, float]:
         )
     except (RuntimeError, ValueError):
         return {}
-    return {k: float(v) for k, v in found.items() if math.isfinite(v)}
+    return {shown_name(k, shown): float(v) for k, v in found.items() if math.isfinite(v)}
+
+
+def _finished(records) -> int:
+    return sum(1 for t in records if t.state.name == "COMPLETE")
+
+
+ONE_MINUS = "one_minus_"  # optim.space.OneMinusLogUniform searches ``beta1`` as ``one_minus_beta1``
+
+
+def shown_name(param: str, shown: Collection[str]) -> str:
+    """An Optuna parameter under the hyperparameter name the table shows (``beta1``, not
+    ``one_minus_beta1``; ``x.one_minus_y`` -> ``x.y``), unless the table shows it as it is."""
+    stem, dot, leaf = param.rpartition(".")
+    if param in shown or not leaf.startswith(ONE_MINUS):
+        return param
+    return f"{stem}{dot}{leaf[len(ONE_MINUS) :]}"
 
 
 def _steps_per_epoch(search: SweepStudy, hp: dict[str, Any], cfg: SweepConfig) -> int:

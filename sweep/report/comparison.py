@@ -14,6 +14,10 @@ from typing import Any
 
 from sweep.core.outcome import Status
 
+# Parameter importances from fewer finished trials are not computed: fANOVA's forest fitted to
+# 1-3 points ranks noise, and a bar chart of it reads as a finding.
+MIN_IMPORTANCE_TRIALS = 4
+
 
 @dataclass(frozen=True)
 class SeedStats:
@@ -81,16 +85,17 @@ class OptimizerResult:
     trials: tuple[SearchedTrial, ...]  # the search, in trial order
     reevals: tuple[SeedRun, ...]  # re-evaluations of best_trial (finished ok)
     test: SeedStats | None  # over ``reevals``; None until one finished
-    tied: bool | None  # within noise of the top-ranked optimizer (True for it); None: not tested
+    tied: bool | None  # not distinguishable from the top-ranked optimizer (True for it); None: not tested
     p_value: float | None  # of the tie test against the top-ranked optimizer
     budget: BudgetCurve | None
-    importances: Mapping[str, float]  # Optuna's parameter importances ({} when too few trials)
+    importances: Mapping[str, float]  # Optuna's importances by the table's names ({} under MIN_IMPORTANCE_TRIALS)
     lr_per_step: tuple[float, ...]  # the best configuration's learning rate at every step
     steps_per_epoch: int
     train_seconds: float  # search and re-evaluation together
     best_run_id: str | None = None  # MLflow run of the best search trial
     best_optuna_params: Mapping[str, Any] = field(default_factory=dict)  # as Optuna searched them (one_minus_beta1)
     model_uri: str | None = None  # the logged best re-evaluated model (runs:/.../model)
+    importance_trials: int = 0  # finished (complete) search trials: what the importances were fitted to
 
 
 @dataclass(frozen=True)

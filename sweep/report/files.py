@@ -69,7 +69,8 @@ MEASURED = (
     "by the single best search trial. An optimizer whose seeds Welch's t-test cannot tell from the first "
     "is marked not distinguishable (which is not proof of equal means); with fewer than {min_seeds} seeds no "
     "test is made. "
-    "The budget curves are the exact expectation over random orders of the trials that ran, not a resampling."
+    "The budget curves are the exact expectation over random orders of the trials that ran, not a resampling; "
+    "a pruned, diverged or failed trial counts in them as accuracy 0."
 )
 
 
@@ -402,7 +403,16 @@ def markdown_text(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[
     lines += pareto.markdown(comparison, _md)  # a multi-objective search's Pareto sets
     for name in pngs:
         lines += [f"![{name}]({name}.png)", "", _md(plots.FIGURES[name].caption), ""]
+    if note := _importances_left_out(comparison, pngs):
+        lines += [_md(note), ""]
     return "\n".join(lines)
+
+
+def _importances_left_out(comparison: Comparison, pngs: Mapping[str, Path]) -> str:
+    """Why the importances figure is missing when every optimizer had too few finished trials
+    (the figure names them itself when it is drawn); '' otherwise."""
+    note = plots.importance_note(comparison)
+    return f"Parameter importances: not drawn. {note}" if note and pngs and "importances" not in pngs else ""
 
 
 STYLE = """
@@ -476,6 +486,8 @@ def html_page(comparison: Comparison, rows: list[RankingRow], pngs: Mapping[str,
             f'<figure><img id="fig-{e(name)}" alt="{e(spec.alt)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{e(spec.caption)}</figcaption></figure>"
         )
+    if note := _importances_left_out(comparison, pngs):
+        out.append(f'<p class="note">{e(note)}</p>')
     out += ["<h2>How this was measured</h2>", f"<p>{e(_measured(comparison))}</p>"]
     out.append("</body></html>")
     return "\n".join(out) + "\n"

@@ -18,15 +18,19 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from optim import OPTIMIZERS, SCHEDULES
 from sweep.core.outcome import Status
 from sweep.report import pareto
-from sweep.report.comparison import Comparison, OptimizerResult, SearchedTrial
+from sweep.report.comparison import MIN_IMPORTANCE_TRIALS, Comparison, OptimizerResult, SearchedTrial
 
 DPI = 110
 WIDTH = 9.5  # inches: about 1045 px at DPI, a laptop screen's width with margins
 PANEL_HEIGHT = 2.6  # inches per row of small multiples
+SMALL_HEIGHT = 2.3  # inches per row of the one-panel-per-optimizer figures
+COLS = 3  # their panels per row (as the history's)
+LR_FLOOR = 1e-4  # the schedules' log axis stops this far below each peak learning rate
 
 # Tableau's ten, their lighter tab20 hues, then tab20b's twenty: the registry's entries take one
 # each by position (the 17 built-in optimizers always the same; declared ones in the order this
@@ -38,6 +42,8 @@ PALETTE = (
     *("#393b79", "#5254a3", "#6b6ecf", "#9c9ede", "#637939", "#8ca252", "#b5cf6b", "#cedb9c", "#8c6d31", "#bd9e39"),
     *("#e7ba52", "#e7cb94", "#843c39", "#ad494a", "#d6616b", "#e7969c", "#7b4173", "#a55194", "#ce6dad", "#de9ed6"),
 )
+# Batch sizes in the LR-sensitivity panels (Dark2: apart from the optimizers' colours in the titles).
+BATCH_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 # One marker per schedule, by registry position, for the LR-sensitivity scatter.
 MARKERS = ("o", "s", "D", "v", "^", "P", "X", "*", "h", "<", ">", "p")
 LOG_RATIO = 20.0  # an LR range wider than this is drawn on a log axis
@@ -88,6 +94,8 @@ def _grid(fig: Figure, n: int, *, sharex: bool = False, sharey: bool = False, ma
     axes = fig.subplots(rows, cols, sharex=sharex, sharey=sharey, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.remove()
+    for ax in axes[max(0, n - cols) : n]:  # nothing below them: a shared x axis still needs its labels
+        ax.tick_params(labelbottom=True)
     return list(axes[:n])
 
 
@@ -165,52 +173,55 @@ def _finish_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.legend(loc="lower right", fontsize="small")
 
 
+def _small_multiples(fig: Figure, n: int, *, sharex: bool = True, sharey: bool = True):
+    """One panel per optimizer, shared axes: studies share their sampler seed, so two optimizers
+    often draw the same learning rate and schedule, and on one axes one line or point hid another."""
+    return _grid(fig, n, sharex=sharex, sharey=sharey, max_cols=COLS)
+
+
+def _panel_title(ax, result: OptimizerResult, color: str, detail: str = "") -> None:
+    ax.set_title(_t(result.optimizer) + (f": {detail}" if detail else ""), fontsize="small", color=color)
+
+
 def lr_sensitivity(comparison: Comparison) -> Figure | None:
-    """Final validation accuracy of every search trial against its learning rate."""
-    points = [
-        (r.optimizer, t)
+    """Final validation accuracy of every search trial against its learning rate, one panel per
+    optimizer (shared axes); with searched batch sizes, the colour is the batch size."""
+    drawn = [
+        (r, [t for t in r.trials if t.last_val_accuracy is not None and t.lr is not None and t.lr > 0])
         for r in comparison.results
-        for t in r.trials
-        if t.last_val_accuracy is not None and t.lr is not None and t.lr > 0
     ]
-    if not points:
+    drawn = [(r, points) for r, points in drawn if points]
+    if not drawn:
         return None
     palette = _palette(comparison)
-    shapes = markers(t.schedule for _, t in points)
-    if len(comparison.batch_sizes) > 1:
-        panels = sorted(set(comparison.batch_sizes) | {t.batch_size for _, t in points})
-    else:
-        panels = [None]
-    fig = _figure(max(4.6, PANEL_HEIGHT * 1.5 * _rows(len(panels), 2)))
-    axes = _grid(fig, len(panels), sharex=True, sharey=True, max_cols=2)
-    for ax, batch in zip(axes, panels):
-        for optimizer, t in points:
-            if batch is not None and t.batch_size != batch:
-                continue
+    shapes = markers(t.schedule for _, points in drawn for t in points)
+    searched = set(comparison.batch_sizes) | {t.batch_size for _, points in drawn for t in points}
+    batches = sorted(searched) if len(comparison.batch_sizes) > 1 else []
+    by_batch = {b: BATCH_COLORS[i % len(BATCH_COLORS)] for i, b in enumerate(batches)}
+    fig = _figure(max(3.4, _rows(len(drawn), COLS) * SMALL_HEIGHT + 0.8))
+    axes = _small_multiples(fig, len(drawn))
+    for ax, (result, points) in zip(axes, drawn):
+        for t in points:
+            color = by_batch.get(t.batch_size, "0.2") if batches else palette[result.optimizer]
             ok = t.status is Status.OK
             ax.scatter(
                 t.lr,
                 t.last_val_accuracy,
                 marker=shapes[t.schedule],
-                s=36,
-                linewidths=1.2,
-                edgecolors=palette[optimizer],
-                facecolors=palette[optimizer] if ok else "none",
-                alpha=0.85 if ok else 0.9,
-                gid=f"{optimizer}:{t.number}",
+                s=30,
+                linewidths=1.1,
+                edgecolors=color,
+                facecolors=color if ok else "none",
+                alpha=0.85,
+                gid=f"{result.optimizer}:{t.number}",
             )
         ax.set_xscale("log")
-        ax.set_xlabel("learning rate (log scale)")
-        ax.set_ylabel("final validation accuracy")
         ax.grid(alpha=0.3)
-        if batch is not None:
-            ax.set_title(f"batch size {batch}", fontsize="medium")
-    fig.suptitle("Learning-rate sensitivity: every search trial")
-    handles = [
-        Line2D([], [], ls="", marker="o", color=palette[r.optimizer], label=_t(r.optimizer))
-        for r in comparison.results
-        if any(o == r.optimizer for o, _ in points)
-    ]
+        _panel_title(ax, result, palette[result.optimizer])
+    fig.supxlabel("learning rate (log scale)", fontsize="medium")
+    fig.supylabel("final validation accuracy", fontsize="medium")
+    fig.suptitle("Learning-rate sensitivity: every search trial, per optimizer")
+    handles = [Line2D([], [], ls="", marker="o", color=c, label=f"batch size {b}") for b, c in by_batch.items()]
     handles += [Line2D([], [], ls="", marker=m, color="0.35", label=f"schedule: {_t(s)}") for s, m in shapes.items()]
     handles.append(Line2D([], [], ls="", marker="o", mfc="none", color="0.35", label="hollow: not ok"))
     _legend_outside(fig, handles)
@@ -218,66 +229,92 @@ def lr_sensitivity(comparison: Comparison) -> Figure | None:
 
 
 def schedules(comparison: Comparison) -> Figure | None:
-    """The learning rate at every step of each optimizer's best configuration."""
+    """The learning rate at every step of each optimizer's best configuration, one panel each,
+    relative to its peak (in the title) so shared axes compare shapes. A log axis stops at
+    ``LR_FLOOR`` of the peak: one-cycle ends 1e-8 below it, which spread the axis over 9 decades."""
     palette = _palette(comparison)
-    drawn = [r for r in comparison.results if r.lr_per_step]
+    drawn = [r for r in comparison.results if r.lr_per_step and max(r.lr_per_step) > 0]
     if not drawn:
         return None
-    fig = _figure(4.8)
-    ax = fig.subplots()
-    positive = []
-    for result in drawn:
+    relative = [[v / max(r.lr_per_step) for v in r.lr_per_step] for r in drawn]
+    lowest = min(v for rel in relative for v in rel if v > 0)
+    fig = _figure(max(3.4, _rows(len(drawn), COLS) * SMALL_HEIGHT + 0.8))
+    axes = _small_multiples(fig, len(drawn))
+    for ax, result, rel in zip(axes, drawn, relative):
         per = result.steps_per_epoch if result.steps_per_epoch > 0 else 1
-        xs = [i / per for i in range(len(result.lr_per_step))]
         best = _trial(result, result.best_trial)
-        label = _t(result.optimizer) + (f" ({_t(best.schedule)})" if best is not None and best.schedule else "")
-        ax.plot(xs, result.lr_per_step, color=palette[result.optimizer], lw=1.8, label=label)
-        positive += [v for v in result.lr_per_step if v > 0]
-    if positive and max(positive) / min(positive) > LOG_RATIO:
-        ax.set_yscale("log")
-        ax.set_ylabel("learning rate (log scale)")
+        schedule = f"{_t(best.schedule)}, " if best is not None and best.schedule else ""
+        ax.plot([i / per for i in range(len(rel))], rel, color=palette[result.optimizer], lw=1.8)
+        ax.grid(alpha=0.3)
+        _panel_title(ax, result, palette[result.optimizer], f"{schedule}peak {max(result.lr_per_step):.3g}")
+    if lowest < 1 / LOG_RATIO:
+        axes[0].set_yscale("log")
+        axes[0].set_ylim(max(LR_FLOOR, lowest / 1.25), 1.25)
+        ylabel = f"LR ÷ its peak (log scale, cut at {LR_FLOOR:g})"
     else:
-        ax.set_ylabel("learning rate")
-    unit = "epoch" if all(r.steps_per_epoch > 0 for r in drawn) else "step"
-    ax.set_xlabel(unit)
-    ax.set_title("Learning-rate schedule of each optimizer's best configuration")
-    ax.grid(alpha=0.3)
-    _legend_outside(fig, ax.get_legend_handles_labels()[0])
+        axes[0].set_ylim(0, 1.05)
+        ylabel = "LR ÷ its peak"
+    fig.supylabel(ylabel, fontsize="medium")
+    fig.supxlabel("epoch" if all(r.steps_per_epoch > 0 for r in drawn) else "step", fontsize="medium")
+    fig.suptitle("Learning-rate schedule of each optimizer's best configuration")
     return fig
 
 
+BUDGET_ZERO = "pruned, diverged and failed trials count as accuracy 0"
+
+
 def budget(comparison: Comparison) -> Figure | None:
-    """Expected best validation accuracy after k trials, with the 5-95 % band over trial orders."""
+    """Expected best validation accuracy after k trials, with the 5-95 % band over trial orders,
+    one panel per optimizer: overlaid, the bands merged into one grey block. A trial without a
+    score counts as 0 (``stats.budget_curve``), which the axis and each panel's title say."""
     palette = _palette(comparison)
     drawn = [r for r in comparison.results if r.budget is not None and r.budget.expected_best]
     if not drawn:
         return None
-    fig = _figure(5.0)
-    ax = fig.subplots()
-    for result in drawn:
-        curve = result.budget
+    fig = _figure(max(3.6, _rows(len(drawn), COLS) * SMALL_HEIGHT + 0.9))
+    axes = _small_multiples(fig, len(drawn))
+    for ax, result in zip(axes, drawn):
+        curve, color = result.budget, palette[result.optimizer]
         ks = range(1, len(curve.expected_best) + 1)
-        color = palette[result.optimizer]
-        ax.plot(ks, curve.expected_best, color=color, lw=2, label=_t(result.optimizer))
         if len(curve.low) == len(curve.high) == len(curve.expected_best):
-            ax.fill_between(ks, curve.low, curve.high, color=color, alpha=0.15, lw=0)
-    _finish_axes(
-        ax,
-        "Tuning budget: expected best validation accuracy after k trials",
-        "trials searched (k)",
-        "expected best validation accuracy",
+            ax.fill_between(ks, curve.low, curve.high, color=color, alpha=0.2, lw=0)
+        ax.plot(ks, curve.expected_best, color=color, lw=2)
+        unscored = sum(1 for t in result.trials if t.value is None)
+        _panel_title(ax, result, color, f"{unscored} of {len(ks)} unscored (= 0)" if unscored else "")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    fig.supxlabel(f"trials searched (k); {BUDGET_ZERO}", fontsize="medium")
+    fig.supylabel("expected best val. accuracy (unscored = 0)", fontsize="medium")
+    fig.suptitle("Tuning budget: expected best validation accuracy after k trials")
+    _legend_outside(
+        fig,
+        [
+            Line2D([], [], color="0.35", lw=2, label="expected best"),
+            Patch(color="0.35", alpha=0.2, label="5-95 % of\ntrial orders"),
+        ],
     )
     return fig
 
 
+def importance_note(comparison: Comparison) -> str:
+    """Which optimizers have no importances because too few of their trials finished, or ''."""
+    few = [r for r in comparison.results if not r.importances and 0 < r.importance_trials < MIN_IMPORTANCE_TRIALS]
+    if not few:
+        return ""
+    names = ", ".join(f"{r.optimizer} ({r.importance_trials})" for r in few)
+    return f"Left out, from fewer than {MIN_IMPORTANCE_TRIALS} finished trials (not meaningful): {names}."
+
+
 def importances(comparison: Comparison) -> Figure | None:
-    """Optuna's parameter importances, one panel per optimizer that has them."""
+    """Optuna's parameter importances, one panel per optimizer that has them, titled with the
+    number of finished trials they come from; those with too few are named below the panels."""
     palette = _palette(comparison)
     drawn = [r for r in comparison.results if r.importances]
     if not drawn:
         return None
     most = max(len(r.importances) for r in drawn)
-    fig = _figure(max(3.2, _rows(len(drawn)) * max(PANEL_HEIGHT, 0.35 * most + 1.2)) + 0.5)
+    note = importance_note(comparison)
+    fig = _figure(max(3.2, _rows(len(drawn)) * max(PANEL_HEIGHT, 0.35 * most + 1.2)) + 0.5 + (0.3 if note else 0))
     axes = _grid(fig, len(drawn), sharex=True)
     for ax, result in zip(axes, drawn):
         ranked = sorted(result.importances.items(), key=lambda kv: kv[1])
@@ -287,13 +324,16 @@ def importances(comparison: Comparison) -> Figure | None:
             color=palette[result.optimizer],
             label=_t(result.optimizer),
         )
-        ax.set_title(_t(result.optimizer), fontsize="medium", color=palette[result.optimizer])
+        trials = f" ({result.importance_trials} finished trials)" if result.importance_trials else ""
+        ax.set_title(_t(result.optimizer) + trials, fontsize="medium", color=palette[result.optimizer])
         ax.set_xlabel("importance")
         ax.tick_params(axis="y", labelsize="small")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_xlim(0, max(1.0, max(max(r.importances.values()) for r in drawn)))
     fig.suptitle("Which hyperparameters mattered (Optuna importances)")
     fig.supylabel("hyperparameter", fontsize="medium")
+    if note:
+        fig.supxlabel(_t(note), fontsize="small", color="0.3")
     _legend_outside(fig, [Line2D([], [], color=palette[r.optimizer], lw=6, label=_t(r.optimizer)) for r in drawn])
     return fig
 
@@ -365,28 +405,33 @@ FIGURES: dict[str, FigureSpec] = {
     ),
     "lr_sensitivity": FigureSpec(
         lr_sensitivity,
-        "Every search trial's last validation accuracy against its learning rate (log scale): colour is "
-        "the optimizer, marker the LR schedule; hollow markers are trials that did not finish ok "
-        "(pruned, diverged, failed), drawn at the last accuracy they reported.",
+        "Every search trial's last validation accuracy against its learning rate (log scale), one panel per "
+        "optimizer on shared axes (their searches share a sampler seed, so they often try the same rates); "
+        "marker: the LR schedule; colour: the batch size when it is searched; hollow markers are trials that "
+        "did not finish ok (pruned, diverged, failed), drawn at the last accuracy they reported.",
         "Scatter of final validation accuracy against learning rate for every search trial",
     ),
     "schedules": FigureSpec(
         schedules,
-        "The learning rate each best configuration used at every optimizer step, in epochs; the y axis "
-        "is logarithmic when the rates span more than a factor of 20.",
+        "The learning rate each best configuration used at every optimizer step, in epochs, one panel per "
+        "optimizer, as a fraction of its peak (named in the panel's title); the y axis is logarithmic when "
+        "a schedule falls below 1/20 of its peak, and stops at 1e-4 of the peak (one-cycle ends far below).",
         "Learning rate per step of each optimizer's best configuration",
     ),
     "budget": FigureSpec(
         budget,
         "Expected best validation accuracy if only k trials had been searched (exact expectation over "
-        "random orders of the trials run); the band spans the 5th to 95th percentile. A curve that "
-        "flattens early needs little tuning.",
+        "random orders of the trials run), one panel per optimizer; the band spans the 5th to 95th percentile. "
+        "Pruned, diverged and failed trials count as accuracy 0 (each panel says how many): they never win, "
+        "but k trials that all lack a score are worth 0. A curve that flattens early needs little tuning.",
         "Expected best validation accuracy against number of trials, per optimizer",
     ),
     "importances": FigureSpec(
         importances,
-        "Optuna's parameter importances for each optimizer's search: the longer the bar, the more that "
-        "hyperparameter explained the spread of validation accuracy; optimizers with too few trials are left out.",
+        "Optuna's parameter importances for each optimizer's search (fANOVA, from the finished trials its "
+        "panel names): the longer the bar, the more that hyperparameter explained the spread of validation "
+        f"accuracy; optimizers with fewer than {MIN_IMPORTANCE_TRIALS} finished trials are left out (named "
+        "below the panels).",
         "Horizontal bars of hyperparameter importance, one panel per optimizer",
     ),
     "history": FigureSpec(
