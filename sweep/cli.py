@@ -211,14 +211,13 @@ def _benchmark(config: str | None, overrides: list[str]):
 def _saved_benchmark(args, overrides: list[str]):
     """The benchmark ``args.name`` under ``--output-dir`` as saved, or None when it is a sweep."""
     from sweep.core.benchmark import from_values
-    from sweep.execution.benchmark import BENCHMARK_FILE, saved
-    from sweep.stores.sweepdir import SweepDir
+    from sweep.stores.sweepdir import BENCHMARK, SweepDir
 
     folder = SweepDir.of(args.output_dir, args.name)
-    values = saved(folder)
+    values = folder.saved_benchmark()
     if values is None:
         return None
-    return from_values(values, str(folder / BENCHMARK_FILE), [*overrides, f"output_dir={folder.path.parent}"])
+    return from_values(values, str(folder / BENCHMARK), [*overrides, f"output_dir={folder.path.parent}"])
 
 
 def cmd_run(args) -> int:
@@ -307,15 +306,15 @@ def _list_benchmarks(output_dir) -> str:
     import json
     from pathlib import Path
 
-    from sweep.stores.sweepdir import SUMMARY, SweepDir
+    from sweep.stores.sweepdir import BENCHMARK, SUMMARY, SweepDir
 
-    found = sorted(Path(output_dir).glob("*/benchmark.yaml")) if Path(output_dir).is_dir() else []
+    found = sorted(Path(output_dir).glob(f"*/{BENCHMARK}")) if Path(output_dir).is_dir() else []
     if not found:
         return ""
     lines = [f"{'benchmark':<24} {'state':<12} {'workloads':<10} {'ruleset':<9} best (optimizer: score)"]
     for path in found:
         folder = SweepDir(path.parent)
-        section = (_yaml_file(path) or {}).get("benchmark") or {}
+        section = (folder.saved_benchmark() or {}).get("benchmark") or {}
         summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).exists() else {}
         scores = summary.get("scores") or {}
         best = next((f"{name}: {row['score']:.3f}" for name, row in scores.items()), "")  # ranked first
@@ -324,12 +323,6 @@ def _list_benchmarks(output_dir) -> str:
             f"{section.get('ruleset', '-'):<9} {best}"
         )
     return "\n".join(lines)
-
-
-def _yaml_file(path):
-    import yaml
-
-    return yaml.safe_load(path.read_text())
 
 
 def cmd_ui(args) -> int:

@@ -22,9 +22,7 @@ from sweep.core.errors import ConfigError
 from sweep.execution import launch
 from sweep.execution.lanes import say
 from sweep.report import benchmark as report
-from sweep.stores.sweepdir import FINISHED, INTERRUPTED, RUNNING, SweepDir
-
-BENCHMARK_FILE = "benchmark.yaml"
+from sweep.stores.sweepdir import BENCHMARK, FINISHED, INTERRUPTED, RUNNING, SweepDir
 
 
 @dataclass(frozen=True)
@@ -34,15 +32,10 @@ class BenchmarkResult:
     seconds: float
 
 
-def saved(folder: SweepDir) -> dict[str, Any] | None:
-    path = folder / BENCHMARK_FILE
-    return yaml.safe_load(path.read_text()) if path.exists() else None
-
-
 def check_resumable(bench: BenchmarkConfig, values: dict[str, Any], folder: SweepDir) -> None:
     """A benchmark that exists keeps its ruleset and workloads (its children's studies were run
     with them); more studies or trials may be added."""
-    before = saved(folder)
+    before = folder.saved_benchmark()
     if before is None:
         return
     was, now = before.get("benchmark", {}), values["benchmark"]
@@ -72,7 +65,7 @@ def run_benchmark(bench: BenchmarkConfig, values: dict[str, Any]) -> BenchmarkRe
             if new:  # bad input leaves nothing behind
                 shutil.rmtree(folder.path, ignore_errors=True)
             raise
-        (folder / BENCHMARK_FILE).write_text(yaml.safe_dump(values, sort_keys=False))
+        (folder / BENCHMARK).write_text(yaml.safe_dump(values, sort_keys=False))
         folder.write_state(RUNNING)
         try:
             for i, child in enumerate(bench.children):

@@ -4,6 +4,8 @@
   stores; ``state`` running / finished / interrupted; ``lock`` held by the running driver;
 - ``optuna.journal`` and ``mlflow.db`` (+ ``artifacts/``): the stores left at their defaults, so a
   moved or copied sweep takes them along;
+- ``benchmark.yaml`` instead of ``sweep.yaml`` in a benchmark's folder, whose child sweeps live in
+  ``sweeps/``;
 - ``summary.json`` the results; ``report/`` the report (``report.html``, its PNGs,
   ``comparison.csv``, ``comparison.md``); ``driver.log``: the traceback of an unexpected driver error.
 
@@ -35,6 +37,7 @@ from sweep.core.errors import ConfigError
 CONFIG, ID, STATE, LOCK = "sweep.yaml", "id", "state", "lock"
 JOURNAL, MLFLOW_DB, ARTIFACTS = "optuna.journal", "mlflow.db", "artifacts"
 SUMMARY, REPORT, DRIVER_LOG = "summary.json", "report", "driver.log"
+BENCHMARK = "benchmark.yaml"  # a benchmark's folder (``sweep.core.benchmark``): its config as run
 RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
 
 
@@ -81,6 +84,11 @@ class SweepDir:
     # ---- config and identity ----
     def saved_config(self) -> dict[str, Any] | None:
         path = self.path / CONFIG
+        return yaml.safe_load(path.read_text()) if path.exists() else None
+
+    def saved_benchmark(self) -> dict[str, Any] | None:
+        """A benchmark folder's config as run; None when this is no benchmark."""
+        path = self.path / BENCHMARK
         return yaml.safe_load(path.read_text()) if path.exists() else None
 
     def write_config(self, values: dict[str, Any]) -> None:
