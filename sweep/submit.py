@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sweep.core import credentials
+from sweep.core.benchmark import is_benchmark, load_benchmark
 from sweep.core.config import SWEEP, SweepConfig, find_config, load_config, parse_overrides, read_yaml
 from sweep.core.errors import ConfigError, first_line
 from sweep.execution.preflight import file_of
@@ -72,8 +73,16 @@ def default_address() -> str:
 def load(config: str | None, overrides: list[str]) -> tuple[SweepConfig, str]:
     """The config as `sweep run` would load it, checked for what a job cannot take, and the
     entrypoint that runs it on the head node. Raises ConfigError; submits nothing."""
-    cfg = load_config(config, overrides, default="quickstart", mode=SWEEP)
-    check_submittable(cfg, _given_files(config, overrides))
+    files = _given_files(config, overrides)
+    if is_benchmark(config):  # the job runs the whole benchmark; its shared keys are checked
+        bench, _ = load_benchmark(config, overrides)
+        given = dict(read_yaml(find_config(config, "quickstart")))
+        given.update(parse_overrides([o for o in overrides if not o.startswith("benchmark.")]))
+        check_submittable(bench.base.replace(output_dir=str(given.get("output_dir") or "./sweeps")), files)
+        cfg = bench.base.replace(name=bench.name, output_dir=bench.output_dir)
+    else:
+        cfg = load_config(config, overrides, default="quickstart", mode=SWEEP)
+        check_submittable(cfg, files)
     words = [*([_shipped_config(config)] if config else []), *overrides, "ray_address=auto"]
     return cfg, shlex.join(["python", "-m", "sweep.cli", "run", *words])
 

@@ -234,3 +234,15 @@ def test_submitted_sweep_runs_to_the_end_as_a_ray_job(ray_head, pg_database, tmp
     assert refused.returncode == 2 and refused.stderr.startswith("sweep: error: --address: the Ray cluster at "), (
         refused.stderr
     )
+
+
+def test_a_benchmark_is_submitted_whole_and_its_output_dir_checked():
+    from sweep import submit
+    from sweep.core.errors import ConfigError
+
+    cfg, entrypoint = submit.load("benchmark", ["benchmark.studies=3", "output_dir=/sweeps"])
+    assert entrypoint.split()[:5] == ["python", "-m", "sweep.cli", "run", "benchmark"]
+    assert "benchmark.studies=3" in entrypoint.split() and entrypoint.endswith("ray_address=auto")
+    assert (cfg.name, cfg.output_dir) == ("benchmark", "/sweeps")
+    with pytest.raises(ConfigError, match="^output_dir: "):
+        submit.load("benchmark", [])  # ./sweeps would be inside the job's temporary copy
