@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import os
 import signal
 import sys
+from pathlib import Path
 
 from sweep.core.config import SWEEP, TRAIN, config_names, key_table, load_config, saved_values
 from sweep.core.credentials import redact, redacted
@@ -531,7 +533,44 @@ def main(argv: list[str] | None = None) -> int:
     code: list[int | None] = [None]  # None: _main raised (Ctrl-C, sys.exit(n), a bug): Python exits as it would
     atexit.register(_end_without_teardown, code)  # registered first, so it runs after every other exit handler
     code[0] = _main(sys.argv[1:])
+    _stop_ray()
     return code[0]
+
+
+def _stop_ray() -> None:
+    """Stop (or leave) the Ray a finished command started (or joined) here, not in Ray's own exit
+    handler: that one first sleeps 0.5 s for worker log lines, which a sweep never forwards
+    (``log_to_driver=False``)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        _end_autoscaler_monitor()
+        ray.shutdown()
+
+
+AUTOSCALER_MONITOR = "ray/autoscaler/_private/monitor.py"
+
+
+def _end_autoscaler_monitor() -> None:
+    """SIGKILL the autoscaler monitor of a Ray this process started, before ``ray.shutdown``.
+    Ray stops it after the GCS; its exit handler then waits on the dead GCS until Ray kills it
+    with SIGKILL a second later: 1 s of every ``sweep run``. Killed first, it takes no time (it
+    holds no state; Ray finds it gone). Only this process's own children running that script
+    (read from /proc; elsewhere Ray's second stays)."""
+    me = str(os.getpid())
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for pid in filter(str.isdigit, entries):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        ours = stat.rsplit(")", 1)[-1].split()[1] == me
+        if ours and any(arg.endswith(AUTOSCALER_MONITOR.encode()) for arg in command.split(b"\0")):
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), signal.SIGKILL)
 
 
 HEAVY = ("torch", "ray", "mlflow")
@@ -540,10 +579,11 @@ HEAVY = ("torch", "ray", "mlflow")
 def _end_without_teardown(code: list[int | None]) -> None:
     """The last exit handler: once a command has loaded torch, Ray or MLflow, freeing those
     modules' objects one by one takes seconds (about 2 s on 2 cores, more under load) after the
-    command is done. By now the other exit handlers have run (Ray shuts its processes down,
-    logging flushes) and non-daemon threads have ended, so the output is flushed and the process
-    ends here with the command's code. A command that raised (Ctrl-C: 130, ``sys.exit(n)``: n, an
-    unexpected error: 1) exits as Python decides, teardown and all."""
+    command is done. By now Ray's processes are down (``_stop_ray``, or Ray's own exit handler
+    after an error), the other exit handlers have run (logging flushes) and non-daemon threads
+    have ended, so the output is flushed and the process ends here with the command's code. A
+    command that raised (Ctrl-C: 130, ``sys.exit(n)``: n, an unexpected error: 1) exits as Python
+    decides, teardown and all."""
     if code[0] is None or not any(name in sys.modules for name in HEAVY):
         return
     for stream in (sys.stdout, sys.stderr):

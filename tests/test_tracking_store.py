@@ -128,3 +128,19 @@ def test_a_shared_store_is_never_relocated(tmp_path, monkeypatch):
     assert client.get_run(run).info.artifact_uri == f"{elsewhere}/{run}/artifacts"
     assert not tracking.own_store("postgresql://me@db/mlflow", here / "artifacts")
     assert tracking.own_store(f"sqlite:///{here / 'mlflow.db'}", here / "artifacts")
+
+
+@pytest.mark.slow  # builds MLflow stores (migrations)
+def test_a_new_store_keeps_a_write_ahead_log_and_leaves_none_when_closed(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    store = tmp_path / "sweep" / "mlflow.db"
+    store.parent.mkdir()
+    tracking.seed_sqlite(f"sqlite:///{store}")
+    assert sorted(p.name for p in store.parent.iterdir()) == ["mlflow.db"]  # no log left from the seeding
+    with sqlite3.connect(store) as db:
+        assert db.execute("pragma journal_mode").fetchone() == ("wal",)
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    run = client.create_run(client.create_experiment("s")).info.run_id
+    client.log_metric(run, "m", 1.0)
+    with sqlite3.connect(store) as db:  # another process reads what the log holds
+        assert db.execute("select value from metrics").fetchall() == [(1.0,)]

@@ -3,14 +3,22 @@
 Flow: config -> studies (source of truth) -> ask -> trial on a Ray worker -> per-epoch reports to
 Optuna (pruning) and MLflow -> the worker finishes the trial. The driver asks, keeps ``workers``
 tasks in flight, and repairs what a dead driver left (``recovery``). Its loop runs in named
-phases: ``refill`` free slots, ``tidy`` checkpoints, ``wait`` for a task, ``collect`` its outcomes
-(a dead pack's members ``recover`` as solo tasks); ``launch`` starts it.
+phases: ``refill`` free slots, ``prepare_ahead`` the next trial, ``tidy`` checkpoints, ``wait``
+for a task, ``refill`` the slots it freed, ``collect`` its outcomes (a dead pack's members
+``recover`` as solo tasks); ``launch`` starts it.
+
+A trial's store calls before it runs (ask, its MLflow run, its attributes: tens of milliseconds)
+are made while the workers train: ``PREPARED_AHEAD`` solo trials wait ready, so a worker that
+frees gets its next trial with no store call in between. Such a trial is RUNNING in Optuna from
+then on (a sampler sees it as one more worker's), and a driver that dies leaves it interrupted
+like the trials in flight: the next start queues it again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +43,7 @@ from sweep.stores.sweepdir import FINISHED, Stores, SweepDir
 from sweep.stores.waiting import TrackingWatch, announce_slow_store
 
 AUTO_PACK = 16  # pack=auto asks this many trials per task; the worker splits what its device cannot hold
+PREPARED_AHEAD = 1  # solo trials asked (their runs open) while every slot is busy, for the next slot that frees
 
 
 @dataclass(frozen=True)
@@ -65,13 +74,15 @@ class RemoteTasks:
 
 @dataclass
 class Loop:
-    """The loop's state: the tallies per optimizer, the tasks in flight by Ray reference, and the
-    searches with newly finished trials whose checkpoints await tidying."""
+    """The loop's state: the tallies per optimizer, the tasks in flight by Ray reference, the solo
+    trials prepared ahead (asked, counted as running, not yet sent), and the searches with newly
+    finished trials whose checkpoints await tidying."""
 
     tasks: RemoteTasks
     tallies: dict[str, Tally]
     progress: Progress | None = None
     in_flight: dict[Any, InFlight] = field(default_factory=dict)
+    ready: list[tuple[Lane, TrialTask]] = field(default_factory=list)
     untidy: dict[str, Lane] = field(default_factory=dict)
 
 
@@ -94,6 +105,9 @@ class Driver:
         self.reeval_waiting = {opt: 0 for opt in self.reevals}  # queued, not yet handed to a worker
         self.reeval_running = {opt: 0 for opt in self.reevals}
         self.recovery = Recovery(cfg, stores, self.tracker, self.parents, self._tracking_calls)
+        # per study, how many trials it held once repaired: a trial numbered past them was asked by
+        # this driver, so it has no MLflow run yet (recovery set aside any run of such a number)
+        self.known: dict[str, int] = {}
 
     def _open(self, opt: str, sweep_id: str) -> None:
         """The optimizer's studies (search and re-evaluation) and its parent run, linked both ways."""
@@ -198,7 +212,7 @@ class Driver:
         import ray
 
         for lane in self.lanes():
-            self.recovery.recover(lane)
+            self.known[lane.study.name] = self.recovery.recover(lane)
         self.recovery.close_finished_runs(self.studies, self.reevals)
         loop = Loop(
             RemoteTasks.declare(self.cfg, self.data),
@@ -211,11 +225,14 @@ class Driver:
             with Progress(loop.tallies) as loop.progress:
                 while True:
                     self.refill(loop)
+                    self.prepare_ahead(loop)
                     self.tidy(loop)
                     if not loop.in_flight:
                         break
-                    for ref in self.wait(loop):
-                        self.collect_task(loop, ref, loop.in_flight.pop(ref))
+                    done = [(ref, loop.in_flight.pop(ref)) for ref in self.wait(loop)]
+                    self.refill(loop)  # the freed slots first: their next trials go before the collect's store calls
+                    for ref, flight in done:
+                        self.collect_task(loop, ref, flight)
         except BaseException:
             for ref in loop.in_flight:  # their trials stay RUNNING: the next start queues them again
                 ray.cancel(ref, force=True)
@@ -223,28 +240,55 @@ class Driver:
         self.finish()
 
     def refill(self, loop: Loop) -> None:
-        """Hand free slots the next lane's trial, or pack of trials."""
+        """Hand free slots their next trials: those prepared ahead first (no store call between a
+        worker freeing and its next trial), then the next lane's trial, or pack of trials."""
         while len(loop.in_flight) < self.cfg.workers:
+            if loop.ready:
+                self.send(loop, *loop.ready.pop(0))
+                continue
             lane = self.next_lane(loop.tallies)
             if lane is None:
                 return
             size = 1 if lane.is_reeval else self.pack_size(loop.tallies[lane.optimizer])
             if size == 1:
-                task = self.prepare_trial(lane)
-                ref, flight = loop.tasks.solo.remote(task, loop.tasks.data_ref), self.flight(lane, task)
-            else:
-                pack = self.prepare_pack(lane, size)
-                ref, flight = (
-                    loop.tasks.pack.remote(pack, loop.tasks.data_ref),
-                    self.flight(lane, *pack.members, pack=pack),
-                )
-            loop.in_flight[ref] = flight
-            if lane.is_reeval:
-                self.reeval_waiting[lane.optimizer] -= 1
-                self.reeval_running[lane.optimizer] += 1
-            else:
-                for _ in flight.trials:
-                    loop.progress.started(lane.optimizer)
+                self.send(loop, lane, self.take(loop, lane))
+                continue
+            pack = self.prepare_pack(lane, size)
+            self.started(loop, lane, size)
+            sent = time.time()
+            pack = dataclasses.replace(pack, members=tuple(dataclasses.replace(m, sent_at=sent) for m in pack.members))
+            ref = loop.tasks.pack.remote(pack, loop.tasks.data_ref)
+            loop.in_flight[ref] = self.flight(lane, *pack.members, pack=pack)
+
+    def prepare_ahead(self, loop: Loop) -> None:
+        """While every slot is busy, prepare the next ``PREPARED_AHEAD`` solo trials (asked, their
+        runs open) for the slots that free next. A lane that packs is not prepared ahead: the
+        size of its next pack depends on the budget left when a slot frees."""
+        while len(loop.in_flight) >= self.cfg.workers and len(loop.ready) < PREPARED_AHEAD:
+            lane = self.next_lane(loop.tallies)
+            if lane is None or (not lane.is_reeval and self.pack_size(loop.tallies[lane.optimizer]) > 1):
+                return
+            loop.ready.append((lane, self.take(loop, lane)))
+
+    def take(self, loop: Loop, lane: Lane) -> TrialTask:
+        """The lane's next solo trial, prepared and counted as running (Optuna has it RUNNING)."""
+        task = self.prepare_trial(lane)
+        self.started(loop, lane, 1)
+        return task
+
+    def started(self, loop: Loop, lane: Lane, trials: int) -> None:
+        """Count ``trials`` just asked of the lane as running (so ``next_lane`` fills budgets evenly)."""
+        if lane.is_reeval:
+            self.reeval_waiting[lane.optimizer] -= trials
+            self.reeval_running[lane.optimizer] += trials
+        else:
+            for _ in range(trials):
+                loop.progress.started(lane.optimizer)
+
+    def send(self, loop: Loop, lane: Lane, task: TrialTask) -> None:
+        """Hand a prepared solo trial to Ray, stamped with when (the worker's ``queued_seconds``)."""
+        task = dataclasses.replace(task, sent_at=time.time())
+        loop.in_flight[loop.tasks.solo.remote(task, loop.tasks.data_ref)] = self.flight(lane, task)
 
     @staticmethod
     def flight(lane: Lane, *tasks: TrialTask, pack: PackTask | None = None) -> InFlight:
@@ -355,6 +399,7 @@ class Driver:
                 retry_of=trial.user_attrs.get(Attr.RETRY_OF),
                 extra_tags=extra,
                 run_name=f"{opt}-reeval-{extra[Tag.SOURCE_TRIAL]}-seed{seed}" if lane.is_reeval else None,
+                new=trial.number >= self.known.get(study.name, trial.number + 1),
             )
         with optuna_calls():
             trial.set_user_attr(Attr.MLFLOW_RUN, run_id)

@@ -37,11 +37,12 @@ class Recovery:
         self.cfg, self.stores, self.tracker, self.parents = cfg, stores, tracker, parents
         self.tracking_calls = tracking_calls  # the driver's MLflow calls: said when slow, StoreUnavailable on error
 
-    def recover(self, lane: Lane) -> None:
+    def recover(self, lane: Lane) -> int:
         """Finish the lane's RUNNING trials as interrupted (study first, then their runs, as
         everywhere) and queue each interrupted search trial again once (an interrupted
         re-evaluation is queued again by the driver's ``queue_reevals``). Runs of trials the study
-        no longer has (a torn journal) are set aside."""
+        no longer has (a torn journal) are set aside. Returns how many trials the study held: no
+        run is left of a higher number."""
         with optuna_calls():
             trials = lane.study.trials()
         with self.tracking_calls():
@@ -52,6 +53,7 @@ class Recovery:
                 self.finish_interrupted(lane, t, runs.get(t.number))
         if not lane.is_reeval:
             self.requeue_interrupted(lane)
+        return len(trials)
 
     def set_aside_lost(self, lane: Lane, runs: dict[int, str], known: int) -> None:
         for number, run_id in runs.items():

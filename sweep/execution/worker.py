@@ -57,6 +57,7 @@ class TrialTask:
     config: TrialConfig
     threads: int = 1
     credentials: dict[str, str] = field(default_factory=dict, repr=False)
+    sent_at: float = 0.0  # when the driver handed it to Ray (time.time()); 0: not stamped
 
 
 def this_node() -> dict[str, str]:
@@ -119,6 +120,9 @@ class Attempt:
             uri = task.stores.tracking_uri
             self.logged = sender.call(lambda: tracking.logged_steps(uri, task.run_id)) if self.number > 1 else set()
         self.spent = {"report_seconds": 0.0}  # the per-epoch store calls, inside the trial's own time
+        if task.sent_at:  # from the driver's hand-off to Ray to this attempt's start (wall clocks)
+            began = time.time() - (time.perf_counter() - self.entered)
+            self.spent["queued_seconds"] = max(0.0, began - task.sent_at)
 
     def report(self, m: EpochMetrics) -> None:
         reporting = time.perf_counter()

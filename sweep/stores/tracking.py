@@ -59,7 +59,14 @@ def seed_sqlite(uri: str) -> None:
     The template holds no place and no time of its own: the copy's Default experiment (which
     nothing of a sweep logs to) gets its artifact location beside the new store,
     ``<folder>/artifacts/0`` (inside the sweep directory for a sweep's default store, so it moves
-    with it), and the time of the copy."""
+    with it), and the time of the copy.
+
+    The copy keeps its journal ahead of the database (SQLite's write-ahead log, as the Optuna
+    SQLite storage does): a commit writes and syncs one file instead of creating, syncing and
+    deleting a rollback journal, and the driver's and the workers' writes no longer block each
+    other's reads: a trial's MLflow calls take a fifth to a quarter less (``bench/short_trials.py``),
+    and a commit is as durable as before. The log lives beside the store (``mlflow.db-wal``) until
+    SQLite folds it in: copy a store with its folder."""
     if not uri.startswith("sqlite:///"):
         return
     target = Path(uri[len("sqlite:///") :])
@@ -71,6 +78,7 @@ def seed_sqlite(uri: str) -> None:
         shutil.copyfile(template, part)
         try:
             _place_default_experiment(part, (target.parent.resolve() / "artifacts" / "0").as_uri(), _now_ms())
+            _write_ahead(part)
             os.link(part, target)
         except FileExistsError:  # another process created it meanwhile: theirs stands
             pass
@@ -109,6 +117,13 @@ def _place_default_experiment(path: Path, location: str | None, when: int | None
             "where experiment_id = 0",
             (location, when, when),
         )
+
+
+def _write_ahead(path: Path) -> None:
+    """Put the SQLite file ``path`` in write-ahead-log mode (kept in the file; no other connection
+    may be open). Closing leaves no log behind."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
 
 
 def _now_ms() -> int:
@@ -166,10 +181,12 @@ class SweepTracker:
         role: str = TRIAL_ROLE,
         extra_tags: Mapping[str, str] = (),
         run_name: str | None = None,
+        new: bool = False,
     ) -> str:
         """The trial's run (a search trial's, or a re-evaluation's with ``role=reeval``): created
-        once, found again by tags if it already exists."""
-        existing = self.find_trial_run(optimizer, number, role)
+        once, found again by tags if it already exists. ``new``: the caller knows no run of this
+        trial can exist (the driver's own fresh trials), so the search is skipped."""
+        existing = None if new else self.find_trial_run(optimizer, number, role)
         if existing is not None:
             return existing
         tags = {
