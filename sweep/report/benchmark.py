@@ -177,8 +177,10 @@ def with_reached(records: list[TrialRecord], goal: Mapping[str, WorkloadTarget])
     return out
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
+def _finite_median(values: list[float]) -> float | None:
+    """The median over studies, infinite ones (never reached) included; None when that is infinite."""
+    median = statistics.median(values) if values else math.inf
+    return median if math.isfinite(median) else None
 
 
 def workload_row(bench: BenchmarkConfig, workload: str, optimizer: str, records: list[TrialRecord]) -> Row:
@@ -189,11 +191,10 @@ def workload_row(bench: BenchmarkConfig, workload: str, optimizer: str, records:
         study = [r for r in mine if r.study == k]
         hits = sorted((r for r in study if r.reached is not None), key=lambda r: r.reached.seconds)
         study_times.append(hits[0].reached.seconds if hits else math.inf)
-        if hits:
-            steps.append(hits[0].reached.steps)
-            images.append(hits[0].reached.images)
-            if fastest is None or hits[0].reached.seconds < fastest.reached.seconds:
-                fastest = hits[0]
+        steps.append(hits[0].reached.steps if hits else math.inf)  # the median study's, like its time
+        images.append(hits[0].reached.images if hits else math.inf)
+        if hits and (fastest is None or hits[0].reached.seconds < fastest.reached.seconds):
+            fastest = hits[0]
         tested = [r for r in study if "test_accuracy" in r.metrics and r.best_val is not None]
         if tested:  # the study's result on the test set: its best trial by validation accuracy
             tests.append(max(tested, key=lambda r: r.best_val).metrics["test_accuracy"])
@@ -203,8 +204,8 @@ def workload_row(bench: BenchmarkConfig, workload: str, optimizer: str, records:
         optimizer,
         tuple(study_times),
         statistics.median(study_times) if study_times else math.inf,
-        _median(steps) if len(steps) == len(study_times) else None,
-        _median(images) if len(images) == len(study_times) else None,
+        _finite_median(steps),
+        _finite_median(images),
         tuple(tests),
         counts,
         fastest,
