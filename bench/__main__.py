@@ -29,6 +29,7 @@ BENCHES = [
     Bench("startup", "command to first trial running, and a 1-trial sweep, against the import+ray.init floor"),
     Bench("utilization", "W workers, K fixed trials: training seconds / (W x wall), overheads broken out"),
     Bench("short_trials", "the quick start's 42 short trials: sweep wall time against Ray start + training / workers"),
+    Bench("benchmark_cost", "a benchmark's wall time against the same trials run as separate sweeps"),
     Bench("pruning", "compute spent and best accuracy under median, asha, hyperband and no pruning"),
     Bench("driver_scale", "driver cost per trial as a study grows to 1,000 trials (journal vs PostgreSQL)"),
     Bench("storage_contention", "which Optuna storage for many workers on one machine"),
