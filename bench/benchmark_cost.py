@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         Headline("same trials as separate sweeps", apart, "s"),
         Headline("separate / benchmark", round(apart / together, 2), "x"),
     ]
-    return finish(result, args.json)
+    finish(result, args.json)
+    return 0
 
 
 if __name__ == "__main__":
