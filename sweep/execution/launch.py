@@ -56,13 +56,15 @@ def check_resumable(cfg: SweepConfig, saved: dict[str, Any] | None) -> SweepConf
         return cfg
     saved = saved_values(saved)
     values = cfg.to_dict()
+    defaults = SweepConfig().to_dict()  # a sweep saved before a key existed ran with its default
     for key in FROZEN_KEYS:
+        was = saved.get(key, defaults[key])
         if key in STORE_URL_KEYS and values[key] is None:
             cfg = cfg.replace(**{key: saved.get(key)})
-        elif values[key] != saved.get(key):
+        elif values[key] != was:
             raise ConfigError(
                 key,
-                f"sweep {cfg.name!r} exists with {key}={saved.get(key)!r}, not {values[key]!r}; "
+                f"sweep {cfg.name!r} exists with {key}={was!r}, not {values[key]!r}; "
                 f"resume with that value or pick a new name=",
             )
     for name, declaration in (saved.get("custom_optimizers") or {}).items():
