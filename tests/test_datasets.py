@@ -59,6 +59,7 @@ def sizes(data) -> tuple[int, int, int]:
 # ---- the real files, from Debian's dataset-fashion-mnist ----------------------------------------
 
 
+@pytest.mark.slow  # decodes 70,000 images: about 2 s
 @pytest.mark.fashion_mnist
 def test_fashion_mnist_loads_from_the_debian_package(tmp_path):
     started = time.perf_counter()

@@ -51,6 +51,7 @@ def test_divergence_in_a_later_epoch_is_caught_before_the_epoch_is_reported(digi
     assert [m.epoch for m in reported] == [1] and batched.epochs_run == each.epochs_run == 1
 
 
+@pytest.mark.slow  # trains twice per case: over a second
 @pytest.mark.parametrize("every", [7, 10_000])
 def test_a_healthy_trial_is_the_same_whatever_the_check_interval(digits, every):
     cfg = TrialConfig(optimizer="momentum", optimizer_params={"lr": 0.05}, epochs=2, seed=1)
@@ -70,6 +71,7 @@ def test_auto_settings_are_on_with_a_cuda_device(device, expected):
     assert divergence_check_steps(TrialConfig(divergence_check_steps=3), device) == 3
 
 
+@pytest.mark.slow  # trains under bf16 autocast on the CPU: over a second
 def test_explicit_bf16_and_channels_last_train_on_the_cpu(digits):
     result = run_trial(TrialConfig(epochs=1, bf16=True, channels_last=True), digits)
     assert result.status == "ok", result.reason

@@ -95,6 +95,7 @@ def test_a_checkpoint_from_before_curves_loads_without_one(tmp_path):
 SMALL = TrialConfig(dataset="digits", model="simple_cnn", epochs=2, batch_size=64, device="cpu")
 
 
+@pytest.mark.slow  # trains a model for two epochs: about 2 s on 2 cores
 def test_a_trial_evaluates_every_n_steps_and_measures_time_to_target(digits):
     """digits' 1,150 training images at 64: 18 steps per epoch, evaluated after steps 5, 10, 15,
     the end of epoch 1 (18), 20, 25, 30, 35 and the end of epoch 2 (36)."""

@@ -35,6 +35,7 @@ def test_huge_lr_diverges_in_first_epoch(digits):
     assert result.value == result.metrics["val_accuracy"]
 
 
+@pytest.mark.slow  # three trainings: over a second
 def test_same_seed_is_deterministic_and_seed_matters(digits):
     first = run_trial(TrialConfig(epochs=2, seed=3), digits)
     second = run_trial(TrialConfig(epochs=2, seed=3), digits)
