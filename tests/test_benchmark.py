@@ -234,20 +234,12 @@ def test_the_benchmark_report_opens_in_mlflow_with_every_image(tiny_benchmark):
     import urllib.request
 
     from tests import services
-    from tests.test_sweep_cli import IMAGES, SCREENSHOTS, _free_port, _wait_for
+    from tests.test_sweep_cli import IMAGES, SCREENSHOTS, _wait_for, start_ui
 
     _, out, _ = tiny_benchmark
     shots = Path(SCREENSHOTS) if SCREENSHOTS else out / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "sweep.cli", "ui", "tiny", "--output-dir", str(out), "--port", str(port)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    server, port = start_ui("tiny", out)
     browser = None
     try:
         base = f"http://127.0.0.1:{port}"

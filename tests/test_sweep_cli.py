@@ -135,6 +135,20 @@ def _wait_for(browser, condition, what: str, timeout_s: float = 90):
     raise AssertionError(f"never saw {what}; page text: {browser.find_element('tag name', 'body').text[:1500]}")
 
 
+def start_ui(name: str, output_dir) -> tuple[subprocess.Popen, int]:
+    """`sweep ui NAME` as a user starts it, on a free port, in its own process group (SIGTERM stops it)."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sweep.cli", "ui", name, "--output-dir", str(output_dir), "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    return server, port
+
+
 IMAGES = "return Array.from(document.images).map(i => [i.id, i.complete, i.naturalWidth, i.src.slice(0, 22)])"
 
 
@@ -171,15 +185,7 @@ def test_ls_ui_and_report_in_a_browser(ray_address, tmp_path, capsys):
 
     shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "sweep.cli", "ui", "uitest", "--output-dir", str(out_dir), "--port", str(port)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    server, port = start_ui("uitest", out_dir)
     browser = None
     try:
         base = f"http://127.0.0.1:{port}"
