@@ -5,6 +5,7 @@ search a trial the driver just asked skips; a worker's ``queued_seconds``."""
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from types import SimpleNamespace
 
@@ -112,7 +113,12 @@ def test_a_worker_records_how_long_its_trial_waited_after_the_hand_off(ray_addre
 
     driver, loop = loop_driver
     task = driver.prepare_trial(driver.lanes()[0])
+    mlflow_env = lambda: {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}  # noqa: E731
+    before = mlflow_env()
     outcome = execute(dataclasses.replace(task, sent_at=time.time() - 5.0), driver.data)
+    # The worker's one-try MLflow requests last as long as its task: this process's driver keeps
+    # the client's retries (the setting once leaked and failed a later outage test).
+    assert mlflow_env() == before
     assert outcome.status.value == "ok" and 5.0 <= outcome.metrics["queued_seconds"] < 60
     assert driver.studies["adam"].record(task.number).user_attrs["final_queued_seconds"] >= 5.0
     unstamped = execute(driver.prepare_trial(driver.lanes()[0]), driver.data)

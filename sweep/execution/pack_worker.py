@@ -40,7 +40,7 @@ from sweep.execution.worker import (
     this_node,
 )
 from sweep.stores.finish import OPTUNA
-from sweep.stores.mlflow_sender import TrackingSender, use_short_requests
+from sweep.stores.mlflow_sender import SHORT_REQUESTS, TrackingSender
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,8 @@ class PackTask:
 
 def execute_pack(task: PackTask, data) -> list[TrialOutcome]:
     """The members' outcomes, in the task's order. Credentials and store errors as ``worker.execute``."""
-    use_short_requests()
     install_declared(task.members[0].config)
-    with credentials.environment(task.members[0].credentials):
+    with credentials.environment({**task.members[0].credentials, **SHORT_REQUESTS}):
         try:
             return _execute_pack(task, data)
         except StoreUnavailable as exc:

@@ -38,7 +38,7 @@ from sweep.core.records import EpochMetrics, PruneTrial, TrialResult
 from sweep.core.target import described
 from sweep.stores import checkpoints, tracking
 from sweep.stores.finish import MLFLOW, OPTUNA, close_from_record, finish_trial
-from sweep.stores.mlflow_sender import TrackingSender, use_short_requests
+from sweep.stores.mlflow_sender import SHORT_REQUESTS, TrackingSender
 from sweep.stores.studies import SweepStudy
 from sweep.stores.sweepdir import Stores
 
@@ -79,9 +79,8 @@ def execute(task: TrialTask, data) -> TrialOutcome:
     (a worker on another node has none of its own), its MLflow writes through a sender that rides
     out a tracking-server outage. A store error leaves without its cause: the cause's text may hold
     a URL, and Ray keeps a failed task's traceback in its GCS."""
-    use_short_requests()
     install_declared(task.config)
-    with credentials.environment(task.credentials):
+    with credentials.environment({**task.credentials, **SHORT_REQUESTS}):
         try:
             with TrackingSender(task.stores.tracking_uri, task.run_id, task.config.tracking_retry_s) as sender:
                 return run_attempt(task, data, sender)

@@ -17,14 +17,13 @@ skips metrics it already holds with the same key, value, timestamp and step
 (``SqlAlchemyStore._log_metrics_once``: on the primary key's IntegrityError it keeps only the rows
 not yet stored); tags are upserts; closing a closed run does nothing.
 
-The worker's own HTTP requests are kept short (``use_short_requests``): MLflow's client would
+The worker's own HTTP requests are kept short (``SHORT_REQUESTS``, for the task's duration): MLflow's client would
 otherwise retry each one for ~4 minutes inside the library, past any budget of ours.
 """
 
 from __future__ import annotations
 
 import collections
-import os
 import re
 import threading
 import time
@@ -48,11 +47,11 @@ T = TypeVar("T")
 _CAUSE = re.compile(r"\[Errno -?\d+\] [^'\")]+|Read timed out|too many \d+ error responses|Connection aborted")
 
 
-def use_short_requests() -> None:
-    """In this (worker) process, one MLflow HTTP request is one try with a short timeout: the
-    sender's bounded retries replace the client's (7 retries, 120-s timeouts, minutes in all)."""
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(REQUEST_TIMEOUT_S)
+# While a trial runs, one MLflow HTTP request is one try with a short timeout: the sender's bounded
+# retries replace the client's (7 retries, 120-s timeouts, minutes in all). Set for the task's
+# duration only (``credentials.environment``): a process that also drives a sweep (a test running
+# a trial in-process) keeps the client's retries for the driver's own calls.
+SHORT_REQUESTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S)}
 
 
 @dataclass(frozen=True)
