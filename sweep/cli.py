@@ -293,6 +293,38 @@ def cmd_resume(args) -> int:
     return _drive(cfg, lambda: run_sweep(cfg))
 
 
+def cmd_check(args) -> int:
+    """``sweep check NAME [--repair]``: 0 when every store agrees (after the repair, with it), 1
+    when something is damaged, 2 when there is no such sweep or a driver holds it."""
+    from sweep.execution.check import check, repair, sweep_at
+
+    try:
+        sweep_dir = sweep_at(args.output_dir, args.name)
+        if args.repair:
+            for line in repair(sweep_dir):
+                print(f"{sweep_dir.name}: repair: {line}", flush=True)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    checked = check(sweep_dir)
+    print("\n".join(checked.lines()))
+    return 0 if checked.healthy else FAILED
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser(
+        "check",
+        help="check that a sweep's stores agree with each other (--repair: fix what can be fixed)",
+        description="Read every store of a sweep (sweep.yaml, id, the Optuna journal or database, "
+        "the MLflow runs and logged models) and check them against each other; exit 0 only when "
+        "everything agrees. --repair does what can be done without losing anything, keeps a copy of "
+        "every file it changes, and says what it did, one line per action.",
+    )
+    p.add_argument("name")
+    p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")
+    p.add_argument("--repair", action="store_true", help="repair what can be repaired without losing anything")
+    p.set_defaults(func=cmd_check)
+
+
 def cmd_ls(args) -> int:
     from sweep.report.build import list_sweeps
 
@@ -522,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pass the MLflow server's own output through (start-up, access log); else only its errors",
     )
     p.set_defaults(func=cmd_ui)
+    _add_check(sub)
     return parser
 
 

@@ -49,6 +49,7 @@ class Tag:
     TARGET = "sweep.target"  # whether and when the trial reached target_accuracy
     ORPHANED = "sweep.orphaned"  # a run whose trial a torn journal lost: kept, never reused
     SWEEP_ID = "sweep.id"  # tells sweeps of the same name in a shared store apart
+    CONFIG = "sweep.config"  # on the experiment: sweep.yaml as last run (no passwords), for `sweep check --repair`
     BEST_RUN, MODEL_URI, TIED = "sweep.best_run_id", "sweep.model_uri", "sweep.tied"  # on a parent run
     PARENT = "mlflow.parentRunId"
     NOTE = "mlflow.note.content"  # a run's description in the MLflow UI

@@ -96,6 +96,7 @@ class Driver:
             self.tracker = tracking.SweepTracker(
                 stores.tracking_uri, cfg.name, sweep_dir.artifacts if stores.local_tracking else None, sweep_id
             )
+            self.tracker.keep_config(sweep_dir.config_text(cfg.to_dict()))
         self.retention = checkpoints.Retention(stores.tracking_uri, cfg.keep_checkpoints, stores.artifacts)
         self.studies: dict[str, SweepStudy] = {}
         self.reevals: dict[str, SweepStudy] = {}  # empty with reeval_seeds=0

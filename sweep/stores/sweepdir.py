@@ -93,7 +93,11 @@ class SweepDir:
 
     def write_config(self, values: dict[str, Any]) -> None:
         """The config as run, with ``output_dir`` where the sweep is now."""
-        (self.path / CONFIG).write_text(yaml.safe_dump({**values, "output_dir": str(self.path.parent)}, sort_keys=True))
+        (self.path / CONFIG).write_text(self.config_text(values))
+
+    def config_text(self, values: dict[str, Any]) -> str:
+        """``sweep.yaml``'s text for ``values`` (the tracking store keeps the same text)."""
+        return yaml.safe_dump({**values, "output_dir": str(self.path.parent)}, sort_keys=True)
 
     def read_id(self) -> str | None:
         path = self.path / ID
@@ -130,6 +134,24 @@ class SweepDir:
         else:
             fcntl.flock(fd, fcntl.LOCK_UN)
             return False
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[bool]:
+        """Hold the lock of an existing sweep without reading or creating its id (``sweep check
+        --repair``: no driver may start meanwhile). Yields False if a driver holds it."""
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
 

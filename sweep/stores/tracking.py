@@ -27,6 +27,7 @@ from sweep.core.outcome import FINAL_PREFIX, TrialOutcome
 # Run roles: a parent per optimizer, its search trials and re-evaluations, and one run for the sweep.
 PARENT_ROLE, TRIAL_ROLE, REEVAL_ROLE, SWEEP_ROLE = "parent", "trial", "reeval", "sweep"
 MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag's value (a run's description is one)
+MAX_EXPERIMENT_TAG_LENGTH = 20000  # and on an experiment tag's
 # Makes the MLflow UI open a sweep on its runs table rather than the GenAI tracing overview.
 MODEL_TRAINING = "custom_model_development"
 
@@ -154,6 +155,12 @@ class SweepTracker:
                 self.client.set_experiment_tag(self.experiment_id, Tag.SWEEP_ID, sweep_id)
             if artifact_dir is not None:
                 relocate(uri, found.artifact_location, artifact_dir)
+
+    def keep_config(self, text: str) -> None:
+        """Keep ``sweep.yaml``'s text (store URLs without passwords) on the experiment, so that
+        ``sweep check --repair`` can rebuild a damaged one. Longer than MLflow allows: not kept."""
+        if len(text) <= MAX_EXPERIMENT_TAG_LENGTH:
+            self.client.set_experiment_tag(self.experiment_id, Tag.CONFIG, text)
 
     def _find(self, filter_string: str):
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=2)
@@ -352,6 +359,12 @@ def follow(uri: str, experiment: str, artifact_dir: Path) -> int:
     """``relocate`` the store's locations of a sweep's experiment (by name) to ``artifact_dir``."""
     found = client(uri).get_experiment_by_name(experiment)
     return 0 if found is None else relocate(uri, found.artifact_location, artifact_dir)
+
+
+def kept_config(uri: str, name: str) -> str | None:
+    """The ``sweep.yaml`` text the experiment ``name`` keeps (``SweepTracker.keep_config``), if any."""
+    found = client(uri).get_experiment_by_name(name)
+    return None if found is None else found.tags.get(Tag.CONFIG)
 
 
 def foreign_experiment(uri: str, name: str, sweep_id: str) -> bool:

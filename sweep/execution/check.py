@@ -1,0 +1,296 @@
+"""``sweep check NAME [--repair]``: read every store of a sweep and check them against each other.
+
+``check`` reads only: the files (``stores.damage.inspect``), then Optuna against MLflow
+(``stores.agreement``), then the logged models (``stores.model_records``). ``repair`` does what can
+be done without losing anything (``stores.rebuild``, closing runs from Optuna's record, removing
+model records that have no files), keeps a copy of every file before it changes it, and says
+what it did, one line per action. Both refuse a sweep a live driver holds: its runs are RUNNING
+on purpose, and a repair under it would race its writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweep.core.config import SweepConfig, from_saved
+from sweep.core.credentials import redacted
+from sweep.core.errors import ConfigError, first_line
+from sweep.core.keys import Attr, Tag
+from sweep.stores import agreement, damage, model_records, rebuild, tracking
+from sweep.stores.damage import Damage
+from sweep.stores.finish import close_from_record
+from sweep.stores.studies import SweepStudy, study_name
+from sweep.stores.sweepdir import CONFIG, ID, JOURNAL, MLFLOW_DB, Stores, SweepDir
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What ``check`` found in one sweep."""
+
+    name: str
+    damage: tuple[Damage, ...]
+    notes: tuple[str, ...] = ()
+    trials: int = 0
+    runs: int = 0
+    models: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        return not self.damage
+
+    def lines(self) -> list[str]:
+        """The short report: one line per damage or note, then the verdict."""
+        out = [d.line(self.name) for d in self.damage] + [f"{self.name}: note: {n}" for n in self.notes]
+        if self.healthy:
+            models = f", {self.models} logged model{'s' if self.models != 1 else ''}" if self.models else ""
+            out.append(
+                f"{self.name}: healthy: {self.trials} Optuna trial{'s' if self.trials != 1 else ''} and "
+                f"{self.runs} MLflow run{'s' if self.runs != 1 else ''} agree{models}"
+            )
+        else:
+            n = len(self.damage)
+            out.append(
+                f"{self.name}: {n} problem{'s' if n != 1 else ''}; `sweep check {self.name} --repair` fixes what it can"
+            )
+        return out
+
+
+@dataclass
+class Context:
+    """The sweep's config and stores as far as they can be read, and the damage found on the way."""
+
+    sweep_dir: SweepDir
+    damage: list[Damage]
+    cfg: SweepConfig | None = None
+    stores: Stores | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def damaged(self) -> set[str]:
+        return {d.file for d in self.damage}
+
+    def where(self) -> agreement.Where:
+        cfg, stores = self.cfg, self.stores
+        default = self.sweep_dir.stores(None, None)
+        return agreement.Where(
+            cfg.name,
+            tuple(cfg.optimizers),
+            self.sweep_dir.read_id(),
+            stores.storage,
+            stores.tracking_uri,
+            JOURNAL if stores.storage == default.storage else redacted(stores.storage),
+            MLFLOW_DB if stores.tracking_uri == default.tracking_uri else redacted(stores.tracking_uri),
+        )
+
+    def readable(self) -> bool:
+        """Whether the stores can be read against each other: a config, and neither store damaged."""
+        w = self.where() if self.cfg is not None else None
+        return w is not None and not ({w.optuna_file, w.mlflow_file} & self.damaged)
+
+
+def sweep_at(output_dir: str | Path, name: str) -> SweepDir:
+    """The sweep ``name`` under ``output_dir``; ``ConfigError`` when there is none, or a driver holds it."""
+    sweep_dir = SweepDir.of(str(output_dir), name)
+    if not sweep_dir.path.is_dir() or not any((sweep_dir / f).exists() for f in (CONFIG, ID, JOURNAL, MLFLOW_DB)):
+        raise ConfigError("name", f"no sweep {name!r} under {sweep_dir.path.parent} (see `sweep ls --output-dir DIR`)")
+    if sweep_dir.is_locked():
+        raise ConfigError(
+            "name", f"sweep {name!r} is being run by a driver ({sweep_dir.read_state()}); check it once it stops"
+        )
+    return sweep_dir
+
+
+def _context(sweep_dir: SweepDir) -> Context:
+    """Inspect the files, then load the config: from ``sweep.yaml``, or, when that is damaged, from
+    the copy the sweep's own tracking store keeps (said as a note)."""
+    ctx = Context(sweep_dir, list(damage.inspect(sweep_dir.path)))
+    saved: dict[str, Any] | None = None
+    if CONFIG not in ctx.damaged:
+        saved = sweep_dir.saved_config()
+    elif MLFLOW_DB not in ctx.damaged:
+        text = _kept_config(sweep_dir)
+        if text is not None:
+            saved = yaml.safe_load(text)
+            ctx.notes.append(f"read with the copy of {CONFIG} the MLflow experiment keeps")
+    if saved is not None:
+        try:
+            ctx.cfg = from_saved(saved, [f"output_dir={sweep_dir.path.parent}"])
+            ctx.stores = sweep_dir.stores(ctx.cfg.storage, ctx.cfg.tracking_uri)
+        except ConfigError:
+            ctx.cfg = None
+    return ctx
+
+
+def _kept_config(sweep_dir: SweepDir) -> str | None:
+    uri = sweep_dir.stores(None, None).tracking_uri
+    try:
+        return tracking.kept_config(uri, sweep_dir.name) if (sweep_dir / MLFLOW_DB).exists() else None
+    except Exception:  # noqa: BLE001 - a store that cannot say is no copy
+        return None
+
+
+def check(sweep_dir: SweepDir) -> Checked:
+    """Read every store of the sweep; nothing is written."""
+    ctx = _context(sweep_dir)
+    if not ctx.readable():
+        if ctx.cfg is None:
+            ctx.notes.append("without a config the stores were not compared")
+        else:
+            ctx.notes.append("with a store damaged, Optuna and MLflow were not compared")
+        return Checked(sweep_dir.name, tuple(ctx.damage), tuple(ctx.notes))
+    where = ctx.where()
+    try:
+        agreed = agreement.compare(where)
+    except Exception as exc:  # noqa: BLE001 - a store that fails to read is damage, said in one line
+        ctx.damage.append(Damage(where.mlflow_file, f"cannot be read with Optuna's ({first_line(exc)})", "none"))
+        return Checked(sweep_dir.name, tuple(ctx.damage), tuple(ctx.notes))
+    ctx.damage += agreed.damage
+    ctx.notes += agreed.notes
+    models = _models(ctx, agreed)
+    if ID in ctx.damaged and (found := _stored_id(where)):
+        ctx.notes.append(f"the stores were created with id {found}: `--repair` restores it")
+    return Checked(sweep_dir.name, tuple(ctx.damage), tuple(ctx.notes), agreed.trials, agreed.runs, len(models))
+
+
+def _models(ctx: Context, agreed: agreement.Agreement) -> list[model_records.LoggedModel]:
+    """The logged models of the sweep's runs; each that is not READY, not in the sweep's
+    experiment, or whose files are missing is damage."""
+    if agreed.experiment_id is None:
+        return []
+    where, stores = ctx.where(), ctx.stores
+    here = ctx.sweep_dir.artifacts if tracking.own_store(stores.tracking_uri, ctx.sweep_dir.artifacts) else None
+    models = model_records.logged_models(stores.tracking_uri, agreed.experiment_id, agreed.run_ids, here)
+    for m in models:
+        label = f"logged model {m.name} ({m.model_id})"
+        if m.status != model_records.READY:
+            remedy = "`sweep check --repair` removes its record (it has no files)" if not m.files else "none"
+            files = "" if m.files else " and has no files"
+            ctx.damage.append(Damage(where.mlflow_file, f"{label} is {m.status}{files}", remedy))
+        elif not m.files:
+            ctx.damage.append(Damage(where.mlflow_file, f"{label}: its files are missing", "none"))
+        if m.experiment_id != agreed.experiment_id:
+            ctx.damage.append(
+                Damage(where.mlflow_file, f"{label} is in experiment {m.experiment_id}, not the sweep's", "none")
+            )
+    return models
+
+
+def _stored_id(where: agreement.Where) -> str | None:
+    """The id the stores were created with, when the studies and the experiment that hold one agree."""
+    ids = set()
+    experiment = tracking.client(where.tracking_uri).get_experiment_by_name(where.name)
+    if experiment is not None and Tag.SWEEP_ID in experiment.tags:
+        ids.add(experiment.tags[Tag.SWEEP_ID])
+    for opt in where.optimizers:
+        study = SweepStudy.find(where.storage, study_name(where.name, opt))
+        if study is not None and Attr.SWEEP_ID in study.study.user_attrs:
+            ids.add(study.study.user_attrs[Attr.SWEEP_ID])
+    return ids.pop() if len(ids) == 1 else None
+
+
+def repair(sweep_dir: SweepDir) -> list[str]:
+    """Repair what can be repaired without losing anything, under the sweep's lock; one line
+    per action. Raises ``ConfigError`` when a driver holds the sweep."""
+    with sweep_dir.hold() as held:
+        if not held:
+            raise ConfigError("name", f"sweep {sweep_dir.name!r} is being run by a driver; repair it once it stops")
+        return Repair(sweep_dir).run()
+
+
+class Repair:
+    """One repair, in the order each step needs the one before: the config (to find the stores),
+    the journal, the id, then what the stores disagree on. MLflow's own file is copied once,
+    before its first change."""
+
+    def __init__(self, sweep_dir: SweepDir):
+        self.sweep_dir = sweep_dir
+        self.said: list[str] = []
+        self.mlflow_copied = False
+
+    def before_mlflow_write(self, ctx: Context) -> None:
+        if self.mlflow_copied or ctx.where().mlflow_file != MLFLOW_DB:
+            return
+        self.mlflow_copied = True
+        self.said.append(f"kept a copy of {MLFLOW_DB} as {rebuild.keep_copy(self.sweep_dir / MLFLOW_DB).name}")
+
+    def run(self) -> list[str]:
+        ctx = _context(self.sweep_dir)
+        if CONFIG in ctx.damaged:
+            self.config(ctx)
+            ctx = _context(self.sweep_dir)
+        if ctx.cfg is None:
+            return [*self.said, f"cannot go on without a config: {CONFIG} is damaged and MLflow keeps no copy of it"]
+        if not ctx.readable() and JOURNAL not in ctx.damaged:
+            return [*self.said, "cannot go on: the MLflow store is damaged; nothing else was changed"]
+        if JOURNAL in ctx.damaged:
+            self.journal(ctx)
+            ctx = _context(self.sweep_dir)
+        if ID in ctx.damaged:
+            self.identity(ctx)
+        if ctx.readable():
+            agreed = agreement.compare(ctx.where())
+            self.close_runs(ctx, agreed)
+            self.models(ctx, agreed)
+        return self.said or ["nothing to repair"]
+
+    def config(self, ctx: Context) -> None:
+        if MLFLOW_DB in ctx.damaged:
+            return
+        try:
+            self.said.append(rebuild.rebuild_config(self.sweep_dir, self.sweep_dir.stores(None, None).tracking_uri))
+        except (LookupError, ConfigError) as exc:
+            self.said.append(f"could not rebuild {CONFIG}: {exc}")
+
+    def journal(self, ctx: Context) -> None:
+        where = ctx.where()
+        if where.optuna_file != JOURNAL or MLFLOW_DB in ctx.damaged and where.mlflow_file == MLFLOW_DB:
+            return
+        found = damage.journal_damage(self.sweep_dir.journal)
+        if found is None:
+            return
+        self.before_mlflow_write(ctx)
+        copy = rebuild.cut_journal(self.sweep_dir.journal, found.offset)
+        self.said.append(
+            f"set {JOURNAL} aside as {copy.name} (a damaged record at byte {found.offset}) and cut it back "
+            f"to the {found.offset} bytes of records before it"
+        )
+        sweep_id = self.sweep_dir.read_id() or _stored_id(where) or ""
+        stores = ctx.stores
+        tracker = tracking.SweepTracker(
+            stores.tracking_uri, where.name, self.sweep_dir.artifacts if stores.local_tracking else None, sweep_id
+        )
+        lanes = [rebuild.Lane(opt, False) for opt in where.optimizers]
+        lanes += [rebuild.Lane(opt, True) for opt in where.optimizers if ctx.cfg.reeval_seeds]
+        self.said += rebuild.put_back(stores.storage, tracker, where.name, lanes, ctx.cfg.trials)
+
+    def identity(self, ctx: Context) -> None:
+        found = _stored_id(ctx.where()) if ctx.readable() else None
+        if found is None:
+            self.said.append(f"could not restore {ID}: the stores do not agree on one")
+        else:
+            self.said.append(rebuild.restore_id(self.sweep_dir, found))
+
+    def close_runs(self, ctx: Context, agreed: agreement.Agreement) -> None:
+        where = ctx.where()
+        for role, opt, number, run_id in agreed.to_close:
+            study = SweepStudy.find(where.storage, study_name(where.name, opt, reeval=role == tracking.REEVAL_ROLE))
+            self.before_mlflow_write(ctx)
+            outcome = close_from_record(study, where.tracking_uri, run_id, number)
+            self.said.append(
+                f"closed {opt} {role} {number}'s run {run_id} as {outcome.record.mlflow_status}, from Optuna's record"
+            )
+
+    def models(self, ctx: Context, agreed: agreement.Agreement) -> None:
+        stores = ctx.stores
+        here = self.sweep_dir.artifacts if tracking.own_store(stores.tracking_uri, self.sweep_dir.artifacts) else None
+        if agreed.experiment_id is None:
+            return
+        for m in model_records.logged_models(stores.tracking_uri, agreed.experiment_id, agreed.run_ids, here):
+            if m.status != model_records.READY and not m.files:
+                self.before_mlflow_write(ctx)
+                model_records.delete(stores.tracking_uri, m.model_id)
+                self.said.append(f"removed the record of logged model {m.name} ({m.model_id}): {m.status}, no files")

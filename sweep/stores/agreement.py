@@ -1,0 +1,168 @@
+"""Whether a sweep's Optuna studies and MLflow runs agree, read-only (``sweep check``).
+
+Optuna is the source of truth: each trial that counts against the budget has exactly one MLflow
+run (orphans set aside by recovery left out) whose status is the one its outcome maps to, no
+trial's run is left RUNNING once the trial is finished, and each re-evaluation (configuration,
+seed) counts once. What disagrees is a ``Damage`` naming the store and the trial.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sweep.core.keys import Attr, Tag
+from sweep.stores import reeval, tracking
+from sweep.stores.damage import Damage
+from sweep.stores.studies import SweepStudy, outcome_of, study_name
+
+RUNNING = "RUNNING"
+
+
+@dataclass(frozen=True)
+class Where:
+    """A sweep's stores as ``Damage`` names them, and what to read in them."""
+
+    name: str
+    optimizers: tuple[str, ...]
+    sweep_id: str | None
+    storage: str  # Optuna storage URL
+    tracking_uri: str
+    optuna_file: str  # how a Damage names each store: the file in the sweep dir, or the redacted URL
+    mlflow_file: str
+
+
+@dataclass
+class Agreement:
+    """What ``compare`` found: damage, notes (an interrupted sweep, which ``sweep resume``
+    finishes, is not damage), and how much it read."""
+
+    damage: list[Damage] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    trials: int = 0
+    runs: int = 0
+    to_close: list[tuple[str, str, int, str]] = field(default_factory=list)  # (role, optimizer, number, run id)
+    experiment_id: str | None = None
+    run_ids: set[str] = field(default_factory=set)  # every run of the experiment (a model's source run is one)
+
+
+def compare(where: Where) -> Agreement:
+    """Read every study of the sweep and its experiment's runs, and say where they disagree."""
+    found = Agreement()
+    experiment = tracking.client(where.tracking_uri).get_experiment_by_name(where.name)
+    runs = []
+    if experiment is not None:
+        owner = experiment.tags.get(Tag.SWEEP_ID)
+        if where.sweep_id and owner and owner != where.sweep_id:
+            found.damage.append(
+                Damage(
+                    where.mlflow_file,
+                    f"experiment {where.name!r} belongs to sweep id {owner}, not {where.sweep_id}",
+                    "none: another sweep's record",
+                )
+            )
+        runs = tracking.client(where.tracking_uri).search_runs([experiment.experiment_id], max_results=50_000)
+        found.experiment_id, found.run_ids = experiment.experiment_id, {r.info.run_id for r in runs}
+    for opt in where.optimizers:
+        for role, is_reeval in ((tracking.TRIAL_ROLE, False), (tracking.REEVAL_ROLE, True)):
+            study = SweepStudy.find(where.storage, study_name(where.name, opt, reeval=is_reeval))
+            mine = [
+                r
+                for r in runs
+                if r.data.tags.get(Tag.ROLE) == role
+                and r.data.tags.get(Tag.OPTIMIZER) == opt
+                and Tag.ORPHANED not in r.data.tags
+            ]
+            _compare_study(where, found, opt, role, study, mine)
+    if experiment is None and found.trials:
+        found.damage.append(
+            Damage(
+                where.mlflow_file,
+                f"has no experiment {where.name!r} for the {found.trials} trials Optuna holds",
+                "none",
+            )
+        )
+    return found
+
+
+def _compare_study(where: Where, found: Agreement, opt: str, role: str, study: SweepStudy | None, runs: list) -> None:
+    what = "re-evaluation" if role == tracking.REEVAL_ROLE else "trial"
+    by_number: dict[int, list] = {}
+    for r in runs:
+        by_number.setdefault(int(r.data.tags[Tag.TRIAL]), []).append(r)
+    found.runs += len(runs)
+    trials = study.trials() if study is not None else []
+    found.trials += len(trials)
+    if study is not None:
+        owner = study.study.user_attrs.get(Attr.SWEEP_ID)
+        if where.sweep_id and owner and owner != where.sweep_id:
+            found.damage.append(
+                Damage(
+                    where.optuna_file, f"study {study.name!r} belongs to sweep id {owner}, not {where.sweep_id}", "none"
+                )
+            )
+    numbers = {t.number for t in trials}
+    for number in sorted(set(by_number) - numbers):
+        found.damage.append(
+            Damage(
+                where.mlflow_file,
+                f"{opt} {what} {number} has an MLflow run but no Optuna record (lost from the Optuna storage)",
+                "`sweep resume` sets the run aside and runs the trial again",
+            )
+        )
+    for t in trials:
+        _compare_trial(where, found, opt, role, what, t, by_number.get(t.number, []))
+    if role == tracking.REEVAL_ROLE:
+        counted = Counter(
+            key for t in trials if (key := reeval.key_of(t)) and (o := outcome_of(t)) and o.record.uses_budget
+        )
+        for (source, seed), n in sorted(counted.items()):
+            if n > 1:
+                found.damage.append(
+                    Damage(
+                        where.optuna_file,
+                        f"{opt}: trial {source}'s re-evaluation with seed {seed} counts {n} times",
+                        "none",
+                    )
+                )
+
+
+def _compare_trial(where: Where, found: Agreement, opt: str, role: str, what: str, trial, runs: list) -> None:
+    """One trial against its runs."""
+    label = f"{opt} {what} {trial.number}"
+    outcome = outcome_of(trial)
+    if len(runs) > 1:
+        ids = ", ".join(r.info.run_id for r in runs)
+        found.damage.append(
+            Damage(where.mlflow_file, f"{label} has {len(runs)} runs ({ids})", "none: tell them apart by hand")
+        )
+    if outcome is None:
+        if trial.state.name == RUNNING:
+            found.notes.append(f"{label} was interrupted (RUNNING in Optuna): `sweep resume` runs it again")
+        return
+    if not runs:
+        if outcome.record.uses_budget:
+            found.damage.append(
+                Damage(where.mlflow_file, f"{label} ({outcome.status.value}) has no MLflow run", "none")
+            )
+        return
+    run = runs[0]
+    status, expected = run.info.status, outcome.record.mlflow_status
+    if status == RUNNING:
+        found.damage.append(
+            Damage(
+                where.mlflow_file,
+                f"{label}'s run {run.info.run_id} is left RUNNING though Optuna finished it ({outcome.status.value})",
+                "`sweep check --repair` closes it from Optuna's record",
+            )
+        )
+        found.to_close.append((role, opt, trial.number, run.info.run_id))
+    elif status != expected:
+        found.damage.append(
+            Damage(
+                where.mlflow_file,
+                f"{label}'s run {run.info.run_id} is {status}, but Optuna's outcome "
+                f"({outcome.status.value}) is {expected}",
+                "none",
+            )
+        )
