@@ -54,6 +54,24 @@ def pytest_runtest_setup(item):
         pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def every_sweep_checked(tmp_path_factory):
+    """After the last test, `sweep check` on every finished sweep the session built (but those a
+    test left damaged on purpose, ``sweep_helpers.mark_damaged_on_purpose``): each must be healthy,
+    else the last test's teardown errors with the check's lines. SWEEP_TEST_NO_FINAL_CHECK=1 skips it."""
+    yield
+    if os.environ.get("SWEEP_TEST_NO_FINAL_CHECK"):
+        return
+    base = tmp_path_factory.getbasetemp()
+    if not any(base.rglob("sweep.yaml")):  # the quick tier builds none: nothing heavy imported
+        return
+    from tests.sweep_helpers import unhealthy_sweeps
+
+    found = unhealthy_sweeps(base)
+    if found:
+        pytest.fail("`sweep check` finds damage in sweeps the tests built:\n" + "\n".join(found), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def ray_address():
     """Start Ray once; sweeps run in-process reuse it, drivers in subprocesses connect to it."""

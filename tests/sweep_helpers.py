@@ -79,3 +79,37 @@ def text_cells(path) -> list[str]:
             for cell in row
             if isinstance(cell, str)
         ]
+
+
+ON_PURPOSE = "sweeps-damaged-on-purpose"  # a test's folder whose sweeps are left damaged on purpose
+
+
+def mark_damaged_on_purpose(folder: Path) -> None:
+    """The sweeps under ``folder`` stay damaged after their test: the suite's closing check
+    (``unhealthy_sweeps``) passes them by."""
+    (Path(folder) / ON_PURPOSE).touch()
+
+
+def unhealthy_sweeps(root: Path) -> list[str]:
+    """`sweep check` on every finished sweep under ``root`` that keeps its stores in its directory
+    (a server or PostgreSQL a test started may be gone by now), but those marked damaged on purpose;
+    the report lines of each one that is not healthy."""
+    from sweep.core.config import saved_values
+    from sweep.execution.check import check
+
+    found = []
+    for config in sorted(Path(root).rglob("sweep.yaml")):
+        sweep_dir = SweepDir(config.parent)
+        if sweep_dir.state() != "finished" or any((p / ON_PURPOSE).exists() for p in config.parents):
+            continue
+        try:
+            saved = saved_values(sweep_dir.saved_config() or {})
+        except Exception:  # noqa: BLE001 - a config that does not read is the check's to say
+            saved = {}
+        if saved.get("storage") or saved.get("tracking_uri"):
+            continue
+        open_storage.cache_clear()
+        checked = check(sweep_dir)
+        if not checked.healthy:
+            found += [f"{sweep_dir.path}:", *checked.lines()]
+    return found

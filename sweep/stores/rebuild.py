@@ -22,7 +22,7 @@ from pathlib import Path
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from sweep.core.config import from_saved
-from sweep.core.keys import Tag
+from sweep.core.keys import Attr, Tag
 from sweep.core.outcome import FINAL_PREFIX, Status, Tally
 from sweep.stores import tracking
 from sweep.stores.journal import TornTail, set_aside
@@ -116,11 +116,7 @@ def put_back(storage: str, tracker: tracking.SweepTracker, name: str, lanes: lis
         trials = study.trials()
         for t in trials:
             run = runs.get(t.number)
-            if (
-                t.state.name == "RUNNING"
-                and run is not None
-                and run.data.tags.get(Tag.STATUS) in Status._value2member_map_
-            ):
+            if run is not None and _recoverable(t, run):
                 said.append(_finish_from_run(study, lane, t.number, run))
         lost = [runs[n] for n in sorted(runs) if n >= len(trials)]
         for run in lost:
@@ -133,6 +129,18 @@ def put_back(storage: str, tracker: tracking.SweepTracker, name: str, lanes: lis
         if lost and not lane.reeval:
             said += _requeue(study, lane, lost, budget)
     return said
+
+
+def _recoverable(trial, run) -> bool:
+    """A trial RUNNING in what is left whose run holds its outcome, and whose record is whole: the
+    driver names the run and the hyperparameters only once every parameter was drawn."""
+    attrs = trial.user_attrs
+    return (
+        trial.state.name == "RUNNING"
+        and run.data.tags.get(Tag.STATUS) in Status._value2member_map_
+        and attrs.get(Attr.MLFLOW_RUN) == run.info.run_id
+        and Attr.HYPERPARAMETERS in attrs
+    )
 
 
 def _finish_from_run(study: SweepStudy, lane: Lane, number: int, run) -> str:

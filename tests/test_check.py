@@ -1,0 +1,228 @@
+"""``sweep check NAME [--repair]`` on a real sweep (Ray, Optuna journal, MLflow SQLite store), damaged
+for real one way at a time: each damage is named in one line with a nonzero exit; ``--repair``
+fixes what it can without losing anything, and a repaired sweep resumes to exact counts.
+
+One sweep is built per module and copied for each test (the copy is also a moved sweep: MLflow
+recorded the first one's paths).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from sweep.cli import main
+from sweep.core.config import load_config
+from sweep.execution.launch import run_sweep
+from sweep.stores.studies import counts_against_budget, open_storage
+from sweep.stores.sweepdir import saved_sweep
+from tests.sweep_helpers import (
+    default_storage,
+    default_tracking_uri,
+    mark_damaged_on_purpose,
+    mlflow_runs,
+    studies,
+    unhealthy_sweeps,
+)
+
+pytestmark = pytest.mark.slow
+
+NAME = "checked"
+SET_TRIAL_STATE_VALUES, CREATE_TRIAL = 6, 4  # optuna.storages.journal._storage.JournalOperation
+
+
+@pytest.fixture(scope="module")
+def built(ray_address, tmp_path_factory) -> Path:
+    """A finished sweep: 2 search trials and 1 re-evaluation, whose model is logged."""
+    out = tmp_path_factory.mktemp("check-built") / "sweeps"
+    overrides = [
+        f"output_dir={out}",
+        f"name={NAME}",
+        "optimizers=[sgd]",
+        "trials=2",
+        "epochs=1",
+        "batch_size=64",
+        "workers=1",
+        "pruner=none",
+        "schedules=[constant]",
+        "reeval_seeds=1",
+        "reeval_top=1",
+        "report_figures=false",
+        f"ray_address={ray_address}",
+    ]
+    assert run_sweep(load_config("quickstart", overrides, mode="sweep")).rows
+    return out / NAME
+
+
+def _copy(built: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "sweeps" / NAME
+    shutil.copytree(built, target)
+    open_storage.cache_clear()
+    return target
+
+
+def _check(sweep_dir: Path, capsys, *flags: str) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    code = main(["check", NAME, "--output-dir", str(sweep_dir.parent), *flags])
+    captured = capsys.readouterr()
+    return code, (captured.out + captured.err).splitlines()
+
+
+def _files(sweep_dir: Path) -> dict[str, int]:
+    """The sweep directory's files and sizes, but SQLite's own companions (any reader opens them)."""
+    return {p.name: p.stat().st_size for p in sweep_dir.iterdir() if not p.name.endswith(("-wal", "-shm", "lock"))}
+
+
+def _trial_run(sweep_dir: Path, number: int):
+    _, _, children = mlflow_runs(default_tracking_uri(sweep_dir), NAME)
+    return next(r for r in children if r.data.tags["optuna.trial_number"] == str(number))
+
+
+# ---- the damages ---------------------------------------------------------------------------------
+
+
+def truncate_mlflow_db(sweep_dir: Path) -> str:
+    for extra in ("mlflow.db-wal", "mlflow.db-shm"):
+        (sweep_dir / extra).unlink(missing_ok=True)
+    os.truncate(sweep_dir / "mlflow.db", 3000)
+    return "mlflow.db"
+
+
+def delete_mlflow_db(sweep_dir: Path) -> str:
+    for extra in ("mlflow.db", "mlflow.db-wal", "mlflow.db-shm"):
+        (sweep_dir / extra).unlink()
+    return "mlflow.db"
+
+
+def damage_config(sweep_dir: Path) -> str:
+    (sweep_dir / "sweep.yaml").write_text("optimizers: [sgd\n")
+    return "sweep.yaml"
+
+
+def delete_id(sweep_dir: Path) -> str:
+    (sweep_dir / "id").unlink()
+    return r"\bid\b"
+
+
+def damage_journal_middle(sweep_dir: Path) -> str:
+    """Spoil the first trial's final tell (records follow it); returns its byte offset."""
+    journal = sweep_dir / "optuna.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    records = [json.loads(line) for line in lines]
+    index = next(i for i, r in enumerate(records) if r["op_code"] == SET_TRIAL_STATE_VALUES and r.get("state") == 1)
+    assert any(r["op_code"] == CREATE_TRIAL for r in records[index + 1 :])  # in the middle: a trial is created after it
+    offset = sum(map(len, lines[:index]))
+    lines[index] = b"#" + lines[index][1:]
+    journal.write_bytes(b"".join(lines))
+    return rf"optuna\.journal.*\b{offset}\b"
+
+
+def leave_run_running(sweep_dir: Path) -> str:
+    MlflowClient(default_tracking_uri(sweep_dir)).update_run(_trial_run(sweep_dir, 0).info.run_id, status="RUNNING")
+    return "RUNNING"
+
+
+def pending_model(sweep_dir: Path) -> str:
+    """A logged model whose files never arrived (the driver stopped while logging it)."""
+    client = MlflowClient(default_tracking_uri(sweep_dir))
+    run = _trial_run(sweep_dir, 1)
+    client.create_logged_model(run.info.experiment_id, name="sgd", source_run_id=run.info.run_id)
+    return "PENDING"
+
+
+# damage -> whether --repair makes the sweep healthy again
+DAMAGES = {
+    truncate_mlflow_db: False,
+    delete_mlflow_db: False,
+    damage_config: True,
+    delete_id: True,
+    damage_journal_middle: True,
+    leave_run_running: True,
+    pending_model: True,
+}
+
+
+def test_healthy_sweep(built, tmp_path, capsys):
+    sweep_dir = _copy(built, tmp_path)
+    code, lines = _check(sweep_dir, capsys)
+    assert code == 0, lines
+    assert lines == [f"{NAME}: healthy: 3 Optuna trials and 3 MLflow runs agree, 1 logged model"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__)
+def test_each_damage_is_named_and_repaired_if_it_can_be(built, tmp_path, capsys, damage):
+    sweep_dir = _copy(built, tmp_path)
+    mark_damaged_on_purpose(tmp_path)
+    pattern = damage(sweep_dir)
+    before = _files(sweep_dir)
+    code, lines = _check(sweep_dir, capsys)
+    assert code == 1, lines
+    named = [line for line in lines if line.startswith(f"{NAME}: ") and re.search(pattern, line)]
+    assert named, (pattern, lines)
+    assert _files(sweep_dir) == before  # the check wrote nothing
+
+    code, lines = _check(sweep_dir, capsys, "--repair")
+    repaired = [line for line in lines if line.startswith(f"{NAME}: repair: ")]
+    assert repaired, lines
+    assert (code == 0) == DAMAGES[damage], lines
+    if DAMAGES[damage]:
+        assert lines[-1].startswith(f"{NAME}: healthy: "), lines
+    if DAMAGES[damage] and damage is not delete_id:  # a missing id is written anew: nothing to copy
+        copies = [p for p in sweep_dir.iterdir() if ".before-repair-" in p.name or ".torn-" in p.name]
+        assert copies, sorted(p.name for p in sweep_dir.iterdir())  # a copy of whatever it changed
+
+
+def test_the_suites_closing_check_names_a_damaged_sweep(built, tmp_path):
+    """``unhealthy_sweeps`` (conftest's closing check) passes a healthy sweep and names a damaged one."""
+    sweep_dir = _copy(built, tmp_path / "healthy")
+    assert unhealthy_sweeps(tmp_path) == []
+    leave_run_running(sweep_dir)
+    found = unhealthy_sweeps(tmp_path)
+    assert found[0] == f"{sweep_dir}:" and any("RUNNING" in line for line in found[1:]), found
+    mark_damaged_on_purpose(tmp_path / "healthy")
+    assert unhealthy_sweeps(tmp_path) == []
+
+
+def test_no_such_sweep_is_bad_input(tmp_path, capsys):
+    code = main(["check", "nothing", "--output-dir", str(tmp_path)])
+    assert code == 2
+    assert "no sweep 'nothing'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_repair_then_resume_counts_each_trial_once(built, tmp_path, capsys, ray_address):
+    """Several damages at once: the journal cut in the middle, the config and the id gone, a run
+    left RUNNING and a model record without files. The repair says each action; `sweep resume`
+    then finishes the sweep with each trial once in Optuna and in MLflow."""
+    sweep_dir = _copy(built, tmp_path)
+    for damage in (damage_journal_middle, damage_config, delete_id, leave_run_running, pending_model):
+        damage(sweep_dir)
+    code, lines = _check(sweep_dir, capsys, "--repair")
+    assert code == 0, lines
+    said = "\n".join(lines)
+    for action in ("rebuilt sweep.yaml", "restored id", "set optuna.journal aside", "removed the record of logged"):
+        assert action in said, said
+
+    _, cfg = saved_sweep(sweep_dir.parent, NAME, [f"ray_address={ray_address}"])
+    open_storage.cache_clear()
+    assert run_sweep(cfg).rows
+    open_storage.cache_clear()
+    code, lines = _check(sweep_dir, capsys)
+    assert code == 0, lines
+
+    search = studies(cfg, default_storage(sweep_dir))["sgd"].get_trials()
+    assert sum(map(counts_against_budget, search)) == 2
+    _, _, children = mlflow_runs(default_tracking_uri(sweep_dir), NAME)
+    kept = [r for r in children if "sweep.orphaned" not in r.data.tags]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in kept) == [t.number for t in search]
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in kept}
+    for t in search:
+        assert by_number[t.number].info.run_id == t.user_attrs["mlflow_run_id"]
+        assert by_number[t.number].data.tags["sweep.status"] == t.user_attrs["status"]
+        assert by_number[t.number].info.status != "RUNNING"
