@@ -312,6 +312,7 @@ def _list_benchmarks(output_dir) -> str:
     import json
     from pathlib import Path
 
+    from sweep.stores.damage import inspect
     from sweep.stores.sweepdir import BENCHMARK, SUMMARY, SweepDir
 
     found = sorted(Path(output_dir).glob(f"*/{BENCHMARK}")) if Path(output_dir).is_dir() else []
@@ -320,6 +321,10 @@ def _list_benchmarks(output_dir) -> str:
     lines = [f"{'benchmark':<24} {'state':<12} {'workloads':<10} {'ruleset':<9} best (optimizer: score)"]
     for path in found:
         folder = SweepDir(path.parent)
+        damaged = inspect(folder, thorough=False)
+        if damaged:  # marked in its row; the other benchmarks are still listed
+            lines.append(f"{folder.name:<24} {'damaged':<12} {'-':<10} {'-':<9} {damaged[0].line()}")
+            continue
         section = (folder.saved_benchmark() or {}).get("benchmark") or {}
         summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).exists() else {}
         scores = summary.get("scores") or {}
