@@ -27,7 +27,7 @@ from pathlib import Path
 from sweep.core.config import from_saved
 from sweep.core.errors import ConfigError, SweepDamaged
 from sweep.stores.journal import find_torn_tail
-from sweep.stores.sweepdir import CONFIG, ID, JOURNAL, MLFLOW_DB, REPORT, SUMMARY, Stores, SweepDir
+from sweep.stores.sweepdir import CONFIG, ID, JOURNAL, MLFLOW_DB, REPORT, STATE, SUMMARY, Stores, SweepDir
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -112,10 +112,16 @@ def sqlite_problem(path: Path, thorough: bool = True) -> str | None:
 
 
 def _has_records(sweep_dir: SweepDir, journal: Path | None) -> bool:
-    """Whether the sweep recorded anything a new empty MLflow store would orphan."""
+    """Whether the sweep recorded trials or results (a new empty MLflow store would orphan them)."""
     if journal is not None and journal.exists() and journal.stat().st_size > 0:
         return True
-    return (sweep_dir / SUMMARY).exists() or (sweep_dir / REPORT).is_dir()
+    return (sweep_dir / SUMMARY).exists() or (sweep_dir / REPORT).exists()
+
+
+def _has_run(sweep_dir: SweepDir, journal: Path | None, db: Path | None) -> bool:
+    """Whether a driver ever held the sweep (its id comes first): a folder holding only a
+    ``sweep.yaml`` has not."""
+    return _has_records(sweep_dir, journal) or (sweep_dir / STATE).exists() or (db is not None and db.exists())
 
 
 def inspect(sweep_dir: SweepDir, stores: Stores | None = None, thorough: bool = True) -> list[Damage]:
@@ -139,8 +145,9 @@ def inspect(sweep_dir: SweepDir, stores: Stores | None = None, thorough: bool = 
         problem = f"does not hold a config this version can load ({exc})"
         return [Damage(sweep_dir / CONFIG, problem, f"restore it from a copy, or run: {sweep_dir.repair_command()}")]
     stores = stores or sweep_dir.stores(cfg.storage, cfg.tracking_uri)
+    journal, db = file_of(stores.storage), file_of(stores.tracking_uri)
     found = []
-    if sweep_dir.read_id() is None:
+    if sweep_dir.read_id() is None and _has_run(sweep_dir, journal, db):
         found.append(
             Damage(
                 sweep_dir / ID,
@@ -148,7 +155,7 @@ def inspect(sweep_dir: SweepDir, stores: Stores | None = None, thorough: bool = 
                 f"restore it from a copy, or run: {sweep_dir.repair_command()} (it takes the id back from the stores)",
             )
         )
-    return found + _store_damage(sweep_dir, file_of(stores.storage), file_of(stores.tracking_uri), thorough)
+    return found + _store_damage(sweep_dir, journal, db, thorough)
 
 
 def _config_missing(sweep_dir: SweepDir) -> list[Damage]:
