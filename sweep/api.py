@@ -95,6 +95,8 @@ def resume(name: str, *overrides: str, output_dir: str = "./sweeps"):
     """``sweep resume NAME``: the saved sweep goes on (its declared optimizers come from its
     ``sweep.yaml``); returns the ``SweepResult`` as ``run`` does."""
     from sweep.execution.launch import run_sweep
-    from sweep.stores.sweepdir import saved_sweep
+    from sweep.stores.damage import require_intact
+    from sweep.stores.sweepdir import SweepDir, saved_sweep
 
+    require_intact(SweepDir.of(output_dir, name))
     return run_sweep(saved_sweep(output_dir, name, list(overrides))[1])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sweep.core.config import SWEEP, TRAIN, config_names, key_table, load_config, saved_values
 from sweep.core.credentials import redact, redacted
-from sweep.core.errors import ConfigError, StoreUnavailable
+from sweep.core.errors import ConfigError, StoreUnavailable, SweepDamaged
 
 USAGE_ERROR, FAILED = 2, 1
 DEFAULT_OUTPUT_DIR = "./sweeps"
@@ -99,7 +99,7 @@ def _drive(cfg, start, show=None) -> int:
     urls = (cfg.storage, cfg.tracking_uri)
     try:
         result = start()
-    except ConfigError as exc:
+    except (ConfigError, SweepDamaged) as exc:  # nothing was written: no resume hint
         return _fail(str(exc), urls=urls)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
@@ -213,12 +213,14 @@ def _benchmark(config: str | None, overrides: list[str]):
 def _saved_benchmark(args, overrides: list[str]):
     """The benchmark ``args.name`` under ``--output-dir`` as saved, or None when it is a sweep."""
     from sweep.core.benchmark import from_values
+    from sweep.stores.damage import require_intact
     from sweep.stores.sweepdir import BENCHMARK, SweepDir
 
     folder = SweepDir.of(args.output_dir, args.name)
     values = folder.saved_benchmark()
     if values is None:
         return None
+    require_intact(folder)  # the shared journal and mlflow.db of its child sweeps
     return from_values(values, str(folder / BENCHMARK), [*overrides, f"output_dir={folder.path.parent}"])
 
 
@@ -270,8 +272,10 @@ class _Refused(Exception):
 def _saved_sweep(args, overrides: list[str]):
     """The sweep directory ``args.name`` under ``--output-dir`` and its saved config with
     ``overrides``; raises ``_Refused`` (said in one line) when there is none or an override is bad."""
-    from sweep.stores.sweepdir import saved_sweep
+    from sweep.stores.damage import require_intact
+    from sweep.stores.sweepdir import SweepDir, saved_sweep
 
+    require_intact(SweepDir.of(args.output_dir, args.name))
     try:
         return saved_sweep(args.output_dir, args.name, overrides)
     except ConfigError as exc:
@@ -340,6 +344,7 @@ def _list_benchmarks(output_dir) -> str:
     import json
     from pathlib import Path
 
+    from sweep.stores.damage import inspect
     from sweep.stores.sweepdir import BENCHMARK, SUMMARY, SweepDir
 
     found = sorted(Path(output_dir).glob(f"*/{BENCHMARK}")) if Path(output_dir).is_dir() else []
@@ -348,6 +353,10 @@ def _list_benchmarks(output_dir) -> str:
     lines = [f"{'benchmark':<24} {'state':<12} {'workloads':<10} {'ruleset':<9} best (optimizer: score)"]
     for path in found:
         folder = SweepDir(path.parent)
+        damaged = inspect(folder, thorough=False)
+        if damaged:  # marked in its row; the other benchmarks are still listed
+            lines.append(f"{folder.name:<24} {'damaged':<12} {'-':<10} {'-':<9} {damaged[0].line()}")
+            continue
         section = (folder.saved_benchmark() or {}).get("benchmark") or {}
         summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).exists() else {}
         scores = summary.get("scores") or {}
@@ -378,6 +387,9 @@ def cmd_ui(args) -> int:
     if sweep_dir is None or not sweep_dir.exists():
         which = f"no sweep {args.name!r}" if args.name else "no sweeps"
         return _fail(f"name: {which} under {SweepDir(args.output_dir).path}; run `sweep run` first")
+    from sweep.stores.damage import require_intact
+
+    require_intact(sweep_dir)  # a server on a damaged store would fail page by page
     saved = saved_values(sweep_dir.saved_config())  # store URLs without passwords (from the environment)
     stores = sweep_dir.stores(saved.get("storage"), saved.get("tracking_uri"))
     from sweep.ui import ServerStartError, serve
@@ -644,6 +656,8 @@ def _main(argv: list[str]) -> int:
         return args.func(args)
     except _Refused as refused:
         return refused.code
+    except SweepDamaged as exc:  # any command, before it read or wrote the damaged sweep
+        return _fail(str(exc))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -223,6 +224,42 @@ def test_a_benchmark_runs_to_its_report_and_the_report_rebuilds_from_the_stores(
     assert main(["ls", "--output-dir", str(out)]) == 0
     listing = capsys.readouterr().out
     assert "tiny" in listing and "external" in listing
+
+
+def _cut_in_half(path: Path) -> None:
+    for side in ("-wal", "-shm"):
+        path.with_name(path.name + side).unlink(missing_ok=True)
+    os.truncate(path, path.stat().st_size // 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "file, damage, says",
+    [
+        ("benchmark.yaml", lambda p: p.write_text("benchmark: [\n"), ": unreadable (line "),
+        ("mlflow.db", _cut_in_half, ": is cut short ("),  # the store its child sweeps share
+    ],
+)
+def test_a_damaged_benchmark_is_one_line_for_every_command_and_ls_lists_the_rest(
+    tiny_benchmark, tmp_path, capsys, file, damage, says
+):
+    from tests.test_damaged_sweeps import snapshot
+
+    _, built, _ = tiny_benchmark
+    out = tmp_path / "out"
+    shutil.copytree(built / "tiny", out / "broken")
+    shutil.copytree(built / "tiny", out / "tiny")
+    damage(out / "broken" / file)
+    before = snapshot(out)
+    for command in (["report", "broken"], ["resume", "broken"], ["ui", "broken", "--port", "1"]):
+        assert main([*command, "--output-dir", str(out)]) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{out / 'broken' / file}{says}" in err, err
+    assert main(["ls", "--output-dir", str(out)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert rows["broken"].split()[1] == "damaged" and f"{file}{says}" in rows["broken"], rows
+    assert rows["tiny"].split()[1] == "finished", rows
+    assert snapshot(out) == before
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Every error the product raises on purpose, in one hierarchy (kept free of heavy imports).
 
 ``SweepError`` is the base: the CLI maps each kind to an exit code (``ConfigError`` and
-``DatasetUnavailable`` 2: bad input, nothing written; ``StoreUnavailable`` 1: a store went away,
+``DatasetUnavailable`` 2: bad input, nothing written; ``SweepDamaged`` 2: a sweep's file is damaged,
+nothing written; ``StoreUnavailable`` 1: a store went away,
 finished work kept). Each is rebuilt from its own arguments when pickled, so one raised on a Ray
 worker reaches the driver as itself, not as Ray's ``UnserializableException``. ``Stopped`` is
 the one kind outside it, on purpose: it is a ``KeyboardInterrupt``, so no ``except Exception``
@@ -59,6 +60,16 @@ class StoreUnavailable(SweepError, RuntimeError):
         super().__init__(f"{store} unavailable: {detail}", store, detail)
         self.store = store
         self.detail = detail
+
+
+class SweepDamaged(SweepError, RuntimeError):
+    """A file of an existing sweep is missing or unreadable (exit 2, nothing written): a bad copy,
+    a sync tool, a disk error or an editor, found before any command uses the file. The one line
+    names the file, what is wrong with it, and the way back (restore it, or ``sweep check --repair``)."""
+
+    def __init__(self, path: str, problem: str, remedy: str):
+        super().__init__(f"{path}: {problem}; {remedy}", path, problem, remedy)
+        self.path, self.problem, self.remedy = path, problem, remedy
 
 
 class Stopped(KeyboardInterrupt):

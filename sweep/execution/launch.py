@@ -22,6 +22,7 @@ from sweep.core.errors import ConfigError, DatasetUnavailable, Stopped, StoreUna
 from sweep.execution import preflight
 from sweep.execution.driver import Driver
 from sweep.report import build as report
+from sweep.stores import damage
 from sweep.stores.sweepdir import FINISHED, INTERRUPTED, RUNNING, Stores, SweepDir
 
 
@@ -96,6 +97,7 @@ def prepare(cfg: SweepConfig) -> Prepared:
     cfg = check_resumable(cfg, sweep_dir.saved_config())
     seen_id = sweep_dir.read_id()
     stores = sweep_dir.stores(cfg.storage, cfg.tracking_uri)
+    damage.require_intact(sweep_dir, stores)  # an existing sweep's files, before any store reads them
     preflight.check_stores(cfg, stores)
     preflight.check_journal(stores)
     preflight.check_same_sweep(cfg.name, stores, seen_id or "new sweep")

@@ -18,6 +18,7 @@ from pathlib import Path
 from sweep.core.config import SweepConfig
 from sweep.core.credentials import is_server, public, redact, redacted
 from sweep.core.errors import ConfigError, first_line
+from sweep.stores.damage import file_of
 from sweep.stores.sweepdir import Stores
 
 TIMEOUT_S = 5
@@ -35,14 +36,6 @@ def check_writable(key: str, path: Path) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".sweep-probe-", dir=existing))
     except OSError as exc:
         raise ConfigError(key, f"cannot create folders under {existing} ({exc.strerror})") from None
-
-
-def file_of(url: str) -> Path | None:
-    """The local file behind a journal:/// or sqlite:/// URL, else None."""
-    for scheme in ("journal:///", "sqlite:///"):
-        if url.startswith(scheme):
-            return Path(url[len(scheme) :])
-    return None
 
 
 def check_database(key: str, url: str, given: bool) -> None:

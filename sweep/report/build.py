@@ -15,6 +15,7 @@ from typing import Any
 
 from sweep.core.keys import Tag
 from sweep.report.comparison import Comparison, OptimizerResult
+from sweep.stores.damage import inspect
 from sweep.stores.sweepdir import FINISHED
 
 REPORT_ARTIFACTS = "report"  # the sweep-level run's artifact folder
@@ -202,9 +203,21 @@ def list_sweeps(output_dir: str | Path) -> str:
         return f"no sweeps under {Path(output_dir).resolve()}"
     lines = [f"{'name':<24} {'state':<12} {'optimizers':<10} {'trials':>7}  best (optimizer: val acc)"]
     for sweep_dir in sweeps:
+        damaged = inspect(sweep_dir, thorough=False)  # a damaged sweep is one marked row, not a failed listing
+        if damaged:
+            lines.append(f"{sweep_dir.name:<24} {'damaged':<12} {'-':<10} {'-':>7}  {damaged[0].line()}")
+            continue
         saved = sweep_dir.saved_config() or {}
         lines.append(
             f"{sweep_dir.name:<24} {sweep_dir.state():<12} {len(saved.get('optimizers', [])):<10} "
-            f"{saved.get('trials', '-'):>7}  {best_of(sweep_dir.summary())}"
+            f"{saved.get('trials', '-'):>7}  {_best_or_why(sweep_dir)}"
         )
     return "\n".join(lines)
+
+
+def _best_or_why(sweep_dir) -> str:
+    """The best result of summary.json; a damaged one is said, the stores still hold the results."""
+    try:
+        return best_of(sweep_dir.summary())
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"summary.json unreadable ({type(exc).__name__}); rebuild it: sweep report {sweep_dir.name}"

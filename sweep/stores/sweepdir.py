@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
-from sweep.core.config import SweepConfig, from_saved
+from sweep.core.config import SweepConfig, from_saved, read_yaml
 from sweep.core.credentials import is_server, redact, redacted
-from sweep.core.errors import ConfigError
+from sweep.core.errors import ConfigError, SweepDamaged, first_line
 
 CONFIG, ID, STATE, LOCK = "sweep.yaml", "id", "state", "lock"
 JOURNAL, MLFLOW_DB, ARTIFACTS = "optuna.journal", "mlflow.db", "artifacts"
@@ -83,13 +83,33 @@ class SweepDir:
 
     # ---- config and identity ----
     def saved_config(self) -> dict[str, Any] | None:
-        path = self.path / CONFIG
-        return yaml.safe_load(path.read_text()) if path.exists() else None
+        """The config as run; None when there is none; ``SweepDamaged`` when it cannot be read."""
+        return self._read_saved(CONFIG)
 
     def saved_benchmark(self) -> dict[str, Any] | None:
         """A benchmark folder's config as run; None when this is no benchmark."""
-        path = self.path / BENCHMARK
-        return yaml.safe_load(path.read_text()) if path.exists() else None
+        return self._read_saved(BENCHMARK)
+
+    def repair_command(self) -> str:
+        return f"sweep check {self.name} --output-dir {self.path.parent} --repair"
+
+    def _read_saved(self, file: str) -> dict[str, Any] | None:
+        path = self.path / file
+        if not path.exists():
+            return None
+        try:
+            if path.stat().st_size == 0:
+                raise ConfigError("config", "is empty")
+            return read_yaml(path)
+        except ConfigError as exc:  # read_yaml's line names the file: keep what follows its name
+            problem = exc.message.replace(f"{path} ", "").replace(str(path), "the file")
+        except ValueError as exc:  # undecodable bytes
+            problem = first_line(exc)
+        raise SweepDamaged(
+            str(path),
+            f"unreadable ({problem})",
+            f"restore it from a copy, or rebuild it from the copy MLflow keeps: {self.repair_command()}",
+        )
 
     def write_config(self, values: dict[str, Any]) -> None:
         """The config as run, with ``output_dir`` where the sweep is now."""
@@ -220,8 +240,13 @@ class SweepDir:
 
 
 def list_sweeps(output_dir: str | Path) -> list[SweepDir]:
+    """The sweeps under ``output_dir``: folders with a config, or with an id and no config (a sweep
+    that lost its ``sweep.yaml`` is listed, as damaged); benchmarks' folders are not sweeps."""
     root = Path(output_dir)
-    return sorted((SweepDir(p.parent) for p in root.glob(f"*/{CONFIG}")), key=lambda d: d.name) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    found = {p.parent for pattern in (f"*/{CONFIG}", f"*/{ID}") for p in root.glob(pattern)}
+    return sorted((SweepDir(p) for p in found if not (p / BENCHMARK).exists()), key=lambda d: d.name)
 
 
 def latest_sweep(output_dir: str | Path) -> SweepDir | None:
