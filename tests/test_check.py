@@ -91,23 +91,23 @@ def truncate_mlflow_db(sweep_dir: Path) -> str:
     for extra in ("mlflow.db-wal", "mlflow.db-shm"):
         (sweep_dir / extra).unlink(missing_ok=True)
     os.truncate(sweep_dir / "mlflow.db", 3000)
-    return "mlflow.db"
+    return r"/mlflow\.db: "
 
 
 def delete_mlflow_db(sweep_dir: Path) -> str:
     for extra in ("mlflow.db", "mlflow.db-wal", "mlflow.db-shm"):
         (sweep_dir / extra).unlink()
-    return "mlflow.db"
+    return r"/mlflow\.db: .*missing"
 
 
 def damage_config(sweep_dir: Path) -> str:
     (sweep_dir / "sweep.yaml").write_text("optimizers: [sgd\n")
-    return "sweep.yaml"
+    return r"/sweep\.yaml: "
 
 
 def delete_id(sweep_dir: Path) -> str:
     (sweep_dir / "id").unlink()
-    return r"\bid\b"
+    return r"/id: is missing"
 
 
 def damage_journal_middle(sweep_dir: Path) -> str:
@@ -120,12 +120,12 @@ def damage_journal_middle(sweep_dir: Path) -> str:
     offset = sum(map(len, lines[:index]))
     lines[index] = b"#" + lines[index][1:]
     journal.write_bytes(b"".join(lines))
-    return rf"optuna\.journal.*\b{offset}\b"
+    return rf"/optuna\.journal: .*\b{offset}\b"
 
 
 def leave_run_running(sweep_dir: Path) -> str:
     MlflowClient(default_tracking_uri(sweep_dir)).update_run(_trial_run(sweep_dir, 0).info.run_id, status="RUNNING")
-    return "RUNNING"
+    return r"/mlflow\.db: .*trial 0's run .* RUNNING"
 
 
 def pending_model(sweep_dir: Path) -> str:
@@ -133,7 +133,7 @@ def pending_model(sweep_dir: Path) -> str:
     client = MlflowClient(default_tracking_uri(sweep_dir))
     run = _trial_run(sweep_dir, 1)
     client.create_logged_model(run.info.experiment_id, name="sgd", source_run_id=run.info.run_id)
-    return "PENDING"
+    return r"/mlflow\.db: logged model sgd .* PENDING and has no files"
 
 
 # damage -> whether --repair makes the sweep healthy again
@@ -163,7 +163,7 @@ def test_each_damage_is_named_and_repaired_if_it_can_be(built, tmp_path, capsys,
     before = _files(sweep_dir)
     code, lines = _check(sweep_dir, capsys)
     assert code == 1, lines
-    named = [line for line in lines if line.startswith(f"{NAME}: ") and re.search(pattern, line)]
+    named = [line for line in lines if line.startswith(str(sweep_dir)) and re.search(pattern, line)]
     assert named, (pattern, lines)
     assert _files(sweep_dir) == before  # the check wrote nothing
 

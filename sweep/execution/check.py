@@ -32,6 +32,7 @@ class Checked:
     """What ``check`` found in one sweep."""
 
     name: str
+    repair: str  # the command that repairs it
     damage: tuple[Damage, ...]
     notes: tuple[str, ...] = ()
     trials: int = 0
@@ -44,7 +45,7 @@ class Checked:
 
     def lines(self) -> list[str]:
         """The short report: one line per damage or note, then the verdict."""
-        out = [d.line(self.name) for d in self.damage] + [f"{self.name}: note: {n}" for n in self.notes]
+        out = [d.line() for d in self.damage] + [f"{self.name}: note: {n}" for n in self.notes]
         if self.healthy:
             models = f", {self.models} logged model{'s' if self.models != 1 else ''}" if self.models else ""
             out.append(
@@ -70,21 +71,26 @@ class Context:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def damaged(self) -> set[str]:
-        return {d.file for d in self.damage}
+    def damaged(self) -> set[Path]:
+        return {d.path for d in self.damage}
 
     def where(self) -> agreement.Where:
         cfg, stores = self.cfg, self.stores
-        default = self.sweep_dir.stores(None, None)
         return agreement.Where(
             cfg.name,
             tuple(cfg.optimizers),
             self.sweep_dir.read_id(),
             stores.storage,
             stores.tracking_uri,
-            JOURNAL if stores.storage == default.storage else redacted(stores.storage),
-            MLFLOW_DB if stores.tracking_uri == default.tracking_uri else redacted(stores.tracking_uri),
+            damage.file_of(stores.storage) or Path(redacted(stores.storage)),
+            damage.file_of(stores.tracking_uri) or Path(redacted(stores.tracking_uri)),
+            self.sweep_dir.repair_command(),
         )
+
+    def own(self, file: str) -> bool:
+        """Whether the store kept in the sweep directory's ``file`` is this sweep's."""
+        w = self.where()
+        return self.sweep_dir / file in (w.optuna_file, w.mlflow_file)
 
     def readable(self) -> bool:
         """Whether the stores can be read against each other: a config, and neither store damaged."""
@@ -106,12 +112,14 @@ def sweep_at(output_dir: str | Path, name: str) -> SweepDir:
 
 def _context(sweep_dir: SweepDir) -> Context:
     """Inspect the files, then load the config: from ``sweep.yaml``, or, when that is damaged, from
-    the copy the sweep's own tracking store keeps (said as a note)."""
-    ctx = Context(sweep_dir, list(damage.inspect(sweep_dir.path)))
+    the copy the sweep's own tracking store keeps (said as a note; its stores are then inspected
+    here, as ``inspect`` stops at the config)."""
+    ctx = Context(sweep_dir, list(damage.inspect(sweep_dir)))
+    config_damaged = sweep_dir / CONFIG in ctx.damaged
     saved: dict[str, Any] | None = None
-    if CONFIG not in ctx.damaged:
+    if not config_damaged:
         saved = sweep_dir.saved_config()
-    elif MLFLOW_DB not in ctx.damaged:
+    else:
         text = _kept_config(sweep_dir)
         if text is not None:
             saved = yaml.safe_load(text)
@@ -122,14 +130,39 @@ def _context(sweep_dir: SweepDir) -> Context:
             ctx.stores = sweep_dir.stores(ctx.cfg.storage, ctx.cfg.tracking_uri)
         except ConfigError:
             ctx.cfg = None
+    if config_damaged and ctx.cfg is not None:
+        ctx.damage += _beyond_config(sweep_dir, ctx.stores)
     return ctx
 
 
+def _beyond_config(sweep_dir: SweepDir, stores: Stores) -> list[Damage]:
+    """What ``inspect`` checks after the config, for a sweep read with the copy MLflow keeps: the
+    id and the local journal (the MLflow file was read whole to get the copy)."""
+    found = []
+    if sweep_dir.read_id() is None:
+        remedy = f"run {sweep_dir.repair_command()} (it takes it from the stores)"
+        found.append(Damage(sweep_dir / ID, "is missing", remedy))
+    journal = damage.file_of(stores.storage)
+    damaged = damage.journal_damage(journal) if journal is not None and journal.exists() else None
+    if damaged is not None:
+        found.append(
+            Damage(
+                journal,
+                f"record damaged at byte {damaged.offset} (line {damaged.line}), {damaged.records_after} after it",
+                f"run {sweep_dir.repair_command()} (it keeps a copy)",
+            )
+        )
+    return found
+
+
 def _kept_config(sweep_dir: SweepDir) -> str | None:
-    uri = sweep_dir.stores(None, None).tracking_uri
+    """The copy of ``sweep.yaml`` the sweep's own MLflow file keeps, if that file is whole."""
+    db = sweep_dir / MLFLOW_DB
+    if not db.exists() or damage.sqlite_problem(db) is not None:
+        return None
     try:
-        return tracking.kept_config(uri, sweep_dir.name) if (sweep_dir / MLFLOW_DB).exists() else None
-    except Exception:  # noqa: BLE001 - a store that cannot say is no copy
+        return tracking.kept_config(sweep_dir.stores(None, None).tracking_uri, sweep_dir.name)
+    except Exception:  # noqa: BLE001 - a store that cannot say keeps no copy
         return None
 
 
@@ -141,19 +174,27 @@ def check(sweep_dir: SweepDir) -> Checked:
             ctx.notes.append("without a config the stores were not compared")
         else:
             ctx.notes.append("with a store damaged, Optuna and MLflow were not compared")
-        return Checked(sweep_dir.name, tuple(ctx.damage), tuple(ctx.notes))
+        return Checked(sweep_dir.name, sweep_dir.repair_command(), tuple(ctx.damage), tuple(ctx.notes))
     where = ctx.where()
     try:
         agreed = agreement.compare(where)
     except Exception as exc:  # noqa: BLE001 - a store that fails to read is damage, said in one line
-        ctx.damage.append(Damage(where.mlflow_file, f"cannot be read with Optuna's ({first_line(exc)})", "none"))
-        return Checked(sweep_dir.name, tuple(ctx.damage), tuple(ctx.notes))
+        ctx.damage.append(Damage(where.mlflow_file, f"cannot be read ({first_line(exc)})", agreement.HAND))
+        return Checked(sweep_dir.name, sweep_dir.repair_command(), tuple(ctx.damage), tuple(ctx.notes))
     ctx.damage += agreed.damage
     ctx.notes += agreed.notes
     models = _models(ctx, agreed)
-    if ID in ctx.damaged and (found := _stored_id(where)):
+    if sweep_dir / ID in ctx.damaged and (found := _stored_id(where)):
         ctx.notes.append(f"the stores were created with id {found}: `--repair` restores it")
-    return Checked(sweep_dir.name, tuple(ctx.damage), tuple(ctx.notes), agreed.trials, agreed.runs, len(models))
+    return Checked(
+        sweep_dir.name,
+        sweep_dir.repair_command(),
+        tuple(ctx.damage),
+        tuple(ctx.notes),
+        agreed.trials,
+        agreed.runs,
+        len(models),
+    )
 
 
 def _models(ctx: Context, agreed: agreement.Agreement) -> list[model_records.LoggedModel]:
@@ -167,14 +208,14 @@ def _models(ctx: Context, agreed: agreement.Agreement) -> list[model_records.Log
     for m in models:
         label = f"logged model {m.name} ({m.model_id})"
         if m.status != model_records.READY:
-            remedy = "`sweep check --repair` removes its record (it has no files)" if not m.files else "none"
+            remedy = f"run {where.repair} (it removes the record: it has no files)" if not m.files else agreement.HAND
             files = "" if m.files else " and has no files"
             ctx.damage.append(Damage(where.mlflow_file, f"{label} is {m.status}{files}", remedy))
         elif not m.files:
-            ctx.damage.append(Damage(where.mlflow_file, f"{label}: its files are missing", "none"))
+            ctx.damage.append(Damage(where.mlflow_file, f"{label}: its files are missing", agreement.HAND))
         if m.experiment_id != agreed.experiment_id:
             ctx.damage.append(
-                Damage(where.mlflow_file, f"{label} is in experiment {m.experiment_id}, not the sweep's", "none")
+                Damage(where.mlflow_file, f"{label} is in another experiment ({m.experiment_id})", agreement.HAND)
             )
     return models
 
@@ -212,24 +253,24 @@ class Repair:
         self.mlflow_copied = False
 
     def before_mlflow_write(self, ctx: Context) -> None:
-        if self.mlflow_copied or ctx.where().mlflow_file != MLFLOW_DB:
+        if self.mlflow_copied or not ctx.own(MLFLOW_DB):
             return
         self.mlflow_copied = True
         self.said.append(f"kept a copy of {MLFLOW_DB} as {rebuild.keep_copy(self.sweep_dir / MLFLOW_DB).name}")
 
     def run(self) -> list[str]:
         ctx = _context(self.sweep_dir)
-        if CONFIG in ctx.damaged:
+        if self.sweep_dir / CONFIG in ctx.damaged:
             self.config(ctx)
             ctx = _context(self.sweep_dir)
         if ctx.cfg is None:
             return [*self.said, f"cannot go on without a config: {CONFIG} is damaged and MLflow keeps no copy of it"]
-        if not ctx.readable() and JOURNAL not in ctx.damaged:
+        if not ctx.readable() and ctx.where().mlflow_file in ctx.damaged:
             return [*self.said, "cannot go on: the MLflow store is damaged; nothing else was changed"]
-        if JOURNAL in ctx.damaged:
+        if self.sweep_dir / JOURNAL in ctx.damaged and ctx.own(JOURNAL):
             self.journal(ctx)
             ctx = _context(self.sweep_dir)
-        if ID in ctx.damaged:
+        if self.sweep_dir / ID in ctx.damaged:
             self.identity(ctx)
         if ctx.readable():
             agreed = agreement.compare(ctx.where())
@@ -238,7 +279,8 @@ class Repair:
         return self.said or ["nothing to repair"]
 
     def config(self, ctx: Context) -> None:
-        if MLFLOW_DB in ctx.damaged:
+        if _kept_config(self.sweep_dir) is None:
+            self.said.append(f"could not rebuild {CONFIG}: its MLflow file is damaged or keeps no copy")
             return
         try:
             self.said.append(rebuild.rebuild_config(self.sweep_dir, self.sweep_dir.stores(None, None).tracking_uri))
@@ -247,7 +289,7 @@ class Repair:
 
     def journal(self, ctx: Context) -> None:
         where = ctx.where()
-        if where.optuna_file != JOURNAL or MLFLOW_DB in ctx.damaged and where.mlflow_file == MLFLOW_DB:
+        if where.mlflow_file in ctx.damaged:
             return
         found = damage.journal_damage(self.sweep_dir.journal)
         if found is None:

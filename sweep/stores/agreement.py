@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sweep.core.keys import Attr, Tag
 from sweep.stores import reeval, tracking
@@ -17,6 +18,7 @@ from sweep.stores.damage import Damage
 from sweep.stores.studies import SweepStudy, outcome_of, study_name
 
 RUNNING = "RUNNING"
+HAND = "nothing repairs this by itself: restore the stores from a copy"
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,9 @@ class Where:
     sweep_id: str | None
     storage: str  # Optuna storage URL
     tracking_uri: str
-    optuna_file: str  # how a Damage names each store: the file in the sweep dir, or the redacted URL
-    mlflow_file: str
+    optuna_file: Path  # how a Damage names each store: its file in the sweep dir, or its URL without password
+    mlflow_file: Path
+    repair: str  # the command that repairs the sweep (``SweepDir.repair_command``)
 
 
 @dataclass
@@ -58,7 +61,7 @@ def compare(where: Where) -> Agreement:
                 Damage(
                     where.mlflow_file,
                     f"experiment {where.name!r} belongs to sweep id {owner}, not {where.sweep_id}",
-                    "none: another sweep's record",
+                    "another sweep's record: resume this one from its own folder",
                 )
             )
         runs = tracking.client(where.tracking_uri).search_runs([experiment.experiment_id], max_results=50_000)
@@ -79,7 +82,7 @@ def compare(where: Where) -> Agreement:
             Damage(
                 where.mlflow_file,
                 f"has no experiment {where.name!r} for the {found.trials} trials Optuna holds",
-                "none",
+                HAND,
             )
         )
     return found
@@ -98,7 +101,7 @@ def _compare_study(where: Where, found: Agreement, opt: str, role: str, study: S
         if where.sweep_id and owner and owner != where.sweep_id:
             found.damage.append(
                 Damage(
-                    where.optuna_file, f"study {study.name!r} belongs to sweep id {owner}, not {where.sweep_id}", "none"
+                    where.optuna_file, f"study {study.name!r} belongs to sweep id {owner}, not {where.sweep_id}", HAND
                 )
             )
     numbers = {t.number for t in trials}
@@ -122,7 +125,7 @@ def _compare_study(where: Where, found: Agreement, opt: str, role: str, study: S
                     Damage(
                         where.optuna_file,
                         f"{opt}: trial {source}'s re-evaluation with seed {seed} counts {n} times",
-                        "none",
+                        HAND,
                     )
                 )
 
@@ -134,7 +137,7 @@ def _compare_trial(where: Where, found: Agreement, opt: str, role: str, what: st
     if len(runs) > 1:
         ids = ", ".join(r.info.run_id for r in runs)
         found.damage.append(
-            Damage(where.mlflow_file, f"{label} has {len(runs)} runs ({ids})", "none: tell them apart by hand")
+            Damage(where.mlflow_file, f"{label} has {len(runs)} runs ({ids})", "tell them apart in the MLflow UI"),
         )
     if outcome is None:
         if trial.state.name == RUNNING:
@@ -142,9 +145,7 @@ def _compare_trial(where: Where, found: Agreement, opt: str, role: str, what: st
         return
     if not runs:
         if outcome.record.uses_budget:
-            found.damage.append(
-                Damage(where.mlflow_file, f"{label} ({outcome.status.value}) has no MLflow run", "none")
-            )
+            found.damage.append(Damage(where.mlflow_file, f"{label} ({outcome.status.value}) has no MLflow run", HAND))
         return
     run = runs[0]
     status, expected = run.info.status, outcome.record.mlflow_status
@@ -153,7 +154,7 @@ def _compare_trial(where: Where, found: Agreement, opt: str, role: str, what: st
             Damage(
                 where.mlflow_file,
                 f"{label}'s run {run.info.run_id} is left RUNNING though Optuna finished it ({outcome.status.value})",
-                "`sweep check --repair` closes it from Optuna's record",
+                f"run {where.repair} (it closes it from Optuna's record)",
             )
         )
         found.to_close.append((role, opt, trial.number, run.info.run_id))
@@ -163,6 +164,6 @@ def _compare_trial(where: Where, found: Agreement, opt: str, role: str, what: st
                 where.mlflow_file,
                 f"{label}'s run {run.info.run_id} is {status}, but Optuna's outcome "
                 f"({outcome.status.value}) is {expected}",
-                "none",
+                HAND,
             )
         )

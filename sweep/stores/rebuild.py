@@ -123,8 +123,8 @@ def put_back(storage: str, tracker: tracking.SweepTracker, name: str, lanes: lis
             tracker.orphan(run.info.run_id, LOST)
         if lost:
             said.append(
-                f"{lane.optimizer} {lane.role}s {', '.join(r.data.tags[Tag.TRIAL] for r in lost)}: lost with the "
-                "damaged journal; their MLflow runs are kept, tagged sweep.orphaned"
+                f"{lane.optimizer} {lane.role} {', '.join(r.data.tags[Tag.TRIAL] for r in lost)}: lost with the "
+                "damaged journal; MLflow keeps the run, tagged sweep.orphaned"
             )
         if lost and not lane.reeval:
             said += _requeue(study, lane, lost, budget)
