@@ -91,9 +91,9 @@ def mark_damaged_on_purpose(folder: Path) -> None:
 
 
 def unhealthy_sweeps(root: Path) -> list[str]:
-    """`sweep check` on every finished sweep under ``root`` that keeps its stores in its directory
-    (a server or PostgreSQL a test started may be gone by now), but those marked damaged on purpose;
-    the report lines of each one that is not healthy."""
+    """`sweep check` on every finished sweep under ``root`` whose stores are local files (a server
+    or PostgreSQL a test started may be gone by now), but those marked damaged on purpose; the
+    report lines of each one that is not healthy."""
     from sweep.core.config import saved_values
     from sweep.execution.check import check
 
@@ -106,7 +106,8 @@ def unhealthy_sweeps(root: Path) -> list[str]:
             saved = saved_values(sweep_dir.saved_config() or {})
         except Exception:  # noqa: BLE001 - a config that does not read is the check's to say
             saved = {}
-        if saved.get("storage") or saved.get("tracking_uri"):
+        urls = [saved.get("storage"), saved.get("tracking_uri")]
+        if any(url and not url.startswith(("journal:///", "sqlite:///")) for url in urls):
             continue
         open_storage.cache_clear()
         checked = check(sweep_dir)

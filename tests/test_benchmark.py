@@ -21,6 +21,7 @@ import yaml
 from sweep.cli import main
 from sweep.core.benchmark import Ruleset, Target, from_values, load_benchmark
 from sweep.core.errors import ConfigError
+from tests.sweep_helpers import mark_damaged_on_purpose
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -249,6 +250,7 @@ def test_a_damaged_benchmark_is_one_line_for_every_command_and_ls_lists_the_rest
     out = tmp_path / "out"
     shutil.copytree(built / "tiny", out / "broken")
     shutil.copytree(built / "tiny", out / "tiny")
+    mark_damaged_on_purpose(tmp_path)  # the suite's closing `sweep check` passes it by
     damage(out / "broken" / file)
     before = snapshot(out)
     for command in (["report", "broken"], ["resume", "broken"], ["ui", "broken", "--port", "1"]):

@@ -21,6 +21,7 @@ from sweep.core.config import load_config
 from sweep.execution.launch import run_sweep
 from sweep.stores.damage import inspect, journal_damage, sqlite_problem
 from sweep.stores.sweepdir import SweepDir
+from tests.sweep_helpers import mark_damaged_on_purpose
 
 NAME = "base"
 SWEEP_KEYS = [
@@ -106,6 +107,7 @@ def damaged(finished_sweep, tmp_path, request) -> tuple[Path, Case]:
     out = tmp_path / "sweeps"
     shutil.copytree(finished_sweep, out / NAME)
     shutil.copytree(finished_sweep, out / "healthy")
+    mark_damaged_on_purpose(tmp_path)  # the suite's closing `sweep check` passes it by
     case.damage(out / NAME / case.file)
     return out, case
 
