@@ -14,6 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 
@@ -27,7 +28,6 @@ from tests.sweep_helpers import (
     default_tracking_uri,
     mark_damaged_on_purpose,
     mlflow_runs,
-    studies,
     unhealthy_sweeps,
 )
 
@@ -110,12 +110,16 @@ def delete_id(sweep_dir: Path) -> str:
     return r"/id: is missing"
 
 
-def damage_journal_middle(sweep_dir: Path) -> str:
-    """Spoil the first trial's final tell (records follow it); returns its byte offset."""
+def damage_journal_middle(sweep_dir: Path, at: str = "first tell") -> str:
+    """Spoil a record in the middle of the journal (others follow it): the first trial's final
+    tell, or the creation of the second trial. Returns a pattern naming its byte offset."""
     journal = sweep_dir / "optuna.journal"
     lines = journal.read_bytes().splitlines(keepends=True)
     records = [json.loads(line) for line in lines]
-    index = next(i for i, r in enumerate(records) if r["op_code"] == SET_TRIAL_STATE_VALUES and r.get("state") == 1)
+    if at == "first tell":
+        index = next(i for i, r in enumerate(records) if r["op_code"] == SET_TRIAL_STATE_VALUES and r.get("state") == 1)
+    else:
+        index = [i for i, r in enumerate(records) if r["op_code"] == CREATE_TRIAL][1]
     assert any(r["op_code"] == CREATE_TRIAL for r in records[index + 1 :])  # in the middle: a trial is created after it
     offset = sum(map(len, lines[:index]))
     lines[index] = b"#" + lines[index][1:]
@@ -136,6 +140,20 @@ def pending_model(sweep_dir: Path) -> str:
     return r"/mlflow\.db: logged model sgd .* PENDING and has no files"
 
 
+def leave_parent_running(sweep_dir: Path) -> str:
+    """A finished sweep's parent run reopened (a driver that died while closing it)."""
+    _, parents, _ = mlflow_runs(default_tracking_uri(sweep_dir), NAME)
+    MlflowClient(default_tracking_uri(sweep_dir)).update_run(parents[0].info.run_id, status="RUNNING")
+    return r"/mlflow\.db: sgd's parent run .* RUNNING though the sweep finished"
+
+
+def delete_model_checkpoint(sweep_dir: Path) -> str:
+    """The checkpoint the logged model was built from (the sweep keeps it) deleted."""
+    run = next(r for r in _runs(sweep_dir, "reeval") if r.data.tags.get("sweep.model_uri"))
+    shutil.rmtree(sweep_dir / "artifacts" / run.info.run_id / "artifacts" / "checkpoints")
+    return rf"/artifacts/{run.info.run_id}/artifacts/checkpoints: the run of models:/m-\w+ .*no checkpoint left"
+
+
 # damage -> whether --repair makes the sweep healthy again
 DAMAGES = {
     truncate_mlflow_db: False,
@@ -145,6 +163,8 @@ DAMAGES = {
     damage_journal_middle: True,
     leave_run_running: True,
     pending_model: True,
+    leave_parent_running: True,
+    delete_model_checkpoint: False,
 }
 
 
@@ -196,18 +216,25 @@ def test_no_such_sweep_is_bad_input(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_repair_then_resume_counts_each_trial_once(built, tmp_path, capsys, ray_address):
-    """Several damages at once: the journal cut in the middle, the config and the id gone, a run
-    left RUNNING and a model record without files. The repair says each action; `sweep resume`
-    then finishes the sweep with each trial once in Optuna and in MLflow."""
+@pytest.mark.parametrize("cut", ["first tell", "second trial's creation"])
+def test_repair_then_resume_counts_each_trial_once(built, tmp_path, capsys, ray_address, cut):
+    """Several damages at once: the journal damaged in the middle, the config and the id gone, a
+    run left RUNNING and a model record without files. The repair says each action; `sweep
+    resume` then finishes the sweep with each trial once in Optuna and in MLflow. Cut at the
+    second trial's creation, that trial is lost from Optuna: its run is set aside and its
+    parameters are queued again."""
     sweep_dir = _copy(built, tmp_path)
-    for damage in (damage_journal_middle, damage_config, delete_id, leave_run_running, pending_model):
+    lost = _trial_run(sweep_dir, 1)
+    damage_journal_middle(sweep_dir, cut)
+    for damage in (damage_config, delete_id, leave_run_running, pending_model):
         damage(sweep_dir)
     code, lines = _check(sweep_dir, capsys, "--repair")
     assert code == 0, lines
     said = "\n".join(lines)
     for action in ("rebuilt sweep.yaml", "restored id", "set optuna.journal aside", "removed the record of logged"):
         assert action in said, said
+    if cut != "first tell":
+        assert "sgd trial 1: queued again with its parameters" in said, said
 
     _, cfg = saved_sweep(sweep_dir.parent, NAME, [f"ray_address={ray_address}"])
     open_storage.cache_clear()
@@ -216,13 +243,25 @@ def test_repair_then_resume_counts_each_trial_once(built, tmp_path, capsys, ray_
     code, lines = _check(sweep_dir, capsys)
     assert code == 0, lines
 
-    search = studies(cfg, default_storage(sweep_dir))["sgd"].get_trials()
-    assert sum(map(counts_against_budget, search)) == 2
-    _, _, children = mlflow_runs(default_tracking_uri(sweep_dir), NAME)
-    kept = [r for r in children if "sweep.orphaned" not in r.data.tags]
-    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in kept) == [t.number for t in search]
-    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in kept}
-    for t in search:
-        assert by_number[t.number].info.run_id == t.user_attrs["mlflow_run_id"]
-        assert by_number[t.number].data.tags["sweep.status"] == t.user_attrs["status"]
-        assert by_number[t.number].info.status != "RUNNING"
+    storage = open_storage(default_storage(sweep_dir))
+    for role, name, counted in (("trial", f"{NAME}/sgd", 2), ("reeval", f"{NAME}/sgd/reeval", 1)):
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+        assert sum(map(counts_against_budget, trials)) == counted, (role, trials)
+        runs = _runs(sweep_dir, role)
+        kept = [r for r in runs if "sweep.orphaned" not in r.data.tags]
+        assert sorted(int(r.data.tags["optuna.trial_number"]) for r in kept) == [t.number for t in trials]
+        by_number = {int(r.data.tags["optuna.trial_number"]): r for r in kept}
+        for t in trials:
+            assert by_number[t.number].info.run_id == t.user_attrs["mlflow_run_id"]
+            assert by_number[t.number].data.tags["sweep.status"] == t.user_attrs["status"]
+            assert by_number[t.number].info.status != "RUNNING"
+        if role == "trial" and cut != "first tell":
+            assert [r.info.run_id for r in runs if "sweep.orphaned" in r.data.tags] == [lost.info.run_id]
+            again = trials[1]
+            assert {k: str(v) for k, v in again.params.items()} == {k: lost.data.params[k] for k in again.params}
+
+
+def _runs(sweep_dir: Path, role: str) -> list:
+    client = MlflowClient(default_tracking_uri(sweep_dir))
+    experiment = client.get_experiment_by_name(NAME)
+    return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("sweep.role") == role]

@@ -20,11 +20,11 @@ from sweep.core.config import SweepConfig, from_saved
 from sweep.core.credentials import redacted
 from sweep.core.errors import ConfigError, first_line
 from sweep.core.keys import Attr, Tag
-from sweep.stores import agreement, damage, model_records, rebuild, tracking
+from sweep.stores import agreement, checkpoints, damage, model_records, rebuild, tracking
 from sweep.stores.damage import Damage
 from sweep.stores.finish import close_from_record
 from sweep.stores.studies import SweepStudy, study_name
-from sweep.stores.sweepdir import CONFIG, ID, JOURNAL, MLFLOW_DB, Stores, SweepDir
+from sweep.stores.sweepdir import CONFIG, FINISHED, ID, JOURNAL, MLFLOW_DB, Stores, SweepDir
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,11 @@ class Checked:
             )
         else:
             n = len(self.damage)
-            out.append(
-                f"{self.name}: {n} problem{'s' if n != 1 else ''}; `sweep check {self.name} --repair` fixes what it can"
-            )
+            problems = f"{self.name}: {n} problem{'s' if n != 1 else ''}"
+            if any(self.repair in d.remedy for d in self.damage):
+                out.append(f"{problems}; `{self.repair}` fixes what it can")
+            else:
+                out.append(f"{problems}; none that --repair can fix: each line says the way back")
         return out
 
 
@@ -85,6 +87,9 @@ class Context:
             damage.file_of(stores.storage) or Path(redacted(stores.storage)),
             damage.file_of(stores.tracking_uri) or Path(redacted(stores.tracking_uri)),
             self.sweep_dir.repair_command(),
+            self.sweep_dir.state() == FINISHED,
+            cfg.checkpoint_every,
+            cfg.epochs,
         )
 
     def own(self, file: str) -> bool:
@@ -184,6 +189,7 @@ def check(sweep_dir: SweepDir) -> Checked:
     ctx.damage += agreed.damage
     ctx.notes += agreed.notes
     models = _models(ctx, agreed)
+    _checkpoints(ctx, agreed)
     if sweep_dir / ID in ctx.damaged and (found := _stored_id(where)):
         ctx.notes.append(f"the stores were created with id {found}: `--repair` restores it")
     return Checked(
@@ -218,6 +224,38 @@ def _models(ctx: Context, agreed: agreement.Agreement) -> list[model_records.Log
                 Damage(where.mlflow_file, f"{label} is in another experiment ({m.experiment_id})", agreement.HAND)
             )
     return models
+
+
+def _checkpoints(ctx: Context, agreed: agreement.Agreement) -> None:
+    """The checkpoints the sweep keeps: each current model's run's (its last epoch, from which the
+    model was built) must exist. Each optimizer's best trial's is kept too, but a repair or a
+    resume may make another trial the best after its checkpoint was tidied: its absence is a note."""
+    for what, run_id in dict.fromkeys(agreed.model_runs):
+        if not _has_checkpoint(ctx.stores, run_id):
+            ctx.damage.append(
+                Damage(
+                    _checkpoint_folder(ctx, run_id),
+                    f"{what} (run {run_id}) has no checkpoint left",
+                    "nothing repairs this by itself: the model and the records stand; rebuilding the model is lost",
+                )
+            )
+    for what, run_id in dict.fromkeys(agreed.keeps_checkpoint):
+        if not _has_checkpoint(ctx.stores, run_id):
+            ctx.notes.append(f"{what} (run {run_id}) has no checkpoint: resuming it would start over")
+
+
+def _has_checkpoint(stores: Stores, run_id: str) -> bool:
+    try:
+        return bool(checkpoints.stored_epochs(stores.tracking_uri, run_id, stores.artifacts))
+    except Exception:  # noqa: BLE001 - a store that cannot list them shows none
+        return False
+
+
+def _checkpoint_folder(ctx: Context, run_id: str) -> Path:
+    """Where a run's checkpoints are: in the sweep's ``artifacts/``, or (a server) its store."""
+    if ctx.stores.artifacts:
+        return Path(ctx.stores.artifacts) / run_id / "artifacts" / checkpoints.FOLDER
+    return ctx.where().mlflow_file
 
 
 def _stored_id(where: agreement.Where) -> str | None:
@@ -275,6 +313,7 @@ class Repair:
         if ctx.readable():
             agreed = agreement.compare(ctx.where())
             self.close_runs(ctx, agreed)
+            self.end_runs(ctx, agreed)
             self.models(ctx, agreed)
         return self.said or ["nothing to repair"]
 
@@ -325,6 +364,13 @@ class Repair:
             self.said.append(
                 f"closed {opt} {role} {number}'s run {run_id} as {outcome.record.mlflow_status}, from Optuna's record"
             )
+
+    def end_runs(self, ctx: Context, agreed: agreement.Agreement) -> None:
+        """Close a finished sweep's parent and report runs left RUNNING (as its report does)."""
+        for what, run_id in agreed.to_end:
+            self.before_mlflow_write(ctx)
+            tracking.client(ctx.stores.tracking_uri).set_terminated(run_id, status="FINISHED")
+            self.said.append(f"closed {what} {run_id} as FINISHED: the sweep finished")
 
     def models(self, ctx: Context, agreed: agreement.Agreement) -> None:
         stores = ctx.stores

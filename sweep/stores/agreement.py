@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweep.core.keys import Attr, Tag
+from sweep.core.outcome import Tally
 from sweep.stores import reeval, tracking
 from sweep.stores.damage import Damage
 from sweep.stores.studies import SweepStudy, outcome_of, study_name
@@ -33,6 +34,9 @@ class Where:
     optuna_file: Path  # how a Damage names each store: its file in the sweep dir, or its URL without password
     mlflow_file: Path
     repair: str  # the command that repairs the sweep (``SweepDir.repair_command``)
+    finished: bool = False  # the sweep says it finished: then no run at all may be RUNNING
+    checkpoint_every: int = 0  # the config's: which epochs a trial checkpoints
+    epochs: int = 0
 
 
 @dataclass
@@ -45,8 +49,12 @@ class Agreement:
     trials: int = 0
     runs: int = 0
     to_close: list[tuple[str, str, int, str]] = field(default_factory=list)  # (role, optimizer, number, run id)
+    to_end: list[tuple[str, str]] = field(default_factory=list)  # (what, run id) of a finished sweep's open runs
     experiment_id: str | None = None
     run_ids: set[str] = field(default_factory=set)  # every run of the experiment (a model's source run is one)
+    # runs whose checkpoint the sweep keeps: (what, run id)
+    keeps_checkpoint: list[tuple[str, str]] = field(default_factory=list)  # each optimizer's best trial's (a note)
+    model_runs: list[tuple[str, str]] = field(default_factory=list)  # each current model's run (damage)
 
 
 def compare(where: Where) -> Agreement:
@@ -66,6 +74,7 @@ def compare(where: Where) -> Agreement:
             )
         runs = tracking.client(where.tracking_uri).search_runs([experiment.experiment_id], max_results=50_000)
         found.experiment_id, found.run_ids = experiment.experiment_id, {r.info.run_id for r in runs}
+        _sweep_level_runs(where, found, runs)
     for opt in where.optimizers:
         for role, is_reeval in ((tracking.TRIAL_ROLE, False), (tracking.REEVAL_ROLE, True)):
             study = SweepStudy.find(where.storage, study_name(where.name, opt, reeval=is_reeval))
@@ -86,6 +95,31 @@ def compare(where: Where) -> Agreement:
             )
         )
     return found
+
+
+def _sweep_level_runs(where: Where, found: Agreement, runs: list) -> None:
+    """The parent and report runs: closed once the sweep finished; and the run of each model a
+    parent names, whose checkpoint the sweep keeps (the model was built from it)."""
+    for r in runs:
+        role = r.data.tags.get(Tag.ROLE)
+        if role in (tracking.PARENT_ROLE, tracking.SWEEP_ROLE) and where.finished and r.info.status == RUNNING:
+            opt = r.data.tags.get(Tag.OPTIMIZER)
+            what = f"{opt}'s parent run" if role == tracking.PARENT_ROLE else "the report run"
+            found.damage.append(
+                Damage(
+                    where.mlflow_file,
+                    f"{what} {r.info.run_id} is left RUNNING though the sweep finished",
+                    f"run {where.repair} (it closes it)",
+                )
+            )
+            found.to_end.append((what, r.info.run_id))
+    # the models the parents name now (a resumed sweep may have logged another since, from a run
+    # whose checkpoint was then tidied away)
+    current = {r.data.tags.get(Tag.MODEL_URI) for r in runs if r.data.tags.get(Tag.ROLE) == tracking.PARENT_ROLE}
+    for r in runs:
+        uri = r.data.tags.get(Tag.MODEL_URI)
+        if r.data.tags.get(Tag.ROLE) == tracking.REEVAL_ROLE and uri and uri in current:
+            found.model_runs.append((f"the run of {uri}", r.info.run_id))
 
 
 def _compare_study(where: Where, found: Agreement, opt: str, role: str, study: SweepStudy | None, runs: list) -> None:
@@ -115,6 +149,8 @@ def _compare_study(where: Where, found: Agreement, opt: str, role: str, study: S
         )
     for t in trials:
         _compare_trial(where, found, opt, role, what, t, by_number.get(t.number, []))
+    if role == tracking.TRIAL_ROLE:
+        _best_keeps_checkpoint(where, found, opt, trials)
     if role == tracking.REEVAL_ROLE:
         counted = Counter(
             key for t in trials if (key := reeval.key_of(t)) and (o := outcome_of(t)) and o.record.uses_budget
@@ -128,6 +164,19 @@ def _compare_study(where: Where, found: Agreement, opt: str, role: str, study: S
                         HAND,
                     )
                 )
+
+
+def _best_keeps_checkpoint(where: Where, found: Agreement, opt: str, trials: list) -> None:
+    """The search's best trial keeps its checkpoint (``checkpoints.Retention``), if it wrote one:
+    trials checkpoint every ``checkpoint_every`` epochs and after their last."""
+    finished = {o.number: o for t in trials if (o := outcome_of(t)) is not None}
+    best = Tally.of(0, finished.values()).best_number
+    if best is None or not where.checkpoint_every:
+        return
+    ran = finished[best].metrics.get("epochs")
+    run_id = trials[best].user_attrs.get(Attr.MLFLOW_RUN) if best < len(trials) else None
+    if run_id and ran is not None and (ran >= where.checkpoint_every or ran >= where.epochs):
+        found.keeps_checkpoint.append((f"{opt}'s best trial {best}", run_id))
 
 
 def _compare_trial(where: Where, found: Agreement, opt: str, role: str, what: str, trial, runs: list) -> None:
