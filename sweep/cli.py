@@ -299,19 +299,21 @@ def cmd_resume(args) -> int:
 
 def cmd_check(args) -> int:
     """``sweep check NAME [--repair]``: 0 when every store agrees (after the repair, with it), 1
-    when something is damaged, 2 when there is no such sweep or a driver holds it."""
-    from sweep.execution.check import check, repair, sweep_at
+    when something is damaged, 2 when there is no such sweep or a driver holds it. A benchmark's
+    child sweeps are checked one by one."""
+    from sweep.execution.check import check_all, repair_all, sweep_at
 
     try:
-        sweep_dir = sweep_at(args.output_dir, args.name)
+        folder = sweep_at(args.output_dir, args.name)
         if args.repair:
-            for line in repair(sweep_dir):
-                print(f"{sweep_dir.name}: repair: {line}", flush=True)
+            for name, line in repair_all(folder):
+                print(f"{name}: repair: {line}", flush=True)
     except ConfigError as exc:
         return _fail(str(exc))
-    checked = check(sweep_dir)
-    print("\n".join(checked.lines()))
-    return 0 if checked.healthy else FAILED
+    checked = check_all(folder)
+    for one in checked:
+        print("\n".join(one.lines()))
+    return 0 if all(one.healthy for one in checked) else FAILED
 
 
 def _add_check(sub) -> None:
@@ -321,7 +323,8 @@ def _add_check(sub) -> None:
         description="Read every store of a sweep (sweep.yaml, id, the Optuna journal or database, "
         "the MLflow runs and logged models) and check them against each other; exit 0 only when "
         "everything agrees. --repair does what can be done without losing anything, keeps a copy of "
-        "every file it changes, and says what it did, one line per action.",
+        "every file it changes, and says what it did, one line per action. A benchmark's child sweeps "
+        "are checked one by one.",
     )
     p.add_argument("name")
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="folder of sweeps (default ./sweeps)")

@@ -265,3 +265,47 @@ def _runs(sweep_dir: Path, role: str) -> list:
     client = MlflowClient(default_tracking_uri(sweep_dir))
     experiment = client.get_experiment_by_name(NAME)
     return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("sweep.role") == role]
+
+
+WEE = {
+    "name": "wee",
+    "benchmark": {
+        "ruleset": "self",
+        "studies": 1,
+        "workloads": {
+            "digits_cnn": {"dataset": "digits", "model": "simple_cnn", "epochs": 1, "batch_size": 64, "target": 0.2}
+        },
+    },
+    "optimizers": ["sgd"],
+    "workers": 1,
+}
+
+
+def test_a_benchmark_is_checked_child_by_child(ray_address, tmp_path, capsys):
+    """A benchmark's child sweeps share its Optuna journal and MLflow file: each child is checked
+    as a sweep, and a repair keeps a copy of the shared file before it changes it."""
+    import yaml
+
+    config = tmp_path / "wee.yaml"
+    config.write_text(yaml.safe_dump(WEE))
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--output-dir", str(out), f"ray_address={ray_address}"]) == 0
+    child = "wee.digits_cnn.s0"
+    capsys.readouterr()
+    assert main(["check", "wee", "--output-dir", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{child}: healthy: 1 Optuna trial and 1 MLflow run agree"]
+
+    shared = out / "wee" / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{shared}")
+    experiment = client.get_experiment_by_name(child)
+    run = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("sweep.role") == "trial")
+    client.update_run(run.info.run_id, status="RUNNING")
+    assert main(["check", "wee", "--output-dir", str(out)]) == 1
+    said = capsys.readouterr().out
+    assert f"{shared}: sgd trial 0's run {run.info.run_id} is left RUNNING" in said, said
+
+    assert main(["check", "wee", "--output-dir", str(out), "--repair"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith(f"{child}: repair: kept a copy of {shared} as mlflow.db.before-repair-"), said
+    assert said[1].startswith(f"{child}: repair: closed sgd trial 0's run {run.info.run_id} as FINISHED"), said
+    assert said[2] == f"{child}: healthy: 1 Optuna trial and 1 MLflow run agree", said

@@ -5,7 +5,8 @@
 be done without losing anything (``stores.rebuild``, closing runs from Optuna's record, removing
 model records that have no files), keeps a copy of every file before it changes it, and says
 what it did, one line per action. Both refuse a sweep a live driver holds: its runs are RUNNING
-on purpose, and a repair under it would race its writes.
+on purpose, and a repair under it would race its writes. A benchmark is checked child sweep by
+child sweep (``check_all``, ``repair_all``) once its own files are sound.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from sweep.stores import agreement, checkpoints, damage, model_records, rebuild,
 from sweep.stores.damage import Damage
 from sweep.stores.finish import close_from_record
 from sweep.stores.studies import SweepStudy, study_name
-from sweep.stores.sweepdir import CONFIG, FINISHED, ID, JOURNAL, MLFLOW_DB, Stores, SweepDir
+from sweep.stores.sweepdir import BENCHMARK, CONFIG, FINISHED, ID, JOURNAL, MLFLOW_DB, Stores, SweepDir, list_sweeps
+
+CHILDREN = "sweeps"  # a benchmark folder's child sweeps (``core.benchmark``)
 
 
 @dataclass(frozen=True)
@@ -104,15 +107,36 @@ class Context:
 
 
 def sweep_at(output_dir: str | Path, name: str) -> SweepDir:
-    """The sweep ``name`` under ``output_dir``; ``ConfigError`` when there is none, or a driver holds it."""
+    """The sweep or benchmark ``name`` under ``output_dir``; ``ConfigError`` when there is none,
+    or a driver holds it."""
     sweep_dir = SweepDir.of(str(output_dir), name)
-    if not sweep_dir.path.is_dir() or not any((sweep_dir / f).exists() for f in (CONFIG, ID, JOURNAL, MLFLOW_DB)):
+    files = (CONFIG, ID, JOURNAL, MLFLOW_DB, BENCHMARK)
+    if not sweep_dir.path.is_dir() or not any((sweep_dir / f).exists() for f in files):
         raise ConfigError("name", f"no sweep {name!r} under {sweep_dir.path.parent} (see `sweep ls --output-dir DIR`)")
     if sweep_dir.is_locked():
         raise ConfigError(
             "name", f"sweep {name!r} is being run by a driver ({sweep_dir.read_state()}); check it once it stops"
         )
     return sweep_dir
+
+
+def children(folder: SweepDir) -> list[SweepDir] | None:
+    """A benchmark folder's child sweeps (``sweeps/``), each checked as a sweep; None for a sweep."""
+    if not (folder / BENCHMARK).exists():
+        return None
+    return list_sweeps(folder.path / CHILDREN)
+
+
+def check_all(folder: SweepDir) -> list[Checked]:
+    """``check`` of a sweep, or of each child sweep of a benchmark after its own files (its
+    ``benchmark.yaml`` and the stores its children share: when one is damaged, only that is said)."""
+    kids = children(folder)
+    if kids is None:
+        return [check(folder)]
+    own = damage.inspect(folder)
+    if own:
+        return [Checked(folder.name, folder.repair_command(), tuple(own))]
+    return [check(child) for child in kids]
 
 
 def _context(sweep_dir: SweepDir) -> Context:
@@ -271,6 +295,18 @@ def _stored_id(where: agreement.Where) -> str | None:
     return ids.pop() if len(ids) == 1 else None
 
 
+def repair_all(folder: SweepDir) -> list[tuple[str, str]]:
+    """``repair`` of a sweep, or of each child sweep of a benchmark (its folder held meanwhile):
+    (sweep name, line) per action."""
+    kids = children(folder)
+    if kids is None:
+        return [(folder.name, line) for line in repair(folder)]
+    with folder.hold() as held:
+        if not held:
+            raise ConfigError("name", f"benchmark {folder.name!r} is being run by a driver; repair it once it stops")
+        return [(child.name, line) for child in kids for line in repair(child)]
+
+
 def repair(sweep_dir: SweepDir) -> list[str]:
     """Repair what can be repaired without losing anything, under the sweep's lock; one line
     per action. Raises ``ConfigError`` when a driver holds the sweep."""
@@ -291,10 +327,13 @@ class Repair:
         self.mlflow_copied = False
 
     def before_mlflow_write(self, ctx: Context) -> None:
-        if self.mlflow_copied or not ctx.own(MLFLOW_DB):
+        """Keep a copy of the MLflow file (the sweep's own or a benchmark's shared one) before
+        the first change; a server's store is its own keeper."""
+        db = damage.file_of(ctx.stores.tracking_uri)
+        if self.mlflow_copied or db is None:
             return
         self.mlflow_copied = True
-        self.said.append(f"kept a copy of {MLFLOW_DB} as {rebuild.keep_copy(self.sweep_dir / MLFLOW_DB).name}")
+        self.said.append(f"kept a copy of {db} as {rebuild.keep_copy(db).name}")
 
     def run(self) -> list[str]:
         ctx = _context(self.sweep_dir)
