@@ -100,6 +100,11 @@ def delete_mlflow_db(sweep_dir: Path) -> str:
     return r"/mlflow\.db: .*missing"
 
 
+def delete_journal(sweep_dir: Path) -> str:
+    (sweep_dir / "optuna.journal").unlink()
+    return r"/optuna\.journal: is missing although MLflow holds 3 trial runs"
+
+
 def damage_config(sweep_dir: Path) -> str:
     (sweep_dir / "sweep.yaml").write_text("optimizers: [sgd\n")
     return r"/sweep\.yaml: "
@@ -158,6 +163,7 @@ def delete_model_checkpoint(sweep_dir: Path) -> str:
 DAMAGES = {
     truncate_mlflow_db: False,
     delete_mlflow_db: False,
+    delete_journal: False,
     damage_config: True,
     delete_id: True,
     damage_journal_middle: True,

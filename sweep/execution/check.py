@@ -100,10 +100,16 @@ class Context:
         w = self.where()
         return self.sweep_dir / file in (w.optuna_file, w.mlflow_file)
 
+    def missing(self) -> list[Path]:
+        """The stores' local files that do not exist (opening them would create them)."""
+        stores = self.stores
+        files = (damage.file_of(stores.storage), damage.file_of(stores.tracking_uri))
+        return [f for f in files if f is not None and not f.exists()]
+
     def readable(self) -> bool:
-        """Whether the stores can be read against each other: a config, and neither store damaged."""
+        """Whether the stores can be read against each other: a config, and both stores there and whole."""
         w = self.where() if self.cfg is not None else None
-        return w is not None and not ({w.optuna_file, w.mlflow_file} & self.damaged)
+        return w is not None and not ({w.optuna_file, w.mlflow_file} & self.damaged) and not self.missing()
 
 
 def sweep_at(output_dir: str | Path, name: str) -> SweepDir:
@@ -196,35 +202,65 @@ def _kept_config(sweep_dir: SweepDir) -> str | None:
 
 
 def check(sweep_dir: SweepDir) -> Checked:
-    """Read every store of the sweep; nothing is written."""
+    """Read every store of the sweep; nothing is written. A store that fails to read is damage,
+    said in one line like the rest, never a traceback."""
     ctx = _context(sweep_dir)
+    counts = (0, 0, 0)
     if not ctx.readable():
         if ctx.cfg is None:
             ctx.notes.append("without a config the stores were not compared")
-        else:
+        elif {ctx.where().optuna_file, ctx.where().mlflow_file} & ctx.damaged:
             ctx.notes.append("with a store damaged, Optuna and MLflow were not compared")
-        return Checked(sweep_dir.name, sweep_dir.repair_command(), tuple(ctx.damage), tuple(ctx.notes))
-    where = ctx.where()
+        else:
+            _guarded(ctx, _missing_store)
+    else:
+        counts = _guarded(ctx, _compare) or counts
+    return Checked(sweep_dir.name, sweep_dir.repair_command(), tuple(ctx.damage), tuple(ctx.notes), *counts)
+
+
+def _guarded(ctx: Context, step):
+    """Run a step that reads the stores; its failure is one line of damage on the stores."""
     try:
-        agreed = agreement.compare(where)
+        return step(ctx)
     except Exception as exc:  # noqa: BLE001 - a store that fails to read is damage, said in one line
-        ctx.damage.append(Damage(where.mlflow_file, f"cannot be read ({first_line(exc)})", agreement.HAND))
-        return Checked(sweep_dir.name, sweep_dir.repair_command(), tuple(ctx.damage), tuple(ctx.notes))
+        where = ctx.where()
+        ctx.damage.append(
+            Damage(
+                where.mlflow_file, f"cannot be read with {where.optuna_file.name} ({first_line(exc)})", agreement.HAND
+            )
+        )
+        return None
+
+
+def _compare(ctx: Context) -> tuple[int, int, int]:
+    """Optuna against MLflow, then the logged models and the kept checkpoints: (trials, runs, models)."""
+    where = ctx.where()
+    agreed = agreement.compare(where)
     ctx.damage += agreed.damage
     ctx.notes += agreed.notes
     models = _models(ctx, agreed)
     _checkpoints(ctx, agreed)
-    if sweep_dir / ID in ctx.damaged and (found := _stored_id(where)):
+    if ctx.sweep_dir / ID in ctx.damaged and (found := _stored_id(where)):
         ctx.notes.append(f"the stores were created with id {found}: `--repair` restores it")
-    return Checked(
-        sweep_dir.name,
-        sweep_dir.repair_command(),
-        tuple(ctx.damage),
-        tuple(ctx.notes),
-        agreed.trials,
-        agreed.runs,
-        len(models),
-    )
+    return agreed.trials, agreed.runs, len(models)
+
+
+def _missing_store(ctx: Context) -> None:
+    """A store file not there (and not already said to be missing): no trial recorded yet, or, for
+    an Optuna journal beside an MLflow file holding trial runs, damage (the trials' record is gone)."""
+    where, missing = ctx.where(), ctx.missing()
+    if where.optuna_file in missing and where.mlflow_file not in missing:
+        experiment = tracking.client(where.tracking_uri).get_experiment_by_name(where.name)
+        runs = [] if experiment is None else tracking.client(where.tracking_uri).search_runs([experiment.experiment_id])
+        trial_runs = [r for r in runs if r.data.tags.get(Tag.ROLE) in (tracking.TRIAL_ROLE, tracking.REEVAL_ROLE)]
+        if trial_runs:
+            n = len(trial_runs)
+            problem = f"is missing although MLflow holds {n} trial run{'s' if n != 1 else ''}"
+            ctx.damage.append(
+                Damage(where.optuna_file, problem, "restore it from a copy: nothing else holds the studies")
+            )
+            return
+    ctx.notes.append(f"{', '.join(p.name for p in missing)} not created yet: nothing to compare")
 
 
 def _models(ctx: Context, agreed: agreement.Agreement) -> list[model_records.LoggedModel]:
@@ -336,6 +372,14 @@ class Repair:
         self.said.append(f"kept a copy of {db} as {rebuild.keep_copy(db).name}")
 
     def run(self) -> list[str]:
+        """Each step in turn; one that fails stops the repair in one line (what was done stands,
+        with its copies)."""
+        try:
+            return self.steps()
+        except Exception as exc:  # noqa: BLE001 - a damaged store is said, never a traceback
+            return [*self.said, f"stopped: {first_line(exc)}; what is said above was done, with its copies"]
+
+    def steps(self) -> list[str]:
         ctx = _context(self.sweep_dir)
         if self.sweep_dir / CONFIG in ctx.damaged:
             self.config(ctx)
