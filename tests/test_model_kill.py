@@ -22,6 +22,7 @@ from sweep.core.keys import Tag
 from sweep.stores import logged_models, tracking
 from sweep.stores.sweepdir import SweepDir
 from tests.sweep_helpers import default_tracking_uri
+from tests.test_faults import small_disk  # noqa: F401 - the fixture: a 4 MiB tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -119,3 +120,42 @@ def test_a_stop_at_any_moment_of_model_logging_then_resume_leaves_one_ready_mode
         with torch.no_grad():
             assert mlflow.pytorch.load_model(model.uri)(images).shape == (4, 10), opt
     print(f"{len(steps)} stops and a resume: {time.monotonic() - started:.1f} s")
+
+
+def test_a_full_disk_while_a_model_is_logged_stops_the_sweep_and_resume_logs_it(ray_address, small_disk):  # noqa: F811
+    """The disk fills once the model's record is created, before its files: the sweep stops as
+    interrupted (one error line, no traceback), not finished without a model; once there is room
+    again, resume logs the one model."""
+    import mlflow
+
+    out = small_disk / "sweeps"
+    filler = small_disk / "filler"
+    args = _sweep(out, ray_address)
+    args[args.index(f"optimizers=[{','.join(OPTIMIZERS)}]")] = "optimizers=[sgd]"
+    sweep_dir = SweepDir.of(str(out), "models-stopped").path
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.stop_at", "initialized", f"fill:{filler}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("sweep: error:")]
+    assert done.returncode == 1 and len(errors) == 1 and " unavailable: " in errors[0], done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert SweepDir(sweep_dir).state() == "interrupted"
+
+    filler.unlink()
+    resume = ["resume", "models-stopped", "--output-dir", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "sweep.cli", *resume], cwd=REPO, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = default_tracking_uri(sweep_dir)
+    experiment = tracking.client(uri).get_experiment_by_name("models-stopped").experiment_id
+    [model] = logged_models.records(uri, experiment)
+    assert model.complete and model.name == "sgd"
+    [run] = tracking.client(uri).search_runs([experiment], f"tags.`{Tag.ROLE}` = '{tracking.REEVAL_ROLE}'")
+    assert run.data.tags[Tag.MODEL_URI] == model.uri
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.pytorch.load_model(model.uri) is not None
