@@ -4,8 +4,8 @@ there, loadable. Real Ray, real MLflow SQLite store, real signals; ``tests.stop_
 moment (the sweep's own code runs unchanged).
 
 One sweep, stopped again and again: each resume first meets what the stop before it left (a
-PENDING model without files, one with files, a READY one never tagged, nothing) and is stopped
-at the next moment.
+PENDING model without files, a READY one never tagged, nothing) and is stopped at the next
+moment. Another sweep meets a full disk there.
 """
 
 from __future__ import annotations
@@ -95,8 +95,7 @@ def test_a_stop_at_any_moment_of_model_logging_then_resume_leaves_one_ready_mode
     # (moment, signal, what each optimizer's runs hold once stopped there)
     steps = [
         ("initialized", "SIGKILL", [("PENDING", False, False)], []),
-        ("files", "SIGKILL", [("PENDING", True, False)], []),  # the leftover above deleted first
-        ("ready", "SIGKILL", [("READY", True, False)], []),
+        ("ready", "SIGKILL", [("READY", True, False)], []),  # the leftover above deleted first
         ("tagged", "SIGKILL", [("READY", True, True)], []),  # adopted, tagged; the second not begun
         ("files", "SIGTERM", [("READY", True, True)], []),  # a SIGTERM deletes its own half model
         ("ready", "SIGKILL", [("READY", True, True)], [("READY", True, False)]),
@@ -144,6 +143,9 @@ def test_a_full_disk_while_a_model_is_logged_stops_the_sweep_and_resume_logs_it(
     assert done.returncode == 1 and len(errors) == 1 and " unavailable: " in errors[0], done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert SweepDir(sweep_dir).state() == "interrupted"
+    uri = default_tracking_uri(sweep_dir)
+    experiment = tracking.client(uri).get_experiment_by_name("models-stopped").experiment_id
+    assert not [r for r in logged_models.records(uri, experiment) if r.complete]
 
     filler.unlink()
     resume = ["resume", "models-stopped", "--output-dir", str(out)]
@@ -151,8 +153,6 @@ def test_a_full_disk_while_a_model_is_logged_stops_the_sweep_and_resume_logs_it(
         [sys.executable, "-m", "sweep.cli", *resume], cwd=REPO, capture_output=True, text=True, timeout=240
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    uri = default_tracking_uri(sweep_dir)
-    experiment = tracking.client(uri).get_experiment_by_name("models-stopped").experiment_id
     [model] = logged_models.records(uri, experiment)
     assert model.complete and model.name == "sgd"
     [run] = tracking.client(uri).search_runs([experiment], f"tags.`{Tag.ROLE}` = '{tracking.REEVAL_ROLE}'")
