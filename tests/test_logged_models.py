@@ -10,6 +10,8 @@ from mlflow.exceptions import MlflowException
 
 from sweep.stores import logged_models, tracking
 
+pytestmark = pytest.mark.slow  # MLflow's first store setup takes about 2 s
+
 
 @pytest.fixture
 def store(tmp_path):
