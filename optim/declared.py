@@ -18,24 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from optim import yamlfile
 from optim.errors import SpecError
 from optim.optimizers import OPTIMIZERS, OptimizerSpec, check_hyperparameter
 from optim.space import Choice, Conditional, Distribution, from_data, to_data
 
 BUILT_IN = frozenset(OPTIMIZERS)
 
-
-# ``1e-3``: a number, though YAML 1.1 reads it as text (the command line's values use it too)
-SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML that reads ``1e-3`` as a number, as the command line does."""
-
-
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^{SCIENTIFIC.pattern}$"), list("-+0123456789."))
 FIELDS = ("name", "class", "description", "hyperparameters", "arguments", "space", "schedule_free", "lr_free")
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _TARGET = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -250,15 +239,9 @@ def _check_target(where: str, declaration: Declaration):
 def load_file(path: Path) -> Declaration:
     """A declaration from a YAML file; its name is the file's stem unless it says ``name:``."""
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(
-            f"{path}{line}", f"not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(str(path), f"cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+        raw = yamlfile.read(path)
+    except yamlfile.FileError as exc:
+        raise SpecError(exc.where, exc.problem) from None
     return parse(path.stem, raw, str(path))
 
 

@@ -95,20 +95,18 @@ def _drive(cfg, start, show=None) -> int:
     from sweep.stores.sweepdir import SweepDir
 
     sweep_dir = SweepDir.of(cfg.output_dir, cfg.name)
-    hint = f"continue with: sweep resume {cfg.name} --output-dir {sweep_dir.path.parent}"
     urls = (cfg.storage, cfg.tracking_uri)
+    _usable_home()
     try:
         result = start()
     except (ConfigError, SweepDamaged) as exc:  # nothing was written: no resume hint
         return _fail(str(exc), urls=urls)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"\nstopped by {signal.Signals(signum).name}; finished trials are kept; {hint}", file=sys.stderr)
+        print(f"\nstopped by {signal.Signals(signum).name}; {_next_step(sweep_dir, cfg.name)}", file=sys.stderr)
         return 128 + signum
     except StoreUnavailable as exc:
-        return _fail(
-            f"{exc}\nthe sweep stopped; finished trials are kept, the interrupted ones run again; {hint}", FAILED, urls
-        )
+        return _fail(f"{exc}\nthe sweep stopped; {_next_step(sweep_dir, cfg.name)}", FAILED, urls)
     except Exception as exc:  # unexpected: the whole traceback goes to a file, one line to the terminal
         try:
             log = sweep_dir.write_driver_log(exc, *urls) if sweep_dir.path.is_dir() else None
@@ -116,12 +114,34 @@ def _drive(cfg, start, show=None) -> int:
         except OSError as log_error:  # e.g. a full disk: still one line, not a second traceback
             where = f"the traceback could not be written to {sweep_dir / 'driver.log'} ({log_error.strerror})"
         message = redact(str(exc), *urls).strip()[:200]  # masked before the cut: no half password
-        return _fail(f"unexpected {type(exc).__name__}: {message}\n{where}; {hint}", FAILED, urls)
+        return _fail(
+            f"unexpected {type(exc).__name__}: {message}\n{where}; {_next_step(sweep_dir, cfg.name)}", FAILED, urls
+        )
     if show is not None:
         show(result)
     else:
         _print_report(result.report, cfg.name, result.sweep_dir.path.parent)
     return 0
+
+
+def _next_step(sweep_dir, name: str) -> str:
+    """What to do after a sweep (or benchmark) stopped: resume it once its config is saved (its
+    trials are kept); before that nothing of it exists to resume, so run the command again."""
+    if sweep_dir.exists() or sweep_dir.saved_benchmark() is not None:
+        return (
+            f"finished trials are kept, the interrupted ones run again; "
+            f"continue with: sweep resume {name} --output-dir {sweep_dir.path.parent}"
+        )
+    return "nothing of the sweep was saved; run the same command again (once the cause is fixed)"
+
+
+def _usable_home() -> None:
+    """Before Ray, MLflow or matplotlib start: a HOME they can write (``sweep.core.home``)."""
+    from sweep.core.home import ensure_writable
+
+    said = ensure_writable()
+    if said:
+        print(f"sweep: {said}", file=sys.stderr, flush=True)
 
 
 def _print_report(built, name: str, output_dir) -> None:
@@ -142,9 +162,11 @@ def cmd_report(args) -> int:
         found = _saved_benchmark(args, [])
     except ConfigError as exc:
         return _fail(str(exc))
+    if found is None:
+        sweep_dir, cfg = _saved_sweep(args, [])
+    _usable_home()  # matplotlib, MLflow
     if found is not None:
         return _report_benchmark(found[0])
-    sweep_dir, cfg = _saved_sweep(args, [])
     stores = sweep_dir.stores(cfg.storage, cfg.tracking_uri)
     from sweep.report import build as report
 
@@ -383,6 +405,8 @@ def cmd_ui(args) -> int:
         if found is not None:  # a benchmark: its one MLflow store, opened on its report's experiment
             from sweep.ui import ServerStartError, serve
 
+            _usable_home()
+
             try:
                 return serve(found[0].base.tracking_uri, found[0].name, args.host, args.port, args.verbose)
             except ServerStartError as exc:
@@ -397,6 +421,7 @@ def cmd_ui(args) -> int:
     stores = sweep_dir.stores(saved.get("storage"), saved.get("tracking_uri"))
     from sweep.ui import ServerStartError, serve
 
+    _usable_home()
     try:
         return serve(
             stores.tracking_uri,

@@ -89,7 +89,11 @@ def test_a_bad_declaration_exits_2_in_one_line_naming_the_field(
 
 @pytest.mark.parametrize(
     "text,says",
-    [("class: [unclosed", "not valid YAML"), ("- a list", "must be a mapping"), (b"\xff\xfe", "cannot read")],
+    [
+        ("class: [unclosed", "not valid YAML"),
+        ("- a list", "must be a mapping"),
+        (b"\xff\xfe", "not UTF-8 text (byte 0xff at offset 0)"),
+    ],
     ids=["yaml", "list", "bytes"],
 )
 def test_an_unreadable_file_exits_2_in_one_line(text, says, tmp_path, monkeypatch, capsys):

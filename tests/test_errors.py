@@ -11,7 +11,15 @@ import pytest
 from optim import get_optimizer, resolve_schedule_params
 from optim.errors import SpecError, UnknownEntry
 from sweep.core.config import load_config
-from sweep.core.errors import BadSplit, ConfigError, DatasetUnavailable, Stopped, StoreUnavailable, SweepError
+from sweep.core.errors import (
+    BadSplit,
+    ConfigError,
+    DatasetUnavailable,
+    Stopped,
+    StoreUnavailable,
+    SweepDamaged,
+    SweepError,
+)
 from sweep.stores.mlflow_sender import GaveUp
 from sweep.ui import ServerStartError
 
@@ -21,6 +29,7 @@ EXAMPLES = [
     BadSplit("val_fraction leaves no training images"),
     StoreUnavailable("the Optuna storage", "OperationalError: database is locked"),
     GaveUp("epochs 2-14 not logged"),
+    SweepDamaged("sweeps/a/id", "is missing", "restore it from a copy"),
     ServerStartError("the MLflow server exited (code 1)"),
 ]
 

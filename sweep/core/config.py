@@ -26,7 +26,15 @@ from urllib.parse import urlparse
 import yaml
 
 from models import MODELS
-from optim import OPTIMIZERS, SCHEDULES, declared, resolve_hyperparameters, resolve_schedule_params, usable_schedules
+from optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    declared,
+    resolve_hyperparameters,
+    resolve_schedule_params,
+    usable_schedules,
+    yamlfile,
+)
 from optim.declared import BUILT_IN, Declaration
 from optim.errors import SpecError
 from optim.optimizers import CLASSIC
@@ -646,11 +654,9 @@ def key_table() -> str:
 
 
 def parse_value(text: str) -> Any:
-    """YAML scalars and lists (``[sgd,adam]``); ``1e-3`` is a float (YAML 1.1 would say string)."""
-    if declared.SCIENTIFIC.fullmatch(text.strip()):
-        return float(text)
+    """YAML scalars and lists (``[sgd,adam]``), read as the config files are (``1e-3`` a float)."""
     try:
-        return yaml.safe_load(text) if text.strip() else None
+        return yamlfile.loads(text) if text.strip() else None
     except yaml.YAMLError:
         return text
 
@@ -673,16 +679,12 @@ def find_config(config: str | None, default: str) -> Path:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping; a syntax error is one line with its place in the file."""
+    """A YAML mapping, read as every config file is (``optim.yamlfile``: ``1e-3`` a number, a key
+    given twice refused); what is wrong with the file is one line with its place in it."""
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path} line {mark.line + 1} column {mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError("config", f"{where}: not valid YAML ({problem})") from None
-    except OSError as exc:
-        raise ConfigError("config", f"cannot read {path} ({exc.strerror})") from None
+        loaded = yamlfile.read(path) or {}
+    except yamlfile.FileError as exc:
+        raise ConfigError("config", str(exc)) from None
     if not isinstance(loaded, dict):
         raise ConfigError("config", f"{path} must hold a mapping of keys to values")
     return loaded

@@ -24,6 +24,7 @@ class Attr:
     SOURCE_TRIAL, REEVAL_SEED = "source_trial", "reeval_seed"  # a re-evaluation: whose configuration, which seed
     PACK = "pack"  # the trial numbers trained together as one pack
     PACK_ERROR = "pack_error"  # why a pack's member went on solo
+    NO_CHECKPOINT = "no_checkpoint"  # the first checkpoint a trial could not store: its epoch and why
     CURVE = "eval_curve"  # every validation evaluation: [steps, images, train_seconds, val_accuracy] each
     SWEEP_ID = "sweep_id"  # study: which sweep of that name owns it
     SAMPLER_BUDGET = "sampler_budget"  # study: the trial budget its sampler was built for
@@ -46,6 +47,7 @@ class Tag:
     SOURCE_TRIAL, REEVAL_SEED = "sweep.source_trial", "sweep.reeval_seed"
     PACK = "sweep.pack"
     PACK_ERROR = "sweep.pack_error"
+    NO_CHECKPOINT = "sweep.no_checkpoint"
     TARGET = "sweep.target"  # whether and when the trial reached target_accuracy
     ORPHANED = "sweep.orphaned"  # a run whose trial a torn journal lost: kept, never reused
     SWEEP_ID = "sweep.id"  # tells sweeps of the same name in a shared store apart
@@ -63,4 +65,5 @@ MIRRORED = {
     Attr.RESUMED_FROM: Tag.RESUMED_FROM,
     Attr.PACK: Tag.PACK,
     Attr.PACK_ERROR: Tag.PACK_ERROR,
+    Attr.NO_CHECKPOINT: Tag.NO_CHECKPOINT,
 }

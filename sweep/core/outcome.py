@@ -54,6 +54,7 @@ class TrialOutcome:
     reason: str = ""
     metrics: Mapping[str, float] = field(default_factory=dict)  # final metrics, without the prefix
     attempts: int = 1
+    no_checkpoint: str = ""  # the first checkpoint it could not store: its epoch and why ("": none failed)
 
     @property
     def record(self) -> StatusRecord:

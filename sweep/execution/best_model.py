@@ -19,7 +19,7 @@ from pathlib import Path
 from sweep.core.datasets import DataSplits
 from sweep.core.errors import first_line
 from sweep.core.keys import Tag
-from sweep.stores import checkpoints, tracking
+from sweep.stores import checkpoints, logged_models, tracking
 from sweep.stores.sweepdir import Stores
 
 EXAMPLE_IMAGES = 4
@@ -27,7 +27,11 @@ EXAMPLE_IMAGES = 4
 
 def log(stores: Stores, run_id: str, model_name: str, data: DataSplits, epochs: int) -> str | None:
     """Log the run's final model; returns its URI, or None (said on stderr) when the run has no
-    checkpoint of its last epoch (``checkpoint_every=0``, or its store lost it)."""
+    checkpoint of its last epoch (``checkpoint_every=0``, or its store lost it), or the model
+    itself could not be saved. The run's tag is the commit point: a model the run already holds
+    complete is adopted (and tagged), what a stopped driver left half done is deleted first
+    (``logged_models.settle``), so a rerun after a stop at any moment ends with one model. A
+    store error (a full disk, a server gone) stops the sweep, to be finished by ``sweep resume``."""
     import mlflow
     import torch
 
@@ -35,9 +39,14 @@ def log(stores: Stores, run_id: str, model_name: str, data: DataSplits, epochs: 
     from models import build_model
 
     uri = stores.tracking_uri
-    known = tracking.model_uri(uri, run_id)
-    if known:  # a resumed driver does not log it twice
-        return known
+    run = tracking.client(uri).get_run(run_id)
+    name = run.data.tags.get(Tag.OPTIMIZER) or "model"
+    tagged = run.data.tags.get(Tag.MODEL_URI)
+    kept = logged_models.settle(uri, run.info.experiment_id, run_id, name, tagged)
+    if kept:  # logged before: by this driver's predecessor, maybe stopped before its tag
+        if kept != tagged:
+            tracking.tag_run(uri, run_id, {Tag.MODEL_URI: kept})
+        return kept
     checkpoint = checkpoints.load_latest(uri, run_id, stores.artifacts)
     if checkpoint is None or checkpoint.epoch != epochs:
         found = "none" if checkpoint is None else f"epoch {checkpoint.epoch}"
@@ -51,17 +60,12 @@ def log(stores: Stores, run_id: str, model_name: str, data: DataSplits, epochs: 
     model.load_state_dict(checkpoint.model)
     model.eval()
     mlflow.set_tracking_uri(uri)
-    logged = None
+    # Created first in the run's own experiment: left to log_model, a logged model goes to the
+    # process's active experiment (MLflow's Default one in the driver), not to the sweep's.
+    logged = mlflow.initialize_logged_model(
+        name=name, source_run_id=run_id, experiment_id=run.info.experiment_id, params=dict(run.data.params)
+    )
     try:
-        # Created first in the run's own experiment: left to log_model, a logged model goes to the
-        # process's active experiment (MLflow's Default one in the driver), not to the sweep's.
-        run = tracking.client(uri).get_run(run_id)
-        logged = mlflow.initialize_logged_model(
-            name=run.data.tags.get(Tag.OPTIMIZER) or "model",
-            source_run_id=run_id,
-            experiment_id=run.info.experiment_id,
-            params=dict(run.data.params),
-        )
         info = mlflow.pytorch.log_model(
             model,
             model_id=logged.model_id,
@@ -70,21 +74,27 @@ def log(stores: Stores, run_id: str, model_name: str, data: DataSplits, epochs: 
             code_paths=[str(Path(models.__file__).parent)],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
-    except Exception as exc:  # noqa: BLE001 - a model that cannot be logged is said; the report goes on
-        if logged is not None:
-            _mark_failed(logged.model_id)
+    except BaseException as exc:  # a stop (SIGTERM, Ctrl-C) or an error: no half model is left
+        _discard(uri, logged.model_id)
+        if not isinstance(exc, Exception) or _store_error(exc):
+            raise
         print(f"best model: could not log the model of run {run_id} ({first_line(exc)})", file=sys.stderr, flush=True)
         return None
     tracking.tag_run(uri, run_id, {Tag.MODEL_URI: info.model_uri})
     return info.model_uri
 
 
-def _mark_failed(model_id: str) -> None:
-    """A logged model whose artifacts never arrived shows as FAILED, not PENDING forever."""
-    import mlflow
-    from mlflow.entities import LoggedModelStatus
+def _store_error(exc: Exception) -> bool:
+    """An error of the stores (MLflow's, or the disk's), not of the model: it stops the sweep."""
+    from mlflow.exceptions import MlflowException
 
+    return isinstance(exc, (MlflowException, OSError))
+
+
+def _discard(uri: str, model_id: str) -> None:
+    """Delete a model whose logging stopped halfway; best effort: the next driver's ``settle``
+    deletes it if this cannot (the store is what failed)."""
     try:
-        mlflow.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
-    except Exception:  # noqa: BLE001 - best effort: the reason was said already
+        logged_models.remove(uri, model_id)
+    except Exception:  # noqa: BLE001 - the reason is said by whoever stops the sweep
         pass

@@ -84,6 +84,8 @@ class Loop:
     in_flight: dict[Any, InFlight] = field(default_factory=dict)
     ready: list[tuple[Lane, TrialTask]] = field(default_factory=list)
     untidy: dict[str, Lane] = field(default_factory=dict)
+    no_checkpoint: set[tuple[str, int]] = field(default_factory=set)  # (study, trial) said to lack one
+    next_look: float = 0.0  # time.monotonic() of the next look for checkpoints the running trials lack
 
 
 class Driver:
@@ -218,6 +220,7 @@ class Driver:
         loop = Loop(
             RemoteTasks.declare(self.cfg, self.data),
             {opt: Tally.of(self.cfg.trials, study.outcomes()) for opt, study in self.studies.items()},
+            next_look=time.monotonic() + self.watch.poll_s,
         )
         for opt, tally in loop.tallies.items():
             if tally.done >= tally.budget:
@@ -228,6 +231,7 @@ class Driver:
                     self.refill(loop)
                     self.prepare_ahead(loop)
                     self.tidy(loop)
+                    self.look_for_missing_checkpoints(loop)
                     if not loop.in_flight:
                         break
                     done = [(ref, loop.in_flight.pop(ref)) for ref in self.wait(loop)]
@@ -302,6 +306,34 @@ class Driver:
             self.tidy_checkpoints(lane)
         loop.untidy.clear()
 
+    def look_for_missing_checkpoints(self, loop: Loop) -> None:
+        """Every ``poll_s``, the running trials that could not store a checkpoint (their worker
+        records it on the trial), each said once, while it trains: a full disk is news now, not
+        at the end of the sweep. One read of each study with trials in flight."""
+        now = time.monotonic()
+        if now < loop.next_look:
+            return
+        loop.next_look = now + self.watch.poll_s
+        running: dict[str, tuple[Lane, set[int]]] = {}
+        for flight in loop.in_flight.values():
+            running.setdefault(flight.lane.study.name, (flight.lane, set()))[1].update(t.number for t in flight.trials)
+        for lane, numbers in running.values():
+            with optuna_calls():
+                trials = lane.study.running()
+            for t in trials:
+                if t.number in numbers and t.user_attrs.get(Attr.NO_CHECKPOINT):
+                    self.say_no_checkpoint(loop, lane, t.number, str(t.user_attrs[Attr.NO_CHECKPOINT]))
+
+    @staticmethod
+    def say_no_checkpoint(loop: Loop, lane: Lane, number: int, failure: str) -> None:
+        """One line per trial, at its first checkpoint that could not be stored (later ones are
+        not said again: the trial's record keeps the first)."""
+        if (lane.study.name, number) in loop.no_checkpoint:
+            return
+        loop.no_checkpoint.add((lane.study.name, number))
+        trial = f"re-evaluation trial {number}" if lane.is_reeval else f"trial {number}"
+        loop.progress.note(lane.optimizer, f"{trial}: could not store its checkpoint ({failure}); training goes on")
+
     def wait(self, loop: Loop) -> list:
         """The tasks done within the tracking watch's poll; none means it checks the tracking server."""
         import ray
@@ -319,6 +351,8 @@ class Driver:
         for member in go_on_solo:
             loop.in_flight[loop.tasks.after_pack.remote(member, loop.tasks.data_ref)] = self.flight(lane, member)
         for number, outcome in outcomes:
+            if outcome.no_checkpoint:  # a trial that ended before the next look
+                self.say_no_checkpoint(loop, lane, number, outcome.no_checkpoint)
             if lane.is_reeval:
                 self.reeval_running[opt] -= 1
                 with optuna_calls():

@@ -119,6 +119,8 @@ class Attempt:
             uri = task.stores.tracking_uri
             self.logged = sender.call(lambda: tracking.logged_steps(uri, task.run_id)) if self.number > 1 else set()
         self.spent = {"report_seconds": 0.0}  # the per-epoch store calls, inside the trial's own time
+        self.checkpoints: checkpoints.saver | None = None  # ``saver()``'s, once training starts
+        self.no_checkpoint_recorded = False
         if task.sent_at:  # from the driver's hand-off to Ray to this attempt's start (wall clocks)
             began = time.time() - (time.perf_counter() - self.entered)
             self.spent["queued_seconds"] = max(0.0, began - task.sent_at)
@@ -131,6 +133,7 @@ class Attempt:
             self.spent["report_seconds"] += time.perf_counter() - reporting
 
     def _report(self, m: EpochMetrics) -> None:
+        self.record_no_checkpoint()
         if m.epoch not in self.logged:
             self.sender.log_epoch(m.epoch, m.logged())
         self.sender.catch_up()  # MLflow before Optuna while MLflow answers; no wait during an outage
@@ -163,13 +166,30 @@ class Attempt:
         return resume
 
     def saver(self) -> checkpoints.saver:
-        return checkpoints.saver(self.task.stores.tracking_uri, self.task.run_id, self.task.stores.artifacts)
+        self.checkpoints = checkpoints.saver(
+            self.task.stores.tracking_uri, self.task.run_id, self.task.stores.artifacts
+        )
+        return self.checkpoints
+
+    def record_no_checkpoint(self) -> None:
+        """The first checkpoint of the attempt that could not be stored, recorded on the trial and
+        its run once, as soon as it is known (the next epoch, or the end): the driver sees it there
+        and says it on the terminal, which this process's stderr does not reach."""
+        failure = self.checkpoints.failed() if self.checkpoints is not None else None
+        if failure is None or self.no_checkpoint_recorded:
+            return
+        self.no_checkpoint_recorded = True
+        failure = credentials.redact(failure, self.task.stores.tracking_uri)
+        with store_calls(OPTUNA):
+            self.trial.set_user_attr(Attr.NO_CHECKPOINT, failure)
+        self.sender.tag({MIRRORED[Attr.NO_CHECKPOINT]: failure})
 
     def finish(self, result, memory: dict[str, float]) -> TrialOutcome:
         """Record the result: every epoch logged first (or the budget spent: never a silent gap),
         then Optuna, then the run."""
         result.metrics.update(memory)
         result.metrics.update(self.spent)
+        self.record_no_checkpoint()
         self.record_curve(result)
         self.sender.flush()
         failure = self.sender.failure

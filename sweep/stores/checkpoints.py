@@ -10,8 +10,10 @@ Checkpoints live in the run's artifacts (``checkpoints/epoch-0003.pt``), through
 artifact repository of the run: the sweep directory's ``artifacts/`` locally, the tracking
 server's proxy (``mlflow-artifacts:/``) on a cluster, so every node reaches them without a shared
 filesystem. A run keeps only its latest one. Storing is best effort: an upload or a delete that
-fails is said on stderr and the trial goes on (the next checkpoint tries again); a checkpoint
-that cannot be read means resuming from an older one, or from the start.
+fails is said on stderr and the trial goes on (the next checkpoint tries again); the ``saver``
+keeps a trial's first failure, which the worker records on the trial and the driver says on the
+terminal (a worker's stderr reaches only Ray's logs). A checkpoint that cannot be read means
+resuming from an older one, or from the start.
 
 MLflow and the store are imported when first used, so ``sweep train`` does not pay for them, and
 torch too, so the sweep's driver (which only tidies checkpoints) never imports it.
@@ -98,6 +100,11 @@ def _say(text: str) -> None:
 def save(uri: str, run_id: str, checkpoint: Checkpoint, root: str | None = None) -> bool:
     """Store the checkpoint, then drop the run's older ones. A failure is said, not raised: the
     trial goes on, and the next checkpoint tries again. Returns whether it was stored."""
+    return store(uri, run_id, checkpoint, root) is None
+
+
+def store(uri: str, run_id: str, checkpoint: Checkpoint, root: str | None = None) -> str | None:
+    """``save``, returning why it failed (``epoch 3: OSError: ...``); None once stored."""
     try:
         repository = _repository(uri, run_id, root)
         with tempfile.TemporaryDirectory(prefix="sweep-checkpoint-") as folder:
@@ -109,8 +116,8 @@ def save(uri: str, run_id: str, checkpoint: Checkpoint, root: str | None = None)
                 repository.delete_artifacts(f"{FOLDER}/{_name(epoch)}")
     except Exception as exc:  # noqa: BLE001 - a checkpoint is never worth a failed trial
         _say(f"could not store epoch {checkpoint.epoch} of run {run_id} ({first_line(exc)}); training goes on")
-        return False
-    return True
+        return f"epoch {checkpoint.epoch}: {first_line(exc)}"
+    return None
 
 
 class saver:
@@ -119,12 +126,14 @@ class saver:
     in the background while training goes on: a resnet18 checkpoint (85 MB) took 0.6-1.2 s per
     epoch to write on 2 CPU cores (``bench/trial_loop.py``). At most one write is in flight (the
     next waits for it), so memory holds at most one extra copy; leaving the block waits for the
-    last one, so a finished trial's final checkpoint is stored before the trial is told."""
+    last one, so a finished trial's final checkpoint is stored before the trial is told.
+    ``failure``: why the first checkpoint that could not be stored failed (None: all stored)."""
 
     def __init__(self, uri: str, run_id: str, root: str | None = None):
         self.uri, self.run_id, self.root = uri, run_id, root
         self._writer = None
         self._pending = None
+        self.failure: str | None = None
 
     def __enter__(self) -> saver:
         from concurrent.futures import ThreadPoolExecutor
@@ -135,12 +144,19 @@ class saver:
     def __call__(self, checkpoint: Checkpoint) -> None:
         self.wait()
         snapshot = checkpoint.detached()
-        self._pending = self._writer.submit(save, self.uri, self.run_id, snapshot, self.root)
+        self._pending = self._writer.submit(store, self.uri, self.run_id, snapshot, self.root)
 
     def wait(self) -> None:
         if self._pending is not None:
-            self._pending.result()  # save() says its failures and never raises
+            failure = self._pending.result()  # store() says its failures and never raises
+            self.failure = self.failure or failure
             self._pending = None
+
+    def failed(self) -> str | None:
+        """``failure`` as known now: a write still in flight counts once it is done (no wait)."""
+        if self._pending is not None and self._pending.done():
+            self.wait()
+        return self.failure
 
     def __exit__(self, *exc) -> None:
         self.wait()

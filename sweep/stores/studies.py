@@ -115,6 +115,7 @@ def outcome_of(trial: FrozenTrial) -> TrialOutcome | None:
         reason=str(attrs.get(Attr.REASON) or attrs.get("fail_reason") or ""),
         metrics={k[len(FINAL_PREFIX) :]: v for k, v in attrs.items() if k.startswith(FINAL_PREFIX)},
         attempts=int(attrs.get(Attr.ATTEMPT, 1)),
+        no_checkpoint=str(attrs.get(Attr.NO_CHECKPOINT) or ""),
     )
 
 
@@ -230,6 +231,9 @@ class SweepStudy:
         if number < len(trials) and trials[number].number == number:
             return trials[number]
         return next(t for t in trials if t.number == number)
+
+    def running(self) -> list[FrozenTrial]:
+        return self.trials(states=(TrialState.RUNNING,))
 
     def outcomes(self) -> list[TrialOutcome]:
         return [o for o in map(outcome_of, self.trials()) if o is not None]

@@ -102,7 +102,8 @@ class SweepDir:
                 raise ConfigError("config", "is empty")
             return read_yaml(path)
         except ConfigError as exc:  # read_yaml's line names the file: keep what follows its name
-            problem = exc.message.replace(f"{path} ", "").replace(str(path), "the file")
+            # ... and not its advice for a file the user writes ("save the file as UTF-8")
+            problem = exc.message.replace(f"{path} ", "").replace(str(path), "the file").split("; ")[0]
         except ValueError as exc:  # undecodable bytes
             problem = first_line(exc)
         raise SweepDamaged(
