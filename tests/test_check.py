@@ -31,8 +31,6 @@ from tests.sweep_helpers import (
     unhealthy_sweeps,
 )
 
-pytestmark = pytest.mark.slow
-
 NAME = "checked"
 SET_TRIAL_STATE_VALUES, CREATE_TRIAL = 6, 4  # optuna.storages.journal._storage.JournalOperation
 
@@ -174,6 +172,7 @@ DAMAGES = {
 }
 
 
+@pytest.mark.slow  # builds or copies a real sweep
 def test_healthy_sweep(built, tmp_path, capsys):
     sweep_dir = _copy(built, tmp_path)
     code, lines = _check(sweep_dir, capsys)
@@ -181,6 +180,7 @@ def test_healthy_sweep(built, tmp_path, capsys):
     assert lines == [f"{NAME}: healthy: 3 Optuna trials and 3 MLflow runs agree, 1 logged model"]
 
 
+@pytest.mark.slow  # builds or copies a real sweep
 @pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__)
 def test_each_damage_is_named_and_repaired_if_it_can_be(built, tmp_path, capsys, damage):
     sweep_dir = _copy(built, tmp_path)
@@ -204,6 +204,7 @@ def test_each_damage_is_named_and_repaired_if_it_can_be(built, tmp_path, capsys,
         assert copies, sorted(p.name for p in sweep_dir.iterdir())  # a copy of whatever it changed
 
 
+@pytest.mark.slow  # builds or copies a real sweep
 def test_the_suites_closing_check_names_a_damaged_sweep(built, tmp_path):
     """``unhealthy_sweeps`` (conftest's closing check) passes a healthy sweep and names a damaged one."""
     sweep_dir = _copy(built, tmp_path / "healthy")
@@ -215,6 +216,26 @@ def test_the_suites_closing_check_names_a_damaged_sweep(built, tmp_path):
     assert unhealthy_sweeps(tmp_path) == []
 
 
+def test_an_optuna_sqlite_storage_is_no_damaged_journal(tmp_path):
+    """A sweep whose Optuna storage is an SQLite file: its bytes are not read as journal records."""
+    import sqlite3
+
+    from sweep.stores.damage import inspect
+    from sweep.stores.sweepdir import SweepDir
+
+    folder = SweepDir(tmp_path / NAME)
+    folder.path.mkdir()
+    storage = tmp_path / "optuna.db"
+    with sqlite3.connect(storage) as db:
+        db.execute("create table studies (x text)")
+    db.close()
+    folder.write_config(
+        load_config("quickstart", [f"name={NAME}", f"storage=sqlite:///{storage}"], mode="sweep").to_dict()
+    )
+    (folder / "id").write_text("0123\n")
+    assert inspect(folder) == []
+
+
 def test_no_such_sweep_is_bad_input(tmp_path, capsys):
     code = main(["check", "nothing", "--output-dir", str(tmp_path)])
     assert code == 2
@@ -222,6 +243,7 @@ def test_no_such_sweep_is_bad_input(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # builds or copies a real sweep
 @pytest.mark.parametrize("cut", ["first tell", "second trial's creation"])
 def test_repair_then_resume_counts_each_trial_once(built, tmp_path, capsys, ray_address, cut):
     """Several damages at once: the journal damaged in the middle, the config and the id gone, a
@@ -287,6 +309,7 @@ WEE = {
 }
 
 
+@pytest.mark.slow  # builds or copies a real sweep
 def test_a_benchmark_is_checked_child_by_child(ray_address, tmp_path, capsys):
     """A benchmark's child sweeps share its Optuna journal and MLflow file: each child is checked
     as a sweep, and a repair keeps a copy of the shared file before it changes it."""

@@ -21,9 +21,10 @@ from sweep.core.config import SweepConfig, from_saved
 from sweep.core.credentials import redacted
 from sweep.core.errors import ConfigError, first_line
 from sweep.core.keys import Attr, Tag
-from sweep.stores import agreement, checkpoints, damage, model_records, rebuild, tracking
+from sweep.stores import agreement, checkpoints, damage, logged_models, model_records, rebuild, tracking
 from sweep.stores.damage import Damage
 from sweep.stores.finish import close_from_record
+from sweep.stores.logged_models import LoggedModelRecord
 from sweep.stores.studies import SweepStudy, study_name
 from sweep.stores.sweepdir import BENCHMARK, CONFIG, FINISHED, ID, JOURNAL, MLFLOW_DB, Stores, SweepDir, list_sweeps
 
@@ -177,7 +178,7 @@ def _beyond_config(sweep_dir: SweepDir, stores: Stores) -> list[Damage]:
     if sweep_dir.read_id() is None:
         remedy = f"run {sweep_dir.repair_command()} (it takes it from the stores)"
         found.append(Damage(sweep_dir / ID, "is missing", remedy))
-    journal = damage.file_of(stores.storage)
+    journal = damage.file_of(stores.storage) if stores.storage.startswith("journal:///") else None
     damaged = damage.journal_damage(journal) if journal is not None and journal.exists() else None
     if damaged is not None:
         found.append(
@@ -263,14 +264,14 @@ def _missing_store(ctx: Context) -> None:
     ctx.notes.append(f"{', '.join(p.name for p in missing)} not created yet: nothing to compare")
 
 
-def _models(ctx: Context, agreed: agreement.Agreement) -> list[model_records.LoggedModel]:
+def _models(ctx: Context, agreed: agreement.Agreement) -> list[LoggedModelRecord]:
     """The logged models of the sweep's runs; each that is not READY, not in the sweep's
     experiment, or whose files are missing is damage."""
     if agreed.experiment_id is None:
         return []
     where, stores = ctx.where(), ctx.stores
     here = ctx.sweep_dir.artifacts if tracking.own_store(stores.tracking_uri, ctx.sweep_dir.artifacts) else None
-    models = model_records.logged_models(stores.tracking_uri, agreed.experiment_id, agreed.run_ids, here)
+    models = model_records.of_runs(stores.tracking_uri, agreed.experiment_id, agreed.run_ids, here)
     for m in models:
         label = f"logged model {m.name} ({m.model_id})"
         if m.status != model_records.READY:
@@ -460,8 +461,8 @@ class Repair:
         here = self.sweep_dir.artifacts if tracking.own_store(stores.tracking_uri, self.sweep_dir.artifacts) else None
         if agreed.experiment_id is None:
             return
-        for m in model_records.logged_models(stores.tracking_uri, agreed.experiment_id, agreed.run_ids, here):
+        for m in model_records.of_runs(stores.tracking_uri, agreed.experiment_id, agreed.run_ids, here):
             if m.status != model_records.READY and not m.files:
                 self.before_mlflow_write(ctx)
-                model_records.delete(stores.tracking_uri, m.model_id)
+                logged_models.remove(stores.tracking_uri, m.model_id)
                 self.said.append(f"removed the record of logged model {m.name} ({m.model_id}): {m.status}, no files")

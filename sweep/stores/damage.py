@@ -145,7 +145,9 @@ def inspect(sweep_dir: SweepDir, stores: Stores | None = None, thorough: bool = 
         problem = f"does not hold a config this version can load ({exc})"
         return [Damage(sweep_dir / CONFIG, problem, f"restore it from a copy, or run: {sweep_dir.repair_command()}")]
     stores = stores or sweep_dir.stores(cfg.storage, cfg.tracking_uri)
-    journal, db = file_of(stores.storage), file_of(stores.tracking_uri)
+    # an Optuna SQLite storage (sqlite:///) is no journal: read as one, its first bytes were "damaged"
+    journal = file_of(stores.storage) if stores.storage.startswith("journal:///") else None
+    db = file_of(stores.tracking_uri)
     found = []
     if sweep_dir.read_id() is None and _has_run(sweep_dir, journal, db):
         found.append(
