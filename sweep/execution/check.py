@@ -411,18 +411,23 @@ class Repair:
             self.said.append(f"could not rebuild {CONFIG}: {exc}")
 
     def journal(self, ctx: Context) -> None:
+        """Set the damaged journal aside, cut it back before the damage, then put back from
+        MLflow what the cut lost (``rebuild.put_back``)."""
         where = ctx.where()
         if where.mlflow_file in ctx.damaged:
             return
         found = damage.journal_damage(self.sweep_dir.journal)
         if found is None:
             return
-        self.before_mlflow_write(ctx)
+        if where.mlflow_file not in ctx.missing():
+            self.before_mlflow_write(ctx)
         copy = rebuild.cut_journal(self.sweep_dir.journal, found.offset)
         self.said.append(
             f"set {JOURNAL} aside as {copy.name} (a damaged record at byte {found.offset}) and cut it back "
             f"to the {found.offset} bytes of records before it"
         )
+        if where.mlflow_file in ctx.missing():  # no MLflow file to put anything back from
+            return
         sweep_id = self.sweep_dir.read_id() or _stored_id(where) or ""
         stores = ctx.stores
         tracker = tracking.SweepTracker(
