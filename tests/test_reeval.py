@@ -31,6 +31,7 @@ def _studies(tmp_path):
     return search, again
 
 
+@pytest.mark.slow  # about 1.1 s: two journal studies with a dozen trials
 def test_plan_queues_the_top_configurations_with_further_seeds_once(tmp_path):
     search, again = _studies(tmp_path)
     values = [0.5, 0.9, 0.8, 0.95]
