@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from sweep.cli import main
 from sweep.core.config import load_config
 from sweep.core.outcome import Status
 from sweep.stores.studies import counts_against_budget, open_storage, outcome_of
@@ -61,7 +62,7 @@ def _trials(sweep_dir: Path, name: str):
     return studies(cfg, default_storage(sweep_dir))["sgd"].get_trials()
 
 
-def test_a_finished_sweep_saved_before_the_layout_takes_one_more_trial(ray_address, tmp_path):
+def test_a_finished_sweep_saved_before_the_layout_takes_one_more_trial(ray_address, tmp_path, capsys):
     sweep_dir = _unpack("legacy_sweep.tar.gz", "legacy", tmp_path)
     before = _trials(sweep_dir, "legacy")
     assert [t.state for t in before] == [TrialState.COMPLETE, TrialState.COMPLETE]
@@ -75,6 +76,18 @@ def test_a_finished_sweep_saved_before_the_layout_takes_one_more_trial(ray_addre
     assert len(parents) == 1
     assert runs_per_trial(children) == {("sgd", 0): 1, ("sgd", 1): 1, ("sgd", 2): 1}
     assert (sweep_dir / "state").read_text().strip() == "finished"
+
+    # The code of the time logged its model to MLflow's Default experiment and its files under the
+    # driver's ./mlruns, outside the sweep: the resume logged the model again, into the sweep; the
+    # old record, with nothing to load, is named by `sweep check` and goes with --repair.
+    check = ["check", "legacy", "--output-dir", str(tmp_path)]
+    assert main(check) == 1
+    found = capsys.readouterr().out
+    assert "logged model model (m-" in found and "its files are missing; run sweep check legacy" in found, found
+    assert main([*check, "--repair"]) == 0
+    assert "removed the record of logged model model (m-" in capsys.readouterr().out
+    assert main(check) == 0
+    assert capsys.readouterr().out.strip() == "legacy: healthy: 4 Optuna trials and 4 MLflow runs agree, 1 logged model"
 
 
 def test_a_killed_sweep_saved_before_the_layout_finishes_exactly(ray_address, tmp_path):

@@ -274,12 +274,14 @@ def _models(ctx: Context, agreed: agreement.Agreement) -> list[LoggedModelRecord
     models = model_records.of_runs(stores.tracking_uri, agreed.experiment_id, agreed.run_ids, here)
     for m in models:
         label = f"logged model {m.name} ({m.model_id})"
+        removable = f"run {where.repair} (it removes the record: it has no files to load)"
         if m.status != model_records.READY:
-            remedy = f"run {where.repair} (it removes the record: it has no files)" if not m.files else agreement.HAND
+            remedy = removable if not m.files else agreement.HAND
             files = "" if m.files else " and has no files"
             ctx.damage.append(Damage(where.mlflow_file, f"{label} is {m.status}{files}", remedy))
         elif not m.files:
-            ctx.damage.append(Damage(where.mlflow_file, f"{label}: its files are missing", agreement.HAND))
+            ctx.damage.append(Damage(where.mlflow_file, f"{label}: its files are missing", removable))
+            continue  # its record goes with the repair, wherever it is
         if m.experiment_id != agreed.experiment_id:
             ctx.damage.append(
                 Damage(where.mlflow_file, f"{label} is in another experiment ({m.experiment_id})", agreement.HAND)
@@ -467,7 +469,7 @@ class Repair:
         if agreed.experiment_id is None:
             return
         for m in model_records.of_runs(stores.tracking_uri, agreed.experiment_id, agreed.run_ids, here):
-            if m.status != model_records.READY and not m.files:
+            if not m.files:  # nothing can load it; a resume logs the run's model again if it was current
                 self.before_mlflow_write(ctx)
                 logged_models.remove(stores.tracking_uri, m.model_id)
                 self.said.append(f"removed the record of logged model {m.name} ({m.model_id}): {m.status}, no files")
