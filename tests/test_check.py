@@ -338,3 +338,15 @@ def test_a_benchmark_is_checked_child_by_child(ray_address, tmp_path, capsys):
     assert said[0].startswith(f"{child}: repair: kept a copy of {shared} as mlflow.db.before-repair-"), said
     assert said[1].startswith(f"{child}: repair: closed sgd trial 0's run {run.info.run_id} as FINISHED"), said
     assert said[2] == f"{child}: healthy: 1 Optuna trial and 1 MLflow run agree", said
+
+    # a child's sweep.yaml is rebuilt from the copy the benchmark's shared MLflow file keeps
+    child_config = out / "wee" / "sweeps" / child / "sweep.yaml"
+    before = child_config.read_text()
+    child_config.write_text("optimizers: [sgd\n")
+    assert main(["check", "wee", "--output-dir", str(out)]) == 1
+    assert f"{child_config}: unreadable (line 2" in capsys.readouterr().out
+    assert main(["check", "wee", "--output-dir", str(out), "--repair"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith(f"{child}: repair: rebuilt sweep.yaml from the copy the MLflow experiment keeps"), said
+    assert said[-1] == f"{child}: healthy: 1 Optuna trial and 1 MLflow run agree", said
+    assert yaml.safe_load(child_config.read_text()) == yaml.safe_load(before)

@@ -191,13 +191,22 @@ def _beyond_config(sweep_dir: SweepDir, stores: Stores) -> list[Damage]:
     return found
 
 
+def _config_keeper(sweep_dir: SweepDir) -> Path:
+    """The MLflow file whose experiment keeps the sweep's ``sweep.yaml``: the sweep's own, or for
+    a benchmark's child sweep (``<benchmark>/sweeps/<child>``) the one its benchmark's children share."""
+    benchmark = sweep_dir.path.parent.parent
+    if sweep_dir.path.parent.name == CHILDREN and (benchmark / BENCHMARK).exists():
+        return benchmark / MLFLOW_DB
+    return sweep_dir / MLFLOW_DB
+
+
 def _kept_config(sweep_dir: SweepDir) -> str | None:
-    """The copy of ``sweep.yaml`` the sweep's own MLflow file keeps, if that file is whole."""
-    db = sweep_dir / MLFLOW_DB
+    """The copy of ``sweep.yaml`` the sweep's MLflow file keeps, if that file is whole."""
+    db = _config_keeper(sweep_dir)
     if not db.exists() or damage.sqlite_problem(db) is not None:
         return None
     try:
-        return tracking.kept_config(sweep_dir.stores(None, None).tracking_uri, sweep_dir.name)
+        return tracking.kept_config(f"sqlite:///{db}", sweep_dir.name)
     except Exception:  # noqa: BLE001 - a store that cannot say keeps no copy
         return None
 
@@ -408,7 +417,7 @@ class Repair:
             self.said.append(f"could not rebuild {CONFIG}: its MLflow file is damaged or keeps no copy")
             return
         try:
-            self.said.append(rebuild.rebuild_config(self.sweep_dir, self.sweep_dir.stores(None, None).tracking_uri))
+            self.said.append(rebuild.rebuild_config(self.sweep_dir, f"sqlite:///{_config_keeper(self.sweep_dir)}"))
         except (LookupError, ConfigError) as exc:
             self.said.append(f"could not rebuild {CONFIG}: {exc}")
 
