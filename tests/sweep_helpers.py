@@ -16,6 +16,24 @@ def sweep_dir_of(cfg) -> Path:
     return SweepDir.of(cfg.output_dir, cfg.name).path
 
 
+def tiny_sweep(name: str, *extra: str) -> list[str]:
+    """Overrides of the quickstart config for a tiny real sweep: sgd alone, 2 trials of 1 epoch,
+    one worker, no pruning, no re-evaluation, no figures; ``extra`` overrides any of them."""
+    return [
+        f"name={name}",
+        "optimizers=[sgd]",
+        "trials=2",
+        "epochs=1",
+        "batch_size=64",
+        "workers=1",
+        "pruner=none",
+        "schedules=[constant]",
+        "reeval_seeds=0",
+        "report_figures=false",
+        *extra,
+    ]
+
+
 def default_storage(sweep_dir: Path) -> str:
     return SweepDir(sweep_dir).stores(None, None).storage
 

@@ -28,6 +28,7 @@ from tests.sweep_helpers import (
     default_tracking_uri,
     mark_damaged_on_purpose,
     mlflow_runs,
+    tiny_sweep,
     unhealthy_sweeps,
 )
 
@@ -39,21 +40,7 @@ SET_TRIAL_STATE_VALUES, CREATE_TRIAL = 6, 4  # optuna.storages.journal._storage.
 def built(ray_address, tmp_path_factory) -> Path:
     """A finished sweep: 2 search trials and 1 re-evaluation, whose model is logged."""
     out = tmp_path_factory.mktemp("check-built") / "sweeps"
-    overrides = [
-        f"output_dir={out}",
-        f"name={NAME}",
-        "optimizers=[sgd]",
-        "trials=2",
-        "epochs=1",
-        "batch_size=64",
-        "workers=1",
-        "pruner=none",
-        "schedules=[constant]",
-        "reeval_seeds=1",
-        "reeval_top=1",
-        "report_figures=false",
-        f"ray_address={ray_address}",
-    ]
+    overrides = [f"output_dir={out}", *tiny_sweep(NAME, "reeval_seeds=1", "reeval_top=1", f"ray_address={ray_address}")]
     assert run_sweep(load_config("quickstart", overrides, mode="sweep")).rows
     return out / NAME
 

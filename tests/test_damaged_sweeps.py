@@ -21,21 +21,10 @@ from sweep.core.config import load_config
 from sweep.execution.launch import run_sweep
 from sweep.stores.damage import inspect, journal_damage, sqlite_problem
 from sweep.stores.sweepdir import SweepDir
-from tests.sweep_helpers import mark_damaged_on_purpose
+from tests.sweep_helpers import mark_damaged_on_purpose, tiny_sweep
 
 NAME = "base"
-SWEEP_KEYS = [
-    f"name={NAME}",
-    "optimizers=[sgd]",
-    "trials=2",
-    "epochs=1",
-    "batch_size=64",
-    "workers=1",
-    "pruner=none",
-    "schedules=[constant]",
-    "reeval_seeds=0",
-    "report_figures=false",
-]
+SWEEP_KEYS = tiny_sweep(NAME)
 
 
 def _truncate_half(path: Path) -> None:
