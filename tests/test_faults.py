@@ -27,7 +27,7 @@ from sweep.core.errors import ConfigError
 from sweep.execution.launch import prepare, run_sweep, start
 from sweep.stores.studies import counts_against_budget, open_storage, study_name
 from sweep.stores.sweepdir import SweepDir
-from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial
+from tests.sweep_helpers import default_storage, default_tracking_uri, mlflow_runs, runs_per_trial, tiny_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -41,19 +41,7 @@ ORPHANED = "sweep.orphaned"
 
 
 def _base(out: Path, name: str, *extra: str) -> list[str]:
-    return [
-        f"output_dir={out}",
-        f"name={name}",
-        "optimizers=[sgd]",
-        "epochs=1",
-        "batch_size=64",
-        "workers=1",
-        "pruner=none",
-        "schedules=[constant]",
-        "reeval_seeds=0",
-        "report_figures=false",
-        *extra,
-    ]
+    return [f"output_dir={out}", *tiny_sweep(name, *extra)]  # every caller gives its trials=
 
 
 def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -167,28 +167,8 @@ def _context(sweep_dir: SweepDir) -> Context:
         except ConfigError:
             ctx.cfg = None
     if config_damaged and ctx.cfg is not None:
-        ctx.damage += _beyond_config(sweep_dir, ctx.stores)
+        ctx.damage += damage.beyond_config(sweep_dir, ctx.stores)
     return ctx
-
-
-def _beyond_config(sweep_dir: SweepDir, stores: Stores) -> list[Damage]:
-    """What ``inspect`` checks after the config, for a sweep read with the copy MLflow keeps: the
-    id and the local journal (the MLflow file was read whole to get the copy)."""
-    found = []
-    if sweep_dir.read_id() is None:
-        remedy = f"run {sweep_dir.repair_command()} (it takes it from the stores)"
-        found.append(Damage(sweep_dir / ID, "is missing", remedy))
-    journal = damage.file_of(stores.storage) if stores.storage.startswith("journal:///") else None
-    damaged = damage.journal_damage(journal) if journal is not None and journal.exists() else None
-    if damaged is not None:
-        found.append(
-            Damage(
-                journal,
-                f"record damaged at byte {damaged.offset} (line {damaged.line}), {damaged.records_after} after it",
-                f"run {sweep_dir.repair_command()} (it keeps a copy)",
-            )
-        )
-    return found
 
 
 def _config_keeper(sweep_dir: SweepDir) -> Path:

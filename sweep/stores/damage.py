@@ -144,7 +144,12 @@ def inspect(sweep_dir: SweepDir, stores: Stores | None = None, thorough: bool = 
     except ConfigError as exc:
         problem = f"does not hold a config this version can load ({exc})"
         return [Damage(sweep_dir / CONFIG, problem, f"restore it from a copy, or run: {sweep_dir.repair_command()}")]
-    stores = stores or sweep_dir.stores(cfg.storage, cfg.tracking_uri)
+    return beyond_config(sweep_dir, stores or sweep_dir.stores(cfg.storage, cfg.tracking_uri), thorough)
+
+
+def beyond_config(sweep_dir: SweepDir, stores: Stores, thorough: bool = True) -> list[Damage]:
+    """What ``inspect`` checks once the config is read: the id, and the stores' local files
+    (``sweep check`` calls it too, for a sweep read with the copy of its config MLflow keeps)."""
     # an Optuna SQLite storage (sqlite:///) is no journal: read as one, its first bytes were "damaged"
     journal = file_of(stores.storage) if stores.storage.startswith("journal:///") else None
     db = file_of(stores.tracking_uri)

@@ -160,8 +160,8 @@ class SweepDir:
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[bool]:
-        """Hold the lock of an existing sweep without reading or creating its id (``sweep check
-        --repair``: no driver may start meanwhile). Yields False if a driver holds it."""
+        """Hold the sweep's lock, without reading or creating its id (``sweep check --repair``: no
+        driver may start meanwhile; ``claim`` builds on it). Yields False if a driver holds it."""
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -183,23 +183,16 @@ class SweepDir:
         holds the lock. Checking and claiming are one step, so a driver that was slow to get
         here can never write its id over a sweep that another driver has run meanwhile."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            yield None
-            return
-        try:
+        with self.hold() as held:
+            if not held:
+                yield None
+                return
             sweep_id = self.read_id()
             if sweep_id is None:
                 sweep_id = uuid.uuid4().hex
                 with open(self.path / ID, "x") as out:  # "x": never over an id written meanwhile
                     out.write(sweep_id + "\n")
             yield sweep_id
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     # ---- state ----
     def write_state(self, state: str) -> None:
